@@ -1,0 +1,68 @@
+//! Types shared by the XDP program (`netcon-ebpf`) and userspace (`netcon-user`).
+//!
+//! Everything here is `#[repr(C)]`, `Copy`, and free of `bool` and enums, so that the layout the
+//! eBPF program writes is exactly the layout userspace reads.
+#![no_std]
+
+/// Header of one ring buffer record; the captured frame bytes follow it directly.
+///
+/// 24 bytes, a multiple of 8 so that the frame starts aligned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// `bpf_ktime_get_ns()` when the program saw the frame: `CLOCK_MONOTONIC`, nanoseconds.
+    pub ts_ns: u64,
+    /// Interface the frame arrived on (`ingress_ifindex`).
+    pub ifindex: u32,
+    /// Length of the frame on the wire, bytes.
+    pub pkt_len: u32,
+    /// Bytes of the frame that follow this header (`min(pkt_len, MAX_CAPTURE)`).
+    pub cap_len: u32,
+    /// Bit set of `FLAG_*`.
+    pub flags: u32,
+}
+
+/// Size of [`RecordHeader`] in bytes.
+pub const RECORD_HEADER_LEN: usize = core::mem::size_of::<RecordHeader>();
+
+/// `RecordHeader::flags`: the frame was longer than [`MAX_CAPTURE`] and was cut.
+pub const FLAG_TRUNCATED: u32 = 1;
+
+/// Most frame bytes copied into one record. Netconsole payloads are at most 1000 bytes
+/// (`MAX_PRINT_CHUNK`, drivers/net/netconsole.c), so 2 KiB holds any netconsole frame with two
+/// VLAN tags and an IPv6 header. A power of two, so the eBPF side can bound lengths with a mask.
+pub const MAX_CAPTURE: usize = 2048;
+
+/// Destination ports are a bitmap of 65536 bits in an array map of `u32` words.
+pub const PORT_BITMAP_WORDS: u32 = 65536 / 32;
+
+/// Index of each counter in the per-CPU `COUNTERS` array.
+pub mod counter {
+    /// Frames the program ran on.
+    pub const SEEN: u32 = 0;
+    /// Frames that were UDP to a configured port.
+    pub const MATCHED: u32 = 1;
+    /// Matched frames dropped because the ring buffer was full.
+    pub const RINGBUF_FULL: u32 = 2;
+    /// Matched frames longer than `MAX_CAPTURE`, delivered cut.
+    pub const TRUNCATED: u32 = 3;
+    /// Matched frames that could not be copied (`bpf_xdp_load_bytes` failed).
+    pub const COPY_FAILED: u32 = 4;
+    /// Number of counters.
+    pub const COUNT: u32 = 5;
+}
+
+#[cfg(feature = "user")]
+// SAFETY: RecordHeader is repr(C), Copy, has no padding (u64 + 4 * u32) and every bit pattern is valid.
+unsafe impl aya::Pod for RecordHeader {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_is_padded_to_eight() {
+        assert_eq!(RECORD_HEADER_LEN, 24);
+        assert_eq!(RECORD_HEADER_LEN % 8, 0);
+    }
+}

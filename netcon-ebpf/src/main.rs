@@ -1,0 +1,213 @@
+//! netcon's XDP program.
+//!
+//! Runs on every frame of the interfaces it is attached to, matches UDP to the configured
+//! destination ports (IPv4 or IPv6, behind up to two VLAN tags), and copies each matching frame
+//! into the `EVENTS` ring buffer as a [`RecordHeader`] followed by exactly the frame's bytes.
+//! Every path returns `XDP_PASS`: the host receives what it would have received without us.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::generated::{bpf_ktime_get_ns, bpf_ringbuf_output, bpf_xdp_load_bytes},
+    macros::{map, xdp},
+    maps::{Array, PerCpuArray, RingBuf},
+    programs::XdpContext,
+};
+use netcon_common::{
+    FLAG_TRUNCATED, MAX_CAPTURE, PORT_BITMAP_WORDS, RECORD_HEADER_LEN, RecordHeader, counter,
+};
+
+/// Destination ports to match: bit `port % 32` of word `port / 32`. Written by userspace at load.
+#[map]
+static PORTS: Array<u32> = Array::with_max_entries(PORT_BITMAP_WORDS, 0);
+
+/// Per-CPU counters, indexed by `netcon_common::counter::*`.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Records to userspace. The size here is a placeholder: userspace sets it at load time.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// Where a record is assembled before `bpf_ringbuf_output`, so the record can be exactly as long
+/// as the frame (a ring buffer reservation must have a constant size).
+#[repr(C, align(8))]
+struct Scratch {
+    bytes: [u8; RECORD_HEADER_LEN + MAX_CAPTURE],
+}
+
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPPROTO_UDP: u8 = 17;
+const IPV6_HLEN: usize = 40;
+
+#[xdp]
+pub fn netcon(ctx: XdpContext) -> u32 {
+    bump(counter::SEEN);
+    // Errors only mean "not ours" or "could not deliver" (already counted): pass either way.
+    let _ = try_netcon(&ctx);
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(value) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot, only this CPU writes it while this program runs.
+        unsafe { *value += 1 };
+    }
+}
+
+/// A pointer to `len` bytes at `offset` into the packet, if they are inside it.
+#[inline(always)]
+fn bytes_at(ctx: &XdpContext, offset: usize, len: usize) -> Result<*const u8, ()> {
+    let start = ctx.data();
+    if start + offset + len > ctx.data_end() {
+        return Err(());
+    }
+    Ok((start + offset) as *const u8)
+}
+
+#[inline(always)]
+fn u16_at(ctx: &XdpContext, offset: usize) -> Result<u16, ()> {
+    let p = bytes_at(ctx, offset, 2)?;
+    // SAFETY: bytes_at checked that both bytes are inside the packet.
+    Ok(u16::from_be_bytes(unsafe { [*p, *p.add(1)] }))
+}
+
+#[inline(always)]
+fn u8_at(ctx: &XdpContext, offset: usize) -> Result<u8, ()> {
+    let p = bytes_at(ctx, offset, 1)?;
+    // SAFETY: bytes_at checked that the byte is inside the packet.
+    Ok(unsafe { *p })
+}
+
+/// Offset of the UDP header, if the frame is Ethernet (+ up to two VLAN tags) + IPv4/IPv6 + UDP.
+#[inline(always)]
+fn udp_offset(ctx: &XdpContext) -> Result<usize, ()> {
+    let mut ethertype = u16_at(ctx, 12)?;
+    let mut l3 = ETH_HLEN;
+    // Unrolled: at most two tags (802.1ad outer, 802.1Q inner), a bounded loop for the verifier.
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        ethertype = u16_at(ctx, l3 + 2)?;
+        l3 += 4;
+        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+            ethertype = u16_at(ctx, l3 + 2)?;
+            l3 += 4;
+        }
+    }
+    match ethertype {
+        ETH_P_IP => {
+            let version_ihl = u8_at(ctx, l3)?;
+            if version_ihl >> 4 != 4 || u8_at(ctx, l3 + 9)? != IPPROTO_UDP {
+                return Err(());
+            }
+            // Only a first (or only) fragment carries the UDP header. netconsole never
+            // IP-fragments (payloads are at most MAX_PRINT_CHUNK = 1000 bytes).
+            if u16_at(ctx, l3 + 6)? & 0x1fff != 0 {
+                return Err(());
+            }
+            Ok(l3 + usize::from(version_ihl & 0x0f) * 4)
+        }
+        ETH_P_IPV6 => {
+            // netconsole sends no extension headers (drivers/net/netconsole.c, netpoll's
+            // push_ipv6): UDP must be the first next header.
+            if u8_at(ctx, l3 + 6)? != IPPROTO_UDP {
+                return Err(());
+            }
+            Ok(l3 + IPV6_HLEN)
+        }
+        _ => Err(()),
+    }
+}
+
+#[inline(always)]
+fn port_wanted(port: u16) -> bool {
+    let word = u32::from(port) >> 5;
+    let bit = 1u32 << (u32::from(port) & 31);
+    PORTS.get(word).is_some_and(|w| w & bit != 0)
+}
+
+#[inline(always)]
+fn try_netcon(ctx: &XdpContext) -> Result<(), ()> {
+    let udp = udp_offset(ctx)?;
+    let dst_port = u16_at(ctx, udp + 2)?;
+    // The whole UDP header must be present for the frame to be a datagram.
+    bytes_at(ctx, udp, 8)?;
+    if !port_wanted(dst_port) {
+        return Err(());
+    }
+    bump(counter::MATCHED);
+
+    // Lengths stay u64 up to the helper calls, so the verifier sees the bound on the register
+    // that is passed.
+    let pkt_len = (ctx.data_end() - ctx.data()) as u64;
+    let mut flags = 0u32;
+    let mut cap_len = pkt_len;
+    if cap_len > MAX_CAPTURE as u64 {
+        cap_len = MAX_CAPTURE as u64;
+        flags |= FLAG_TRUNCATED;
+        bump(counter::TRUNCATED);
+    }
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(())?;
+    // SAFETY: the per-CPU scratch slot is ours for the duration of this program run.
+    let bytes = unsafe { &mut (*scratch).bytes };
+    let header = RecordHeader {
+        // SAFETY: a helper without arguments.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
+        pkt_len: pkt_len as u32,
+        cap_len: cap_len as u32,
+        flags,
+    };
+    // SAFETY: the scratch buffer is 8-aligned and longer than the header.
+    unsafe { core::ptr::write(bytes.as_mut_ptr().cast::<RecordHeader>(), header) };
+
+    if cap_len == 0 || cap_len > MAX_CAPTURE as u64 {
+        return Err(());
+    }
+    // SAFETY: cap_len is in 1..=MAX_CAPTURE and the destination has MAX_CAPTURE bytes after the header.
+    let copied = unsafe {
+        bpf_xdp_load_bytes(
+            ctx.ctx,
+            0,
+            bytes.as_mut_ptr().add(RECORD_HEADER_LEN).cast(),
+            cap_len as u32,
+        )
+    };
+    if copied != 0 {
+        bump(counter::COPY_FAILED);
+        return Err(());
+    }
+    let record_len = RECORD_HEADER_LEN as u64 + cap_len;
+    // SAFETY: record_len <= size of the scratch buffer.
+    let sent = unsafe {
+        bpf_ringbuf_output(
+            core::ptr::from_ref(&EVENTS).cast_mut().cast(),
+            bytes.as_mut_ptr().cast(),
+            record_len,
+            0,
+        )
+    };
+    if sent != 0 {
+        bump(counter::RINGBUF_FULL);
+        return Err(());
+    }
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,81 @@
+//! `netcon-sniff`: parse the command line, resolve it, run, map the outcome to an exit code.
+
+use std::{io, process::ExitCode};
+
+use clap::Parser;
+use netcon::{Config, cli::Cli, run::RunError};
+use tokio::signal::unix::{SignalKind, signal};
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NETCON_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    // clap prints its own message and exits 2 on a usage error, 0 for --help.
+    let cli = Cli::parse();
+    let config = match Config::from_cli(cli) {
+        Ok(config) => config,
+        Err(error) => return fail(&error),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(&error),
+    };
+    match runtime.block_on(async {
+        let shutdown = shutdown_signal()?;
+        Ok::<_, io::Error>(netcon::run(config, shutdown).await)
+    }) {
+        Err(error) => fail(&error),
+        Ok(Ok(summary)) => {
+            eprintln!("netcon-sniff: xdp counters: {}", summary.capture);
+            eprintln!("netcon-sniff: printed {} datagrams", summary.datagrams);
+            if summary.capture.ringbuf_full > 0 {
+                eprintln!(
+                    "netcon-sniff: warning: {} frames lost to a full ring buffer (try a larger --ring-mib)",
+                    summary.capture.ringbuf_full
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        // A closed pipe (`netcon-sniff | head`) is a normal way to stop.
+        Ok(Err(RunError::Output { source })) if source.kind() == io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
+        Ok(Err(error)) => fail(&error),
+    }
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
+        }
+    })
+}
+
+/// One line on stderr and exit code 2: the error and its causes, no backtrace.
+fn fail(error: &dyn std::error::Error) -> ExitCode {
+    let mut message = format!("netcon-sniff: error: {error}");
+    let mut source = error.source();
+    while let Some(cause) = source {
+        // Many errors already include their cause in their own message.
+        let cause_text = cause.to_string();
+        if !message.contains(&cause_text) {
+            message.push_str(": ");
+            message.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    eprintln!("{}", message.replace('\n', " "));
+    ExitCode::from(2)
+}

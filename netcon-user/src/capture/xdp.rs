@@ -1,0 +1,453 @@
+//! The XDP backend: loads `netcon-ebpf`, attaches it to each interface through a `bpf_link`, and
+//! reads the frames it copies into the `EVENTS` ring buffer.
+//!
+//! A `bpf_link` is owned by a file descriptor: when this process exits, even by SIGKILL, the kernel
+//! closes it and the program is detached. Nothing is left on the interface.
+
+use std::{error::Error as StdError, io, os::fd::AsRawFd as _};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::{Xdp, xdp::XdpMode},
+    util::KernelVersion,
+};
+use bytes::BytesMut;
+use chrono::{DateTime, Utc};
+use netcon_common::{RECORD_HEADER_LEN, RecordHeader, counter};
+use tokio::io::unix::AsyncFd;
+
+use super::{CaptureCounters, Captured};
+use crate::config::{Interface, XdpModeChoice};
+
+/// The compiled XDP program, built by `build.rs` from `netcon-ebpf`.
+static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netcon.bpf.o"));
+
+/// The oldest kernel the XDP path works on: BPF ring buffer (5.8), XDP `bpf_link` (5.9) and
+/// `bpf_xdp_load_bytes` (5.18).
+pub const MIN_KERNEL: (u8, u8) = (5, 18);
+
+/// Most records read from the ring buffer before yielding to the rest of the pipeline, so a
+/// flood cannot starve output and signals. Unit: records. Default 1024.
+pub const MAX_BATCH: usize = 1024;
+
+/// Why the XDP backend could not start or read.
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    /// This binary was built with `NETCON_SKIP_EBPF`.
+    #[error(
+        "this netcon-sniff was built without its XDP program (NETCON_SKIP_EBPF); rebuild after `cargo xtask setup`"
+    )]
+    NotBuilt,
+    /// The running kernel is older than [`MIN_KERNEL`].
+    #[error("kernel {found} is too old for the XDP backend: it needs {}.{} or later (BPF ring buffer, XDP links, bpf_xdp_load_bytes)", MIN_KERNEL.0, MIN_KERNEL.1)]
+    KernelTooOld { found: String },
+    /// Loading the object or the program failed.
+    #[error("cannot load the XDP program{}: {source}", hint(source.as_ref()))]
+    Load {
+        #[source]
+        source: Box<dyn StdError + Send + Sync>,
+    },
+    /// Attaching to an interface failed.
+    #[error(
+        "cannot attach XDP to {interface} in {mode} mode{}: {source}",
+        hint(source)
+    )]
+    Attach {
+        interface: String,
+        mode: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// A map the program needs was missing or of the wrong type.
+    #[error("the XDP object has no usable map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// Waiting on or reading the ring buffer failed.
+    #[error("reading the XDP ring buffer: {source}")]
+    Read {
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What a person can do about an error, from the errno at its root.
+fn hint(error: &(dyn StdError + 'static)) -> &'static str {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return match io.raw_os_error() {
+                Some(libc::EPERM | libc::EACCES) => {
+                    " (needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON; or use --backend raw)"
+                }
+                Some(libc::EBUSY | libc::EEXIST) => {
+                    " (another XDP program is attached: see `ip link show`; detach it first)"
+                }
+                Some(libc::EOPNOTSUPP | libc::EINVAL) => " (try --xdp-mode skb)",
+                _ => "",
+            };
+        }
+        current = e.source();
+    }
+    ""
+}
+
+/// The mode an interface ended up attached in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachedMode {
+    /// In the driver.
+    Native,
+    /// Generic XDP, in the kernel's receive path (slower, works everywhere).
+    Skb,
+}
+
+impl AttachedMode {
+    /// `native` or `skb`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Skb => "skb",
+        }
+    }
+}
+
+/// An attached XDP program and the ring buffer it fills.
+pub struct XdpCapture {
+    // Field order is drop order: the ring buffer and maps go before the program and its links.
+    ring: AsyncFd<RingBuf<MapData>>,
+    counters: PerCpuArray<MapData, u64>,
+    /// One buffer that captured frames are split off, so records cost no allocation each.
+    arena: BytesMut,
+    /// `CLOCK_REALTIME - CLOCK_MONOTONIC`, to turn `bpf_ktime_get_ns` into wall time.
+    mono_to_wall_ns: i128,
+    attached: Vec<(String, AttachedMode)>,
+    _ebpf: Ebpf,
+}
+
+impl XdpCapture {
+    /// Loads the program with `ports` and a ring buffer of `ring_bytes`, then attaches it to
+    /// every interface in `interfaces`.
+    ///
+    /// # Errors
+    /// [`XdpError`] with a hint when the kernel, privileges or interface do not allow it.
+    pub fn open(
+        interfaces: &[Interface],
+        ports: &[u16],
+        mode: XdpModeChoice,
+        ring_bytes: u32,
+    ) -> Result<Self, XdpError> {
+        if PROGRAM.is_empty() {
+            return Err(XdpError::NotBuilt);
+        }
+        check_kernel()?;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", ring_bytes)
+            .load(PROGRAM)
+            .map_err(|e| XdpError::Load { source: e.into() })?;
+
+        let mut port_map: Array<_, u32> =
+            Array::try_from(ebpf.map_mut("PORTS").ok_or(XdpError::Map {
+                name: "PORTS",
+                source: aya::maps::MapError::InvalidName {
+                    name: "PORTS".into(),
+                },
+            })?)
+            .map_err(|source| XdpError::Map {
+                name: "PORTS",
+                source,
+            })?;
+        for (word, bits) in port_bitmap(ports) {
+            port_map
+                .set(word, bits, 0)
+                .map_err(|source| XdpError::Map {
+                    name: "PORTS",
+                    source,
+                })?;
+        }
+
+        let program: &mut Xdp = ebpf
+            .program_mut("netcon")
+            .ok_or_else(|| XdpError::Load {
+                source: "no program named netcon in the object".into(),
+            })?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| XdpError::Load { source: e.into() })?;
+        program
+            .load()
+            .map_err(|e| XdpError::Load { source: e.into() })?;
+        let mut attached = Vec::with_capacity(interfaces.len());
+        for interface in interfaces {
+            attached.push((interface.name.clone(), attach(program, interface, mode)?));
+        }
+
+        let ring =
+            RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?).map_err(|source| XdpError::Map {
+                name: "EVENTS",
+                source,
+            })?;
+        let counters =
+            PerCpuArray::try_from(take_map(&mut ebpf, "COUNTERS")?).map_err(|source| {
+                XdpError::Map {
+                    name: "COUNTERS",
+                    source,
+                }
+            })?;
+        // SAFETY: the RingBuf owns its map's fd, which stays open, and is the same fd, for as
+        // long as the AsyncFd owns the RingBuf.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| XdpError::Read { source: e.into() })?;
+        Ok(Self {
+            ring,
+            counters,
+            arena: BytesMut::new(),
+            mono_to_wall_ns: mono_to_wall_ns(),
+            attached,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// The interfaces and the mode each was attached in.
+    #[must_use]
+    pub fn attached(&self) -> &[(String, AttachedMode)] {
+        &self.attached
+    }
+
+    /// Waits until the ring buffer has records, then appends up to [`MAX_BATCH`] of them.
+    ///
+    /// # Errors
+    /// [`XdpError::Read`] when the ring buffer cannot be polled.
+    pub async fn recv(&mut self, out: &mut Vec<Captured>) -> Result<(), XdpError> {
+        loop {
+            let mut guard = self
+                .ring
+                .readable_mut()
+                .await
+                .map_err(|source| XdpError::Read { source })?;
+            if read_batch(
+                guard.get_inner_mut(),
+                &mut self.arena,
+                self.mono_to_wall_ns,
+                out,
+            ) > 0
+            {
+                return Ok(());
+            }
+            guard.clear_ready();
+        }
+    }
+
+    /// Appends whatever the ring buffer holds now, without waiting (for shutdown).
+    pub fn drain(&mut self, out: &mut Vec<Captured>) {
+        while read_batch(
+            self.ring.get_mut(),
+            &mut self.arena,
+            self.mono_to_wall_ns,
+            out,
+        ) > 0
+        {}
+    }
+
+    /// The program's counters, summed over CPUs.
+    ///
+    /// # Errors
+    /// [`XdpError::Map`] when the counter map cannot be read.
+    pub fn counters(&self) -> Result<CaptureCounters, XdpError> {
+        let sum = |index: u32| -> Result<u64, XdpError> {
+            let values = self
+                .counters
+                .get(&index, 0)
+                .map_err(|source| XdpError::Map {
+                    name: "COUNTERS",
+                    source,
+                })?;
+            Ok(values.iter().copied().fold(0u64, u64::wrapping_add))
+        };
+        Ok(CaptureCounters {
+            seen: sum(counter::SEEN)?,
+            matched: sum(counter::MATCHED)?,
+            ringbuf_full: sum(counter::RINGBUF_FULL)?,
+            truncated: sum(counter::TRUNCATED)?,
+            copy_failed: sum(counter::COPY_FAILED)?,
+        })
+    }
+
+    /// The ring buffer's file descriptor (for diagnostics).
+    #[must_use]
+    pub fn ring_fd(&self) -> i32 {
+        self.ring.get_ref().as_raw_fd()
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, XdpError> {
+    ebpf.take_map(name).ok_or(XdpError::Map {
+        name,
+        source: aya::maps::MapError::InvalidName { name: name.into() },
+    })
+}
+
+fn check_kernel() -> Result<(), XdpError> {
+    // If the version cannot be read, let loading decide.
+    if let Ok(version) = KernelVersion::current()
+        && version < KernelVersion::new(MIN_KERNEL.0, MIN_KERNEL.1, 0)
+    {
+        return Err(XdpError::KernelTooOld {
+            found: version.to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn attach(
+    program: &mut Xdp,
+    interface: &Interface,
+    mode: XdpModeChoice,
+) -> Result<AttachedMode, XdpError> {
+    let try_mode = |program: &mut Xdp, mode: AttachedMode| {
+        let flags = match mode {
+            AttachedMode::Native => XdpMode::Driver,
+            AttachedMode::Skb => XdpMode::Skb,
+        };
+        program
+            .attach_to_if_index(interface.ifindex, flags)
+            .map(|_| mode)
+            .map_err(|source| XdpError::Attach {
+                interface: interface.name.clone(),
+                mode: mode.as_str(),
+                source,
+            })
+    };
+    match mode {
+        XdpModeChoice::Native => try_mode(program, AttachedMode::Native),
+        XdpModeChoice::Skb => try_mode(program, AttachedMode::Skb),
+        XdpModeChoice::Auto => try_mode(program, AttachedMode::Native).or_else(|native| {
+            let skb = try_mode(program, AttachedMode::Skb)?;
+            eprintln!(
+                "netcon-sniff: native XDP unavailable on {} ({native}); using generic (skb) mode",
+                interface.name
+            );
+            Ok(skb)
+        }),
+    }
+}
+
+/// The `PORTS` map contents: `(word index, bits)` for each word with a port in it.
+fn port_bitmap(ports: &[u16]) -> Vec<(u32, u32)> {
+    let mut words = std::collections::BTreeMap::<u32, u32>::new();
+    for &port in ports {
+        *words.entry(u32::from(port) >> 5).or_default() |= 1 << (u32::from(port) & 31);
+    }
+    words.into_iter().collect()
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec; both clocks exist on every Linux.
+    unsafe { libc::clock_gettime(clock, &raw mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+fn mono_to_wall_ns() -> i128 {
+    clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// Reads up to [`MAX_BATCH`] records; returns how many it read. Malformed records (which only a
+/// mismatched program could produce) are skipped with a warning.
+fn read_batch(
+    ring: &mut RingBuf<MapData>,
+    arena: &mut BytesMut,
+    mono_to_wall_ns: i128,
+    out: &mut Vec<Captured>,
+) -> usize {
+    let mut read = 0;
+    while read < MAX_BATCH {
+        let Some(item) = ring.next() else { break };
+        read += 1;
+        if let Some((header, frame)) = parse_record(&item) {
+            if arena.capacity() - arena.len() < frame.len() {
+                arena.reserve(64 * 1024);
+            }
+            arena.extend_from_slice(frame);
+            out.push(Captured {
+                ts: wall_time(mono_to_wall_ns, header.ts_ns),
+                ifindex: header.ifindex,
+                wire_len: header.pkt_len,
+                bytes: arena.split().freeze(),
+            });
+        } else {
+            tracing::warn!(len = item.len(), "skipping malformed ring buffer record");
+        }
+    }
+    read
+}
+
+/// Splits a ring buffer record into its header and frame, checking every length.
+#[must_use]
+pub fn parse_record(record: &[u8]) -> Option<(RecordHeader, &[u8])> {
+    let (head, rest) = record.split_at_checked(RECORD_HEADER_LEN)?;
+    // Fields are read one by one from little-endian bytes: no transmute, no alignment
+    // assumption about the ring buffer's memory. BPF on x86_64/arm64 is little-endian.
+    let u32_at = |i: usize| u32::from_le_bytes(head[i..i + 4].try_into().unwrap_or_default());
+    let header = RecordHeader {
+        ts_ns: u64::from_le_bytes(head[0..8].try_into().ok()?),
+        ifindex: u32_at(8),
+        pkt_len: u32_at(12),
+        cap_len: u32_at(16),
+        flags: u32_at(20),
+    };
+    let frame = rest.get(..usize::try_from(header.cap_len).ok()?)?;
+    Some((header, frame))
+}
+
+fn wall_time(mono_to_wall_ns: i128, ts_ns: u64) -> DateTime<Utc> {
+    let wall = mono_to_wall_ns + i128::from(ts_ns);
+    i64::try_from(wall).map_or(DateTime::<Utc>::MAX_UTC, DateTime::from_timestamp_nanos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(cap_len: u32, frame: &[u8]) -> Vec<u8> {
+        let mut r = Vec::new();
+        r.extend_from_slice(&7u64.to_le_bytes());
+        r.extend_from_slice(&3u32.to_le_bytes());
+        r.extend_from_slice(&99u32.to_le_bytes());
+        r.extend_from_slice(&cap_len.to_le_bytes());
+        r.extend_from_slice(&0u32.to_le_bytes());
+        r.extend_from_slice(frame);
+        r
+    }
+
+    #[test]
+    fn parses_header_and_frame() {
+        let r = record(3, b"abcXX");
+        let (h, f) = parse_record(&r).unwrap();
+        assert_eq!((h.ts_ns, h.ifindex, h.pkt_len, h.cap_len), (7, 3, 99, 3));
+        assert_eq!(f, b"abc");
+    }
+
+    #[test]
+    fn rejects_short_records() {
+        assert!(parse_record(&[0; RECORD_HEADER_LEN - 1]).is_none());
+        assert!(parse_record(&record(6, b"abc")).is_none());
+    }
+
+    #[test]
+    fn bitmap_sets_one_bit_per_port() {
+        assert_eq!(
+            port_bitmap(&[6666, 6667, 0, 65535]),
+            vec![
+                (0, 1),
+                (208, 0b1100_0000_0000), // 6666 = 208 * 32 + 10
+                (2047, 1 << 31)
+            ]
+        );
+    }
+}

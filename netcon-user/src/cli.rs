@@ -1,0 +1,110 @@
+//! The command line, as clap parses it. [`crate::Config::from_cli`] resolves it.
+#![expect(
+    clippy::doc_markdown,
+    reason = "doc comments here are the --help text, read in a terminal"
+)]
+
+use clap::{Parser, ValueEnum};
+
+/// Catch Linux netconsole messages off the wire.
+///
+/// netconsole sends kernel log lines, including the last words of a machine that is panicking,
+/// as UDP datagrams, by default to the broadcast MAC. netcon-sniff sees them at the frame level
+/// with an XDP program, so it also catches datagrams addressed to another host's IP on a shared
+/// segment, and (with --promisc) traffic on a switch mirror port. The host's own traffic is never
+/// changed: every frame goes on as before.
+///
+/// Examples:
+///   netcon-sniff -i eth1                 capture on eth1, port 6666
+///   netcon-sniff -i eth1 -p 6666 -p 6667 two ports
+///   netcon-sniff -i mirror0 --promisc    a switch mirror port
+///
+/// Needs root (or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON) and Linux 5.18 or later.
+#[derive(Debug, Parser)]
+#[command(name = "netcon-sniff", version, verbatim_doc_comment)]
+pub struct Cli {
+    /// Interface to capture on; repeat for several. Default: every interface that is up,
+    /// except loopback (name `lo` to capture there).
+    #[arg(short = 'i', long = "interface", value_name = "IFACE")]
+    pub interfaces: Vec<String>,
+
+    /// UDP destination port to match; repeat for several. netconsole's default is 6666.
+    #[arg(short = 'p', long = "port", value_name = "PORT", default_value = "6666",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+
+    /// Put the interfaces into promiscuous mode while running, to see frames sent to other
+    /// hosts' MAC addresses (a switch mirror port). Released when netcon-sniff exits, even if
+    /// it is killed.
+    #[arg(long)]
+    pub promisc: bool,
+
+    /// How to attach XDP: `auto` tries native (in the driver) and falls back to generic (skb)
+    /// with a notice; `native` or `skb` force one.
+    #[arg(long, value_enum, default_value_t = XdpModeChoice::Auto, value_name = "MODE")]
+    pub xdp_mode: XdpModeChoice,
+
+    /// Output format. `raw`: one line per datagram (capture time, interface, addresses, the
+    /// payload with control characters escaped).
+    #[arg(long, value_enum, default_value_t = Format::Raw, value_name = "FORMAT")]
+    pub format: Format,
+
+    /// Size of the ring buffer between the XDP program and netcon-sniff, in MiB (a power of
+    /// two). A larger one absorbs longer bursts, such as the log replay of a booting sender.
+    #[arg(long, default_value_t = 8, value_name = "MIB",
+          value_parser = parse_ring_mib)]
+    pub ring_mib: u32,
+}
+
+/// How to attach the XDP program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum XdpModeChoice {
+    /// Native, then generic (skb) if the driver cannot.
+    Auto,
+    /// In the driver only.
+    Native,
+    /// Generic XDP only.
+    Skb,
+}
+
+/// Output format of records on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// One line per datagram, the payload undecoded.
+    Raw,
+}
+
+fn parse_ring_mib(s: &str) -> Result<u32, String> {
+    let mib: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if mib.is_power_of_two() && mib <= 1024 {
+        Ok(mib)
+    } else {
+        Err("must be a power of two from 1 to 1024".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ports_repeat_and_default() {
+        let cli = Cli::try_parse_from(["netcon-sniff"]).unwrap();
+        assert_eq!(cli.ports, vec![6666]);
+        let cli = Cli::try_parse_from(["netcon-sniff", "-p", "6666", "-p", "6667"]).unwrap();
+        assert_eq!(cli.ports, vec![6666, 6667]);
+    }
+
+    #[test]
+    fn rejects_bad_port_and_ring() {
+        assert!(Cli::try_parse_from(["netcon-sniff", "-p", "0"]).is_err());
+        assert!(Cli::try_parse_from(["netcon-sniff", "-p", "70000"]).is_err());
+        assert!(Cli::try_parse_from(["netcon-sniff", "--ring-mib", "3"]).is_err());
+    }
+}

@@ -1,0 +1,142 @@
+//! The resolved configuration: what `run` needs, with names turned into interface indexes.
+
+use std::{collections::BTreeSet, ffi::CString};
+
+use crate::cli::Cli;
+pub use crate::cli::{Format, XdpModeChoice};
+
+/// Why the command line could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `-i` named an interface this host (namespace) does not have.
+    #[error("no interface named {name:?} (see `ip link`)")]
+    UnknownInterface { name: String },
+    /// No `-i` and no interface is up.
+    #[error("no interface is up to capture on; name one with -i")]
+    NoInterfaces,
+    /// The interface list could not be read.
+    #[error("cannot list interfaces: {source}")]
+    ListInterfaces {
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// A network interface by name and index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    /// Its name, e.g. `eth1`.
+    pub name: String,
+    /// Its index (`if_nametoindex`).
+    pub ifindex: u32,
+}
+
+/// Everything `run` needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Interfaces to capture on.
+    pub interfaces: Vec<Interface>,
+    /// UDP destination ports to match.
+    pub ports: Vec<u16>,
+    /// Hold the interfaces in promiscuous mode.
+    pub promisc: bool,
+    /// How to attach XDP.
+    pub xdp_mode: XdpModeChoice,
+    /// Output format.
+    pub format: Format,
+    /// Ring buffer size, bytes.
+    pub ring_bytes: u32,
+}
+
+impl Config {
+    /// Resolves interface names and defaults.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for an unknown interface, or when none is up.
+    pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
+        let names = if cli.interfaces.is_empty() {
+            interfaces_up()?
+        } else {
+            cli.interfaces
+        };
+        let mut interfaces = Vec::with_capacity(names.len());
+        for name in names {
+            let ifindex =
+                ifindex(&name).ok_or(ConfigError::UnknownInterface { name: name.clone() })?;
+            if !interfaces.iter().any(|i: &Interface| i.ifindex == ifindex) {
+                interfaces.push(Interface { name, ifindex });
+            }
+        }
+        let mut ports = cli.ports;
+        ports.sort_unstable();
+        ports.dedup();
+        Ok(Self {
+            interfaces,
+            ports,
+            promisc: cli.promisc,
+            xdp_mode: cli.xdp_mode,
+            format: cli.format,
+            ring_bytes: cli.ring_mib << 20,
+        })
+    }
+
+    /// The name of interface `ifindex`, if it is one of ours.
+    #[must_use]
+    pub fn interface_name(&self, ifindex: u32) -> Option<&str> {
+        self.interfaces
+            .iter()
+            .find(|i| i.ifindex == ifindex)
+            .map(|i| i.name.as_str())
+    }
+}
+
+fn ifindex(name: &str) -> Option<u32> {
+    let name = CString::new(name).ok()?;
+    // SAFETY: name is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+/// Names of the interfaces that are up, loopback excepted, in a stable order.
+fn interfaces_up() -> Result<Vec<String>, ConfigError> {
+    use nix::net::if_::InterfaceFlags;
+    let names: BTreeSet<String> = nix::ifaddrs::getifaddrs()
+        .map_err(|source| ConfigError::ListInterfaces { source })?
+        .filter(|a| {
+            a.flags.contains(InterfaceFlags::IFF_UP)
+                && !a.flags.contains(InterfaceFlags::IFF_LOOPBACK)
+        })
+        .map(|a| a.interface_name)
+        .collect();
+    if names.is_empty() {
+        return Err(ConfigError::NoInterfaces);
+    }
+    Ok(names.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn resolves_loopback_and_dedups() {
+        let cli = Cli::parse_from(["netcon-sniff", "-i", "lo", "-i", "lo", "-p", "7", "-p", "7"]);
+        let config = Config::from_cli(cli).unwrap();
+        assert_eq!(config.interfaces.len(), 1);
+        assert_eq!(config.interfaces[0].name, "lo");
+        assert_eq!(
+            config.interface_name(config.interfaces[0].ifindex),
+            Some("lo")
+        );
+        assert_eq!(config.ports, vec![7]);
+        assert_eq!(config.ring_bytes, 8 << 20);
+    }
+
+    #[test]
+    fn unknown_interface_is_an_error() {
+        let cli = Cli::parse_from(["netcon-sniff", "-i", "nonexistent-if0"]);
+        let err = Config::from_cli(cli).unwrap_err();
+        assert!(err.to_string().contains("nonexistent-if0"), "{err}");
+    }
+}

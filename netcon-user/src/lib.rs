@@ -1,0 +1,16 @@
+//! netcon: catch Linux netconsole datagrams off the wire and turn them into records.
+//!
+//! The flow is one direction, one owner per stage (see `design.md`):
+//! [`capture`] yields frames, [`wire`] turns a frame into a UDP datagram, [`netconsole`] turns
+//! datagrams into records and events, [`sink`] formats and delivers them.
+
+pub mod capture;
+pub mod cli;
+pub mod config;
+pub mod netconsole;
+pub mod run;
+pub mod sink;
+pub mod wire;
+
+pub use config::Config;
+pub use run::run;

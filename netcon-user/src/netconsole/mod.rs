@@ -1,0 +1,1 @@
+//! Netconsole decoding (being written; placeholder so the crate builds).

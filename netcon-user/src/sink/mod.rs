@@ -1,0 +1,4 @@
+//! Sinks format and deliver records. They never parse.
+
+pub mod escape;
+pub mod raw;

@@ -1,0 +1,163 @@
+//! From an Ethernet frame to the UDP datagram inside it.
+//!
+//! Userspace parses with etherparse (maintained, fuzzed, handles VLAN tags, IPv4 options and
+//! IPv6) rather than hand-written offsets; only the eBPF side has to hand-parse.
+
+use std::net::{IpAddr, SocketAddr};
+
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+
+/// Why a frame is not a UDP datagram we can decode.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The headers are cut short or inconsistent.
+    #[error("malformed frame: {source}")]
+    Malformed {
+        #[source]
+        source: etherparse::err::packet::SliceError,
+    },
+    /// Not IPv4 or IPv6.
+    #[error("not an IP packet")]
+    NotIp,
+    /// IP, but not UDP, or a non-first IP fragment.
+    #[error("not a UDP datagram")]
+    NotUdp,
+}
+
+/// A UDP datagram, borrowed from the frame it came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Datagram<'a> {
+    /// Sender address and port.
+    pub src: SocketAddr,
+    /// Destination address and port (often not this host: see the README).
+    pub dst: SocketAddr,
+    /// The UDP payload, cut to the UDP length field.
+    pub payload: &'a [u8],
+}
+
+impl<'a> Datagram<'a> {
+    /// Parses an Ethernet II frame with up to two VLAN tags.
+    ///
+    /// # Errors
+    /// [`WireError`] when the frame is not a well-formed IPv4/IPv6 UDP datagram.
+    pub fn parse(frame: &'a [u8]) -> Result<Self, WireError> {
+        Self::from_sliced(
+            SlicedPacket::from_ethernet(frame).map_err(|source| WireError::Malformed { source })?,
+        )
+    }
+
+    /// Parses a Linux cooked capture (SLL) frame, as `tcpdump -i any` writes them.
+    ///
+    /// # Errors
+    /// [`WireError`] when the frame is not a well-formed IPv4/IPv6 UDP datagram.
+    pub fn parse_linux_sll(frame: &'a [u8]) -> Result<Self, WireError> {
+        Self::from_sliced(
+            SlicedPacket::from_linux_sll(frame)
+                .map_err(|source| WireError::Malformed { source })?,
+        )
+    }
+
+    fn from_sliced(packet: SlicedPacket<'a>) -> Result<Self, WireError> {
+        let (src_ip, dst_ip): (IpAddr, IpAddr) = match &packet.net {
+            Some(NetSlice::Ipv4(ip)) => (
+                ip.header().source_addr().into(),
+                ip.header().destination_addr().into(),
+            ),
+            Some(NetSlice::Ipv6(ip)) => (
+                ip.header().source_addr().into(),
+                ip.header().destination_addr().into(),
+            ),
+            Some(NetSlice::Arp(_)) | None => return Err(WireError::NotIp),
+        };
+        match packet.transport {
+            Some(TransportSlice::Udp(udp)) => Ok(Self {
+                src: SocketAddr::new(src_ip, udp.source_port()),
+                dst: SocketAddr::new(dst_ip, udp.destination_port()),
+                payload: udp.payload(),
+            }),
+            _ => Err(WireError::NotUdp),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::{IpHeaders, PacketBuilder, PacketBuilderStep, VlanId};
+    use proptest::prelude::*;
+
+    const SRC_MAC: [u8; 6] = [0x52, 0x54, 0, 0x77, 0, 0x10];
+    const BROADCAST: [u8; 6] = [0xff; 6];
+
+    fn frame(builder: PacketBuilderStep<IpHeaders>, payload: &[u8]) -> Vec<u8> {
+        let builder = builder.udp(6665, 6666);
+        let mut out = Vec::with_capacity(builder.size(payload.len()));
+        builder.write(&mut out, payload).unwrap();
+        out
+    }
+
+    /// Shaped like the frames of the real 6.1 capture (../shared/fixtures/ext.pcap): broadcast
+    /// MAC, 10.77.0.10:6665 -> 10.77.0.1:6666, padded by the NIC to the 60-byte Ethernet minimum.
+    const REAL_FRAME: &[u8] = b"\xff\xff\xff\xff\xff\xff\x52\x54\x00\x77\x00\x10\x08\x00\
+\x45\x00\x00\x24\x00\x00\x00\x00\x40\x11\x66\x25\x0a\x4d\x00\x0a\x0a\x4d\x00\x01\
+\x1a\x09\x1a\x0a\x00\x10\x00\x00hi\n\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
+
+    #[test]
+    fn parses_ipv4_broadcast_frame_and_strips_ethernet_padding() {
+        let d = Datagram::parse(REAL_FRAME).unwrap();
+        assert_eq!(d.src, "10.77.0.10:6665".parse().unwrap());
+        assert_eq!(d.dst, "10.77.0.1:6666".parse().unwrap());
+        assert_eq!(d.payload, b"hi\n\0\0\0\0\0");
+    }
+
+    #[test]
+    fn parses_ipv6() {
+        let b = PacketBuilder::ethernet2(SRC_MAC, BROADCAST).ipv6(
+            "fd00:1::10".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+            "fd00:1::1".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+            32,
+        );
+        let f = frame(b, b"6,1,2,-;x\n");
+        let d = Datagram::parse(&f).unwrap();
+        assert_eq!(d.src, "[fd00:1::10]:6665".parse().unwrap());
+        assert_eq!(d.dst.port(), 6666);
+        assert_eq!(d.payload, b"6,1,2,-;x\n");
+    }
+
+    #[test]
+    fn parses_two_vlan_tags() {
+        let b = PacketBuilder::ethernet2(SRC_MAC, BROADCAST)
+            .double_vlan(VlanId::try_new(100).unwrap(), VlanId::try_new(200).unwrap())
+            .ipv4([10, 1, 0, 10], [10, 1, 0, 99], 64);
+        let f = frame(b, b"payload");
+        assert_eq!(Datagram::parse(&f).unwrap().payload, b"payload");
+    }
+
+    #[test]
+    fn rejects_tcp() {
+        let b = PacketBuilder::ethernet2(SRC_MAC, BROADCAST)
+            .ipv4([10, 1, 0, 10], [10, 1, 0, 1], 64)
+            .tcp(1, 2, 3, 4);
+        let mut f = Vec::new();
+        b.write(&mut f, b"x").unwrap();
+        assert!(matches!(Datagram::parse(&f), Err(WireError::NotUdp)));
+    }
+
+    #[test]
+    fn rejects_arp_and_truncated() {
+        let mut arp = REAL_FRAME.to_vec();
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert!(Datagram::parse(&arp).is_err());
+        for cut in 0..42 {
+            assert!(Datagram::parse(&REAL_FRAME[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Datagram::parse(&bytes);
+            let _ = Datagram::parse_linux_sll(&bytes);
+        }
+    }
+}
