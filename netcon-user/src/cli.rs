@@ -21,8 +21,32 @@ use clap::{Parser, ValueEnum};
 ///
 /// Needs root (or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON) and Linux 5.18 or later.
 #[derive(Debug, Parser)]
-#[command(name = "netcon-sniff", version, verbatim_doc_comment)]
+#[command(
+    name = "netcon-sniff",
+    version,
+    verbatim_doc_comment,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
+    /// Without a subcommand, netcon-sniff captures.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub sniff: SniffArgs,
+}
+
+/// Subcommands besides capturing.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Print the netconsole configuration for this machine to send to a collector: run it on
+    /// the machine to be logged.
+    SenderConfig(crate::sender_config::SenderConfigArgs),
+}
+
+/// Capture options (the default command).
+#[derive(Debug, clap::Args)]
+pub struct SniffArgs {
     /// Interface to capture on; repeat for several. Default: every interface that is up,
     /// except loopback (name `lo` to capture there).
     #[arg(short = 'i', long = "interface", value_name = "IFACE")]
@@ -96,9 +120,10 @@ mod tests {
     #[test]
     fn ports_repeat_and_default() {
         let cli = Cli::try_parse_from(["netcon-sniff"]).unwrap();
-        assert_eq!(cli.ports, vec![6666]);
+        assert!(cli.command.is_none());
+        assert_eq!(cli.sniff.ports, vec![6666]);
         let cli = Cli::try_parse_from(["netcon-sniff", "-p", "6666", "-p", "6667"]).unwrap();
-        assert_eq!(cli.ports, vec![6666, 6667]);
+        assert_eq!(cli.sniff.ports, vec![6666, 6667]);
     }
 
     #[test]

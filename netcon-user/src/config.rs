@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeSet, ffi::CString};
 
-use crate::cli::Cli;
+use crate::cli::SniffArgs;
 pub use crate::cli::{Format, XdpModeChoice};
 
 /// Why the command line could not be resolved.
@@ -53,7 +53,7 @@ impl Config {
     ///
     /// # Errors
     /// [`ConfigError`] for an unknown interface, or when none is up.
-    pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
+    pub fn from_cli(cli: SniffArgs) -> Result<Self, ConfigError> {
         let names = if cli.interfaces.is_empty() {
             interfaces_up()?
         } else {
@@ -117,12 +117,13 @@ fn interfaces_up() -> Result<Vec<String>, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::Cli;
     use clap::Parser;
 
     #[test]
     fn resolves_loopback_and_dedups() {
         let cli = Cli::parse_from(["netcon-sniff", "-i", "lo", "-i", "lo", "-p", "7", "-p", "7"]);
-        let config = Config::from_cli(cli).unwrap();
+        let config = Config::from_cli(cli.sniff).unwrap();
         assert_eq!(config.interfaces.len(), 1);
         assert_eq!(config.interfaces[0].name, "lo");
         assert_eq!(
@@ -136,7 +137,7 @@ mod tests {
     #[test]
     fn unknown_interface_is_an_error() {
         let cli = Cli::parse_from(["netcon-sniff", "-i", "nonexistent-if0"]);
-        let err = Config::from_cli(cli).unwrap_err();
+        let err = Config::from_cli(cli.sniff).unwrap_err();
         assert!(err.to_string().contains("nonexistent-if0"), "{err}");
     }
 }

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod netconsole;
 pub mod run;
+pub mod sender_config;
 pub mod sink;
 pub mod wire;
 

@@ -16,6 +16,8 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::{Parser, Subcommand};
 
+mod vm;
+
 /// Must match `BPF_LINKER_VERSION` in netcon-user/build.rs.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -40,6 +42,8 @@ enum Task {
     },
     /// Setup, build, clippy, fmt check, unit tests, then the end-to-end tests (needs root).
     Test,
+    /// Boot real Linux kernels under qemu whose netconsole sends to netcon-sniff (needs root).
+    VmTest(vm::VmTestArgs),
 }
 
 fn main() -> Result<()> {
@@ -61,6 +65,10 @@ fn main() -> Result<()> {
             Err(error).context("starting target/release/netcon-sniff")
         }
         Task::Test => test(&root),
+        Task::VmTest(args) => {
+            setup()?;
+            vm::run(&root, &args)
+        }
     }
 }
 

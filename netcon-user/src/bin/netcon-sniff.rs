@@ -2,8 +2,12 @@
 
 use std::{io, process::ExitCode};
 
-use clap::Parser;
-use netcon::{Config, cli::Cli, run::RunError};
+use clap::Parser as _;
+use netcon::{
+    Config,
+    cli::{Cli, Command},
+    run::RunError,
+};
 use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> ExitCode {
@@ -14,9 +18,26 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    // clap prints its own message and exits 2 on a usage error, 0 for --help.
-    let cli = Cli::parse();
-    let config = match Config::from_cli(cli) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print to stdout and exit 0.
+        Err(error) if !error.use_stderr() => error.exit(),
+        Err(error) => {
+            // One line, like every other error: clap's first line is the message.
+            let text = error.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("netcon-sniff: error: {first} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(Command::SenderConfig(args)) = cli.command {
+        return match netcon::sender_config::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => fail(&error),
+        };
+    }
+    let config = match Config::from_cli(cli.sniff) {
         Ok(config) => config,
         Err(error) => return fail(&error),
     };

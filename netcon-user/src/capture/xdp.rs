@@ -81,7 +81,7 @@ fn hint(error: &(dyn StdError + 'static)) -> &'static str {
         if let Some(io) = e.downcast_ref::<io::Error>() {
             return match io.raw_os_error() {
                 Some(libc::EPERM | libc::EACCES) => {
-                    " (needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON; or use --backend raw)"
+                    " (needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)"
                 }
                 Some(libc::EBUSY | libc::EEXIST) => {
                     " (another XDP program is attached: see `ip link show`; detach it first)"
