@@ -1,0 +1,508 @@
+//! Network namespaces and veth pairs that remove themselves on drop, also when a test panics.
+//!
+//! Everything goes through `ip` (iproute2): simple, and its error messages are what a person
+//! debugging a failed setup wants to see. Namespaces are named `nct-<pid>-<counter>-<role>`, so
+//! parallel tests in one run and concurrent runs never clash, and namespaces left behind by a run
+//! that was killed (no destructor ran) can be recognised and removed by the next run.
+
+use std::fs::File;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, Once, PoisonError};
+use std::time::{Duration, Instant};
+
+use nix::sched::CloneFlags;
+
+use crate::sender::FrameSender;
+
+/// Prefix of every namespace this harness creates.
+pub const NETNS_PREFIX: &str = "nct-";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+/// `ip netns add` mounts `/run/netns` on first use; serialise creation so that parallel tests in
+/// one process never race on that.
+static CREATE_LOCK: Mutex<()> = Mutex::new(());
+static STALE_CLEANUP: Once = Once::new();
+
+/// Panics unless the process runs as root, with a message saying why root is needed.
+///
+/// # Panics
+/// If not root.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "end-to-end tests need root (network namespaces, XDP)"
+    );
+}
+
+/// Runs `ip ARGS...`, panicking with its stderr if it fails; returns its stdout.
+///
+/// # Panics
+/// If `ip` cannot be started or exits non-zero.
+#[must_use]
+pub fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().unwrap_or_else(|e| {
+        panic!(
+            "cannot run `ip {}`: {e} (is iproute2 installed?)",
+            args.join(" ")
+        )
+    });
+    assert!(
+        out.status.success(),
+        "`ip {}` failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Names of all network namespaces (`ip netns list`), without the `(id: N)` suffix.
+#[must_use]
+pub fn netns_list() -> Vec<String> {
+    ip(&["netns", "list"])
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Removes `nct-<pid>-...` namespaces whose process no longer exists: left behind by a test run
+/// that was killed before its destructors ran. Namespaces of live processes are never touched.
+fn remove_stale_namespaces() {
+    for name in netns_list() {
+        let Some(rest) = name.strip_prefix(NETNS_PREFIX) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            eprintln!("netcon-tests: removing stale namespace {name} (its process {pid} is gone)");
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        }
+    }
+}
+
+/// A network namespace, deleted on drop. Deleting it also deletes the veth ends inside it (and
+/// with them their peers).
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates a namespace named `nct-<pid>-<counter>-<role>` with `lo` up.
+    ///
+    /// # Panics
+    /// If not root or if `ip` fails.
+    #[must_use]
+    pub fn new(role: &str) -> Netns {
+        require_root();
+        STALE_CLEANUP.call_once(remove_stale_namespaces);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{NETNS_PREFIX}{}-{n}-{role}", std::process::id());
+        {
+            let _guard = CREATE_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+            let _ = ip(&["netns", "add", &name]);
+        }
+        // From here on the guard owns the namespace: a panic below still removes it.
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "dev", "lo", "up"]);
+        ns
+    }
+
+    /// The namespace's name (as `ip netns` knows it).
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip -n NAME ARGS...` in this namespace, panicking with stderr on failure.
+    ///
+    /// # Panics
+    /// If `ip` fails.
+    #[expect(
+        clippy::must_use_candidate,
+        reason = "most callers run `ip` for its effect"
+    )]
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// Runs `f` on a new thread that has entered this namespace, and returns its result.
+    /// Sockets created in `f` stay in this namespace for their whole life, wherever they are
+    /// used afterwards. A panic in `f` is propagated.
+    ///
+    /// # Panics
+    /// If the namespace cannot be entered, or if `f` panics.
+    pub fn run_in<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            let handle = s.spawn(|| {
+                let file = File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
+                nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)
+                    .unwrap_or_else(|e| panic!("setns({path}) failed: {e}"));
+                f()
+            });
+            handle
+                .join()
+                .unwrap_or_else(|payload| std::panic::resume_unwind(payload))
+        })
+    }
+
+    /// `ip -d link show dev DEV` in this namespace.
+    #[must_use]
+    pub fn link_details(&self, dev: &str) -> String {
+        self.ip(&["-d", "link", "show", "dev", dev])
+    }
+
+    /// The XDP attachment `ip` reports for `dev`: `Some("xdp")` (native/driver), `Some("xdpgeneric")`
+    /// (SKB mode), `Some("xdpoffload")`, `Some("xdpmulti")`, or `None` when nothing is attached.
+    #[must_use]
+    pub fn xdp_attachment(&self, dev: &str) -> Option<String> {
+        xdp_attachment_in(&self.link_summary(dev))
+    }
+
+    /// `ip link show dev DEV` in this namespace (without `-d`: only this form names the XDP mode).
+    #[must_use]
+    pub fn link_summary(&self, dev: &str) -> String {
+        self.ip(&["link", "show", "dev", dev])
+    }
+
+    /// Whether any XDP program is attached to `dev`.
+    #[must_use]
+    pub fn xdp_attached(&self, dev: &str) -> bool {
+        self.xdp_attachment(dev).is_some()
+    }
+
+    /// Polls until no XDP program is attached to `dev`, or panics with the link details after
+    /// `timeout` (the kernel releases a `bpf_link` as the owning process's descriptors close).
+    ///
+    /// # Panics
+    /// If a program is still attached at the deadline.
+    pub fn wait_xdp_detached(&self, dev: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let details = self.link_summary(dev);
+            if xdp_attachment_in(&details).is_none() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "an XDP program is still attached to {dev} in {} after {timeout:?}:\n{details}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The interface's promiscuity counter (`promiscuity N` in `ip -d link show`).
+    ///
+    /// # Panics
+    /// If `ip` does not report it.
+    #[must_use]
+    pub fn promiscuity(&self, dev: &str) -> u32 {
+        let details = self.link_details(dev);
+        promiscuity_in(&details).unwrap_or_else(|| {
+            panic!("no `promiscuity N` in `ip -d link show dev {dev}`:\n{details}")
+        })
+    }
+
+    /// Polls until the promiscuity counter of `dev` equals `want`, or panics after `timeout`.
+    ///
+    /// # Panics
+    /// If it does not get there in time.
+    pub fn wait_promiscuity(&self, dev: &str, want: u32, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.promiscuity(dev);
+            if got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "promiscuity of {dev} is {got}, expected {want} (waited {timeout:?})"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Never panic here: this also runs while unwinding from a failed assertion.
+        match Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output()
+        {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "netcon-tests: `ip netns del {}` failed: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(e) => eprintln!("netcon-tests: cannot run `ip netns del {}`: {e}", self.name),
+        }
+    }
+}
+
+fn xdp_attachment_in(details: &str) -> Option<String> {
+    // `ip link show` names the mode as a word on the first line (`... mtu 1500 xdpgeneric qdisc
+    // ...`); `ip -d link show` omits that word and prints `prog/xdp id N` instead
+    // (iproute2 ip/iplink_xdp.c, xdp_dump). Either is enough to tell that something is attached.
+    for word in details.split_whitespace() {
+        if matches!(
+            word,
+            "xdp" | "xdpgeneric" | "xdpdrv" | "xdpoffload" | "xdpmulti"
+        ) {
+            return Some(word.to_owned());
+        }
+    }
+    details
+        .split_whitespace()
+        .find(|w| w.starts_with("prog/xdp"))
+        .map(|w| w.trim_start_matches("prog/").to_owned())
+}
+
+fn promiscuity_in(details: &str) -> Option<u32> {
+    let mut words = details.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "promiscuity" {
+            return words.next()?.parse().ok();
+        }
+    }
+    None
+}
+
+/// A MAC address.
+pub type Mac = [u8; 6];
+
+/// Ethernet broadcast.
+pub const BROADCAST_MAC: Mac = [0xff; 6];
+/// The IPv6 all-nodes multicast MAC (`33:33:00:00:00:01`).
+pub const ALL_NODES_MAC: Mac = [0x33, 0x33, 0, 0, 0, 1];
+
+/// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
+#[must_use]
+pub fn mac_to_string(mac: Mac) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// One veth pair between a sender namespace and the collector namespace, on subnet N:
+/// `10.N.0.0/24` and `fd00:N::/64`, sender `.10`/`::10`, collector `.1`/`::1`.
+#[derive(Debug, Clone)]
+pub struct Link {
+    /// N in `10.N.0.0/24` and `fd00:N::/64` (1-based).
+    pub subnet: u8,
+    /// Index of the sender namespace in [`Topology::senders`].
+    pub sender: usize,
+    /// Interface name on the sender side (`veth-sN`).
+    pub sender_if: String,
+    /// Interface name on the collector side (`veth-cN`).
+    pub collector_if: String,
+    /// `02:00:00:00:N:10`.
+    pub sender_mac: Mac,
+    /// `02:00:00:00:N:01`.
+    pub collector_mac: Mac,
+    /// `10.N.0.10`
+    pub sender_v4: Ipv4Addr,
+    /// `10.N.0.1`
+    pub collector_v4: Ipv4Addr,
+    /// `fd00:N::10`
+    pub sender_v6: Ipv6Addr,
+    /// `fd00:N::1`
+    pub collector_v6: Ipv6Addr,
+}
+
+impl Link {
+    fn new(subnet: u8, sender: usize) -> Link {
+        let n = subnet;
+        let hextet = u16::from(n);
+        Link {
+            subnet,
+            sender,
+            sender_if: format!("veth-s{n}"),
+            collector_if: format!("veth-c{n}"),
+            sender_mac: [0x02, 0, 0, 0, n, 0x10],
+            collector_mac: [0x02, 0, 0, 0, n, 0x01],
+            sender_v4: Ipv4Addr::new(10, n, 0, 10),
+            collector_v4: Ipv4Addr::new(10, n, 0, 1),
+            sender_v6: Ipv6Addr::new(0xfd00, hextet, 0, 0, 0, 0, 0, 0x10),
+            collector_v6: Ipv6Addr::new(0xfd00, hextet, 0, 0, 0, 0, 0, 0x1),
+        }
+    }
+
+    /// An address on the link's subnet that no namespace owns: `10.N.0.99`.
+    #[must_use]
+    pub fn foreign_v4(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, self.subnet, 0, 99)
+    }
+
+    /// An address on the link's subnet that no namespace owns: `fd00:N::99`.
+    #[must_use]
+    pub fn foreign_v6(&self) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd00, u16::from(self.subnet), 0, 0, 0, 0, 0, 0x99)
+    }
+
+    /// A unicast MAC that no interface has: `02:00:00:00:N:99` (a mirror port's view).
+    #[must_use]
+    pub fn foreign_mac(&self) -> Mac {
+        [0x02, 0, 0, 0, self.subnet, 0x99]
+    }
+}
+
+/// A collector namespace `c0` linked by veth pairs to one or more sender namespaces `sK`.
+/// Dropping it removes every namespace (and so every veth).
+#[derive(Debug)]
+pub struct Topology {
+    /// Where `netcon-sniff` runs.
+    pub collector: Netns,
+    /// Where frames are sent from, one namespace per link.
+    pub senders: Vec<Netns>,
+    /// The veth pairs; link `k` is on subnet `k + 1` and connects `senders[k]` to the collector.
+    pub links: Vec<Link>,
+}
+
+impl Topology {
+    /// One sender namespace linked to the collector (subnet 1).
+    #[must_use]
+    pub fn new() -> Topology {
+        Topology::with_links(1)
+    }
+
+    /// `n` sender namespaces, each with its own veth pair to the collector, so the collector has
+    /// `n` interfaces (`veth-c1` ... `veth-cN`).
+    ///
+    /// # Panics
+    /// If `n` is 0 or above 200, or if any `ip` command fails (everything created so far is
+    /// removed).
+    #[must_use]
+    pub fn with_links(n: usize) -> Topology {
+        assert!(
+            (1..=200).contains(&n),
+            "Topology::with_links({n}): 1 to 200 links"
+        );
+        let mut topo = Topology {
+            collector: Netns::new("c0"),
+            senders: Vec::with_capacity(n),
+            links: Vec::with_capacity(n),
+        };
+        for k in 0..n {
+            let subnet = u8::try_from(k + 1).expect("at most 200 links");
+            topo.senders.push(Netns::new(&format!("s{k}")));
+            let link = Link::new(subnet, k);
+            topo.add_link(&link);
+            topo.links.push(link);
+        }
+        topo
+    }
+
+    fn add_link(&self, link: &Link) {
+        let c = &self.collector;
+        let s = &self.senders[link.sender];
+        let cmac = mac_to_string(link.collector_mac);
+        let smac = mac_to_string(link.sender_mac);
+        c.ip(&[
+            "link",
+            "add",
+            "name",
+            &link.collector_if,
+            "address",
+            &cmac,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &link.sender_if,
+            "address",
+            &smac,
+            "netns",
+            s.name(),
+        ]);
+        for (ns, dev, v4, v6) in [
+            (c, &link.collector_if, link.collector_v4, link.collector_v6),
+            (s, &link.sender_if, link.sender_v4, link.sender_v6),
+        ] {
+            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
+            ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]);
+            ns.ip(&["link", "set", "dev", dev, "up"]);
+        }
+    }
+
+    /// The single link of a one-link topology (or the first).
+    #[must_use]
+    pub fn link(&self) -> &Link {
+        &self.links[0]
+    }
+
+    /// The sender namespace of `link`.
+    #[must_use]
+    pub fn sender_ns(&self, link: &Link) -> &Netns {
+        &self.senders[link.sender]
+    }
+
+    /// A frame sender on the sender side of `link`.
+    #[must_use]
+    pub fn sender(&self, link: &Link) -> FrameSender {
+        FrameSender::open(self.sender_ns(link), &link.sender_if)
+    }
+
+    /// Names of all namespaces of this topology.
+    #[must_use]
+    pub fn namespace_names(&self) -> Vec<String> {
+        std::iter::once(&self.collector)
+            .chain(&self.senders)
+            .map(|ns| ns.name().to_owned())
+            .collect()
+    }
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Topology::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_xdp_attachment() {
+        let none = "3: veth-c1@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue state UP\n    link/ether 02:00:00:00:01:01 brd ff:ff:ff:ff:ff:ff promiscuity 0 allmulti 0";
+        assert_eq!(xdp_attachment_in(none), None);
+        let generic = "3: veth-c1@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 xdpgeneric qdisc noqueue\n    link/ether 02:00:00:00:01:01 brd ff:ff:ff:ff:ff:ff promiscuity 1\n    prog/xdp id 42 name netcon tag 0123456789abcdef jited";
+        assert_eq!(xdp_attachment_in(generic).as_deref(), Some("xdpgeneric"));
+        let native = "3: veth-c1@if2: <UP> mtu 1500 xdp qdisc noqueue\n    prog/xdp id 7";
+        assert_eq!(xdp_attachment_in(native).as_deref(), Some("xdp"));
+        assert_eq!(
+            xdp_attachment_in("mtu 1500\n prog/xdp id 7").as_deref(),
+            Some("xdp")
+        );
+    }
+
+    #[test]
+    fn parses_promiscuity() {
+        assert_eq!(
+            promiscuity_in("brd ff:ff:ff:ff:ff:ff promiscuity 2  allmulti 0"),
+            Some(2)
+        );
+        assert_eq!(promiscuity_in("brd ff:ff:ff:ff:ff:ff"), None);
+    }
+
+    #[test]
+    fn link_addresses() {
+        let l = Link::new(3, 0);
+        assert_eq!(l.collector_v4.to_string(), "10.3.0.1");
+        assert_eq!(l.sender_v6.to_string(), "fd00:3::10");
+        assert_eq!(l.foreign_v6().to_string(), "fd00:3::99");
+        assert_eq!(mac_to_string(l.collector_mac), "02:00:00:00:03:01");
+    }
+}
