@@ -63,6 +63,23 @@ pub struct SniffArgs {
     #[arg(long)]
     pub promisc: bool,
 
+    /// Capture backend. `auto`: XDP when it loads and attaches, else raw sockets, with one
+    /// line on stderr saying why. `xdp`: the XDP program only. `raw`: AF_PACKET sockets with a
+    /// kernel socket filter (any kernel; CAP_NET_RAW).
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto, value_name = "BACKEND")]
+    pub backend: BackendChoice,
+
+    /// Read frames from a pcap or pcapng capture file instead of interfaces (`-` for stdin,
+    /// e.g. `tcpdump -w - ... | netcon-sniff -r -`). Link types Ethernet and Linux cooked
+    /// (SLL, SLL2); the file's timestamps are the receive times. Needs no privileges.
+    #[arg(short = 'r', long = "read", value_name = "FILE", conflicts_with_all = ["interfaces", "promisc"])]
+    pub read: Option<std::path::PathBuf>,
+
+    /// Also save every matched frame, with its capture time, to a pcap file (`-` for stdout)
+    /// that tcpdump or Wireshark can open.
+    #[arg(short = 'w', long = "write", value_name = "FILE")]
+    pub write: Option<std::path::PathBuf>,
+
     /// How to attach XDP: `auto` tries native (in the driver) and falls back to generic (skb)
     /// with a notice; `native` or `skb` force one.
     #[arg(long, value_enum, default_value_t = XdpModeChoice::Auto, value_name = "MODE")]
@@ -73,11 +90,23 @@ pub struct SniffArgs {
     #[arg(long, value_enum, default_value_t = Format::Raw, value_name = "FORMAT")]
     pub format: Format,
 
-    /// Size of the ring buffer between the XDP program and netcon-sniff, in MiB (a power of
-    /// two). A larger one absorbs longer bursts, such as the log replay of a booting sender.
+    /// Size of the buffer between the kernel and netcon-sniff, in MiB (a power of two): the
+    /// XDP ring buffer, or each raw socket's receive buffer. A larger one absorbs longer
+    /// bursts, such as the log replay of a booting sender.
     #[arg(long, default_value_t = 8, value_name = "MIB",
           value_parser = parse_ring_mib)]
     pub ring_mib: u32,
+}
+
+/// Which capture backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    /// XDP, else raw sockets.
+    Auto,
+    /// The XDP program only.
+    Xdp,
+    /// AF_PACKET sockets only.
+    Raw,
 }
 
 /// How to attach the XDP program.

@@ -1,9 +1,9 @@
 //! The resolved configuration: what `run` needs, with names turned into interface indexes.
 
-use std::{collections::BTreeSet, ffi::CString};
+use std::{collections::BTreeSet, ffi::CString, path::PathBuf};
 
 use crate::cli::SniffArgs;
-pub use crate::cli::{Format, XdpModeChoice};
+pub use crate::cli::{BackendChoice, Format, XdpModeChoice};
 
 /// Why the command line could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +22,15 @@ pub enum ConfigError {
     },
 }
 
+/// Where frames come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The configured interfaces.
+    Live,
+    /// A capture file (`-` for stdin).
+    File(PathBuf),
+}
+
 /// A network interface by name and index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interface {
@@ -34,12 +43,18 @@ pub struct Interface {
 /// Everything `run` needs.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Interfaces to capture on.
+    /// Where frames come from.
+    pub source: Source,
+    /// Save matched frames to this pcap file.
+    pub write: Option<PathBuf>,
+    /// Interfaces to capture on (empty when reading a file).
     pub interfaces: Vec<Interface>,
     /// UDP destination ports to match.
     pub ports: Vec<u16>,
     /// Hold the interfaces in promiscuous mode.
     pub promisc: bool,
+    /// Live capture backend.
+    pub backend: BackendChoice,
     /// How to attach XDP.
     pub xdp_mode: XdpModeChoice,
     /// Output format.
@@ -54,7 +69,9 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] for an unknown interface, or when none is up.
     pub fn from_cli(cli: SniffArgs) -> Result<Self, ConfigError> {
-        let names = if cli.interfaces.is_empty() {
+        let names = if cli.read.is_some() {
+            Vec::new()
+        } else if cli.interfaces.is_empty() {
             interfaces_up()?
         } else {
             cli.interfaces
@@ -71,6 +88,9 @@ impl Config {
         ports.sort_unstable();
         ports.dedup();
         Ok(Self {
+            source: cli.read.map_or(Source::Live, Source::File),
+            write: cli.write,
+            backend: cli.backend,
             interfaces,
             ports,
             promisc: cli.promisc,

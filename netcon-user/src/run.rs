@@ -7,11 +7,13 @@ use std::{
 
 use crate::{
     capture::{
-        CaptureCounters, Captured,
+        Backend, CaptureCounters, CaptureError, Captured,
+        pcap::{PcapFileCapture, PcapFileError, PcapFileWriter},
         promisc::{PromiscError, PromiscGuard},
-        xdp::{XdpCapture, XdpError},
+        raw::RawCapture,
+        xdp::XdpCapture,
     },
-    config::{Config, Format},
+    config::{BackendChoice, Config, Format, Source},
     sink,
     wire::Datagram,
 };
@@ -19,9 +21,9 @@ use crate::{
 /// Why `run` stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// The XDP backend failed.
+    /// Capture failed to start or to read.
     #[error(transparent)]
-    Xdp(#[from] XdpError),
+    Capture(#[from] CaptureError),
     /// Promiscuous mode was refused.
     #[error(transparent)]
     Promisc(#[from] PromiscError),
@@ -33,88 +35,167 @@ pub enum RunError {
     },
 }
 
+impl From<PcapFileError> for RunError {
+    fn from(error: PcapFileError) -> Self {
+        Self::Capture(error.into())
+    }
+}
+
 /// What a run did, for the exit summary.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct Summary {
     /// The capture backend's counters.
     pub capture: CaptureCounters,
     /// Datagrams printed.
     pub datagrams: u64,
-    /// Matched frames that were not well-formed UDP.
+    /// Frames that were not well-formed UDP.
     pub malformed: u64,
+    /// Well-formed UDP to a port not configured (capture files, many-port raw filters).
+    pub other_ports: u64,
 }
 
-/// Turns captured frames into output lines. Sans-IO apart from the writer it is handed.
+/// Counts kept by the pipeline.
+#[derive(Debug, Clone, Copy, Default)]
+struct PipelineCounts {
+    datagrams: u64,
+    malformed: u64,
+    other_ports: u64,
+}
+
+/// Turns captured frames into output. Sans-IO apart from the writers it is handed.
 pub struct Pipeline<'c> {
     config: &'c Config,
     line: String,
-    summary: Summary,
+    pcap: Option<PcapFileWriter>,
+    counts: PipelineCounts,
 }
 
 impl<'c> Pipeline<'c> {
-    /// A pipeline for `config`.
+    /// A pipeline for `config`, saving matched frames to `pcap` if given.
     #[must_use]
-    pub fn new(config: &'c Config) -> Self {
+    pub fn new(config: &'c Config, pcap: Option<PcapFileWriter>) -> Self {
         Self {
             config,
             line: String::with_capacity(64 * 1024),
-            summary: Summary::default(),
+            pcap,
+            counts: PipelineCounts::default(),
         }
     }
 
     /// Formats `batch` and writes it to `out` in one write, then flushes.
     ///
     /// # Errors
-    /// The writer's error.
-    pub fn process(&mut self, batch: &[Captured], out: &mut impl Write) -> io::Result<()> {
+    /// The writers' errors.
+    pub fn process(&mut self, batch: &[Captured], out: &mut impl Write) -> Result<(), RunError> {
         self.line.clear();
         for frame in batch {
-            match Datagram::parse(&frame.bytes) {
-                Ok(datagram) => {
-                    self.summary.datagrams += 1;
-                    let interface = self.config.interface_name(frame.ifindex);
-                    let ifindex_name;
-                    let interface = if let Some(name) = interface {
-                        name
-                    } else {
-                        ifindex_name = frame.ifindex.to_string();
-                        &ifindex_name
-                    };
-                    match self.config.format {
-                        Format::Raw => {
-                            sink::raw::write_datagram(
-                                frame.ts,
-                                interface,
-                                &datagram,
-                                &mut self.line,
-                            );
-                        }
-                    }
-                }
+            let datagram = match Datagram::parse_link(frame.link, &frame.bytes) {
+                Ok(datagram) => datagram,
                 Err(error) => {
-                    self.summary.malformed += 1;
+                    self.counts.malformed += 1;
                     tracing::debug!(ifindex = frame.ifindex, %error, "skipping frame");
+                    continue;
+                }
+            };
+            // The kernel filters already matched the port on live capture; files and
+            // many-port filters pass other traffic.
+            if !self.config.ports.contains(&datagram.dst.port()) {
+                self.counts.other_ports += 1;
+                continue;
+            }
+            if let Some(pcap) = &mut self.pcap {
+                pcap.write(frame)?;
+            }
+            self.counts.datagrams += 1;
+            let ifindex_name;
+            let interface = if let Some(name) = self.config.interface_name(frame.ifindex) {
+                name
+            } else {
+                ifindex_name = frame.ifindex.to_string();
+                &ifindex_name
+            };
+            match self.config.format {
+                Format::Raw => {
+                    sink::raw::write_datagram(frame.ts, interface, &datagram, &mut self.line);
                 }
             }
         }
-        if !self.line.is_empty() {
-            out.write_all(self.line.as_bytes())?;
+        if let Some(pcap) = &mut self.pcap {
+            pcap.flush()?;
         }
-        out.flush()
+        let written = if self.line.is_empty() {
+            Ok(())
+        } else {
+            out.write_all(self.line.as_bytes())
+        };
+        written
+            .and_then(|()| out.flush())
+            .map_err(|source| RunError::Output { source })
     }
 
-    /// Counts so far.
-    #[must_use]
-    pub fn summary(&self) -> Summary {
-        self.summary
+    fn summary(&self, capture: CaptureCounters) -> Summary {
+        Summary {
+            capture,
+            datagrams: self.counts.datagrams,
+            malformed: self.counts.malformed,
+            other_ports: self.counts.other_ports,
+        }
     }
 }
 
-/// Captures on `config`'s interfaces and writes records to stdout until `shutdown` completes;
-/// then drains what is already captured and returns the summary.
+/// Opens the configured source and says on stderr what it listens on.
+fn open_backend(config: &Config) -> Result<Backend, RunError> {
+    let ports = config
+        .ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    if let Source::File(path) = &config.source {
+        let file = PcapFileCapture::open(path)?;
+        eprintln!("reading {}, ports {ports}", path.display());
+        return Ok(Backend::File(file));
+    }
+    let xdp = match config.backend {
+        BackendChoice::Raw => None,
+        BackendChoice::Xdp => Some(Err(())),
+        BackendChoice::Auto => Some(Ok(())),
+    };
+    if let Some(fallback_allowed) = xdp {
+        match XdpCapture::open(
+            &config.interfaces,
+            &config.ports,
+            config.xdp_mode,
+            config.ring_bytes,
+        ) {
+            Ok(capture) => {
+                for (name, mode) in capture.attached() {
+                    eprintln!(
+                        "listening on {name} (xdp, {} mode), ports {ports}",
+                        mode.as_str()
+                    );
+                }
+                return Ok(Backend::Xdp(Box::new(capture)));
+            }
+            Err(error) if fallback_allowed.is_ok() => {
+                eprintln!("netcon-sniff: XDP unavailable: {error}; using raw sockets");
+            }
+            Err(error) => return Err(CaptureError::from(error).into()),
+        }
+    }
+    let capture = RawCapture::open(&config.interfaces, &config.ports, config.ring_bytes)
+        .map_err(CaptureError::from)?;
+    for interface in &config.interfaces {
+        eprintln!("listening on {} (raw), ports {ports}", interface.name);
+    }
+    Ok(Backend::Raw(capture))
+}
+
+/// Captures from `config`'s source and writes records to stdout until `shutdown` completes
+/// (or a capture file ends); then drains what is already captured and returns the summary.
 ///
 /// # Errors
-/// [`RunError`] when capture cannot start or fails, or stdout cannot be written.
+/// [`RunError`] when capture cannot start or fails, or output cannot be written.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<Summary, RunError> {
     let _promisc: Vec<PromiscGuard> = if config.promisc {
         config
@@ -125,53 +206,38 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     } else {
         Vec::new()
     };
-    let mut capture = XdpCapture::open(
-        &config.interfaces,
-        &config.ports,
-        config.xdp_mode,
-        config.ring_bytes,
-    )?;
-    let ports = config
-        .ports
-        .iter()
-        .map(u16::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    for (name, mode) in capture.attached() {
-        eprintln!(
-            "listening on {name} (xdp, {} mode), ports {ports}",
-            mode.as_str()
-        );
-    }
-
-    let mut pipeline = Pipeline::new(&config);
+    let mut backend = open_backend(&config)?;
+    let pcap = config
+        .write
+        .as_deref()
+        .map(PcapFileWriter::create)
+        .transpose()?;
+    let mut pipeline = Pipeline::new(&config, pcap);
     let stdout = io::stdout();
     let mut batch = Vec::with_capacity(crate::capture::xdp::MAX_BATCH);
     tokio::pin!(shutdown);
     loop {
         batch.clear();
-        tokio::select! {
+        let more = tokio::select! {
             biased;
             () = &mut shutdown => break,
-            received = capture.recv(&mut batch) => received?,
+            more = backend.recv(&mut batch) => more?,
+        };
+        pipeline.process(&batch, &mut stdout.lock())?;
+        if !more {
+            break;
         }
-        pipeline
-            .process(&batch, &mut stdout.lock())
-            .map_err(|source| RunError::Output { source })?;
     }
     batch.clear();
-    capture.drain(&mut batch);
-    pipeline
-        .process(&batch, &mut stdout.lock())
-        .map_err(|source| RunError::Output { source })?;
-    let mut summary = pipeline.summary();
-    summary.capture = capture.counters()?;
-    Ok(summary)
+    backend.drain(&mut batch)?;
+    pipeline.process(&batch, &mut stdout.lock())?;
+    Ok(pipeline.summary(backend.counters()?))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::LinkType;
     use crate::config::{Interface, XdpModeChoice};
     use bytes::Bytes;
     use etherparse::PacketBuilder;
@@ -187,6 +253,9 @@ mod tests {
             xdp_mode: XdpModeChoice::Auto,
             format: Format::Raw,
             ring_bytes: 1 << 20,
+            source: Source::Live,
+            write: None,
+            backend: BackendChoice::Auto,
         }
     }
 
@@ -202,25 +271,28 @@ mod tests {
     #[test]
     fn batch_becomes_one_line_per_datagram_and_counts_malformed() {
         let config = config();
-        let mut pipeline = Pipeline::new(&config);
+        let mut pipeline = Pipeline::new(&config, None);
         let ts = chrono::DateTime::from_timestamp(0, 1000).unwrap();
         let batch = [
             Captured {
                 ts,
                 ifindex: 7,
                 wire_len: 0,
+                link: LinkType::Ethernet,
                 bytes: udp_frame(b"one\n"),
             },
             Captured {
                 ts,
                 ifindex: 8,
                 wire_len: 0,
+                link: LinkType::Ethernet,
                 bytes: Bytes::from_static(b"junk"),
             },
             Captured {
                 ts,
                 ifindex: 9,
                 wire_len: 0,
+                link: LinkType::Ethernet,
                 bytes: udp_frame(b"two"),
             },
         ];
@@ -231,7 +303,7 @@ mod tests {
             "1970-01-01T00:00:00.000001Z c0 10.9.0.10:6665 > 10.9.0.99:6666 one\\n\n\
              1970-01-01T00:00:00.000001Z 9 10.9.0.10:6665 > 10.9.0.99:6666 two\n"
         );
-        assert_eq!(pipeline.summary().datagrams, 2);
-        assert_eq!(pipeline.summary().malformed, 1);
+        assert_eq!(pipeline.counts.datagrams, 2);
+        assert_eq!(pipeline.counts.malformed, 1);
     }
 }

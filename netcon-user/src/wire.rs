@@ -7,6 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 
+use crate::capture::LinkType;
+
 /// Why a frame is not a UDP datagram we can decode.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -53,6 +55,35 @@ impl<'a> Datagram<'a> {
     pub fn parse_linux_sll(frame: &'a [u8]) -> Result<Self, WireError> {
         Self::from_sliced(
             SlicedPacket::from_linux_sll(frame)
+                .map_err(|source| WireError::Malformed { source })?,
+        )
+    }
+
+    /// Parses a frame of the given link type.
+    ///
+    /// # Errors
+    /// [`WireError`] when the frame is not a well-formed IPv4/IPv6 UDP datagram.
+    pub fn parse_link(link: LinkType, frame: &'a [u8]) -> Result<Self, WireError> {
+        match link {
+            LinkType::Ethernet => Self::parse(frame),
+            LinkType::LinuxSll => Self::parse_linux_sll(frame),
+            LinkType::LinuxSll2 => Self::parse_linux_sll2(frame),
+        }
+    }
+
+    /// Parses a Linux cooked capture v2 (SLL2) frame: a 20-byte header whose first two bytes
+    /// are the `EtherType` (libpcap's `sll2_header`).
+    ///
+    /// # Errors
+    /// [`WireError`] when the frame is not a well-formed IPv4/IPv6 UDP datagram.
+    pub fn parse_linux_sll2(frame: &'a [u8]) -> Result<Self, WireError> {
+        const SLL2_HEADER_LEN: usize = 20;
+        let (header, rest) = frame
+            .split_at_checked(SLL2_HEADER_LEN)
+            .ok_or(WireError::NotIp)?;
+        let ether_type = etherparse::EtherType(u16::from_be_bytes([header[0], header[1]]));
+        Self::from_sliced(
+            SlicedPacket::from_ether_type(ether_type, rest)
                 .map_err(|source| WireError::Malformed { source })?,
         )
     }

@@ -54,12 +54,12 @@ fn main() -> ExitCode {
     }) {
         Err(error) => fail(&error),
         Ok(Ok(summary)) => {
-            eprintln!("netcon-sniff: xdp counters: {}", summary.capture);
+            eprintln!("netcon-sniff: {}", summary.capture);
             eprintln!("netcon-sniff: printed {} datagrams", summary.datagrams);
-            if summary.capture.ringbuf_full > 0 {
+            let lost = summary.capture.lost();
+            if lost > 0 {
                 eprintln!(
-                    "netcon-sniff: warning: {} frames lost to a full ring buffer (try a larger --ring-mib)",
-                    summary.capture.ringbuf_full
+                    "netcon-sniff: warning: {lost} matched frames lost before they could be read (try a larger --ring-mib)"
                 );
             }
             ExitCode::SUCCESS

@@ -1,28 +1,49 @@
 //! Frame capture: backends yield [`Captured`] frames and do not parse them.
+//!
+//! - [`xdp`]: the XDP program and its ring buffer (the fast path);
+//! - [`raw`]: `AF_PACKET` sockets with a kernel filter (where XDP cannot load);
+//! - [`pcap`]: a capture file, offline.
 
+pub mod pcap;
 pub mod promisc;
+pub mod raw;
 pub mod xdp;
+
+use std::fmt;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+
+/// What a frame starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkType {
+    /// An Ethernet II header (live capture, most files).
+    Ethernet,
+    /// Linux cooked capture v1 (`tcpdump -i any`).
+    LinuxSll,
+    /// Linux cooked capture v2.
+    LinuxSll2,
+}
 
 /// One frame as it came off an interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Captured {
     /// When the frame was captured (wall clock, UTC).
     pub ts: DateTime<Utc>,
-    /// Interface index it arrived on.
+    /// Interface index it arrived on (for a capture file: the file's interface number).
     pub ifindex: u32,
     /// Length of the frame on the wire; more than `bytes.len()` when the capture cut it.
     pub wire_len: u32,
-    /// The frame, from the Ethernet header on.
+    /// What the bytes start with.
+    pub link: LinkType,
+    /// The frame.
     pub bytes: Bytes,
 }
 
-/// Loss and volume counters of a capture backend, summed over CPUs.
+/// Counters of the XDP program, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CaptureCounters {
-    /// Frames the capture looked at.
+pub struct XdpCounters {
+    /// Frames the program ran on.
     pub seen: u64,
     /// Frames that matched the configured ports.
     pub matched: u64,
@@ -34,12 +55,143 @@ pub struct CaptureCounters {
     pub copy_failed: u64,
 }
 
-impl std::fmt::Display for CaptureCounters {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "seen={} matched={} ringbuf_full={} truncated={} copy_failed={}",
-            self.seen, self.matched, self.ringbuf_full, self.truncated, self.copy_failed
-        )
+/// Counters of the raw backend's sockets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RawCounters {
+    /// Frames read from the sockets.
+    pub received: u64,
+    /// Frames the kernel queued for the sockets (`PACKET_STATISTICS` `tp_packets`).
+    pub kernel_received: u64,
+    /// Frames the kernel dropped because a socket buffer was full (`tp_drops`).
+    pub kernel_dropped: u64,
+    /// Frames longer than the read buffer, delivered cut.
+    pub truncated: u64,
+}
+
+impl RawCounters {
+    fn add(&mut self, other: &Self) {
+        self.received += other.received;
+        self.kernel_received += other.kernel_received;
+        self.kernel_dropped += other.kernel_dropped;
+        self.truncated += other.truncated;
+    }
+}
+
+/// Counters of a capture file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FileCounters {
+    /// Frames read.
+    pub read: u64,
+    /// Frames of a link type netcon cannot decode.
+    pub skipped: u64,
+}
+
+/// A backend's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptureCounters {
+    /// From the XDP program.
+    Xdp(XdpCounters),
+    /// From the packet sockets.
+    Raw(RawCounters),
+    /// From a capture file.
+    File(FileCounters),
+}
+
+impl CaptureCounters {
+    /// Matched frames the capture lost before netcon-sniff could read them.
+    #[must_use]
+    pub fn lost(&self) -> u64 {
+        match self {
+            Self::Xdp(c) => c.ringbuf_full + c.copy_failed,
+            Self::Raw(c) => c.kernel_dropped,
+            Self::File(_) => 0,
+        }
+    }
+}
+
+impl fmt::Display for CaptureCounters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Xdp(c) => write!(
+                f,
+                "xdp counters: seen={} matched={} ringbuf_full={} truncated={} copy_failed={}",
+                c.seen, c.matched, c.ringbuf_full, c.truncated, c.copy_failed
+            ),
+            Self::Raw(c) => write!(
+                f,
+                "raw counters: received={} kernel_received={} kernel_dropped={} truncated={}",
+                c.received, c.kernel_received, c.kernel_dropped, c.truncated
+            ),
+            Self::File(c) => write!(f, "file counters: read={} skipped={}", c.read, c.skipped),
+        }
+    }
+}
+
+/// Why capture failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The XDP backend.
+    #[error(transparent)]
+    Xdp(#[from] xdp::XdpError),
+    /// The raw backend.
+    #[error(transparent)]
+    Raw(#[from] raw::RawError),
+    /// A capture file.
+    #[error(transparent)]
+    File(#[from] pcap::PcapFileError),
+}
+
+/// The capture backend in use.
+pub enum Backend {
+    /// XDP program and ring buffer.
+    Xdp(Box<xdp::XdpCapture>),
+    /// Packet sockets.
+    Raw(raw::RawCapture),
+    /// A capture file.
+    File(pcap::PcapFileCapture),
+}
+
+impl Backend {
+    /// Waits for frames and appends them; returns `false` when there will be no more (the end
+    /// of a capture file).
+    ///
+    /// # Errors
+    /// [`CaptureError`] when reading fails.
+    pub async fn recv(&mut self, out: &mut Vec<Captured>) -> Result<bool, CaptureError> {
+        match self {
+            Self::Xdp(c) => c.recv(out).await.map(|()| true).map_err(Into::into),
+            Self::Raw(c) => c.recv(out).await.map(|()| true).map_err(Into::into),
+            Self::File(c) => c.read_batch(out).map_err(Into::into),
+        }
+    }
+
+    /// Appends what is already captured, without waiting (at shutdown).
+    ///
+    /// # Errors
+    /// [`CaptureError`] when reading fails.
+    pub fn drain(&mut self, out: &mut Vec<Captured>) -> Result<(), CaptureError> {
+        match self {
+            Self::Xdp(c) => {
+                c.drain(out);
+                Ok(())
+            }
+            Self::Raw(c) => c.drain(out).map_err(Into::into),
+            Self::File(_) => Ok(()),
+        }
+    }
+
+    /// The backend's counters.
+    ///
+    /// # Errors
+    /// [`CaptureError`] when they cannot be read.
+    pub fn counters(&mut self) -> Result<CaptureCounters, CaptureError> {
+        Ok(match self {
+            Self::Xdp(c) => CaptureCounters::Xdp(c.counters()?),
+            Self::Raw(c) => CaptureCounters::Raw(c.counters()),
+            Self::File(c) => CaptureCounters::File(FileCounters {
+                read: c.read,
+                skipped: c.skipped,
+            }),
+        })
     }
 }

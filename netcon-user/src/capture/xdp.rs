@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use netcon_common::{RECORD_HEADER_LEN, RecordHeader, counter};
 use tokio::io::unix::AsyncFd;
 
-use super::{CaptureCounters, Captured};
+use super::{Captured, LinkType, XdpCounters};
 use crate::config::{Interface, XdpModeChoice};
 
 /// The compiled XDP program, built by `build.rs` from `netcon-ebpf`.
@@ -255,7 +255,7 @@ impl XdpCapture {
     ///
     /// # Errors
     /// [`XdpError::Map`] when the counter map cannot be read.
-    pub fn counters(&self) -> Result<CaptureCounters, XdpError> {
+    pub fn counters(&self) -> Result<XdpCounters, XdpError> {
         let sum = |index: u32| -> Result<u64, XdpError> {
             let values = self
                 .counters
@@ -266,7 +266,7 @@ impl XdpCapture {
                 })?;
             Ok(values.iter().copied().fold(0u64, u64::wrapping_add))
         };
-        Ok(CaptureCounters {
+        Ok(XdpCounters {
             seen: sum(counter::SEEN)?,
             matched: sum(counter::MATCHED)?,
             ringbuf_full: sum(counter::RINGBUF_FULL)?,
@@ -378,6 +378,7 @@ fn read_batch(
                 ts: wall_time(mono_to_wall_ns, header.ts_ns),
                 ifindex: header.ifindex,
                 wire_len: header.pkt_len,
+                link: LinkType::Ethernet,
                 bytes: arena.split().freeze(),
             });
         } else {
