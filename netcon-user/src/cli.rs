@@ -85,9 +85,12 @@ pub struct SniffArgs {
     #[arg(long, value_enum, default_value_t = XdpModeChoice::Auto, value_name = "MODE")]
     pub xdp_mode: XdpModeChoice,
 
-    /// Output format. `raw`: one line per datagram (capture time, interface, addresses, the
-    /// payload with control characters escaped).
-    #[arg(long, value_enum, default_value_t = Format::Raw, value_name = "FORMAT")]
+    /// Output format. `text`: one line per decoded record (receive time, sender,
+    /// facility.level, kernel timestamp, text), with loss, reboot and incomplete records marked.
+    /// `json`: one JSON object per line per record or event (schema in the README).
+    /// `raw`: one line per datagram, undecoded (capture time, interface, addresses, payload),
+    /// for debugging. Control characters are always shown escaped.
+    #[arg(long, value_enum, default_value_t = Format::Text, value_name = "FORMAT")]
     pub format: Format,
 
     /// Size of the buffer between the kernel and netcon-sniff, in MiB (a power of two): the
@@ -123,6 +126,10 @@ pub enum XdpModeChoice {
 /// Output format of records on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
+    /// Decoded records, for people.
+    Text,
+    /// Decoded records and events as JSON lines, for log pipelines.
+    Json,
     /// One line per datagram, the payload undecoded.
     Raw,
 }

@@ -3,7 +3,10 @@
 use std::{
     future::Future,
     io::{self, Write},
+    time::Instant,
 };
+
+use chrono::{DateTime, Utc};
 
 use crate::{
     capture::{
@@ -14,7 +17,8 @@ use crate::{
         xdp::XdpCapture,
     },
     config::{BackendChoice, Config, Format, Source},
-    sink,
+    netconsole::{Decoder, DecoderConfig, DecoderStats, Event, Incoming},
+    sink::{self, Sink},
     wire::Datagram,
 };
 
@@ -42,7 +46,7 @@ impl From<PcapFileError> for RunError {
 }
 
 /// What a run did, for the exit summary.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Summary {
     /// The capture backend's counters.
     pub capture: CaptureCounters,
@@ -52,6 +56,8 @@ pub struct Summary {
     pub malformed: u64,
     /// Well-formed UDP to a port not configured (capture files, many-port raw filters).
     pub other_ports: u64,
+    /// The decoder's counters.
+    pub decoder: DecoderStats,
 }
 
 /// Counts kept by the pipeline.
@@ -62,12 +68,44 @@ struct PipelineCounts {
     other_ports: u64,
 }
 
+/// The clock that drives the decoder's timers.
+///
+/// Live, it is the monotonic clock. Reading a file, it is the file's own time, so that timeouts
+/// (a partial line, missing fragments) mean the same as they did on the wire however fast the
+/// file is read.
+#[derive(Debug, Clone, Copy)]
+enum Clock {
+    Live,
+    File {
+        start: Instant,
+        first: Option<DateTime<Utc>>,
+    },
+}
+
+impl Clock {
+    fn now(&mut self, received: DateTime<Utc>) -> Instant {
+        match self {
+            Self::Live => Instant::now(),
+            Self::File { start, first } => {
+                let first = *first.get_or_insert(received);
+                *start + (received - first).to_std().unwrap_or_default()
+            }
+        }
+    }
+}
+
 /// Turns captured frames into output. Sans-IO apart from the writers it is handed.
 pub struct Pipeline<'c> {
     config: &'c Config,
     line: String,
     pcap: Option<PcapFileWriter>,
     counts: PipelineCounts,
+    decoder: Decoder,
+    events: Vec<Event>,
+    sinks: Vec<Box<dyn Sink>>,
+    clock: Clock,
+    /// Decoder time of the last frame, for timers while reading a file.
+    last_now: Option<Instant>,
 }
 
 impl<'c> Pipeline<'c> {
@@ -79,7 +117,89 @@ impl<'c> Pipeline<'c> {
             line: String::with_capacity(64 * 1024),
             pcap,
             counts: PipelineCounts::default(),
+            decoder: Decoder::new(DecoderConfig::default()),
+            events: Vec::new(),
+            sinks: Vec::new(),
+            clock: match config.source {
+                Source::Live => Clock::Live,
+                Source::File(_) => Clock::File {
+                    start: Instant::now(),
+                    first: None,
+                },
+            },
+            last_now: None,
         }
+    }
+
+    /// Adds a destination that gets every decoded event.
+    pub fn add_sink(&mut self, sink: Box<dyn Sink>) {
+        self.sinks.push(sink);
+    }
+
+    /// Asks every sink to reopen its files.
+    pub fn reopen(&mut self) {
+        for sink in &mut self.sinks {
+            sink.reopen();
+        }
+    }
+
+    /// When the decoder next needs [`Pipeline::tick`] (live capture only: a file's clock
+    /// advances with its frames).
+    #[must_use]
+    pub fn poll_at(&self) -> Option<Instant> {
+        match self.clock {
+            Clock::Live => self.decoder.poll_at(),
+            Clock::File { .. } => None,
+        }
+    }
+
+    /// Fires the decoder's due timers and writes what they produce.
+    ///
+    /// # Errors
+    /// The writer's error.
+    pub fn tick(&mut self, out: &mut impl Write) -> Result<(), RunError> {
+        self.line.clear();
+        self.decoder.poll(Instant::now(), &mut self.events);
+        self.write_events();
+        self.write_out(out)
+    }
+
+    /// Emits everything the decoder still holds (at exit), and writes it.
+    ///
+    /// # Errors
+    /// The writer's error.
+    pub fn finish(&mut self, out: &mut impl Write) -> Result<(), RunError> {
+        self.line.clear();
+        self.decoder.flush(&mut self.events);
+        self.write_events();
+        self.write_out(out)
+    }
+
+    fn write_events(&mut self) {
+        for event in self.events.drain(..) {
+            for sink in &mut self.sinks {
+                sink.event(&event);
+            }
+            match self.config.format {
+                Format::Json => sink::json::write_event(&event, &mut self.line),
+                Format::Text => sink::text::write_event(&event, &mut self.line),
+                Format::Raw => {}
+            }
+        }
+    }
+
+    fn write_out(&mut self, out: &mut impl Write) -> Result<(), RunError> {
+        for sink in &mut self.sinks {
+            sink.flush();
+        }
+        let written = if self.line.is_empty() {
+            Ok(())
+        } else {
+            out.write_all(self.line.as_bytes())
+        };
+        written
+            .and_then(|()| out.flush())
+            .map_err(|source| RunError::Output { source })
     }
 
     /// Formats `batch` and writes it to `out` in one write, then flushes.
@@ -114,23 +234,34 @@ impl<'c> Pipeline<'c> {
                 ifindex_name = frame.ifindex.to_string();
                 &ifindex_name
             };
-            match self.config.format {
-                Format::Raw => {
-                    sink::raw::write_datagram(frame.ts, interface, &datagram, &mut self.line);
+            if self.config.format == Format::Raw {
+                sink::raw::write_datagram(frame.ts, interface, &datagram, &mut self.line);
+            }
+            // With --format raw the decoder still runs when other sinks want records.
+            if self.config.format != Format::Raw || !self.sinks.is_empty() {
+                let now = self.clock.now(frame.ts);
+                if self.last_now.is_some_and(|last| now > last) {
+                    // A file's time moved on: fire the timers that fell due in between.
+                    self.decoder.poll(now, &mut self.events);
                 }
+                self.last_now = Some(now);
+                self.decoder.push(
+                    now,
+                    Incoming {
+                        received: frame.ts,
+                        ifindex: frame.ifindex,
+                        src: datagram.src,
+                        payload: datagram.payload,
+                    },
+                    &mut self.events,
+                );
+                self.write_events();
             }
         }
         if let Some(pcap) = &mut self.pcap {
             pcap.flush()?;
         }
-        let written = if self.line.is_empty() {
-            Ok(())
-        } else {
-            out.write_all(self.line.as_bytes())
-        };
-        written
-            .and_then(|()| out.flush())
-            .map_err(|source| RunError::Output { source })
+        self.write_out(out)
     }
 
     fn summary(&self, capture: CaptureCounters) -> Summary {
@@ -139,6 +270,7 @@ impl<'c> Pipeline<'c> {
             datagrams: self.counts.datagrams,
             malformed: self.counts.malformed,
             other_ports: self.counts.other_ports,
+            decoder: self.decoder.stats().clone(),
         }
     }
 }
@@ -218,9 +350,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     tokio::pin!(shutdown);
     loop {
         batch.clear();
+        let timer = pipeline.poll_at();
         let more = tokio::select! {
             biased;
             () = &mut shutdown => break,
+            () = sleep_until(timer) => {
+                pipeline.tick(&mut stdout.lock())?;
+                continue;
+            }
             more = backend.recv(&mut batch) => more?,
         };
         pipeline.process(&batch, &mut stdout.lock())?;
@@ -231,7 +368,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     batch.clear();
     backend.drain(&mut batch)?;
     pipeline.process(&batch, &mut stdout.lock())?;
+    pipeline.finish(&mut stdout.lock())?;
     Ok(pipeline.summary(backend.counters()?))
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]

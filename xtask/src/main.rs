@@ -91,8 +91,37 @@ fn run(command: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Debian packages the end-to-end tests run: tcpdump opens the pcap files netcon writes.
+const TEST_PACKAGES: &[&str] = &["tcpdump"];
+
+/// Installs the Debian packages that are missing, idempotently: silent when all are present.
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {} (apt-get)", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-qq"]))
+        .context("apt-get update (needs root and Debian's package mirrors)")?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .with_context(|| format!("installing {}", missing.join(" ")))
+}
+
 fn test(root: &Path) -> Result<()> {
     setup()?;
+    apt_install(TEST_PACKAGES)?;
     cargo(&["fmt", "--all", "--check"])?;
     run(nightly("cargo")
         .args(["fmt", "--check"])

@@ -1,4 +1,29 @@
 //! Sinks format and deliver records. They never parse.
+//!
+//! stdout gets `text`, `json` or `raw` lines (see [`text`], [`json`], [`raw`]); the other
+//! destinations (per-sender files, syslog forwarding, the panic hook) implement [`Sink`] and
+//! get every decoded event as well.
 
 pub mod escape;
+pub mod json;
 pub mod raw;
+pub mod text;
+
+use crate::netconsole::Event;
+
+/// A destination for decoded events besides stdout.
+///
+/// A sink never stops the collector: it reports its own failures (a `tracing` warning, a
+/// counter in [`Sink::stats`]) and carries on, because the next record may be the one that
+/// matters. It must not block on the network: a network sink queues, bounded, and counts what
+/// it drops.
+pub trait Sink {
+    /// Takes one event.
+    fn event(&mut self, event: &Event);
+    /// The end of a batch: deliver what is buffered.
+    fn flush(&mut self) {}
+    /// Reopen files (on SIGHUP, after logrotate moved them).
+    fn reopen(&mut self) {}
+    /// Appends this sink's counters for the stats line, as ` name=value` pairs.
+    fn stats(&self, _out: &mut String) {}
+}

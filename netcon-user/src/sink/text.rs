@@ -1,0 +1,299 @@
+//! The default human-readable line for each event.
+//!
+//! ```text
+//! 2026-11-27T21:53:56.123456Z 10.77.0.10 kern.info [    4.373204] text
+//! ```
+//!
+//! Receive time (UTC, microseconds), sender address, `facility.level` (syslog names; `-` in plain
+//! mode, which does not carry them), the sender's kernel timestamp as the kernel prints it, then
+//! the text. Extra lines of a multi-line record are indented under the first. Every byte that
+//! came off the network goes through [`escape_into`], so a spoofed datagram cannot drive the
+//! terminal. Loss, reboot, malformed datagrams and incomplete records are marked so that they
+//! stand out: `--` in the priority column and capitals. Duplicates print nothing (they are
+//! counted in the decoder's stats): on a mirror port or two interfaces every record would
+//! otherwise be followed by a line saying so.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use chrono::{DateTime, Utc};
+
+use super::escape::escape_into;
+use crate::netconsole::{Event, LossKind, Record};
+
+/// Appends the line(s) for `event` to `out`, each ending in `\n` (none for a duplicate).
+pub fn write_event(event: &Event, out: &mut String) {
+    match event {
+        Event::Record(r) => write_record(r, out),
+        Event::Lost(l) => {
+            write_prefix(l.received, l.sender, out);
+            let what = match l.kind {
+                LossKind::Seq => ("records", "seq"),
+                LossKind::Msgid => ("messages", "msgid"),
+            };
+            let _ = write!(
+                out,
+                "-- LOST {} {} ({} {}",
+                l.count, what.0, what.1, l.first
+            );
+            if l.last != l.first {
+                let _ = write!(out, "..{}", l.last);
+            }
+            out.push_str(")\n");
+        }
+        Event::Rebooted(r) => {
+            write_prefix(r.received, r.sender, out);
+            out.push_str("-- REBOOTED");
+            match (r.previous_seq, r.seq) {
+                (Some(a), Some(b)) => {
+                    let _ = write!(out, " (seq {a} -> {b})");
+                }
+                _ => {
+                    if let (Some(a), Some(b)) = (r.previous_timestamp_us, r.timestamp_us) {
+                        out.push_str(" (kernel time ");
+                        write_seconds(a, out);
+                        out.push_str(" -> ");
+                        write_seconds(b, out);
+                        out.push(')');
+                    }
+                }
+            }
+            out.push('\n');
+        }
+        Event::Malformed(m) => {
+            write_prefix(m.received, m.sender, out);
+            let _ = write!(out, "-- MALFORMED ({}): ", m.error);
+            escape_into(&m.payload, out);
+            out.push('\n');
+        }
+        Event::Duplicate(_) => {}
+    }
+}
+
+/// [`write_event`] into a new `String`.
+#[must_use]
+pub fn format_event(event: &Event) -> String {
+    let mut out = String::new();
+    write_event(event, &mut out);
+    out
+}
+
+fn write_record(r: &Record, out: &mut String) {
+    let line_start = out.len();
+    write_prefix(r.received, r.sender, out);
+    match r.priority {
+        Some(p) => {
+            match p.facility_name() {
+                Some(name) => out.push_str(name),
+                None => {
+                    let _ = write!(out, "fac{}", p.facility);
+                }
+            }
+            out.push('.');
+            out.push_str(p.level_name());
+        }
+        None => out.push('-'),
+    }
+    out.push(' ');
+    if let Some(ts) = r.timestamp_us {
+        // `[%5lu.%06lu]`, as `kernel/printk/printk.c` (`print_time`) prints it.
+        let _ = write!(out, "[{:5}.{:06}] ", ts / 1_000_000, ts % 1_000_000);
+    }
+    if let Some(p) = r.flags.panic {
+        if p.begins {
+            let _ = write!(out, "<{} #{}> ", p.kind.as_str().to_uppercase(), p.event);
+        } else {
+            let _ = write!(out, "<{} #{}> ", p.kind.as_str(), p.event);
+        }
+    }
+    if let Some(inc) = r.flags.incomplete {
+        let _ = write!(
+            out,
+            "<INCOMPLETE: {} of {} bytes missing> ",
+            inc.missing_bytes, inc.total_bytes
+        );
+    }
+    if r.flags.partial {
+        out.push_str("<partial line> ");
+    }
+    // Column width of the prefix, for indenting the extra lines (the prefix is ASCII).
+    let indent = out.len() - line_start;
+    for (i, line) in r.lines().enumerate() {
+        if i > 0 {
+            out.push('\n');
+            out.extend(std::iter::repeat_n(' ', indent));
+        }
+        escape_into(line, out);
+    }
+    out.push('\n');
+}
+
+fn write_prefix(received: DateTime<Utc>, sender: SocketAddr, out: &mut String) {
+    let _ = write!(
+        out,
+        "{} {} ",
+        received.format("%Y-%m-%dT%H:%M:%S%.6fZ"),
+        sender.ip()
+    );
+}
+
+fn write_seconds(us: u64, out: &mut String) {
+    let _ = write!(out, "{}.{:06}", us / 1_000_000, us % 1_000_000);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::netconsole::{
+        ContFlag, DecodeError, Duplicate, ExtendedError, Flags, Format, Incomplete, Lost,
+        Malformed, PanicKind, PanicMark, Priority, Rebooted, Sysdata,
+    };
+
+    fn at() -> DateTime<Utc> {
+        DateTime::from_timestamp_micros(1_795_817_636_123_456).unwrap_or_default()
+    }
+
+    fn sender() -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 77, 0, 10)), 6665)
+    }
+
+    fn record(text: &[u8]) -> Record {
+        Record {
+            received: at(),
+            sender: sender(),
+            ifindex: 2,
+            format: Format::Extended,
+            priority: Priority::from_pri(6),
+            seq: Some(377),
+            timestamp_us: Some(4_373_204),
+            kernel_time: None,
+            release: None,
+            caller: None,
+            cont: ContFlag::None,
+            header_extra: Vec::new(),
+            text: text.to_vec(),
+            fields: Vec::new(),
+            sysdata: Sysdata::default(),
+            flags: Flags::default(),
+        }
+    }
+
+    #[test]
+    fn record_line_matches_the_documented_shape() {
+        let line = format_event(&Event::Record(record(b"hello")));
+        assert_eq!(
+            line,
+            "2026-11-27T22:13:56.123456Z 10.77.0.10 kern.info [    4.373204] hello\n"
+        );
+    }
+
+    #[test]
+    fn user_facility_and_unknown_facility() {
+        let mut r = record(b"x");
+        r.priority = Priority::from_pri(14);
+        assert!(format_event(&Event::Record(r.clone())).contains(" user.info "));
+        r.priority = Priority::from_pri(30 * 8 + 3);
+        assert!(format_event(&Event::Record(r)).contains(" fac30.err "));
+    }
+
+    #[test]
+    fn plain_record_has_no_priority() {
+        let mut r = record(b"x");
+        r.format = Format::Plain;
+        r.priority = None;
+        r.timestamp_us = None;
+        assert!(format_event(&Event::Record(r)).ends_with("10.77.0.10 - x\n"));
+    }
+
+    #[test]
+    fn extra_lines_are_indented_under_the_first() {
+        let line = format_event(&Event::Record(record(b"one\ntwo\nthree")));
+        let lines: Vec<&str> = line.lines().collect();
+        assert_eq!(lines.len(), 3);
+        let col = lines[0].find("one").unwrap_or_default();
+        assert_eq!(&lines[1][..col], " ".repeat(col));
+        assert_eq!(&lines[1][col..], "two");
+        assert_eq!(&lines[2][col..], "three");
+    }
+
+    #[test]
+    fn control_bytes_never_reach_the_terminal() {
+        let line = format_event(&Event::Record(record(
+            b"red \x1b[31m\rbell\x07 \xff \xc2\x9b2J",
+        )));
+        assert!(
+            !line.trim_end_matches('\n').chars().any(char::is_control),
+            "{line:?}"
+        );
+        assert!(
+            line.contains("\\u{1b}[31m\\rbell\\u{7} \\xff \\u{9b}2J"),
+            "{line:?}"
+        );
+    }
+
+    #[test]
+    fn flags_are_marked() {
+        let mut r = record(b"partial text");
+        r.flags.incomplete = Some(Incomplete {
+            missing_bytes: 120,
+            total_bytes: 3814,
+        });
+        r.flags.partial = true;
+        r.flags.panic = Some(PanicMark {
+            event: 2,
+            kind: PanicKind::Oops,
+            begins: true,
+        });
+        let line = format_event(&Event::Record(r));
+        assert!(
+            line.contains(
+                "<OOPS #2> <INCOMPLETE: 120 of 3814 bytes missing> <partial line> partial text"
+            ),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn loss_reboot_malformed_lines() {
+        let lost = Event::Lost(Lost {
+            received: at(),
+            sender: sender(),
+            ifindex: 2,
+            kind: LossKind::Seq,
+            first: 100,
+            last: 102,
+            count: 3,
+        });
+        assert!(format_event(&lost).ends_with("10.77.0.10 -- LOST 3 records (seq 100..102)\n"));
+        let reboot = Event::Rebooted(Rebooted {
+            received: at(),
+            sender: sender(),
+            ifindex: 2,
+            previous_seq: Some(590),
+            seq: Some(0),
+            previous_timestamp_us: Some(6_456_131),
+            timestamp_us: Some(0),
+        });
+        assert!(format_event(&reboot).ends_with("-- REBOOTED (seq 590 -> 0)\n"));
+        let bad = Event::Malformed(Malformed {
+            received: at(),
+            sender: sender(),
+            ifindex: 2,
+            error: DecodeError::Extended {
+                source: ExtendedError::MissingSemicolon,
+            },
+            payload: b"6,1,2,-\x1b]0;x\n".to_vec(),
+        });
+        let line = format_event(&bad);
+        assert!(line.contains("-- MALFORMED (bad extended header: no `;` closes the header): 6,1,2,-\\u{1b}]0;x\\n\n"), "{line}");
+        let dup = Event::Duplicate(Duplicate {
+            received: at(),
+            sender: sender(),
+            ifindex: 3,
+            len: 10,
+        });
+        assert_eq!(format_event(&dup), "");
+    }
+}

@@ -1,0 +1,140 @@
+//! One boot of a guest kernel under qemu, its NIC on the collector namespace's tap.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use nix::sys::signal::Signal;
+
+use super::{
+    host::Accel,
+    netns::{Guarded, Netns},
+};
+
+/// What to boot.
+pub struct Boot<'a> {
+    pub image: &'a Path,
+    pub initramfs: &'a Path,
+    /// The guest NIC's MAC address.
+    pub mac: &'a str,
+    /// `key=value` parameters for the guest's /init (`vm/init.sh`).
+    pub init_env: Vec<(&'static str, String)>,
+    pub accel: Accel,
+    pub timeout: Duration,
+    /// Where the serial console goes.
+    pub console: PathBuf,
+}
+
+/// What the guest's /init reported on the console.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub elapsed: Duration,
+    /// Record files whose write to /dev/kmsg failed (`NCT-REJECTED 0012`).
+    pub rejected: Vec<String>,
+    pub written: usize,
+}
+
+/// Boots `boot` in `ns` and waits for the guest to power off (killing it at the deadline).
+pub fn run(ns: &Netns, boot: &Boot<'_>) -> Result<Outcome> {
+    let mut cmdline = String::from(
+        // ignore_loglevel: netconsole is a console and, like every console, would drop records
+        // above the console loglevel (LEVEL7). printk.devkmsg=on: /dev/kmsg would otherwise
+        // rate-limit the burst to 10 lines per 5 s. panic=-1 with -no-reboot: a panic ends qemu.
+        "console=ttyS0,115200 ignore_loglevel printk.devkmsg=on ipv6.disable=1 panic=-1 \
+         mitigations=off rdinit=/init",
+    );
+    for (key, value) in &boot.init_env {
+        cmdline.push_str(&format!(" {key}={value}"));
+    }
+    let log_path = boot.console.with_extension("qemu.log");
+    let qemu_log = fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let mut qemu = ns.command("qemu-system-x86_64");
+    qemu.args(["-nodefaults", "-no-user-config", "-display", "none"])
+        .args(["-machine", "q35", "-m", "512", "-smp", "1", "-no-reboot"]);
+    match boot.accel {
+        Accel::Kvm => qemu.args(["-accel", "kvm", "-cpu", "host"]),
+        Accel::Tcg | Accel::Auto => qemu.args(["-accel", "tcg"]),
+    };
+    qemu.arg("-kernel")
+        .arg(boot.image)
+        .arg("-initrd")
+        .arg(boot.initramfs)
+        .args(["-append", &cmdline])
+        .arg("-serial")
+        .arg(format!("file:{}", boot.console.display()))
+        .args([
+            "-netdev",
+            &format!("tap,id=n0,ifname={},script=no,downscript=no", ns.tap),
+            "-device",
+            &format!("virtio-net-pci,netdev=n0,mac={}", boot.mac),
+        ])
+        .stdin(Stdio::null())
+        .stdout(qemu_log.try_clone()?)
+        .stderr(qemu_log);
+    let started = Instant::now();
+    let child = qemu.spawn().context("starting qemu-system-x86_64")?;
+    let mut guard = Guarded::new(child, "qemu");
+    let status = if let Some(status) = guard.wait_until(started + boot.timeout)? {
+        status
+    } else {
+        guard.stop(Signal::SIGKILL, Duration::from_secs(5))?;
+        bail!(
+            "the guest did not power off within {:?}: killed (console: {})\n{}",
+            boot.timeout,
+            boot.console.display(),
+            tail(&boot.console)
+        );
+    };
+    let elapsed = started.elapsed();
+    let output = fs::read_to_string(&log_path).unwrap_or_default();
+    ensure!(
+        status.success(),
+        "qemu failed ({status}): {}\n{}",
+        output.trim(),
+        tail(&boot.console)
+    );
+    let console = fs::read(&boot.console)
+        .with_context(|| format!("reading {}", boot.console.display()))?;
+    let console = String::from_utf8_lossy(&console);
+    let mut outcome = Outcome {
+        elapsed,
+        ..Outcome::default()
+    };
+    let mut done = false;
+    for line in console.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some(reason) = line.strip_prefix("NCT-FAIL ") {
+            bail!(
+                "the guest's /init failed: {reason} (console: {})",
+                boot.console.display()
+            );
+        } else if let Some(file) = line.strip_prefix("NCT-REJECTED ") {
+            outcome.rejected.push(file.trim().to_owned());
+        } else if let Some(n) = line.strip_prefix("NCT-WRITTEN ") {
+            outcome.written = n.trim().parse().unwrap_or_default();
+        } else if line == "NCT-DONE" {
+            done = true;
+        }
+    }
+    ensure!(
+        done,
+        "the guest powered off before its /init finished (console: {})\n{}",
+        boot.console.display(),
+        tail(&boot.console)
+    );
+    Ok(outcome)
+}
+
+/// The console's last lines, for error messages.
+fn tail(path: &Path) -> String {
+    let text = fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(15);
+    lines[start..].join("\n")
+}

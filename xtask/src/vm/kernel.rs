@@ -1,0 +1,348 @@
+//! Debian kernels, fetched with `apt-get download` through a private apt configuration and
+//! unpacked into the cache (`~/.cache/netcon/vm/<release>/`); nothing touches the host's apt
+//! sources or /boot.
+
+use std::{
+    cell::OnceCell,
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+use super::{cmd_output, cmd_status};
+
+/// A kernel line to test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum Series {
+    /// bookworm's 6.1 (`linux-image-amd64` from bookworm, -updates or -security).
+    #[value(name = "6.1")]
+    V6_1,
+    /// bookworm-backports' 6.12.
+    #[value(name = "6.12")]
+    V6_12,
+}
+
+impl Series {
+    pub const ALL: [Self; 2] = [Self::V6_1, Self::V6_12];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::V6_1 => "6.1",
+            Self::V6_12 => "6.12",
+        }
+    }
+
+    /// The `r` flag (release prefix) exists from 6.6 on; 6.1 rejects it.
+    pub fn has_release_flag(self) -> bool {
+        self >= Self::V6_12
+    }
+
+    /// Whether an apt suite (`bookworm-backports`) carries this series' metapackage.
+    fn wants_suite(self, suite: &str) -> bool {
+        let backports = suite.ends_with("-backports");
+        match self {
+            Self::V6_1 => !backports,
+            Self::V6_12 => backports,
+        }
+    }
+}
+
+/// An unpacked kernel package.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    pub series: Series,
+    /// `uname -r`, e.g. `6.12.95+deb12-amd64`.
+    pub release: String,
+    /// Where the package is unpacked (`boot/`, `lib/modules/<release>/`).
+    pub root: PathBuf,
+}
+
+impl Kernel {
+    pub fn modules_dir(&self) -> PathBuf {
+        self.root.join("lib/modules").join(&self.release)
+    }
+
+    /// The compressed image, as the package ships it.
+    pub fn bzimage(&self) -> PathBuf {
+        self.root.join("boot").join(format!("vmlinuz-{}", self.release))
+    }
+
+    /// The uncompressed ELF image with its PVH entry note, extracted from the bzImage: qemu
+    /// boots it directly, without the decompressor, about 6 s faster under TCG.
+    pub fn vmlinux(&self) -> PathBuf {
+        self.root.join("vmlinux")
+    }
+}
+
+/// The cache of kernels and of the private apt state.
+pub struct Cache {
+    dir: PathBuf,
+    apt: OnceCell<Apt>,
+}
+
+impl Cache {
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            apt: OnceCell::new(),
+        }
+    }
+
+    /// The kernel of `series`: from the cache when it is there (no network), else the newest
+    /// package, downloaded and unpacked. `refresh` looks for a newer package even when cached.
+    pub fn kernel(&self, series: Series, refresh: bool) -> Result<Kernel> {
+        let index = self.dir.join(format!("kernel-{}", series.as_str()));
+        if !refresh
+            && let Ok(release) = fs::read_to_string(&index)
+        {
+            let kernel = Kernel {
+                series,
+                release: release.trim().to_owned(),
+                root: self.dir.join(release.trim()),
+            };
+            if kernel.root.join(".complete").is_file() {
+                return Ok(kernel);
+            }
+        }
+        let apt = self.apt()?;
+        let (package, version) = apt.resolve(series)?;
+        let release = package
+            .strip_prefix("linux-image-")
+            .context("kernel package name")?
+            .to_owned();
+        let root = self.dir.join(&release);
+        if !root.join(".complete").is_file() {
+            eprintln!("vm-test: fetching {package} {version}");
+            let deb = apt.download(&package, &version)?;
+            unpack(&deb, &root, &release)?;
+            let _ = fs::remove_file(&deb);
+        }
+        fs::write(&index, format!("{release}\n"))
+            .with_context(|| format!("writing {}", index.display()))?;
+        Ok(Kernel {
+            series,
+            release,
+            root,
+        })
+    }
+
+    /// The private apt configuration, its package lists fetched once per `Cache`.
+    fn apt(&self) -> Result<&Apt> {
+        if let Some(apt) = self.apt.get() {
+            return Ok(apt);
+        }
+        let dir = self.dir.join("apt");
+        for sub in ["lists/partial", "archives/partial", "cache", "sources.list.d", "debs"] {
+            fs::create_dir_all(dir.join(sub))
+                .with_context(|| format!("creating {}", dir.join(sub).display()))?;
+        }
+        let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
+        ensure!(
+            Path::new(keyring).is_file(),
+            "{keyring} is missing (package debian-archive-keyring)"
+        );
+        let mut sources = String::new();
+        for (archive, suite) in [
+            ("debian", "bookworm"),
+            ("debian", "bookworm-updates"),
+            ("debian-security", "bookworm-security"),
+            ("debian", "bookworm-backports"),
+        ] {
+            sources.push_str(&format!(
+                "deb [signed-by={keyring}] http://deb.debian.org/{archive} {suite} main\n"
+            ));
+        }
+        fs::write(dir.join("sources.list"), sources).context("writing the private sources.list")?;
+        let apt = Apt { dir };
+        cmd_status(apt.command("apt-get").args(["update", "-qq"]))
+            .context("apt-get update in the private apt configuration (is deb.debian.org reachable?)")?;
+        Ok(self.apt.get_or_init(|| apt))
+    }
+}
+
+struct Apt {
+    dir: PathBuf,
+}
+
+impl Apt {
+    /// `program` (`apt-get`, `apt-cache`) with every state and source path private.
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        let d = |sub: &str| self.dir.join(sub).display().to_string();
+        for (key, value) in [
+            ("Dir::Etc::sourcelist", d("sources.list")),
+            ("Dir::Etc::sourceparts", d("sources.list.d")),
+            ("Dir::State::Lists", d("lists")),
+            ("Dir::Cache", d("cache")),
+            ("Dir::Cache::archives", d("archives")),
+            ("APT::Architecture", "amd64".to_owned()),
+            ("Acquire::Languages", "none".to_owned()),
+            // The download lands in a root-owned folder that apt's `_apt` user cannot write.
+            ("APT::Sandbox::User", "root".to_owned()),
+        ] {
+            c.arg("-o").arg(format!("{key}={value}"));
+        }
+        c.env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    }
+
+    /// The image package that `series`' `linux-image-amd64` metapackage points at, and its
+    /// version: e.g. `linux-image-6.1.0-56-amd64`, `6.1.192-2`.
+    fn resolve(&self, series: Series) -> Result<(String, String)> {
+        let madison = cmd_output(self.command("apt-cache").args(["madison", "linux-image-amd64"]))?;
+        // `linux-image-amd64 | 6.12.95-1~bpo12+1 | http://deb.debian.org/debian bookworm-backports/main amd64 Packages`
+        let meta_version = madison
+            .lines()
+            .filter_map(|line| {
+                let mut cols = line.split('|').map(str::trim);
+                let version = cols.nth(1)?;
+                let suite = cols.next()?.split_whitespace().nth(1)?.split('/').next()?;
+                series.wants_suite(suite).then(|| version.to_owned())
+            })
+            .max_by(|a, b| compare_versions(a, b))
+            .with_context(|| {
+                format!("no linux-image-amd64 for {} in:\n{madison}", series.as_str())
+            })?;
+        let show = cmd_output(
+            self.command("apt-cache")
+                .args(["show", &format!("linux-image-amd64={meta_version}")]),
+        )?;
+        let depends = show
+            .lines()
+            .find_map(|l| l.strip_prefix("Depends:"))
+            .context("linux-image-amd64 has no Depends")?;
+        // `linux-image-6.1.0-56-amd64 (= 6.1.192-2)`
+        let first = depends.split(',').next().unwrap_or_default().trim();
+        let (package, version) = first
+            .split_once(" (= ")
+            .and_then(|(p, v)| Some((p.trim(), v.strip_suffix(')')?)))
+            .with_context(|| format!("unexpected Depends: {depends}"))?;
+        ensure!(
+            package.starts_with("linux-image-"),
+            "unexpected Depends: {depends}"
+        );
+        Ok((package.to_owned(), version.to_owned()))
+    }
+
+    fn download(&self, package: &str, version: &str) -> Result<PathBuf> {
+        let debs = self.dir.join("debs");
+        cmd_status(
+            self.command("apt-get")
+                .args(["download", "-qq", &format!("{package}={version}")])
+                .current_dir(&debs),
+        )
+        .with_context(|| format!("apt-get download {package}={version}"))?;
+        let prefix = format!("{package}_");
+        fs::read_dir(&debs)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
+            })
+            .with_context(|| format!("apt-get download left no {prefix}*.deb"))
+    }
+}
+
+/// `dpkg --compare-versions`, for the few versions madison lists.
+fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    let greater = Command::new("dpkg")
+        .args(["--compare-versions", a, "gt", b])
+        .status()
+        .is_ok_and(|s| s.success());
+    if greater {
+        std::cmp::Ordering::Greater
+    } else if a == b {
+        std::cmp::Ordering::Equal
+    } else {
+        std::cmp::Ordering::Less
+    }
+}
+
+/// Unpacks `deb` into `root` (through a temporary folder, so that a half-done unpack is never
+/// taken for a cached one), makes `modules.dep` and extracts the uncompressed image.
+fn unpack(deb: &Path, root: &Path, release: &str) -> Result<()> {
+    let tmp = root.with_extension("partial");
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    cmd_status(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tmp))?;
+    ensure!(
+        tmp.join("lib/modules").join(release).is_dir(),
+        "{} has no lib/modules/{release}",
+        deb.display()
+    );
+    // Debian's postinst runs depmod; the package itself has no modules.dep.
+    cmd_status(Command::new("depmod").arg("-b").arg(&tmp).arg(release))?;
+    let bzimage = tmp.join("boot").join(format!("vmlinuz-{release}"));
+    match extract_vmlinux(&bzimage, &tmp.join("vmlinux")) {
+        Ok(()) => {}
+        Err(error) => {
+            eprintln!(
+                "vm-test: warning: cannot extract vmlinux from {} ({error:#}); booting the bzImage (slower)",
+                bzimage.display()
+            );
+        }
+    }
+    fs::write(tmp.join(".complete"), "")?;
+    let _ = fs::remove_dir_all(root);
+    fs::rename(&tmp, root).with_context(|| format!("renaming to {}", root.display()))?;
+    Ok(())
+}
+
+/// Decompresses the payload of an x86 bzImage: the stripped ELF vmlinux, whose PVH note lets
+/// qemu boot it directly. The boot protocol's header gives the payload's place
+/// (`Documentation/arch/x86/boot.rst`: `setup_sects` at 0x1f1, `payload_offset` and
+/// `payload_length` at 0x248), and the build appends the decompressed size as 4 bytes
+/// (`arch/x86/boot/compressed/Makefile`, `*_with_size`).
+fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<()> {
+    let image = fs::read(bzimage).with_context(|| format!("reading {}", bzimage.display()))?;
+    let u32_at = |at: usize| -> Option<usize> {
+        let bytes: [u8; 4] = image.get(at..at + 4)?.try_into().ok()?;
+        usize::try_from(u32::from_le_bytes(bytes)).ok()
+    };
+    ensure!(image.get(0x202..0x206) == Some(b"HdrS"), "not a bzImage");
+    let setup_sects = match image.get(0x1f1) {
+        Some(0) => 4,
+        Some(&n) => usize::from(n),
+        None => bail!("truncated"),
+    };
+    let offset = u32_at(0x248).context("truncated")?;
+    let length = u32_at(0x24c).context("truncated")?;
+    let start = (setup_sects + 1) * 512 + offset;
+    let payload = image
+        .get(start..start + length.saturating_sub(4))
+        .context("payload outside the file")?;
+    let tool: &[&str] = if payload.starts_with(b"\xfd7zXZ\0") {
+        &["xz", "-dc", "--single-stream"]
+    } else if payload.starts_with(b"\x28\xb5\x2f\xfd") {
+        &["zstd", "-dcq"]
+    } else if payload.starts_with(b"\x1f\x8b") {
+        &["gzip", "-dc"]
+    } else {
+        bail!("unknown compression (magic {:02x?})", &payload[..payload.len().min(6)]);
+    };
+    let mut child = Command::new(tool[0])
+        .args(&tool[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", tool[0]))?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    let elf = thread::scope(|s| {
+        s.spawn(move || stdin.write_all(payload));
+        child.wait_with_output()
+    })?;
+    ensure!(
+        elf.stdout.starts_with(b"\x7fELF"),
+        "{} gave no ELF image",
+        tool[0]
+    );
+    fs::write(out, &elf.stdout).with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}
