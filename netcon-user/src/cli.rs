@@ -99,6 +99,41 @@ pub struct SniffArgs {
     #[arg(long, default_value_t = 8, value_name = "MIB",
           value_parser = parse_ring_mib)]
     pub ring_mib: u32,
+
+    /// Also append each sender's records to its own file in DIR (named by address, or by host
+    /// name with --resolve), flushed as they arrive; never truncated. Files are reopened on
+    /// SIGHUP, so logrotate can move them.
+    #[arg(long, value_name = "DIR", help_heading = "Outputs")]
+    pub log_dir: Option<std::path::PathBuf>,
+
+    /// Name --log-dir files by the sender's host name (reverse DNS, looked up once per sender).
+    #[arg(long, requires = "log_dir", help_heading = "Outputs")]
+    pub resolve: bool,
+
+    /// fsync every record written to --log-dir: a crashing machine's last lines survive the
+    /// collector losing power too, at the cost of a disk flush per record.
+    #[arg(long, requires = "log_dir", help_heading = "Outputs")]
+    pub fsync: bool,
+
+    /// Forward records to a syslog server: `syslog+udp://HOST:PORT` or `syslog+tcp://HOST:PORT`
+    /// (RFC 5424; TCP framed by octet counting, RFC 6587). Repeat for several.
+    #[arg(long, value_name = "URL", help_heading = "Outputs")]
+    pub forward: Vec<crate::sink::syslog::ForwardUrl>,
+
+    /// Run CMD (no shell; split on whitespace) once for each kernel panic or oops, with
+    /// NETCON_SENDER, NETCON_TEXT and NETCON_TIME in its environment.
+    #[arg(long, value_name = "CMD", help_heading = "Outputs")]
+    pub on_panic: Option<String>,
+
+    /// Run --on-panic at most once per sender in this many seconds.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 60,
+        requires = "on_panic",
+        help_heading = "Outputs"
+    )]
+    pub on_panic_interval: u64,
 }
 
 /// Which capture backend to use.

@@ -61,6 +61,12 @@ pub struct Config {
     pub format: Format,
     /// Ring buffer size, bytes.
     pub ring_bytes: u32,
+    /// Per-sender log files.
+    pub log_dir: Option<crate::sink::files::LogDirOptions>,
+    /// Syslog servers to forward to.
+    pub forward: Vec<crate::sink::syslog::ForwardUrl>,
+    /// The panic hook.
+    pub on_panic: Option<crate::sink::hook::PanicHookOptions>,
 }
 
 impl Config {
@@ -97,6 +103,18 @@ impl Config {
             xdp_mode: cli.xdp_mode,
             format: cli.format,
             ring_bytes: cli.ring_mib << 20,
+            log_dir: cli.log_dir.map(|dir| crate::sink::files::LogDirOptions {
+                dir,
+                resolve: cli.resolve,
+                fsync: cli.fsync,
+            }),
+            forward: cli.forward,
+            on_panic: cli
+                .on_panic
+                .map(|command| crate::sink::hook::PanicHookOptions {
+                    command: command.split_whitespace().map(str::to_owned).collect(),
+                    min_interval: std::time::Duration::from_secs(cli.on_panic_interval),
+                }),
         })
     }
 

@@ -31,6 +31,12 @@ pub enum RunError {
     /// Promiscuous mode was refused.
     #[error(transparent)]
     Promisc(#[from] PromiscError),
+    /// --log-dir cannot be used.
+    #[error(transparent)]
+    LogDir(#[from] sink::files::FilesError),
+    /// --forward cannot be used.
+    #[error(transparent)]
+    Forward(#[from] sink::syslog::SyslogError),
     /// Writing records failed (a closed pipe is reported as this too; `main` exits 0 on it).
     #[error("writing output: {source}")]
     Output {
@@ -345,6 +351,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         .map(PcapFileWriter::create)
         .transpose()?;
     let mut pipeline = Pipeline::new(&config, pcap);
+    if let Some(options) = &config.log_dir {
+        pipeline.add_sink(Box::new(sink::files::LogDir::open(options.clone())?));
+    }
+    for url in &config.forward {
+        pipeline.add_sink(Box::new(sink::syslog::Forwarder::start(url)?));
+    }
+    if let Some(options) = &config.on_panic {
+        pipeline.add_sink(Box::new(sink::hook::PanicHook::new(options.clone())));
+    }
     let stdout = io::stdout();
     let mut batch = Vec::with_capacity(crate::capture::xdp::MAX_BATCH);
     tokio::pin!(shutdown);
@@ -402,6 +417,9 @@ mod tests {
             source: Source::Live,
             write: None,
             backend: BackendChoice::Auto,
+            log_dir: None,
+            forward: Vec::new(),
+            on_panic: None,
         }
     }
 

@@ -5,8 +5,11 @@
 //! get every decoded event as well.
 
 pub mod escape;
+pub mod files;
+pub mod hook;
 pub mod json;
 pub mod raw;
+pub mod syslog;
 pub mod text;
 
 use crate::netconsole::Event;
