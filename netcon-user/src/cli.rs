@@ -100,6 +100,21 @@ pub struct SniffArgs {
           value_parser = parse_ring_mib)]
     pub ring_mib: u32,
 
+    /// Decode only senders in this CIDR prefix (e.g. 10.77.0.0/24, fd00::/8, or one address);
+    /// repeat for several. Others are counted (`denied`) and dropped.
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    pub allow: Vec<ipnet::IpNet>,
+
+    /// Print a stats line to stderr every SECONDS (one is always printed on exit, and on
+    /// SIGUSR1).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub stats: Option<u64>,
+
+    /// Once capture is set up (XDP attached, sockets and files open), drop root: switch to USER
+    /// and its group, with no capabilities left. Capture keeps working.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+
     /// Also append each sender's records to its own file in DIR (named by address, or by host
     /// name with --resolve), flushed as they arrive; never truncated. Files are reopened on
     /// SIGHUP, so logrotate can move them.
@@ -167,6 +182,12 @@ pub enum Format {
     Json,
     /// One line per datagram, the payload undecoded.
     Raw,
+}
+
+fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not an address or CIDR prefix (e.g. 10.0.0.0/8)"))
 }
 
 fn parse_ring_mib(s: &str) -> Result<u32, String> {

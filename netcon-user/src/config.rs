@@ -61,6 +61,12 @@ pub struct Config {
     pub format: Format,
     /// Ring buffer size, bytes.
     pub ring_bytes: u32,
+    /// Senders to decode (empty: all).
+    pub allow: Vec<ipnet::IpNet>,
+    /// Seconds between stats lines.
+    pub stats_interval: Option<std::time::Duration>,
+    /// Drop root to this user after setup.
+    pub user: Option<String>,
     /// Per-sender log files.
     pub log_dir: Option<crate::sink::files::LogDirOptions>,
     /// Syslog servers to forward to.
@@ -103,6 +109,9 @@ impl Config {
             xdp_mode: cli.xdp_mode,
             format: cli.format,
             ring_bytes: cli.ring_mib << 20,
+            allow: cli.allow,
+            stats_interval: cli.stats.map(std::time::Duration::from_secs),
+            user: cli.user,
             log_dir: cli.log_dir.map(|dir| crate::sink::files::LogDirOptions {
                 dir,
                 resolve: cli.resolve,

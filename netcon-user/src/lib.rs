@@ -8,6 +8,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod netconsole;
+pub mod privileges;
 pub mod run;
 pub mod sender_config;
 pub mod sink;

@@ -37,6 +37,15 @@ pub enum RunError {
     /// --forward cannot be used.
     #[error(transparent)]
     Forward(#[from] sink::syslog::SyslogError),
+    /// Dropping root failed.
+    #[error(transparent)]
+    Privileges(#[from] crate::privileges::PrivilegeError),
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {source}")]
+    Signals {
+        #[source]
+        source: io::Error,
+    },
     /// Writing records failed (a closed pipe is reported as this too; `main` exits 0 on it).
     #[error("writing output: {source}")]
     Output {
@@ -62,8 +71,12 @@ pub struct Summary {
     pub malformed: u64,
     /// Well-formed UDP to a port not configured (capture files, many-port raw filters).
     pub other_ports: u64,
+    /// Datagrams from senders outside `--allow`.
+    pub denied: u64,
     /// The decoder's counters.
     pub decoder: DecoderStats,
+    /// The stats line (as printed on SIGUSR1), for the exit summary.
+    pub stats_line: String,
 }
 
 /// Counts kept by the pipeline.
@@ -72,6 +85,7 @@ struct PipelineCounts {
     datagrams: u64,
     malformed: u64,
     other_ports: u64,
+    denied: u64,
 }
 
 /// The clock that drives the decoder's timers.
@@ -229,6 +243,16 @@ impl<'c> Pipeline<'c> {
                 self.counts.other_ports += 1;
                 continue;
             }
+            if !self.config.allow.is_empty()
+                && !self
+                    .config
+                    .allow
+                    .iter()
+                    .any(|net| net.contains(&datagram.src.ip()))
+            {
+                self.counts.denied += 1;
+                continue;
+            }
             if let Some(pcap) = &mut self.pcap {
                 pcap.write(frame)?;
             }
@@ -276,8 +300,45 @@ impl<'c> Pipeline<'c> {
             datagrams: self.counts.datagrams,
             malformed: self.counts.malformed,
             other_ports: self.counts.other_ports,
+            denied: self.counts.denied,
             decoder: self.decoder.stats().clone(),
+            stats_line: self.stats_line(&capture),
         }
+    }
+
+    /// One line of every counter: capture, pipeline, decoder, sinks.
+    #[must_use]
+    pub fn stats_line(&self, capture: &CaptureCounters) -> String {
+        use std::fmt::Write as _;
+        let d = self.decoder.stats();
+        let mut line = String::with_capacity(256);
+        let _ = write!(
+            line,
+            "{capture} lost={} | datagrams={} malformed_frames={} other_ports={} denied={} | \
+             records={} senders={} fragments={} reassembled={} incomplete={} partial={} \
+             records_lost={} msgid_lost={} reboots={} duplicates={} malformed={} panics={}",
+            capture.lost(),
+            self.counts.datagrams,
+            self.counts.malformed,
+            self.counts.other_ports,
+            self.counts.denied,
+            d.records,
+            d.senders,
+            d.fragments,
+            d.reassembled,
+            d.incomplete_records,
+            d.partial_lines,
+            d.records_lost,
+            d.msgid_lost,
+            d.reboots,
+            d.duplicates,
+            d.malformed,
+            d.panics,
+        );
+        for sink in &self.sinks {
+            sink.stats(&mut line);
+        }
+        line
     }
 }
 
@@ -360,31 +421,92 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     if let Some(options) = &config.on_panic {
         pipeline.add_sink(Box::new(sink::hook::PanicHook::new(options.clone())));
     }
+    let mut signals = Signals::new().map_err(|source| RunError::Signals { source })?;
+    // Everything privileged is done: the descriptors keep working without root.
+    if let Some(user) = &config.user {
+        crate::privileges::drop_to(user)?;
+    }
+    let mut stats_timer = config.stats_interval.map(|every| {
+        let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        timer
+    });
+
     let stdout = io::stdout();
     let mut batch = Vec::with_capacity(crate::capture::xdp::MAX_BATCH);
     tokio::pin!(shutdown);
     loop {
         batch.clear();
         let timer = pipeline.poll_at();
-        let more = tokio::select! {
+        // The select only says what woke us; the work happens below, free of its borrows.
+        let wake = tokio::select! {
             biased;
-            () = &mut shutdown => break,
-            () = sleep_until(timer) => {
-                pipeline.tick(&mut stdout.lock())?;
-                continue;
-            }
-            more = backend.recv(&mut batch) => more?,
+            () = &mut shutdown => Wake::Shutdown,
+            _ = signals.hangup.recv() => Wake::Hangup,
+            _ = signals.user1.recv() => Wake::Stats,
+            () = tick(stats_timer.as_mut()) => Wake::Stats,
+            () = sleep_until(timer) => Wake::Timer,
+            more = backend.recv(&mut batch) => Wake::Frames { more: more? },
         };
-        pipeline.process(&batch, &mut stdout.lock())?;
-        if !more {
-            break;
+        match wake {
+            Wake::Shutdown => break,
+            Wake::Hangup => pipeline.reopen(),
+            Wake::Stats => eprintln!(
+                "netcon-sniff: stats: {}",
+                pipeline.stats_line(&backend.counters()?)
+            ),
+            Wake::Timer => pipeline.tick(&mut stdout.lock())?,
+            Wake::Frames { more } => {
+                pipeline.process(&batch, &mut stdout.lock())?;
+                if !more {
+                    break;
+                }
+            }
         }
     }
     batch.clear();
     backend.drain(&mut batch)?;
     pipeline.process(&batch, &mut stdout.lock())?;
     pipeline.finish(&mut stdout.lock())?;
-    Ok(pipeline.summary(backend.counters()?))
+    let counters = backend.counters()?;
+    Ok(pipeline.summary(counters))
+}
+
+/// What woke the main loop.
+enum Wake {
+    Shutdown,
+    Hangup,
+    Stats,
+    Timer,
+    Frames { more: bool },
+}
+
+/// The signals `run` handles itself (SIGINT and SIGTERM come through `shutdown`).
+struct Signals {
+    /// SIGHUP: reopen log files.
+    hangup: tokio::signal::unix::Signal,
+    /// SIGUSR1: print a stats line.
+    user1: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            hangup: signal(SignalKind::hangup())?,
+            user1: signal(SignalKind::user_defined1())?,
+        })
+    }
+}
+
+/// Waits for the next tick of `timer`, or forever without one.
+async fn tick(timer: Option<&mut tokio::time::Interval>) {
+    match timer {
+        Some(timer) => {
+            timer.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Sleeps until `deadline`, or forever without one.
@@ -418,6 +540,9 @@ mod tests {
             write: None,
             backend: BackendChoice::Auto,
             log_dir: None,
+            allow: Vec::new(),
+            stats_interval: None,
+            user: None,
             forward: Vec::new(),
             on_panic: None,
         }

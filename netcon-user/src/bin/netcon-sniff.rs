@@ -56,6 +56,7 @@ fn main() -> ExitCode {
         Ok(Ok(summary)) => {
             eprintln!("netcon-sniff: {}", summary.capture);
             eprintln!("netcon-sniff: printed {} datagrams", summary.datagrams);
+            eprintln!("netcon-sniff: stats: {}", summary.stats_line);
             let lost = summary.capture.lost();
             if lost > 0 {
                 eprintln!(
