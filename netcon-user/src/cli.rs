@@ -42,6 +42,45 @@ pub enum Command {
     /// Print the netconsole configuration for this machine to send to a collector: run it on
     /// the machine to be logged.
     SenderConfig(crate::sender_config::SenderConfigArgs),
+    /// Print shell completions or the man page, generated from this very command line
+    /// definition (e.g. `netcon-sniff generate man > netcon-sniff.1`).
+    Generate {
+        /// What to generate.
+        #[arg(value_enum)]
+        what: Generated,
+    },
+}
+
+/// What `generate` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Generated {
+    /// The man page (roff), for `man -l` or /usr/share/man/man1.
+    Man,
+    /// Completions for bash.
+    Bash,
+    /// Completions for zsh.
+    Zsh,
+    /// Completions for fish.
+    Fish,
+}
+
+impl Generated {
+    /// Writes the man page or completions for [`Cli`] to `out`.
+    ///
+    /// # Errors
+    /// The writer's error.
+    pub fn write(self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        use clap::CommandFactory;
+        let mut command = Cli::command();
+        let shell = match self {
+            Self::Man => return clap_mangen::Man::new(command).render(out),
+            Self::Bash => clap_complete::Shell::Bash,
+            Self::Zsh => clap_complete::Shell::Zsh,
+            Self::Fish => clap_complete::Shell::Fish,
+        };
+        clap_complete::generate(shell, &mut command, "netcon-sniff", out);
+        Ok(())
+    }
 }
 
 /// Capture options (the default command).
@@ -207,6 +246,24 @@ mod tests {
     fn definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn generates_man_page_and_completions() {
+        let mut man = Vec::new();
+        Generated::Man.write(&mut man).unwrap();
+        let man = String::from_utf8(man).unwrap();
+        assert!(man.contains(".TH netcon-sniff"), "{man}");
+        assert!(man.contains("promisc"));
+        for shell in [Generated::Bash, Generated::Zsh, Generated::Fish] {
+            let mut out = Vec::new();
+            shell.write(&mut out).unwrap();
+            let out = String::from_utf8(out).unwrap();
+            assert!(
+                out.contains("--xdp-mode") || out.contains("xdp-mode"),
+                "{shell:?}"
+            );
+        }
     }
 
     #[test]

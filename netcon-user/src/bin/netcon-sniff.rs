@@ -31,11 +31,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(Command::SenderConfig(args)) = cli.command {
-        return match netcon::sender_config::run(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => fail(&error),
-        };
+    match cli.command {
+        Some(Command::SenderConfig(args)) => {
+            return match netcon::sender_config::run(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => fail(&error),
+            };
+        }
+        Some(Command::Generate { what }) => {
+            return match what.write(&mut io::stdout().lock()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) if error.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(error) => fail(&error),
+            };
+        }
+        None => {}
     }
     let config = match Config::from_cli(cli.sniff) {
         Ok(config) => config,
