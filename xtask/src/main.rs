@@ -16,6 +16,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod vm;
 
 /// Must match `BPF_LINKER_VERSION` in netcon-user/build.rs.
@@ -44,6 +45,9 @@ enum Task {
     Test,
     /// Boot real Linux kernels under qemu whose netconsole sends to netcon-sniff (needs root).
     VmTest(vm::VmTestArgs),
+    /// Benchmarks: decoder micro-benchmarks and netcon against the baselines, side by side;
+    /// writes BENCHMARKS.md (needs root).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -65,6 +69,10 @@ fn main() -> Result<()> {
             Err(error).context("starting target/release/netcon-sniff")
         }
         Task::Test => test(&root),
+        Task::Bench(args) => {
+            setup()?;
+            bench::run(&root, &args)
+        }
         Task::VmTest(args) => {
             setup()?;
             vm::run(&root, &args)
