@@ -1,7 +1,7 @@
 //! `--user`: give up root once everything privileged is done.
 //!
-//! Attaching XDP, opening packet sockets and promiscuous memberships need root (or CAP_BPF,
-//! CAP_NET_ADMIN, CAP_NET_RAW); using the descriptors afterwards does not. So netcon-sniff sets
+//! Attaching XDP, opening packet sockets and promiscuous memberships need root (or `CAP_BPF`,
+//! `CAP_NET_ADMIN`, `CAP_NET_RAW`); using the descriptors afterwards does not. So netcon-sniff sets
 //! everything up, then becomes USER: supplementary groups, group, user, in that order (once the
 //! user changes, the groups could no longer be). A change of real, effective and saved user ID
 //! away from 0 clears every capability (capabilities(7), "Effect of user ID changes"), and

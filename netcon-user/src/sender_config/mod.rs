@@ -33,18 +33,26 @@ pub use target::TargetArg;
 /// netconsole's default UDP destination port (`drivers/net/netconsole.c`).
 pub const DEFAULT_TARGET_PORT: u16 = 6666;
 
-/// Options of `sender-config`.
-///
-/// Prints the netconsole configuration that sends this machine's kernel log to a collector:
-/// the `modprobe netconsole netconsole=...` line, the kernel command-line form and the configfs
-/// commands, each ready to paste, then `dmesg -n 8` and a test line. The source address, the
-/// output device and the MAC to send to (the collector's when on-link, the gateway's when
-/// routed) come from the kernel's route and neighbour tables; a MAC not yet known is resolved
-/// by sending one empty datagram to the next hop's discard port (9), waiting up to --resolve-ms.
-///
-/// Example: netcon-sniff sender-config --target 10.0.0.5:6666 --extended
+/// The end of `sender-config --help`: what it does and how.
+pub const AFTER_HELP: &str = "\
+Prints the netconsole configuration that sends this machine's kernel log to the collector:
+the `modprobe netconsole netconsole=...` line, the kernel command-line form and the configfs
+commands, ready to paste, then `dmesg -n 8` and a test line. The source address, the output
+device and the MAC to send to (the collector's when on-link, the gateway's when routed) come
+from the kernel's route and neighbour tables. A MAC not known yet is resolved by sending one
+empty datagram to the next hop's discard port (9), waiting up to --resolve-ms; if it stays
+unknown, the configuration broadcasts, with a warning.
+
+Examples:
+  netcon-sniff sender-config --target 10.0.0.5                 plain format, port 6666
+  netcon-sniff sender-config --target 10.0.0.5:6666 --extended --release
+  netcon-sniff sender-config --target '[fe80::5%eth0]:6666'    link-local, through eth0
+  netcon-sniff sender-config --target 10.0.0.5 --format json   for scripts";
+
+/// Options of `sender-config`. The subcommand's one-line help is its variant's doc comment in
+/// [`crate::cli::Command`]; [`AFTER_HELP`] follows the options in `--help`.
 #[derive(Debug, clap::Args)]
-#[command(verbatim_doc_comment)]
+#[command(after_long_help = AFTER_HELP)]
 pub struct SenderConfigArgs {
     /// The collector: IP[:PORT], port 6666 by default. IPv6 as fd00::5 or [fd00::5]:6666;
     /// a link-local address with its device: [fe80::5%eth0]:6666.

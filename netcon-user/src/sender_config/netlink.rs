@@ -2,11 +2,13 @@
 //! hop's neighbour entry, and nudges resolution when the entry is missing. Every decision is
 //! in [`super::plan`].
 
+use std::ffi::OsString;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
 use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt as _;
+use nix::sys::socket::{setsockopt, sockopt};
 use rtnetlink::Handle;
 use rtnetlink::packet_route::{
     AddressFamily,
@@ -17,7 +19,8 @@ use rtnetlink::packet_route::{
 
 use super::SenderConfigError;
 use super::plan::{
-    Facts, Link, LinkKind, MacAddr, Neighbour, NeighbourState, Route, RouteKind, is_resolved,
+    ARPHRD_ETHER, Facts, Link, LinkKind, MacAddr, Neighbour, NeighbourState, Route, RouteKind,
+    is_resolved,
 };
 
 /// How often the neighbour table is read again while resolution runs, in milliseconds.
@@ -88,12 +91,14 @@ async fn gather_with(
             .map(|s| s.trim().to_owned()),
         route,
     };
-    // Resolve only where planning will want a MAC.
-    let Some(oif) = facts
-        .route
-        .oif
-        .filter(|_| facts.route.kind == RouteKind::Unicast)
-    else {
+    // Resolve only where planning will want a MAC: a unicast route out an Ethernet device.
+    let Some(oif) = facts.route.oif.filter(|&oif| {
+        facts.route.kind == RouteKind::Unicast
+            && facts
+                .links
+                .iter()
+                .any(|l| l.index == oif && l.link_type == ARPHRD_ETHER)
+    }) else {
         return Ok(facts);
     };
     let next_hop = facts.route.gateway.unwrap_or(target);
@@ -102,7 +107,12 @@ async fn gather_with(
         return Ok(facts);
     }
     let started = Instant::now();
-    nudge(next_hop, oif);
+    let dev = facts
+        .links
+        .iter()
+        .find(|l| l.index == oif)
+        .map(|l| l.name.as_str());
+    nudge(next_hop, oif, dev);
     loop {
         tokio::time::sleep(POLL_INTERVAL).await;
         facts.neighbour = neighbour(handle, oif, next_hop).await?;
@@ -121,9 +131,11 @@ async fn gather_with(
 }
 
 /// Sends one empty datagram to the next hop's discard port: to send it, the kernel resolves
-/// the next hop's MAC (ARP or neighbour discovery), as netconsole itself never does. Failing
-/// to send is not an error: the neighbour table says how resolution went.
-fn nudge(next_hop: IpAddr, oif: u32) {
+/// the next hop's MAC (ARP or neighbour discovery), as netconsole itself never does. The
+/// socket is bound to the route's device `dev`, so that resolution happens there even when
+/// `--dev` picked another device than the routing table would. Failing to send is not an
+/// error: the neighbour table says how resolution went.
+fn nudge(next_hop: IpAddr, oif: u32, dev: Option<&str>) {
     let (bind, to): (SocketAddr, SocketAddr) = match next_hop {
         IpAddr::V4(ip) => ((Ipv4Addr::UNSPECIFIED, 0).into(), (ip, DISCARD_PORT).into()),
         IpAddr::V6(ip) => {
@@ -135,7 +147,16 @@ fn nudge(next_hop: IpAddr, oif: u32) {
             )
         }
     };
-    let sent = UdpSocket::bind(bind).and_then(|socket| socket.send_to(&[], to));
+    let sent = UdpSocket::bind(bind).and_then(|socket| {
+        if let Some(dev) = dev {
+            // Needs CAP_NET_RAW; without it the routing table picks the device, which is
+            // the route's own unless --dev overrode it.
+            if let Err(error) = setsockopt(&socket, sockopt::BindToDevice, &OsString::from(dev)) {
+                tracing::debug!(dev, %error, "resolution datagram not bound to its device");
+            }
+        }
+        socket.send_to(&[], to)
+    });
     if let Err(error) = sent {
         tracing::debug!(%to, %error, "resolution datagram not sent");
     }

@@ -45,7 +45,7 @@ fn parse_port(input: &str, port: &str) -> Result<u16, TargetParseError> {
 
 fn parse_v6(input: &str, text: &str) -> Result<(Ipv6Addr, Option<String>), TargetParseError> {
     let (addr, zone) = match text.split_once('%') {
-        Some((addr, zone)) if zone.is_empty() => {
+        Some((addr, "")) => {
             return Err(bad(input, &format!("empty zone after `{addr}%`")));
         }
         Some((addr, zone)) => (addr, Some(zone.to_owned())),
