@@ -23,11 +23,21 @@ fn main() -> ExitCode {
         // --help and --version print to stdout and exit 0.
         Err(error) if !error.use_stderr() => error.exit(),
         Err(error) => {
-            // One line, like every other error: clap's first line is the message.
+            // One line, like every other error: clap's first line is the message, and the
+            // indented lines under it (the missing arguments) complete it.
             let text = error.to_string();
-            let first = text.lines().next().unwrap_or_default();
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("netcon-sniff: error: {first} (see --help)");
+            let mut lines = text.lines();
+            let first = lines.next().unwrap_or_default();
+            let mut message = first.strip_prefix("error: ").unwrap_or(first).to_owned();
+            let details: Vec<&str> = lines
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            if !details.is_empty() {
+                message.push(' ');
+                message.push_str(&details.join(", "));
+            }
+            eprintln!("netcon-sniff: error: {message} (see --help)");
             return ExitCode::from(2);
         }
     };
