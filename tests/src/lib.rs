@@ -1,24 +1,39 @@
-//! End-to-end test harness for `netcon-sniff` (issue 2).
+//! End-to-end test harness for `netcon-sniff` (issues 2 and 4).
 //!
 //! - [`Topology`] / [`Netns`]: network namespaces joined by veth pairs, removed on drop (also when
 //!   a test panics).
 //! - [`UdpFrame`]: raw Ethernet frames with any MACs, zero to two VLAN tags, IPv4 or IPv6, UDP
 //!   with correct checksums.
 //! - [`FrameSender`]: sends frames out of an interface inside a namespace (`AF_PACKET`).
-//! - [`Sniffer`]: runs the real binary in the collector namespace and checks what it prints.
+//! - [`Sniffer`]: runs the real binary in the collector namespace (or offline, on a file) and
+//!   checks what it prints; [`Summary`] parses its exit counters for every backend.
+//! - [`PcapFile`]: an independent classic pcap reader; [`tcpdump_read`]: a file as Debian's
+//!   tcpdump decodes it; [`fixture`]: the real kernel captures in
+//!   `netcon-user/tests/data/`.
 //!
 //! Only addresses inside the namespaces these helpers create are ever used: 10.N.0.0/24 and
 //! `fd00:N::/64`.
 
+pub mod files;
 pub mod frame;
 pub mod netns;
+pub mod outputs;
+pub mod pcap;
+pub mod route;
 pub mod sender;
 pub mod sniffer;
+pub mod tcpdump;
 
+pub use files::{TempDir, fixture, run_bounded, write_file};
 pub use frame::{NETCONSOLE_DST_PORT, NETCONSOLE_SRC_PORT, UdpFrame, Vlan};
 pub use netns::{
     ALL_NODES_MAC, BROADCAST_MAC, Link, Mac, Netns, Topology, ip, mac_to_string, netns_list,
     require_root,
 };
+pub use pcap::{LINKTYPE_ETHERNET, PcapFile, PcapRecord};
 pub use sender::FrameSender;
-pub use sniffer::{LINE_TIMEOUT, RawLine, Sniffer, Summary, sniff_binary};
+pub use sniffer::{
+    CaptureBackend, FileCounters, FileRun, LINE_TIMEOUT, RawCounters, RawLine, STATS_PREFIX,
+    Sniffer, Summary, XdpCounters, rfc3339_micros, sniff_binary, without_stats,
+};
+pub use tcpdump::{TcpdumpFrame, TcpdumpOutput, VlanTag, tcpdump_binary, tcpdump_read};

@@ -200,6 +200,58 @@ impl Netns {
         }
     }
 
+    /// The interface index of `dev` in this namespace.
+    ///
+    /// # Panics
+    /// If `ip` fails or prints no index.
+    #[must_use]
+    pub fn ifindex(&self, dev: &str) -> u32 {
+        let line = self.ip(&["-o", "link", "show", "dev", dev]);
+        line.split_once(':')
+            .and_then(|(n, _)| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no interface index for {dev} in {line:?}"))
+    }
+
+    /// How many packet (`AF_PACKET`) sockets in this namespace are bound to `dev`, from
+    /// `/proc/net/packet` as seen from inside the namespace.
+    ///
+    /// # Panics
+    /// If the table cannot be read or parsed.
+    #[must_use]
+    pub fn packet_sockets_on(&self, dev: &str) -> usize {
+        let ifindex = self.ifindex(dev);
+        let table = self.run_in(|| {
+            std::fs::read_to_string("/proc/thread-self/net/packet")
+                .unwrap_or_else(|e| panic!("cannot read /proc/thread-self/net/packet: {e}"))
+        });
+        packet_sockets_in(&table)
+            .unwrap_or_else(|| panic!("cannot parse /proc/net/packet:\n{table}"))
+            .into_iter()
+            .filter(|i| *i == ifindex)
+            .count()
+    }
+
+    /// Polls until no packet socket is bound to `dev`, or panics after `timeout` (the kernel
+    /// releases a socket as the owning process's descriptors close).
+    ///
+    /// # Panics
+    /// If one is still bound at the deadline.
+    pub fn wait_no_packet_sockets(&self, dev: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let n = self.packet_sockets_on(dev);
+            if n == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} packet sockets still bound to {dev} in {} after {timeout:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The interface's promiscuity counter (`promiscuity N` in `ip -d link show`).
     ///
     /// # Panics
@@ -266,6 +318,18 @@ fn xdp_attachment_in(details: &str) -> Option<String> {
         .split_whitespace()
         .find(|w| w.starts_with("prog/xdp"))
         .map(|w| w.trim_start_matches("prog/").to_owned())
+}
+
+/// The interface index column of every socket in `/proc/net/packet`
+/// (`sk RefCnt Type Proto Iface R Rmem User Inode`, `net/packet/af_packet.c`, `packet_seq_show`).
+fn packet_sockets_in(table: &str) -> Option<Vec<u32>> {
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let column = header.iter().position(|h| *h == "Iface")?;
+    lines
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split_whitespace().nth(column)?.parse().ok())
+        .collect()
 }
 
 fn promiscuity_in(details: &str) -> Option<u32> {
@@ -486,6 +550,19 @@ mod tests {
             xdp_attachment_in("mtu 1500\n prog/xdp id 7").as_deref(),
             Some("xdp")
         );
+    }
+
+    #[test]
+    fn parses_packet_sockets() {
+        let table = "sk               RefCnt Type Proto  Iface R Rmem   User   Inode\n\
+                     ffff8f0a4b0e6000 3      3    0003   2     1 0      0      123\n\
+                     ffff8f0a4b0e7000 3      3    0000   7     0 0      0      124\n";
+        assert_eq!(packet_sockets_in(table), Some(vec![2, 7]));
+        assert_eq!(
+            packet_sockets_in("sk RefCnt Type Proto Iface R Rmem User Inode\n"),
+            Some(vec![])
+        );
+        assert_eq!(packet_sockets_in("sk RefCnt\nffff 3\n"), None);
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! Running the real `netcon-sniff` inside a namespace and watching what it prints.
 
-use std::io::{BufRead, BufReader, Read};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -78,37 +81,96 @@ impl Sniffer {
     /// If not root, the binary is missing, or the process cannot be started.
     #[must_use]
     pub fn start(ns: &Netns, args: &[&str]) -> Sniffer {
-        require_root();
+        Sniffer::spawn(&Launch::InNetns(ns), args, None)
+    }
+
+    /// Starts `netcon-sniff ARGS...` directly, in the test's own namespace, for work that touches
+    /// no interface (`-r FILE`). With `stdin`, those bytes are written to its standard input,
+    /// which is then closed; without, standard input is empty.
+    ///
+    /// # Panics
+    /// If the binary is missing or cannot be started.
+    #[must_use]
+    pub fn start_offline(args: &[&str], stdin: Option<Vec<u8>>) -> Sniffer {
+        Sniffer::spawn(&Launch::Offline, args, stdin)
+    }
+
+    /// As [`Sniffer::start_offline`], but inside `ns` and with no capabilities at all: before
+    /// the exec the child empties its capability bounding, ambient and inheritable sets, so the
+    /// binary runs as uid 0 without any privilege (no `CAP_NET_RAW`, `CAP_BPF`,
+    /// `CAP_NET_ADMIN`, `CAP_DAC_OVERRIDE`). A file it opens must belong to root or be
+    /// world-readable.
+    ///
+    /// # Panics
+    /// If not root, the binary is missing, or the process cannot be started.
+    #[must_use]
+    pub fn start_unprivileged(ns: &Netns, args: &[&str], stdin: Option<Vec<u8>>) -> Sniffer {
+        Sniffer::spawn(&Launch::Unprivileged(ns), args, stdin)
+    }
+
+    fn spawn(launch: &Launch<'_>, args: &[&str], stdin: Option<Vec<u8>>) -> Sniffer {
         let bin = sniff_binary();
-        let command = format!(
-            "ip netns exec {} {} {}",
-            ns.name(),
-            bin.display(),
-            args.join(" ")
-        );
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns.name()])
-            .arg(&bin)
-            .args(args)
-            .stdin(Stdio::null())
+        let mut netns_file = None;
+        let (mut cmd, command) = match launch {
+            Launch::InNetns(ns) => {
+                require_root();
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns.name()]).arg(&bin);
+                let shown = format!("ip netns exec {} {}", ns.name(), bin.display());
+                (cmd, shown)
+            }
+            Launch::Offline => (Command::new(&bin), bin.display().to_string()),
+            Launch::Unprivileged(ns) => {
+                require_root();
+                let path = format!("/run/netns/{}", ns.name());
+                netns_file =
+                    Some(File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}")));
+                let shown = format!("{} (in {}, no capabilities)", bin.display(), ns.name());
+                (Command::new(&bin), shown)
+            }
+        };
+        let command = format!("{command} {}", args.join(" "));
+        cmd.args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        let netns_fd = netns_file.as_ref().map(AsRawFd::as_raw_fd);
+        let drop_privileges = matches!(launch, Launch::Unprivileged(_));
         // If the test process is SIGKILLed no destructor runs: have the kernel kill the sniffer
         // then (the death signal follows the spawning thread, which is the test's own thread,
         // and survives the exec of `ip` and of the binary).
-        // SAFETY: only an async-signal-safe syscall runs between fork and exec.
+        // SAFETY: only async-signal-safe syscalls run between fork and exec.
         unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
                 }
+                if let Some(fd) = netns_fd
+                    && libc::setns(fd, libc::CLONE_NEWNET) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if drop_privileges {
+                    drop_all_capabilities()?;
+                }
+                Ok(())
             });
         }
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start `{command}`: {e}"));
+        drop(netns_file);
+        if let Some(bytes) = stdin {
+            let mut pipe = child.stdin.take().expect("stdin is piped");
+            // An early exit (a rejected file) closes the pipe: the write error is expected then.
+            std::thread::spawn(move || {
+                let _ = pipe.write_all(&bytes);
+            });
+        }
         let (tx, events) = mpsc::channel();
         let out = child.stdout.take().expect("stdout is piped");
         let err = child.stderr.take().expect("stderr is piped");
@@ -130,6 +192,30 @@ impl Sniffer {
             stderr: Vec::new(),
             stdout_open: true,
             stderr_open: true,
+        }
+    }
+
+    /// Runs `netcon-sniff -r FILE --format raw` offline to its end (with `stdin` as its standard
+    /// input, for `FILE` = `-`), checks that it exited 0 with a file summary, and returns what
+    /// it printed.
+    ///
+    /// # Panics
+    /// If it fails, or does not end within the exit deadline.
+    #[must_use]
+    pub fn read_file(file: &str, stdin: Option<Vec<u8>>) -> FileRun {
+        let mut s = Sniffer::start_offline(&["-r", file, "--format", "raw"], stdin);
+        let (status, stderr) = s.wait();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "`{}` exited with {status}; stderr:\n{stderr}",
+            s.command
+        );
+        let summary = Summary::parse(&stderr);
+        FileRun {
+            lines: s.stdout.clone(),
+            stderr: s.stderr.clone(),
+            summary,
         }
     }
 
@@ -260,6 +346,12 @@ impl Sniffer {
         &self.stdout
     }
 
+    /// Every stderr line received so far.
+    #[must_use]
+    pub fn stderr_lines(&self) -> &[String] {
+        &self.stderr
+    }
+
     /// Sends SIGTERM.
     ///
     /// # Panics
@@ -362,6 +454,89 @@ impl Sniffer {
     }
 }
 
+/// What [`Sniffer::read_file`] printed.
+#[derive(Debug, Clone)]
+pub struct FileRun {
+    /// Every stdout line.
+    pub lines: Vec<String>,
+    /// Every stderr line.
+    pub stderr: Vec<String>,
+    /// The exit summary.
+    pub summary: Summary,
+}
+
+/// Where and how [`Sniffer::spawn`] runs the binary.
+enum Launch<'a> {
+    /// `ip netns exec NS BIN ...`, as root.
+    InNetns(&'a Netns),
+    /// `BIN ...` in the test's namespace.
+    Offline,
+    /// `BIN ...` in the namespace, entered with `setns` before the exec, without capabilities.
+    Unprivileged(&'a Netns),
+}
+
+/// Capability header version 3 (`_LINUX_CAPABILITY_VERSION_3`, include/uapi/linux/capability.h).
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`; version 3 takes two of them (capabilities 0-31, 32-63).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Leaves the calling process unable to hold any capability after its next exec, even as uid 0:
+/// the bounding set and the ambient set are emptied, then the process's own sets (the
+/// inheritable one is what an exec would otherwise pass on). Only raw syscalls, so it may run
+/// between fork and exec.
+fn drop_all_capabilities() -> std::io::Result<()> {
+    // Capabilities above the kernel's last one give EINVAL: nothing to drop there.
+    for cap in 0..64 {
+        // SAFETY: plain prctl with integer arguments.
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
+        if rc != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    // SAFETY: plain prctl with integer arguments.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: header and data are valid for capset(2) with version 3 (two data structs).
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 impl Drop for Sniffer {
     fn drop(&mut self) {
         if self.status.is_none() {
@@ -427,7 +602,7 @@ fn check_stdout_line(raw: &[u8]) -> Result<String, String> {
 pub struct RawLine {
     /// The timestamp as printed.
     pub ts: String,
-    /// Interface name.
+    /// Interface name (for `-r`, whatever the binary names the file's interface).
     pub iface: String,
     /// Source address and port.
     pub src: SocketAddr,
@@ -438,13 +613,37 @@ pub struct RawLine {
 }
 
 impl RawLine {
-    /// Parses and checks one line, including that the timestamp is RFC 3339 UTC with exactly
-    /// six fractional digits and within a day of now.
+    /// Parses and checks one line of a live capture, including that the timestamp is RFC 3339
+    /// UTC with exactly six fractional digits and within a day of now.
     ///
     /// # Panics
     /// If the line does not have that shape.
     #[must_use]
     pub fn parse(line: &str) -> RawLine {
+        let parsed = RawLine::parse_any_time(line);
+        let ts_secs = parse_rfc3339_micros(&parsed.ts).expect("checked by parse_any_time");
+        let now = i64::try_from(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .expect("clock after 1970")
+                .as_secs(),
+        )
+        .expect("sane clock");
+        assert!(
+            (ts_secs - now).abs() < 86_400,
+            "timestamp {:?} is not within a day of now (a clock or epoch mix-up?) in {line:?}",
+            parsed.ts
+        );
+        parsed
+    }
+
+    /// As [`RawLine::parse`] but for lines read from a capture file (`-r`): the timestamp must
+    /// have the same shape but may be any time (the file's).
+    ///
+    /// # Panics
+    /// If the line does not have that shape.
+    #[must_use]
+    pub fn parse_any_time(line: &str) -> RawLine {
         let mut it = line.splitn(6, ' ');
         let mut next = |what: &str| {
             it.next()
@@ -457,23 +656,14 @@ impl RawLine {
         let dst = next("destination").to_owned();
         let payload = next("payload").to_owned();
         assert_eq!(arrow, ">", "no ` > ` between addresses in {line:?}");
+        assert!(!iface.is_empty(), "empty interface column in {line:?}");
         let parse_addr = |s: &str| -> SocketAddr {
             s.parse()
                 .unwrap_or_else(|e| panic!("bad address {s:?} ({e}) in {line:?}"))
         };
-        let ts_secs = parse_rfc3339_micros(&ts).unwrap_or_else(|| {
-            panic!("timestamp {ts:?} is not RFC 3339 UTC with microseconds (YYYY-MM-DDTHH:MM:SS.ffffffZ) in {line:?}")
-        });
-        let now = i64::try_from(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .expect("clock after 1970")
-                .as_secs(),
-        )
-        .expect("sane clock");
         assert!(
-            (ts_secs - now).abs() < 86_400,
-            "timestamp {ts:?} is not within a day of now (a clock or epoch mix-up?) in {line:?}"
+            parse_rfc3339_micros(&ts).is_some(),
+            "timestamp {ts:?} is not RFC 3339 UTC with microseconds (YYYY-MM-DDTHH:MM:SS.ffffffZ) in {line:?}"
         );
         RawLine {
             ts,
@@ -483,6 +673,67 @@ impl RawLine {
             payload,
         }
     }
+
+    /// The payload's bytes: the printed column with the escapes undone (`\\`, `\n`, `\r`,
+    /// `\t`, `\u{HEX}`, `\xHH`; anything else is printed as itself).
+    ///
+    /// # Panics
+    /// On an escape outside that set.
+    #[must_use]
+    pub fn payload_bytes(&self) -> Vec<u8> {
+        unescape(&self.payload).unwrap_or_else(|e| panic!("payload {:?}: {e}", self.payload))
+    }
+}
+
+/// Undoes the payload escaping of `--format raw` (sink/escape.rs), written independently of it.
+fn unescape(s: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut chars = s.char_indices();
+    while let Some((at, c)) = chars.next() {
+        if c != '\\' {
+            let mut buf = [0; 4];
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            continue;
+        }
+        match chars.next().map(|(_, e)| e) {
+            Some('\\') => out.push(b'\\'),
+            Some('n') => out.push(b'\n'),
+            Some('r') => out.push(b'\r'),
+            Some('t') => out.push(b'\t'),
+            Some('x') => {
+                let hex: String = chars.by_ref().take(2).map(|(_, h)| h).collect();
+                if hex.len() != 2 || !hex.chars().all(|h| h.is_ascii_hexdigit()) {
+                    return Err(format!("bad \\x escape at byte {at}"));
+                }
+                out.push(u8::from_str_radix(&hex, 16).expect("two hex digits"));
+            }
+            Some('u') => {
+                if chars.next().map(|(_, b)| b) != Some('{') {
+                    return Err(format!("no `{{` after \\u at byte {at}"));
+                }
+                let mut hex = String::new();
+                let mut closed = false;
+                for (_, h) in chars.by_ref() {
+                    if h == '}' {
+                        closed = true;
+                        break;
+                    }
+                    hex.push(h);
+                }
+                let c = Some(&hex)
+                    .filter(|h| closed && (1..=6).contains(&h.len()))
+                    .filter(|h| h.chars().all(|d| d.is_ascii_hexdigit()))
+                    .and_then(|h| u32::from_str_radix(h, 16).ok())
+                    .and_then(char::from_u32)
+                    .ok_or_else(|| format!("bad \\u{{{hex}}} escape at byte {at}"))?;
+                let mut buf = [0; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+            Some(other) => return Err(format!("unknown escape \\{other} at byte {at}")),
+            None => return Err("lone `\\` at the end".to_owned()),
+        }
+    }
+    Ok(out)
 }
 
 /// Seconds since the Unix epoch of `YYYY-MM-DDTHH:MM:SS.ffffffZ`, or `None` if not exactly that.
@@ -526,9 +777,100 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// The two summary lines printed on SIGTERM/SIGINT.
+/// Inverse of `days_from_civil` (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` for a time since the Unix epoch, truncated to microseconds
+/// (as `--format raw` prints it).
+#[must_use]
+pub fn rfc3339_micros(secs: i64, nanos: u32) -> String {
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        nanos / 1000
+    )
+}
+
+/// Start of the stats line (`--stats`, SIGUSR1, and once more at exit), which repeats the
+/// counters with the pipeline's and the decoder's.
+pub const STATS_PREFIX: &str = "netcon-sniff: stats: ";
+
+/// `lines` without stats lines ([`STATS_PREFIX`]), for exact comparisons of the rest of stderr.
+#[must_use]
+pub fn without_stats(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|l| !l.starts_with(STATS_PREFIX))
+        .cloned()
+        .collect()
+}
+
+/// The capture backend named by the exit summary's counters line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Summary {
+pub enum CaptureBackend {
+    /// `xdp counters: seen= matched= ringbuf_full= truncated= copy_failed=`
+    Xdp,
+    /// `raw counters: received= kernel_received= kernel_dropped= truncated=`
+    Raw,
+    /// `file counters: read= skipped=`
+    File,
+}
+
+impl CaptureBackend {
+    /// The word before ` counters:`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            CaptureBackend::Xdp => "xdp",
+            CaptureBackend::Raw => "raw",
+            CaptureBackend::File => "file",
+        }
+    }
+
+    /// Every counter the line must carry, in the order printed.
+    #[must_use]
+    pub fn counter_names(self) -> &'static [&'static str] {
+        match self {
+            CaptureBackend::Xdp => &[
+                "seen",
+                "matched",
+                "ringbuf_full",
+                "truncated",
+                "copy_failed",
+            ],
+            CaptureBackend::Raw => &["received", "kernel_received", "kernel_dropped", "truncated"],
+            CaptureBackend::File => &["read", "skipped"],
+        }
+    }
+
+    fn from_name(name: &str) -> Option<CaptureBackend> {
+        [
+            CaptureBackend::Xdp,
+            CaptureBackend::Raw,
+            CaptureBackend::File,
+        ]
+        .into_iter()
+        .find(|b| b.name() == name)
+    }
+}
+
+/// Counters of the XDP backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XdpCounters {
     /// Frames the XDP program saw.
     pub seen: u64,
     /// Frames that matched (UDP to a configured port).
@@ -539,65 +881,172 @@ pub struct Summary {
     pub truncated: u64,
     /// Frames the program failed to copy.
     pub copy_failed: u64,
+}
+
+/// Counters of the raw (`AF_PACKET`) backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawCounters {
+    /// Frames read from the sockets.
+    pub received: u64,
+    /// Frames the kernel queued to the sockets, dropped ones included (`PACKET_STATISTICS`).
+    pub kernel_received: u64,
+    /// Frames the kernel dropped because a socket's buffer was full.
+    pub kernel_dropped: u64,
+    /// Frames cut to the read buffer.
+    pub truncated: u64,
+}
+
+/// Counters of a capture file (`-r`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileCounters {
+    /// Frames read.
+    pub read: u64,
+    /// Frames of a link type the binary cannot decode.
+    pub skipped: u64,
+}
+
+/// The exit summary: `netcon-sniff: <backend> counters: k=N ...` then
+/// `netcon-sniff: printed N datagrams`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Which backend's counters line was printed.
+    pub backend: CaptureBackend,
+    /// Every counter of that line by name (exactly [`CaptureBackend::counter_names`]).
+    pub counters: BTreeMap<String, u64>,
     /// Datagrams printed by userspace.
     pub printed: u64,
 }
 
 impl Summary {
-    /// Finds and parses `netcon-sniff: xdp counters: seen=N matched=N ringbuf_full=N truncated=N
-    /// copy_failed=N` and `netcon-sniff: printed N datagrams` in `stderr`.
+    /// Finds and parses the counters line (exactly one, of a known backend, with exactly that
+    /// backend's counters) and `netcon-sniff: printed N datagrams` in `stderr`.
     ///
     /// # Panics
-    /// If either line is missing or malformed.
+    /// If either line is missing, repeated or malformed.
     #[must_use]
     pub fn parse(stderr: &str) -> Summary {
-        let counters = stderr
+        // `<backend>` is one word: `netcon-sniff: stats: file counters: ... | ...` (the
+        // periodic and exit stats line) is not a counters line.
+        let found: Vec<(&str, &str)> = stderr
             .lines()
-            .find_map(|l| l.strip_prefix("netcon-sniff: xdp counters: "))
-            .unwrap_or_else(|| {
-                panic!("no `netcon-sniff: xdp counters:` line in stderr:\n{stderr}")
-            });
-        let mut values = [None; 5];
-        let names = [
-            "seen",
-            "matched",
-            "ringbuf_full",
-            "truncated",
-            "copy_failed",
-        ];
-        for field in counters.split_whitespace() {
+            .filter_map(|l| l.strip_prefix("netcon-sniff: ")?.split_once(" counters: "))
+            .filter(|(name, _)| !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric()))
+            .collect();
+        let [(name, fields)] = found[..] else {
+            panic!(
+                "expected one `netcon-sniff: <backend> counters: ...` line, found {} in stderr:\n{stderr}",
+                found.len()
+            )
+        };
+        let backend = CaptureBackend::from_name(name)
+            .unwrap_or_else(|| panic!("unknown backend {name:?} in counters line: {fields:?}"));
+        let names = backend.counter_names();
+        let mut counters = BTreeMap::new();
+        for field in fields.split_whitespace() {
             let (k, v) = field
                 .split_once('=')
-                .unwrap_or_else(|| panic!("bad counter {field:?} in {counters:?}"));
-            let i = names
-                .iter()
-                .position(|n| *n == k)
-                .unwrap_or_else(|| panic!("unknown counter {k:?} in {counters:?}"));
-            values[i] = Some(
-                v.parse::<u64>()
-                    .unwrap_or_else(|e| panic!("counter {k}={v:?}: {e}")),
+                .unwrap_or_else(|| panic!("bad counter {field:?} in {fields:?}"));
+            assert!(
+                names.contains(&k),
+                "unknown {name} counter {k:?} in {fields:?}"
+            );
+            let v = v
+                .parse::<u64>()
+                .unwrap_or_else(|e| panic!("counter {k}={v:?}: {e}"));
+            assert!(
+                counters.insert(k.to_owned(), v).is_none(),
+                "{k} twice in {fields:?}"
             );
         }
-        let get =
-            |i: usize| values[i].unwrap_or_else(|| panic!("no {}= in {counters:?}", names[i]));
-        let printed = stderr
+        for n in names {
+            assert!(counters.contains_key(*n), "no {n}= in {fields:?}");
+        }
+        let printed: Vec<&str> = stderr
             .lines()
-            .find_map(|l| {
+            .filter_map(|l| {
                 l.strip_prefix("netcon-sniff: printed ")?
                     .strip_suffix(" datagrams")
             })
-            .unwrap_or_else(|| {
-                panic!("no `netcon-sniff: printed N datagrams` line in stderr:\n{stderr}")
-            });
+            .collect();
+        let [printed] = printed[..] else {
+            panic!(
+                "expected one `netcon-sniff: printed N datagrams` line, found {} in stderr:\n{stderr}",
+                printed.len()
+            )
+        };
         Summary {
-            seen: get(0),
-            matched: get(1),
-            ringbuf_full: get(2),
-            truncated: get(3),
-            copy_failed: get(4),
+            backend,
+            counters,
             printed: printed
                 .parse()
                 .unwrap_or_else(|e| panic!("printed {printed:?}: {e}")),
+        }
+    }
+
+    /// One counter by name.
+    ///
+    /// # Panics
+    /// If this backend has no such counter.
+    #[must_use]
+    pub fn counter(&self, name: &str) -> u64 {
+        *self.counters.get(name).unwrap_or_else(|| {
+            panic!(
+                "no counter {name:?} for the {} backend: {self:?}",
+                self.backend.name()
+            )
+        })
+    }
+
+    fn expect_backend(&self, want: CaptureBackend) {
+        assert_eq!(
+            self.backend,
+            want,
+            "expected {} counters, got {self:?}",
+            want.name()
+        );
+    }
+
+    /// The XDP counters.
+    ///
+    /// # Panics
+    /// If the summary is of another backend.
+    #[must_use]
+    pub fn xdp(&self) -> XdpCounters {
+        self.expect_backend(CaptureBackend::Xdp);
+        XdpCounters {
+            seen: self.counter("seen"),
+            matched: self.counter("matched"),
+            ringbuf_full: self.counter("ringbuf_full"),
+            truncated: self.counter("truncated"),
+            copy_failed: self.counter("copy_failed"),
+        }
+    }
+
+    /// The raw backend's counters.
+    ///
+    /// # Panics
+    /// If the summary is of another backend.
+    #[must_use]
+    pub fn raw(&self) -> RawCounters {
+        self.expect_backend(CaptureBackend::Raw);
+        RawCounters {
+            received: self.counter("received"),
+            kernel_received: self.counter("kernel_received"),
+            kernel_dropped: self.counter("kernel_dropped"),
+            truncated: self.counter("truncated"),
+        }
+    }
+
+    /// The capture file's counters.
+    ///
+    /// # Panics
+    /// If the summary is of another backend.
+    #[must_use]
+    pub fn file(&self) -> FileCounters {
+        self.expect_backend(CaptureBackend::File);
+        FileCounters {
+            read: self.counter("read"),
+            skipped: self.counter("skipped"),
         }
     }
 }
@@ -621,23 +1070,54 @@ mod tests {
         assert_eq!(l.src, "10.1.0.10:6665".parse().unwrap());
         assert_eq!(l.dst, "10.1.0.1:6666".parse().unwrap());
         assert_eq!(l.payload, "hello world\\n");
+        assert_eq!(l.payload_bytes(), b"hello world\n");
         let l = RawLine::parse(&format!(
             "{ts} veth-c1 [fd00:1::10]:6665 > [fd00:1::1]:6666 x"
         ));
         assert_eq!(l.dst, "[fd00:1::1]:6666".parse().unwrap());
     }
 
-    /// Inverse of `days_from_civil` (H. Hinnant's algorithm).
-    fn civil_from_days(z: i64) -> (i64, i64, i64) {
-        let z = z + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let d = doy - (153 * mp + 2) / 5 + 1;
-        let m = if mp < 10 { mp + 3 } else { mp - 9 };
-        (yoe + era * 400 + i64::from(m <= 2), m, d)
+    #[test]
+    #[should_panic(expected = "not within a day of now")]
+    fn live_line_must_be_recent() {
+        let _ = RawLine::parse("2001-02-03T04:05:06.000007Z 0 10.77.0.10:6665 > 10.77.0.1:6666 x");
+    }
+
+    #[test]
+    fn file_line_may_be_old() {
+        let l = RawLine::parse_any_time(
+            "2001-02-03T04:05:06.000007Z 0 10.77.0.10:6665 > 10.77.0.1:6666 a b  c",
+        );
+        assert_eq!(l.iface, "0");
+        assert_eq!(l.payload, "a b  c");
+    }
+
+    #[test]
+    fn unescapes_every_escape() {
+        assert_eq!(
+            unescape(r"a\\b\n\r\t\u{1b}[\u{0}\u{9b}\xff\xc3 hé ✓").unwrap(),
+            b"a\\b\n\r\t\x1b[\x00\xc2\x9b\xff\xc3 h\xc3\xa9 \xe2\x9c\x93"
+        );
+        assert!(unescape(r"\q").is_err());
+        assert!(unescape(r"\x4").is_err());
+        assert!(unescape(r"\u{110000}").is_err());
+        assert!(unescape(r"\u1b").is_err());
+        assert!(unescape(r"\u{1b").is_err());
+        assert!(unescape(r"\x+f").is_err());
+        assert!(unescape("end\\").is_err());
+    }
+
+    #[test]
+    fn formats_rfc3339_micros() {
+        assert_eq!(rfc3339_micros(0, 999), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339_micros(1_795_822_008, 519_824_999),
+            "2026-11-27T23:26:48.519824Z"
+        );
+        assert_eq!(
+            parse_rfc3339_micros(&rfc3339_micros(1_795_822_008, 0)),
+            Some(1_795_822_008)
+        );
     }
 
     #[test]
@@ -673,21 +1153,74 @@ mod tests {
     }
 
     #[test]
-    fn parses_summary() {
+    fn parses_xdp_summary() {
         let s = Summary::parse(
             "listening on x\nnetcon-sniff: xdp counters: seen=10 matched=3 ringbuf_full=0 truncated=1 copy_failed=0\nnetcon-sniff: printed 3 datagrams\n",
         );
+        assert_eq!(s.backend, CaptureBackend::Xdp);
+        assert_eq!(s.printed, 3);
         assert_eq!(
-            s,
-            Summary {
+            s.xdp(),
+            XdpCounters {
                 seen: 10,
                 matched: 3,
                 ringbuf_full: 0,
                 truncated: 1,
                 copy_failed: 0,
-                printed: 3
             }
         );
+        assert_eq!(s.counter("seen"), 10);
+    }
+
+    #[test]
+    fn parses_raw_summary() {
+        let s = Summary::parse(
+            "netcon-sniff: raw counters: received=5 kernel_received=6 kernel_dropped=1 truncated=0\nnetcon-sniff: printed 5 datagrams\n",
+        );
+        assert_eq!(s.backend, CaptureBackend::Raw);
+        assert_eq!(
+            s.raw(),
+            RawCounters {
+                received: 5,
+                kernel_received: 6,
+                kernel_dropped: 1,
+                truncated: 0,
+            }
+        );
+        assert_eq!(s.printed, 5);
+    }
+
+    #[test]
+    fn parses_file_summary() {
+        let s = Summary::parse(
+            "reading f.pcap, ports 6666\nnetcon-sniff: file counters: read=590 skipped=2\nnetcon-sniff: printed 588 datagrams\n",
+        );
+        assert_eq!(
+            s.file(),
+            FileCounters {
+                read: 590,
+                skipped: 2
+            }
+        );
+        assert_eq!(s.printed, 588);
+    }
+
+    #[test]
+    fn stats_line_is_not_a_counters_line() {
+        let stderr = "netcon-sniff: file counters: read=590 skipped=0\nnetcon-sniff: printed 590 datagrams\nnetcon-sniff: stats: file counters: read=590 skipped=0 lost=0 | datagrams=590\n";
+        let s = Summary::parse(stderr);
+        assert_eq!(s.file().read, 590);
+        let lines: Vec<String> = stderr.lines().map(str::to_owned).collect();
+        assert_eq!(without_stats(&lines).len(), 2);
+    }
+
+    #[test]
+    #[should_panic(expected = "expected xdp counters")]
+    fn typed_accessor_checks_the_backend() {
+        let _ = Summary::parse(
+            "netcon-sniff: file counters: read=1 skipped=0\nnetcon-sniff: printed 1 datagrams\n",
+        )
+        .xdp();
     }
 
     #[test]
@@ -695,6 +1228,30 @@ mod tests {
     fn summary_needs_every_counter() {
         let _ = Summary::parse(
             "netcon-sniff: xdp counters: seen=1 matched=1 ringbuf_full=0 truncated=0\nnetcon-sniff: printed 1 datagrams\n",
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "unknown raw counter \"seen\"")]
+    fn summary_rejects_foreign_counters() {
+        let _ = Summary::parse(
+            "netcon-sniff: raw counters: received=1 kernel_received=1 kernel_dropped=0 truncated=0 seen=1\nnetcon-sniff: printed 1 datagrams\n",
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "unknown backend \"afxdp\"")]
+    fn summary_rejects_unknown_backend() {
+        let _ = Summary::parse(
+            "netcon-sniff: afxdp counters: x=1\nnetcon-sniff: printed 1 datagrams\n",
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "found 2")]
+    fn summary_rejects_two_counter_lines() {
+        let _ = Summary::parse(
+            "netcon-sniff: file counters: read=1 skipped=0\nnetcon-sniff: file counters: read=1 skipped=0\nnetcon-sniff: printed 1 datagrams\n",
         );
     }
 }

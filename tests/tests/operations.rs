@@ -64,8 +64,8 @@ fn user_drops_root_and_keeps_capturing() {
         .dst_mac(BROADCAST_MAC)
         .dst_ip(link.foreign_v4());
     topo.sender(link).send(&frame.build());
-    let line = s.expect_line_containing("NCT unprivileged hello", LINE_TIMEOUT);
-    assert!(line.contains(" kern.info "), "{line}");
+    let printed = s.expect_line_containing("NCT unprivileged hello", LINE_TIMEOUT);
+    assert!(printed.contains(" kern.info "), "{printed}");
     s.sigterm();
     let (status, stderr) = s.wait();
     assert!(status.success(), "{stderr}");

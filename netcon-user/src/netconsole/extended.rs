@@ -152,14 +152,9 @@ pub fn looks_extended(payload: &[u8]) -> bool {
 /// [`ExtendedError`] for a header that does not parse. Unknown optional fields and unknown flag
 /// bytes are kept, not rejected.
 pub fn parse(payload: &[u8]) -> Result<Payload<'_>, ExtendedError> {
-    let first_line_len = payload
-        .iter()
-        .position(|&b| b == b'\n')
-        .unwrap_or(payload.len());
-    let first_line = payload.get(..first_line_len).unwrap_or(payload);
-    let semi = first_line
-        .iter()
-        .position(|&b| b == b';')
+    // The header ends at the first `;` of the first line; the body may be long, so stop there.
+    let semi = memchr::memchr2(b';', b'\n', payload)
+        .filter(|&i| payload.get(i) == Some(&b';'))
         .ok_or(ExtendedError::MissingSemicolon)?;
     let (header, body) = payload.split_at(semi);
     let body = body.get(1..).unwrap_or_default();
@@ -239,7 +234,7 @@ pub fn parse(payload: &[u8]) -> Result<Payload<'_>, ExtendedError> {
 /// leading space is kept as a field with an empty key rather than dropped. Returns how many
 /// invalid escapes were kept literally.
 pub fn parse_body(body: &[u8], text: &mut Vec<u8>, fields: &mut Vec<Field>) -> usize {
-    let (escaped_text, rest) = match body.iter().position(|&b| b == b'\n') {
+    let (escaped_text, rest) = match memchr::memchr(b'\n', body) {
         Some(i) => {
             let (t, r) = body.split_at(i);
             (t, r.get(1..).unwrap_or_default())
@@ -271,33 +266,53 @@ pub fn parse_body(body: &[u8], text: &mut Vec<u8>, fields: &mut Vec<Field>) -> u
 pub fn unescape_into(src: &[u8], out: &mut Vec<u8>) -> usize {
     let mut bad = 0;
     let mut rest = src;
-    while let Some(i) = rest.iter().position(|&b| b == b'\\') {
-        let (plain, escape) = rest.split_at(i);
+    out.reserve(src.len());
+    while let Some(i) = memchr::memchr(b'\\', rest) {
+        let (plain, mut escapes) = rest.split_at(i);
         out.extend_from_slice(plain);
-        match escape {
-            [_, b'x', hi, lo, tail @ ..] if hi.is_ascii_hexdigit() && lo.is_ascii_hexdigit() => {
-                out.push(hex_value(*hi) << 4 | hex_value(*lo));
-                rest = tail;
+        // Escapes come in runs (every byte of non-ASCII text is one): decode the run here
+        // rather than searching again for each.
+        loop {
+            if let [b'\\', b'x', hi, lo, tail @ ..] = escapes {
+                let (hi, lo) = (hex_value(*hi), hex_value(*lo));
+                if hi | lo < 16 {
+                    out.push(hi << 4 | lo);
+                    escapes = tail;
+                    continue;
+                }
             }
-            [backslash, tail @ ..] => {
+            if let [backslash @ b'\\', tail @ ..] = escapes {
                 out.push(*backslash);
                 bad += 1;
-                rest = tail;
+                escapes = tail;
             }
-            [] => rest = &[],
+            break;
         }
+        rest = escapes;
     }
     out.extend_from_slice(rest);
     bad
 }
 
-fn hex_value(digit: u8) -> u8 {
-    match digit {
-        b'0'..=b'9' => digit - b'0',
-        b'a'..=b'f' => digit - b'a' + 10,
-        b'A'..=b'F' => digit - b'A' + 10,
-        _ => 0,
+/// Hex digit values, 0xff for bytes that are not hex digits.
+const HEX: [u8; 256] = {
+    let mut table = [0xff; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
     }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
+
+fn hex_value(digit: u8) -> u8 {
+    HEX[usize::from(digit)]
 }
 
 fn split_once(s: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {

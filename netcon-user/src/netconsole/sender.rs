@@ -30,13 +30,23 @@ impl DupHistory {
         window: Duration,
         capacity: usize,
     ) -> bool {
-        if let Some(i) = self.fingerprints.iter().position(|&f| f == fingerprint)
-            && self
-                .times
-                .get(i)
-                .is_some_and(|&t| now.saturating_duration_since(t) <= window)
-        {
-            return true;
+        // Compare a block at a time without an early exit, which vectorizes; only a block with
+        // a match is looked at closely.
+        const BLOCK: usize = 16;
+        for (b, block) in self.fingerprints.chunks(BLOCK).enumerate() {
+            if !block.iter().fold(false, |hit, &f| hit | (f == fingerprint)) {
+                continue;
+            }
+            for (j, &f) in block.iter().enumerate() {
+                if f == fingerprint
+                    && self
+                        .times
+                        .get(b * BLOCK + j)
+                        .is_some_and(|&t| now.saturating_duration_since(t) <= window)
+                {
+                    return true;
+                }
+            }
         }
         if capacity == 0 {
             return false;

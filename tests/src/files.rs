@@ -1,0 +1,119 @@
+//! Test data files, scratch directories, and running helper programs with a deadline.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A file of `netcon-user/tests/data/`: the real kernel captures and what they hold (copied
+/// from `../shared/fixtures`, see the README there), shared with the library's own tests rather
+/// than copied twice.
+///
+/// # Panics
+/// If the file is missing.
+#[must_use]
+pub fn fixture(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../netcon-user/tests/data")
+        .join(name);
+    assert!(path.is_file(), "test data {} is missing", path.display());
+    path
+}
+
+/// A fresh directory under the system temporary directory, removed with its contents on drop.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates `$TMPDIR/netcon-tests-<pid>-<counter>-<what>`.
+    ///
+    /// # Panics
+    /// If it cannot be created.
+    #[must_use]
+    pub fn new(what: &str) -> TempDir {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("netcon-tests-{}-{n}-{what}", std::process::id()));
+        std::fs::create_dir(&path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        TempDir { path }
+    }
+
+    /// The directory.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A path inside it.
+    #[must_use]
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            eprintln!("netcon-tests: cannot remove {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// Runs `cmd` to completion with empty standard input and returns its output; kills it and
+/// panics after `timeout` (a failure deadline, not a timing check).
+///
+/// # Panics
+/// If it cannot be started or does not finish in time.
+#[must_use]
+pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Output {
+    let shown = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {shown}: {e}"));
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("piped")));
+    let err = drain(Box::new(child.stderr.take().expect("piped")));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{shown} did not finish within {timeout:?} (killed it)");
+            }
+            Err(e) => panic!("waiting for {shown}: {e}"),
+        }
+    };
+    Output {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
+
+/// Writes `bytes` to a new file `path`.
+///
+/// # Panics
+/// If that fails.
+pub fn write_file(path: &Path, bytes: &[u8]) {
+    std::fs::File::create(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+}

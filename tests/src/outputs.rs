@@ -1,0 +1,208 @@
+//! Helpers for the end-to-end tests of the file and command outputs (`--log-dir`,
+//! `--on-panic`): a one-link topology on a chosen subnet, extended-format payloads, signals to
+//! the running binary, bounded waits on files, and a hook script that records its environment.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::netns::{Link, Netns, Topology, mac_to_string};
+use crate::sniffer::{STATS_PREFIX, Sniffer};
+
+/// Subnets these tests may use: 10.N.0.0/24 with N in 40..=49 (other test files use others).
+pub const OUTPUT_SUBNETS: std::ops::RangeInclusive<u8> = 40..=49;
+/// How long a file may take to show what the test waits for (a failure deadline only).
+pub const FILE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often a bounded wait looks again.
+const POLL: Duration = Duration::from_millis(50);
+
+/// One sender namespace linked to the collector on subnet `subnet` (10.N.0.0/24, `fd00:N::/64`;
+/// sender `.10`, collector `.1`), with interfaces `veth-sN` and `veth-cN`. Dropping it removes
+/// both namespaces.
+///
+/// # Panics
+/// If `subnet` is outside [`OUTPUT_SUBNETS`], or an `ip` command fails.
+#[must_use]
+pub fn topology_on_subnet(subnet: u8) -> Topology {
+    assert!(
+        OUTPUT_SUBNETS.contains(&subnet),
+        "output tests use subnets {OUTPUT_SUBNETS:?}, not {subnet}"
+    );
+    let n = subnet;
+    let hextet = u16::from(n);
+    let link = Link {
+        subnet,
+        sender: 0,
+        sender_if: format!("veth-s{n}"),
+        collector_if: format!("veth-c{n}"),
+        sender_mac: [0x02, 0, 0, 0, n, 0x10],
+        collector_mac: [0x02, 0, 0, 0, n, 0x01],
+        sender_v4: std::net::Ipv4Addr::new(10, n, 0, 10),
+        collector_v4: std::net::Ipv4Addr::new(10, n, 0, 1),
+        sender_v6: std::net::Ipv6Addr::new(0xfd00, hextet, 0, 0, 0, 0, 0, 0x10),
+        collector_v6: std::net::Ipv6Addr::new(0xfd00, hextet, 0, 0, 0, 0, 0, 0x1),
+    };
+    // The guard owns both namespaces before anything else is set up: a failure below removes them.
+    let topo = Topology {
+        collector: Netns::new("c0"),
+        senders: vec![Netns::new("s0")],
+        links: Vec::new(),
+    };
+    let (c, s) = (&topo.collector, &topo.senders[0]);
+    c.ip(&[
+        "link",
+        "add",
+        "name",
+        &link.collector_if,
+        "address",
+        &mac_to_string(link.collector_mac),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &link.sender_if,
+        "address",
+        &mac_to_string(link.sender_mac),
+        "netns",
+        s.name(),
+    ]);
+    for (ns, dev, v4, v6) in [
+        (c, &link.collector_if, link.collector_v4, link.collector_v6),
+        (s, &link.sender_if, link.sender_v4, link.sender_v6),
+    ] {
+        ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
+        ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]);
+        ns.ip(&["link", "set", "dev", dev, "up"]);
+    }
+    let mut topo = topo;
+    topo.links.push(link);
+    topo
+}
+
+/// An extended-format netconsole payload (`<pri>,<seq>,<usec>,-;<text>\n`, as
+/// `kernel/printk/printk.c` `info_print_ext_header` writes it).
+#[must_use]
+pub fn extended(pri: u16, seq: u64, usec: u64, text: &str) -> Vec<u8> {
+    format!("{pri},{seq},{usec},-;{text}\n").into_bytes()
+}
+
+/// The process to signal: `netcon-sniff` itself, whether `ip netns exec` replaced itself with it
+/// or runs it as its child.
+#[must_use]
+pub fn sniffer_pid(s: &Sniffer) -> u32 {
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", s.pid()))
+        .unwrap_or_default();
+    children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| s.pid())
+}
+
+/// Sends `signal` to the running `netcon-sniff`.
+///
+/// # Panics
+/// If the signal cannot be sent.
+pub fn signal_sniffer(s: &Sniffer, signal: Signal) {
+    let pid = sniffer_pid(s);
+    let raw = i32::try_from(pid).expect("pid fits in i32");
+    kill(Pid::from_raw(raw), signal).unwrap_or_else(|e| panic!("kill({pid}, {signal}): {e}"));
+}
+
+/// The lines of `path`, or `None` if it does not exist.
+///
+/// # Panics
+/// If it exists but cannot be read, or is not UTF-8.
+#[must_use]
+pub fn file_lines(path: &Path) -> Option<Vec<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Some(text.lines().map(str::to_owned).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => panic!("cannot read {}: {e}", path.display()),
+    }
+}
+
+/// Waits until `path` has at least `n` lines and returns them.
+///
+/// # Panics
+/// If it does not within [`FILE_TIMEOUT`].
+#[must_use]
+pub fn wait_for_lines(path: &Path, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + FILE_TIMEOUT;
+    loop {
+        let lines = file_lines(path).unwrap_or_default();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} has {} lines, not {n}, after {FILE_TIMEOUT:?}: {lines:#?}",
+            path.display(),
+            lines.len()
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The permission bits of `path`.
+///
+/// # Panics
+/// If it cannot be examined.
+#[must_use]
+pub fn mode_of(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("cannot stat {}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// Writes an executable `/bin/sh` script `dir/hook.sh` that appends one line per run to
+/// `dir/hook.out`: `SENDER=<NETCON_SENDER> TIME=<NETCON_TIME> TEXT=<NETCON_TEXT>`. Returns
+/// the `--on-panic` value (script and output path, split on whitespace by netcon-sniff, so `dir`
+/// must not contain any) and the output path.
+///
+/// # Panics
+/// If `dir` holds whitespace or the script cannot be written.
+#[must_use]
+pub fn env_recording_hook(dir: &Path) -> (String, PathBuf) {
+    let script = dir.join("hook.sh");
+    let out = dir.join("hook.out");
+    let command = format!("{} {}", script.display(), out.display());
+    assert_eq!(
+        command.split_whitespace().count(),
+        2,
+        "no whitespace allowed in {}",
+        dir.display()
+    );
+    std::fs::write(
+        &script,
+        "#!/bin/sh\n\
+         # Written by netcon-tests: records what netcon-sniff passed to --on-panic.\n\
+         printf 'SENDER=%s TIME=%s TEXT=%s\\n' \"$NETCON_SENDER\" \"$NETCON_TIME\" \"$NETCON_TEXT\" >> \"$1\"\n",
+    )
+    .unwrap_or_else(|e| panic!("cannot write {}: {e}", script.display()));
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", script.display()));
+    (command, out)
+}
+
+/// The value of ` name=N` in the last stats line of `stderr`.
+///
+/// # Panics
+/// If there is no stats line or no such counter.
+#[must_use]
+pub fn stats_counter(stderr: &str, name: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with(STATS_PREFIX))
+        .unwrap_or_else(|| panic!("no stats line in stderr:\n{stderr}"));
+    line.split_whitespace()
+        .find_map(|field| field.strip_prefix(name)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}=N in {line:?}"))
+}

@@ -1,0 +1,281 @@
+//! Routed topologies for `sender-config` tests: a sender and a collector on one segment (the
+//! sender's side optionally behind a bridge), or a gateway namespace that forwards between
+//! them. Every namespace is a [`Netns`], removed on drop, also when a test panics.
+//!
+//! Addresses: `10.N.0.0/24` and `fd00:N::/64` per segment, host part `.10`/`::10` for the
+//! sender, `.1`/`::1` for the other side (collector or gateway); MACs `02:00:00:00:N:10` and
+//! `02:00:00:00:N:01`. Callers pick N (sender-config uses 60-69).
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::process::Command;
+
+use crate::netns::{Mac, Netns, mac_to_string};
+
+/// Sets the sysctl `key` (dotted, as `sysctl` takes it) to `value` inside `ns`, by writing its
+/// file under `/proc/sys` from a shell in the namespace (no dependency on procps).
+///
+/// # Panics
+/// If the write fails.
+pub fn sysctl(ns: &Netns, key: &str, value: &str) {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns.name(),
+            "sh",
+            "-c",
+            "echo \"$1\" > \"$2\"",
+            "sh",
+        ])
+        .args([value, &path])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `ip netns exec {} sh`: {e}", ns.name()));
+    assert!(
+        out.status.success(),
+        "setting {key}={value} in {} failed: {}",
+        ns.name(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// A namespace where IPv6 addresses are usable at once (no duplicate address detection, also
+/// for link-local addresses of interfaces created later).
+#[must_use]
+pub fn quick_netns(role: &str) -> Netns {
+    let ns = Netns::new(role);
+    sysctl(&ns, "net.ipv6.conf.default.accept_dad", "0");
+    sysctl(&ns, "net.ipv6.conf.all.accept_dad", "0");
+    ns
+}
+
+/// One segment `10.N.0.0/24` / `fd00:N::/64` between a near side (`.10`) and a far side (`.1`).
+#[derive(Debug, Clone)]
+pub struct Segment {
+    /// N.
+    pub subnet: u8,
+    /// Near side's interface (in the near namespace).
+    pub near_if: String,
+    /// Far side's interface (in the far namespace).
+    pub far_if: String,
+    /// `02:00:00:00:N:10`.
+    pub near_mac: Mac,
+    /// `02:00:00:00:N:01`.
+    pub far_mac: Mac,
+    /// `10.N.0.10`.
+    pub near_v4: Ipv4Addr,
+    /// `10.N.0.1`.
+    pub far_v4: Ipv4Addr,
+    /// `fd00:N::10`.
+    pub near_v6: Ipv6Addr,
+    /// `fd00:N::1`.
+    pub far_v6: Ipv6Addr,
+}
+
+impl Segment {
+    /// The addresses of segment N, interfaces `sc{N}-near` / `sc{N}-far`.
+    #[must_use]
+    pub fn new(subnet: u8) -> Segment {
+        let h = u16::from(subnet);
+        Segment {
+            subnet,
+            near_if: format!("sc{subnet}-near"),
+            far_if: format!("sc{subnet}-far"),
+            near_mac: [0x02, 0, 0, 0, subnet, 0x10],
+            far_mac: [0x02, 0, 0, 0, subnet, 0x01],
+            near_v4: Ipv4Addr::new(10, subnet, 0, 10),
+            far_v4: Ipv4Addr::new(10, subnet, 0, 1),
+            near_v6: Ipv6Addr::new(0xfd00, h, 0, 0, 0, 0, 0, 0x10),
+            far_v6: Ipv6Addr::new(0xfd00, h, 0, 0, 0, 0, 0, 0x1),
+        }
+    }
+
+    /// An address of the segment that nobody has: `10.N.0.99`.
+    #[must_use]
+    pub fn absent_v4(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, self.subnet, 0, 99)
+    }
+
+    /// Creates the veth pair between `near` and `far`, both ends up, with no addresses.
+    fn wire(&self, near: &Netns, far: &Netns) {
+        near.ip(&[
+            "link",
+            "add",
+            "name",
+            &self.near_if,
+            "address",
+            &mac_to_string(self.near_mac),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &self.far_if,
+            "address",
+            &mac_to_string(self.far_mac),
+            "netns",
+            far.name(),
+        ]);
+        near.ip(&["link", "set", "dev", &self.near_if, "up"]);
+        far.ip(&["link", "set", "dev", &self.far_if, "up"]);
+    }
+}
+
+/// Gives `dev` in `ns` an IPv4 `/24` and an IPv6 `/64` address.
+fn address(ns: &Netns, dev: &str, v4: Ipv4Addr, v6: Ipv6Addr) {
+    ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
+    ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]);
+}
+
+/// The IPv6 link-local address of `dev` in `ns` (`ip -6 addr show dev DEV scope link`).
+///
+/// # Panics
+/// If the device has none.
+#[must_use]
+pub fn link_local(ns: &Netns, dev: &str) -> Ipv6Addr {
+    let out = ns.ip(&["-6", "-o", "addr", "show", "dev", dev, "scope", "link"]);
+    out.split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no link-local address on {dev} in {}:\n{out}", ns.name()))
+}
+
+/// A sender and a collector on one segment: the collector is the far side.
+#[derive(Debug)]
+pub struct OnLink {
+    /// Where `sender-config` runs.
+    pub sender: Netns,
+    /// The collector.
+    pub collector: Netns,
+    /// The segment.
+    pub segment: Segment,
+}
+
+impl OnLink {
+    /// Segment N, addresses on the veth ends.
+    #[must_use]
+    pub fn new(subnet: u8) -> OnLink {
+        let sender = quick_netns("sc-sender");
+        let collector = quick_netns("sc-collector");
+        let segment = Segment::new(subnet);
+        segment.wire(&sender, &collector);
+        address(&sender, &segment.near_if, segment.near_v4, segment.near_v6);
+        address(&collector, &segment.far_if, segment.far_v4, segment.far_v6);
+        OnLink {
+            sender,
+            collector,
+            segment,
+        }
+    }
+}
+
+/// A sender whose veth end is a port of bridge `br0`, the sender's addresses on `br0`, and a
+/// collector on the far side.
+#[derive(Debug)]
+pub struct Bridged {
+    /// Where `sender-config` runs.
+    pub sender: Netns,
+    /// The collector.
+    pub collector: Netns,
+    /// The segment; `near_if` is the bridge port.
+    pub segment: Segment,
+    /// `br0`.
+    pub bridge: String,
+}
+
+impl Bridged {
+    /// Segment N. With `addresses_on_port`, the addresses go on the port itself rather than
+    /// on the bridge (a misconfiguration `sender-config` must point out).
+    #[must_use]
+    pub fn new(subnet: u8, addresses_on_port: bool) -> Bridged {
+        let sender = quick_netns("sc-sender");
+        let collector = quick_netns("sc-collector");
+        let segment = Segment::new(subnet);
+        let bridge = "br0".to_owned();
+        segment.wire(&sender, &collector);
+        sender.ip(&["link", "add", "name", &bridge, "type", "bridge"]);
+        sender.ip(&["link", "set", "dev", &segment.near_if, "master", &bridge]);
+        sender.ip(&["link", "set", "dev", &bridge, "up"]);
+        let on = if addresses_on_port {
+            &segment.near_if
+        } else {
+            &bridge
+        };
+        address(&sender, on, segment.near_v4, segment.near_v6);
+        address(&collector, &segment.far_if, segment.far_v4, segment.far_v6);
+        Bridged {
+            sender,
+            collector,
+            segment,
+            bridge,
+        }
+    }
+}
+
+/// sender ⇄ gateway ⇄ collector: the sender's default routes (IPv4 and IPv6) go through the
+/// gateway, which forwards.
+#[derive(Debug)]
+pub struct Routed {
+    /// Where `sender-config` runs.
+    pub sender: Netns,
+    /// Forwards between the two segments.
+    pub gateway: Netns,
+    /// The collector.
+    pub collector: Netns,
+    /// sender (near) ⇄ gateway (far).
+    pub first: Segment,
+    /// gateway (near) ⇄ collector (far).
+    pub second: Segment,
+}
+
+impl Routed {
+    /// Segments N (sender side) and M (collector side).
+    #[must_use]
+    pub fn new(first: u8, second: u8) -> Routed {
+        let sender = quick_netns("sc-sender");
+        let gateway = quick_netns("sc-gateway");
+        let collector = quick_netns("sc-collector");
+        let first = Segment::new(first);
+        let second = Segment::new(second);
+        first.wire(&sender, &gateway);
+        second.wire(&gateway, &collector);
+        address(&sender, &first.near_if, first.near_v4, first.near_v6);
+        address(&gateway, &first.far_if, first.far_v4, first.far_v6);
+        address(&gateway, &second.near_if, second.near_v4, second.near_v6);
+        address(&collector, &second.far_if, second.far_v4, second.far_v6);
+        sysctl(&gateway, "net.ipv4.ip_forward", "1");
+        sysctl(&gateway, "net.ipv6.conf.all.forwarding", "1");
+        sender.ip(&["route", "add", "default", "via", &first.far_v4.to_string()]);
+        sender.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &first.far_v6.to_string(),
+        ]);
+        collector.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &second.near_v4.to_string(),
+        ]);
+        collector.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &second.near_v6.to_string(),
+        ]);
+        Routed {
+            sender,
+            gateway,
+            collector,
+            first,
+            second,
+        }
+    }
+}
