@@ -257,14 +257,25 @@ impl<'c> Pipeline<'c> {
                 pcap.write(frame)?;
             }
             self.counts.datagrams += 1;
-            let ifindex_name;
-            let interface = if let Some(name) = self.config.interface_name(frame.ifindex) {
-                name
-            } else {
-                ifindex_name = frame.ifindex.to_string();
-                &ifindex_name
-            };
             if self.config.format == Format::Raw {
+                // A file has no interface names: its frames are `file` (or `file:N` for the
+                // Nth interface of a pcapng file).
+                let label;
+                let interface = match (
+                    self.config.interface_name(frame.ifindex),
+                    &self.config.source,
+                ) {
+                    (Some(name), _) => name,
+                    (None, Source::File(_)) if frame.ifindex == 0 => "file",
+                    (None, Source::File(_)) => {
+                        label = format!("file:{}", frame.ifindex);
+                        &label
+                    }
+                    (None, Source::Live) => {
+                        label = frame.ifindex.to_string();
+                        &label
+                    }
+                };
                 sink::raw::write_datagram(frame.ts, interface, &datagram, &mut self.line);
             }
             // With --format raw the decoder still runs when other sinks want records.
@@ -446,7 +457,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
             _ = signals.user1.recv() => Wake::Stats,
             () = tick(stats_timer.as_mut()) => Wake::Stats,
             () = sleep_until(timer) => Wake::Timer,
-            more = backend.recv(&mut batch) => Wake::Frames { more: more? },
+            more = backend.recv(&mut batch) => match more {
+                Ok(more) => Wake::Frames { more },
+                Err(error) => Wake::Failed(error),
+            },
         };
         match wake {
             Wake::Shutdown => break,
@@ -461,6 +475,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
                 if !more {
                     break;
                 }
+            }
+            Wake::Failed(error) => {
+                // What was decoded so far still goes out before the error is reported.
+                pipeline.finish(&mut stdout.lock())?;
+                return Err(error.into());
             }
         }
     }
@@ -479,6 +498,7 @@ enum Wake {
     Stats,
     Timer,
     Frames { more: bool },
+    Failed(CaptureError),
 }
 
 /// The signals `run` handles itself (SIGINT and SIGTERM come through `shutdown`).

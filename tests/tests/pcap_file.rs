@@ -282,3 +282,21 @@ fn missing_file_is_a_one_line_error() {
     let arg = path.to_str().expect("UTF-8 path");
     assert_rejected(arg, None, arg);
 }
+
+/// A capture cut off mid-frame (a `tcpdump -w -` that died): every complete frame before the
+/// damage is printed, as `tcpdump -r` does, then one error line and exit 2.
+#[test]
+fn truncated_capture_keeps_the_frames_before_the_cut() {
+    // The first 30,000 bytes of plain.pcap hold 236 whole frames and part of the 237th.
+    const WHOLE_FRAMES: usize = 236;
+    let bytes = std::fs::read(fixture("plain.pcap")).expect("reading plain.pcap");
+    let mut s = Sniffer::start_offline(
+        &["-r", "-", "--format", "raw"],
+        Some(bytes[..30_000].to_vec()),
+    );
+    let (status, stderr) = s.wait();
+    assert_eq!(status.code(), Some(2), "stderr:\n{stderr}");
+    assert_eq!(s.stdout_lines().len(), WHOLE_FRAMES, "stderr:\n{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+}

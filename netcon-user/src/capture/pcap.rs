@@ -118,6 +118,9 @@ pub struct PcapFileCapture {
     pub skipped: u64,
     /// Frames read.
     pub read: u64,
+    /// An error met after some frames of a batch: reported on the next call, so the frames
+    /// before the damage are not lost (a `tcpdump -w -` that died mid-write).
+    pending_error: Option<PcapFileError>,
 }
 
 impl PcapFileCapture {
@@ -164,6 +167,7 @@ impl PcapFileCapture {
             format,
             skipped: 0,
             read: 0,
+            pending_error: None,
         })
     }
 
@@ -172,6 +176,20 @@ impl PcapFileCapture {
     /// # Errors
     /// [`PcapFileError::Format`] when the file is damaged.
     pub fn read_batch(&mut self, out: &mut Vec<Captured>) -> Result<bool, PcapFileError> {
+        if let Some(error) = self.pending_error.take() {
+            return Err(error);
+        }
+        let before = out.len();
+        match self.read_frames(out) {
+            Err(error) if out.len() > before => {
+                self.pending_error = Some(error);
+                Ok(true)
+            }
+            result => result,
+        }
+    }
+
+    fn read_frames(&mut self, out: &mut Vec<Captured>) -> Result<bool, PcapFileError> {
         let format_error = |source| PcapFileError::Format {
             path: self.path.clone(),
             source,
@@ -397,6 +415,38 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].ts, ts);
         assert_eq!(out[0].bytes, frame.bytes);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn frames_before_a_truncation_are_kept() {
+        let dir = std::env::temp_dir().join(format!("netcon-pcap-cut-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let whole = dir.join("whole.pcap");
+        let ts = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let frame = Captured {
+            ts,
+            ifindex: 1,
+            wire_len: 100,
+            link: LinkType::Ethernet,
+            bytes: Bytes::from(vec![7u8; 100]),
+        };
+        let mut writer = PcapFileWriter::create(&whole).unwrap();
+        for _ in 0..3 {
+            writer.write(&frame).unwrap();
+        }
+        writer.flush().unwrap();
+        let bytes = std::fs::read(&whole).unwrap();
+        let cut = dir.join("cut.pcap");
+        std::fs::write(&cut, &bytes[..bytes.len() - 50]).unwrap();
+        let mut reader = PcapFileCapture::open(&cut).unwrap();
+        let mut out = Vec::new();
+        assert!(reader.read_batch(&mut out).unwrap(), "frames first");
+        assert_eq!(out.len(), 2);
+        assert!(matches!(
+            reader.read_batch(&mut out),
+            Err(PcapFileError::Format { .. })
+        ));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

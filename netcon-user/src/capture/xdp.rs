@@ -324,6 +324,11 @@ fn attach(
         XdpModeChoice::Native => try_mode(program, AttachedMode::Native),
         XdpModeChoice::Skb => try_mode(program, AttachedMode::Skb),
         XdpModeChoice::Auto => try_mode(program, AttachedMode::Native).or_else(|native| {
+            // Only a driver without native XDP is helped by generic mode; a busy interface or
+            // missing privileges fail the same way in both, and the native error says it best.
+            if !native_unsupported(&native) {
+                return Err(native);
+            }
             let skb = try_mode(program, AttachedMode::Skb)?;
             eprintln!(
                 "netcon-sniff: native XDP unavailable on {} ({native}); using generic (skb) mode",
@@ -332,6 +337,18 @@ fn attach(
             Ok(skb)
         }),
     }
+}
+
+/// Whether attaching in native mode failed because the driver cannot do it.
+fn native_unsupported(error: &XdpError) -> bool {
+    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return matches!(io.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL));
+        }
+        current = e.source();
+    }
+    true
 }
 
 /// The `PORTS` map contents: `(word index, bits)` for each word with a port in it.
