@@ -103,6 +103,9 @@ fn run(command: &mut Command) -> Result<()> {
 const TEST_PACKAGES: &[&str] = &["tcpdump"];
 
 /// Installs the Debian packages that are missing, idempotently: silent when all are present.
+///
+/// # Errors
+/// When apt-get fails (not root, no mirror reachable, unknown package).
 pub fn apt_install(packages: &[&str]) -> Result<()> {
     let missing: Vec<&str> = packages
         .iter()

@@ -1,6 +1,7 @@
 //! One boot of a guest kernel under qemu, its NIC on the collector namespace's tap.
 
 use std::{
+    fmt::Write as _,
     fs,
     path::{Path, PathBuf},
     process::Stdio,
@@ -44,15 +45,16 @@ pub fn run(ns: &Netns, boot: &Boot<'_>) -> Result<Outcome> {
         // ignore_loglevel: netconsole is a console and, like every console, would drop records
         // above the console loglevel (LEVEL7). printk.devkmsg=on: /dev/kmsg would otherwise
         // rate-limit the burst to 10 lines per 5 s. panic=-1 with -no-reboot: a panic ends qemu.
+        // cryptomgr.notests: the crypto self-tests cost boot time under TCG.
         "console=ttyS0,115200 ignore_loglevel printk.devkmsg=on ipv6.disable=1 panic=-1 \
-         mitigations=off rdinit=/init",
+         mitigations=off cryptomgr.notests rdinit=/init",
     );
     for (key, value) in &boot.init_env {
-        cmdline.push_str(&format!(" {key}={value}"));
+        let _ = write!(cmdline, " {key}={value}");
     }
     let log_path = boot.console.with_extension("qemu.log");
-    let qemu_log = fs::File::create(&log_path)
-        .with_context(|| format!("creating {}", log_path.display()))?;
+    let qemu_log =
+        fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let mut qemu = ns.command("qemu-system-x86_64");
     qemu.args(["-nodefaults", "-no-user-config", "-display", "none"])
         .args(["-machine", "q35", "-m", "512", "-smp", "1", "-no-reboot"]);
@@ -79,9 +81,7 @@ pub fn run(ns: &Netns, boot: &Boot<'_>) -> Result<Outcome> {
     let started = Instant::now();
     let child = qemu.spawn().context("starting qemu-system-x86_64")?;
     let mut guard = Guarded::new(child, "qemu");
-    let status = if let Some(status) = guard.wait_until(started + boot.timeout)? {
-        status
-    } else {
+    let Some(status) = guard.wait_until(started + boot.timeout)? else {
         guard.stop(Signal::SIGKILL, Duration::from_secs(5))?;
         bail!(
             "the guest did not power off within {:?}: killed (console: {})\n{}",
@@ -98,8 +98,8 @@ pub fn run(ns: &Netns, boot: &Boot<'_>) -> Result<Outcome> {
         output.trim(),
         tail(&boot.console)
     );
-    let console = fs::read(&boot.console)
-        .with_context(|| format!("reading {}", boot.console.display()))?;
+    let console =
+        fs::read(&boot.console).with_context(|| format!("reading {}", boot.console.display()))?;
     let console = String::from_utf8_lossy(&console);
     let mut outcome = Outcome {
         elapsed,

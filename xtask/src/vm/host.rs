@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use super::{cmd_output, cmd_status};
+use super::cmd_output;
 
 /// Debian packages the test runs: qemu; busybox-static for the guest's userland; kmod for
 /// `depmod` (kernel packages ship no `modules.dep`: their postinst makes it); xz-utils and zstd
@@ -23,39 +23,12 @@ const PACKAGES: &[&str] = &[
 
 /// Installs the missing ones of [`PACKAGES`] with apt-get. Silent when all are there.
 pub fn ensure_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !installed(p))
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
+    crate::apt_install(PACKAGES)?;
     ensure!(
-        which("apt-get").is_some(),
-        "needs the Debian packages {} and there is no apt-get to install them",
-        missing.join(" ")
+        which("qemu-system-x86_64").is_some(),
+        "qemu-system-x86_64 is not on PATH after installing qemu-system-x86"
     );
-    eprintln!("vm-test: installing {}", missing.join(" "));
-    cmd_status(Command::new("apt-get").args(["update", "-qq"]))
-        .context("apt-get update (are Debian's package archives reachable?)")?;
-    cmd_status(
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-    .with_context(|| format!("apt-get install {}", missing.join(" ")))?;
-    let still: Vec<&str> = missing.into_iter().filter(|p| !installed(p)).collect();
-    ensure!(still.is_empty(), "still not installed: {}", still.join(" "));
     Ok(())
-}
-
-fn installed(package: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f", "${db:Status-Status}", package])
-        .output()
-        .is_ok_and(|o| o.status.success() && o.stdout == b"installed")
 }
 
 /// The path of `program` on `PATH`.
@@ -110,19 +83,24 @@ pub struct Sniff {
     pub write_pcap: bool,
 }
 
-/// `$NETCON_SNIFF`, else the newer of `target/{debug,release}/netcon-sniff`.
-pub fn find_sniff(root: &Path) -> Result<Sniff> {
-    let path = if let Some(path) = env::var_os("NETCON_SNIFF") {
+/// `explicit` (`--sniff`), else `$NETCON_SNIFF`, else the newer of
+/// `target/{debug,release}/netcon-sniff`.
+pub fn find_sniff(root: &Path, explicit: Option<&Path>) -> Result<Sniff> {
+    let path = if let Some(path) = explicit {
+        path.to_path_buf()
+    } else if let Some(path) = env::var_os("NETCON_SNIFF") {
         PathBuf::from(path)
     } else {
-        let target = env::var_os("CARGO_TARGET_DIR")
-            .map_or_else(|| root.join("target"), PathBuf::from);
+        let target =
+            env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
         let mut candidates: Vec<(std::time::SystemTime, PathBuf)> = ["debug", "release"]
             .iter()
             .map(|p| target.join(p).join("netcon-sniff"))
-            .chain(["debug", "release"].iter().map(|p| {
-                root.join("target").join(p).join("netcon-sniff")
-            }))
+            .chain(
+                ["debug", "release"]
+                    .iter()
+                    .map(|p| root.join("target").join(p).join("netcon-sniff")),
+            )
             .filter_map(|p| Some((fs::metadata(&p).ok()?.modified().ok()?, p)))
             .collect();
         candidates.sort();

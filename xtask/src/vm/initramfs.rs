@@ -213,7 +213,10 @@ mod tests {
 
     #[test]
     fn module_names() {
-        assert_eq!(module_name("kernel/drivers/net/virtio_net.ko.xz"), "virtio_net");
+        assert_eq!(
+            module_name("kernel/drivers/net/virtio_net.ko.xz"),
+            "virtio_net"
+        );
         assert_eq!(module_name("kernel/fs/configfs/configfs.ko"), "configfs");
         assert_eq!(module_name("kernel/drivers/x/snd-foo.ko.zst"), "snd_foo");
     }

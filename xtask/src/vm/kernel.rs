@@ -4,6 +4,7 @@
 
 use std::{
     cell::OnceCell,
+    fmt::Write as _,
     fs,
     io::Write as _,
     path::{Path, PathBuf},
@@ -68,7 +69,9 @@ impl Kernel {
 
     /// The compressed image, as the package ships it.
     pub fn bzimage(&self) -> PathBuf {
-        self.root.join("boot").join(format!("vmlinuz-{}", self.release))
+        self.root
+            .join("boot")
+            .join(format!("vmlinuz-{}", self.release))
     }
 
     /// The uncompressed ELF image with its PVH entry note, extracted from the bzImage: qemu
@@ -96,9 +99,7 @@ impl Cache {
     /// package, downloaded and unpacked. `refresh` looks for a newer package even when cached.
     pub fn kernel(&self, series: Series, refresh: bool) -> Result<Kernel> {
         let index = self.dir.join(format!("kernel-{}", series.as_str()));
-        if !refresh
-            && let Ok(release) = fs::read_to_string(&index)
-        {
+        if !refresh && let Ok(release) = fs::read_to_string(&index) {
             let kernel = Kernel {
                 series,
                 release: release.trim().to_owned(),
@@ -136,7 +137,13 @@ impl Cache {
             return Ok(apt);
         }
         let dir = self.dir.join("apt");
-        for sub in ["lists/partial", "archives/partial", "cache", "sources.list.d", "debs"] {
+        for sub in [
+            "lists/partial",
+            "archives/partial",
+            "cache",
+            "sources.list.d",
+            "debs",
+        ] {
             fs::create_dir_all(dir.join(sub))
                 .with_context(|| format!("creating {}", dir.join(sub).display()))?;
         }
@@ -152,14 +159,16 @@ impl Cache {
             ("debian-security", "bookworm-security"),
             ("debian", "bookworm-backports"),
         ] {
-            sources.push_str(&format!(
-                "deb [signed-by={keyring}] http://deb.debian.org/{archive} {suite} main\n"
-            ));
+            let _ = writeln!(
+                sources,
+                "deb [signed-by={keyring}] http://deb.debian.org/{archive} {suite} main"
+            );
         }
         fs::write(dir.join("sources.list"), sources).context("writing the private sources.list")?;
         let apt = Apt { dir };
-        cmd_status(apt.command("apt-get").args(["update", "-qq"]))
-            .context("apt-get update in the private apt configuration (is deb.debian.org reachable?)")?;
+        cmd_status(apt.command("apt-get").args(["update", "-qq"])).context(
+            "apt-get update in the private apt configuration (is deb.debian.org reachable?)",
+        )?;
         Ok(self.apt.get_or_init(|| apt))
     }
 }
@@ -193,7 +202,10 @@ impl Apt {
     /// The image package that `series`' `linux-image-amd64` metapackage points at, and its
     /// version: e.g. `linux-image-6.1.0-56-amd64`, `6.1.192-2`.
     fn resolve(&self, series: Series) -> Result<(String, String)> {
-        let madison = cmd_output(self.command("apt-cache").args(["madison", "linux-image-amd64"]))?;
+        let madison = cmd_output(
+            self.command("apt-cache")
+                .args(["madison", "linux-image-amd64"]),
+        )?;
         // `linux-image-amd64 | 6.12.95-1~bpo12+1 | http://deb.debian.org/debian bookworm-backports/main amd64 Packages`
         let meta_version = madison
             .lines()
@@ -205,7 +217,10 @@ impl Apt {
             })
             .max_by(|a, b| compare_versions(a, b))
             .with_context(|| {
-                format!("no linux-image-amd64 for {} in:\n{madison}", series.as_str())
+                format!(
+                    "no linux-image-amd64 for {} in:\n{madison}",
+                    series.as_str()
+                )
             })?;
         let show = cmd_output(
             self.command("apt-cache")
@@ -241,9 +256,10 @@ impl Apt {
             .filter_map(Result::ok)
             .map(|e| e.path())
             .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
+                p.extension().is_some_and(|e| e == "deb")
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&prefix))
             })
             .with_context(|| format!("apt-get download left no {prefix}*.deb"))
     }
@@ -324,7 +340,10 @@ fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<()> {
     } else if payload.starts_with(b"\x1f\x8b") {
         &["gzip", "-dc"]
     } else {
-        bail!("unknown compression (magic {:02x?})", &payload[..payload.len().min(6)]);
+        bail!(
+            "unknown compression (magic {:02x?})",
+            &payload[..payload.len().min(6)]
+        );
     };
     let mut child = Command::new(tool[0])
         .args(&tool[1..])

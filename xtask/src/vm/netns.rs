@@ -82,7 +82,9 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["-n", &self.name, "link", "del", &self.tap])
             .status();
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -107,13 +109,11 @@ impl Guarded {
             .map(Pid::from_raw)
     }
 
-    pub fn child_mut(&mut self) -> Option<&mut Child> {
-        self.child.as_mut()
-    }
-
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
         match &mut self.child {
-            Some(c) => c.try_wait().with_context(|| format!("waiting for {}", self.what)),
+            Some(c) => c
+                .try_wait()
+                .with_context(|| format!("waiting for {}", self.what)),
             None => Ok(None),
         }
     }
@@ -149,7 +149,9 @@ impl Guarded {
     fn kill_now(&mut self) -> Result<ExitStatus> {
         let child = self.child.as_mut().context("no child")?;
         let _ = child.kill();
-        child.wait().with_context(|| format!("waiting for {}", self.what))
+        child
+            .wait()
+            .with_context(|| format!("waiting for {}", self.what))
     }
 }
 
