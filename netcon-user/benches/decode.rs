@@ -1,0 +1,134 @@
+//! Records decoded per second on one core: small (~100 byte) extended records, and records
+//! sent as four `ncfrag` fragments. Goal (issue 3): at least 2 million small records/s/core.
+//!
+//! `cargo bench -p netcon-user --bench decode`
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use netcon::netconsole::{Decoder, DecoderConfig, Event, Incoming};
+
+const SMALL: usize = 10_000;
+const FRAGMENTED: usize = 1_000;
+
+fn sender() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 77, 0, 10)), 6665)
+}
+
+/// ~100-byte extended records with consecutive seqs, as a sender's live log.
+fn small_payloads() -> Vec<Vec<u8>> {
+    (0..SMALL)
+        .map(|i| {
+            let mut p = format!(
+                "6,{},{},-;e1000e 0000:00:19.0 eth0: NIC Link is Up 1000 Mbps Full Duplex, Flow Control: {:05}\n",
+                i + 1000,
+                4_000_000 + i * 13,
+                i
+            )
+            .into_bytes();
+            p.truncate(100);
+            p
+        })
+        .collect()
+}
+
+/// Records of ~3.4 KB once escaped, cut as `drivers/net/netconsole.c` does into four fragments
+/// of at most 1000 bytes.
+fn fragmented_payloads() -> Vec<Vec<u8>> {
+    let text = "NCT LONGX-BEGIN ".to_owned() + &"äöü✓".repeat(90);
+    let mut body = Vec::new();
+    for b in text.bytes() {
+        if b < b' ' || b >= 127 || b == b'\\' {
+            body.extend_from_slice(format!("\\x{b:02x}").as_bytes());
+        } else {
+            body.push(b);
+        }
+    }
+    body.push(b'\n');
+    let mut out = Vec::new();
+    for i in 0..FRAGMENTED {
+        let header = format!("14,{},{},-", i + 1000, 6_402_705 + i * 17);
+        let mut offset = 0;
+        let mut n = 0;
+        while offset < body.len() {
+            let mut p = format!("{header},ncfrag={offset}/{};", body.len()).into_bytes();
+            let chunk = (body.len() - offset).min(1000 - p.len());
+            p.extend_from_slice(&body[offset..offset + chunk]);
+            out.push(p);
+            offset += chunk;
+            n += 1;
+        }
+        assert_eq!(n, 4);
+    }
+    out
+}
+
+fn run(decoder: &mut Decoder, payloads: &[Vec<u8>], out: &mut Vec<Event>) -> usize {
+    let base = Instant::now();
+    let wall = DateTime::<Utc>::from_timestamp(1_795_817_754, 0).unwrap_or_default();
+    let mut records = 0;
+    for (i, payload) in payloads.iter().enumerate() {
+        let step = Duration::from_micros(u64::try_from(i).unwrap_or(0) * 10);
+        decoder.push(
+            base + step,
+            Incoming {
+                received: wall + step,
+                ifindex: 2,
+                src: sender(),
+                payload,
+            },
+            out,
+        );
+        // A sink takes the events as they come.
+        records += out.len();
+        out.clear();
+    }
+    records
+}
+
+fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("decode");
+
+    let small = small_payloads();
+    group.throughput(Throughput::Elements(SMALL as u64));
+    group.bench_function("extended_100_byte_records", |b| {
+        b.iter_batched_ref(
+            || {
+                (
+                    Decoder::new(DecoderConfig::default()),
+                    Vec::with_capacity(16),
+                )
+            },
+            |(decoder, out)| {
+                let n = run(decoder, black_box(&small), out);
+                assert_eq!(n, SMALL);
+            },
+            BatchSize::LargeInput,
+        );
+    });
+
+    let fragmented = fragmented_payloads();
+    group.throughput(Throughput::Elements(FRAGMENTED as u64));
+    group.bench_function("extended_4_fragment_records", |b| {
+        b.iter_batched_ref(
+            || {
+                (
+                    Decoder::new(DecoderConfig::default()),
+                    Vec::with_capacity(16),
+                )
+            },
+            |(decoder, out)| {
+                let n = run(decoder, black_box(&fragmented), out);
+                assert_eq!(n, FRAGMENTED);
+            },
+            BatchSize::LargeInput,
+        );
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
