@@ -206,3 +206,40 @@ pub fn stats_counter(stderr: &str, name: &str) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {name}=N in {line:?}"))
 }
+
+/// `/etc/netns/NS/hosts` for one namespace: `ip netns exec NS` bind-mounts it over `/etc/hosts`
+/// for the program it runs (see ip-netns(8)), so name lookups there see these entries and the
+/// rest of the machine does not. Removed on drop (with `/etc/netns` if this left it empty).
+#[derive(Debug)]
+pub struct NetnsHosts {
+    dir: PathBuf,
+}
+
+impl NetnsHosts {
+    /// Writes `hosts` (in `/etc/hosts` syntax) for `ns`.
+    ///
+    /// # Panics
+    /// If the file cannot be written.
+    #[must_use]
+    pub fn new(ns: &Netns, hosts: &str) -> NetnsHosts {
+        let dir = Path::new("/etc/netns").join(ns.name());
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        // From here on the guard removes the directory, also if the write fails.
+        let guard = NetnsHosts { dir };
+        let path = guard.dir.join("hosts");
+        std::fs::write(&path, hosts)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        guard
+    }
+}
+
+impl Drop for NetnsHosts {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!("netcon-tests: cannot remove {}: {e}", self.dir.display());
+        }
+        // Fails (and is left) while other tests' directories are in it.
+        let _ = std::fs::remove_dir("/etc/netns");
+    }
+}
