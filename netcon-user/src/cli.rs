@@ -132,6 +132,11 @@ pub struct SniffArgs {
     #[arg(long, value_enum, default_value_t = Format::Text, value_name = "FORMAT")]
     pub format: Format,
 
+    /// Color the text output by level, as `dmesg --color` does: `auto` (default) when stdout
+    /// is a terminal and NO_COLOR is not set.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
+    pub color: ColorChoice,
+
     /// Size of the buffer between the kernel and netcon-sniff, in MiB (a power of two): the
     /// XDP ring buffer, or each raw socket's receive buffer. A larger one absorbs longer
     /// bursts, such as the log replay of a booting sender.
@@ -210,6 +215,17 @@ pub enum XdpModeChoice {
     Native,
     /// Generic XDP only.
     Skb,
+}
+
+/// When to color the text output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    /// On a terminal, unless NO_COLOR is set.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
 }
 
 /// Output format of records on stdout.

@@ -59,6 +59,8 @@ pub struct Config {
     pub xdp_mode: XdpModeChoice,
     /// Output format.
     pub format: Format,
+    /// Color the text output.
+    pub color: bool,
     /// Ring buffer size, bytes.
     pub ring_bytes: u32,
     /// Senders to decode (empty: all).
@@ -108,6 +110,16 @@ impl Config {
             promisc: cli.promisc,
             xdp_mode: cli.xdp_mode,
             format: cli.format,
+            color: match cli.color {
+                crate::cli::ColorChoice::Always => true,
+                crate::cli::ColorChoice::Never => false,
+                crate::cli::ColorChoice::Auto => {
+                    use std::io::IsTerminal as _;
+                    // https://no-color.org: set and not empty means no color.
+                    std::io::stdout().is_terminal()
+                        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                }
+            },
             ring_bytes: cli.ring_mib << 20,
             allow: cli.allow,
             stats_interval: cli.stats.map(std::time::Duration::from_secs),

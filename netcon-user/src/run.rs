@@ -118,6 +118,8 @@ impl Clock {
 pub struct Pipeline<'c> {
     config: &'c Config,
     line: String,
+    /// One event's text before it is colored.
+    scratch: String,
     pcap: Option<PcapFileWriter>,
     counts: PipelineCounts,
     decoder: Decoder,
@@ -135,6 +137,7 @@ impl<'c> Pipeline<'c> {
         Self {
             config,
             line: String::with_capacity(64 * 1024),
+            scratch: String::new(),
             pcap,
             counts: PipelineCounts::default(),
             decoder: Decoder::new(DecoderConfig::default()),
@@ -202,7 +205,14 @@ impl<'c> Pipeline<'c> {
             }
             match self.config.format {
                 Format::Json => sink::json::write_event(&event, &mut self.line),
-                Format::Text => sink::text::write_event(&event, &mut self.line),
+                Format::Text => match sink::color::style(&event).filter(|_| self.config.color) {
+                    Some(style) => {
+                        self.scratch.clear();
+                        sink::text::write_event(&event, &mut self.scratch);
+                        sink::color::paint(&self.scratch, style, &mut self.line);
+                    }
+                    None => sink::text::write_event(&event, &mut self.line),
+                },
                 Format::Raw => {}
             }
         }
@@ -555,6 +565,7 @@ mod tests {
             promisc: false,
             xdp_mode: XdpModeChoice::Auto,
             format: Format::Raw,
+            color: false,
             ring_bytes: 1 << 20,
             source: Source::Live,
             write: None,

@@ -133,3 +133,42 @@ fn allow_keeps_only_listed_senders_and_usr1_prints_stats() {
     assert!(stats.contains("records=0 "), "{stats}");
     s.assert_no_line_containing("NCT denied", Duration::from_millis(500));
 }
+
+/// `--color always` colors levels as `dmesg --color` does; by default (stdout is a pipe here)
+/// and with `--color never` nothing but escaped text is written.
+#[test]
+fn color_only_when_asked_or_on_a_terminal() {
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(netcon_tests::sniff_binary())
+            .args(["-r", netcon_tests::fixture("ext.pcap").to_str().unwrap()])
+            .args(extra)
+            .output()
+            .expect("running netcon-sniff");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("UTF-8 output")
+    };
+    let colored = run(&["--color", "always"]);
+    let emerg = colored
+        .lines()
+        .find(|l| l.contains("LEVEL0"))
+        .expect("the LEVEL0 record");
+    assert!(
+        emerg.starts_with("\x1b[7;31m") && emerg.ends_with("\x1b[0m"),
+        "{emerg:?}"
+    );
+    let info = colored
+        .lines()
+        .find(|l| l.contains("LEVEL6"))
+        .expect("LEVEL6");
+    assert!(!info.contains('\x1b'), "info is plain: {info:?}");
+    for plain in [run(&[]), run(&["--color", "never"])] {
+        assert!(
+            !plain.contains('\x1b'),
+            "no escape sequences without a terminal"
+        );
+    }
+}

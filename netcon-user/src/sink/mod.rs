@@ -4,6 +4,7 @@
 //! destinations (per-sender files, syslog forwarding, the panic hook) implement [`Sink`] and
 //! get every decoded event as well.
 
+pub mod color;
 pub mod escape;
 pub mod files;
 pub mod hook;
