@@ -159,6 +159,13 @@ impl<'c> Pipeline<'c> {
         self.sinks.push(sink);
     }
 
+    /// Lets every sink deliver what it has queued (at exit), before the counters are read.
+    pub fn close(&mut self) {
+        for sink in &mut self.sinks {
+            sink.close();
+        }
+    }
+
     /// Asks every sink to reopen its files.
     pub fn reopen(&mut self) {
         for sink in &mut self.sinks {
@@ -497,6 +504,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     backend.drain(&mut batch)?;
     pipeline.process(&batch, &mut stdout.lock())?;
     pipeline.finish(&mut stdout.lock())?;
+    pipeline.close();
     let counters = backend.counters()?;
     Ok(pipeline.summary(counters))
 }

@@ -20,6 +20,7 @@ pub mod netns;
 pub mod outputs;
 pub mod pcap;
 pub mod route;
+pub mod rsyslog;
 pub mod sender;
 pub mod sniffer;
 pub mod tcpdump;

@@ -99,8 +99,9 @@ fn run(command: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Debian packages the end-to-end tests run: tcpdump opens the pcap files netcon writes.
-const TEST_PACKAGES: &[&str] = &["tcpdump"];
+/// Debian packages the end-to-end tests run: tcpdump opens the pcap files netcon writes;
+/// rsyslog receives what `--forward` sends.
+const TEST_PACKAGES: &[&str] = &["tcpdump", "rsyslog"];
 
 /// Installs the Debian packages that are missing, idempotently: silent when all are present.
 ///

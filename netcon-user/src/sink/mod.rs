@@ -28,6 +28,8 @@ pub trait Sink {
     fn flush(&mut self) {}
     /// Reopen files (on SIGHUP, after logrotate moved them).
     fn reopen(&mut self) {}
+    /// The run is over: deliver what is queued, within a bounded time.
+    fn close(&mut self) {}
     /// Appends this sink's counters for the stats line, as ` name=value` pairs.
     fn stats(&self, _out: &mut String) {}
 }

@@ -1,55 +1,1532 @@
-//! `--forward`: records to a syslog server, RFC 5424 over UDP or TCP. (Being written.)
+//! `--forward`: every record to a syslog server, RFC 5424 over UDP (one datagram per message,
+//! RFC 5426) or TCP (octet-counting framing, RFC 6587 §3.4.1).
+//!
+//! ```text
+//! <14>1 2026-11-27T22:15:54.753542Z 10.77.0.10 kernel - - [netcon@32473 seq="377"
+//!   ktime="4.373204" sender="10.77.0.10:6665"] NCT-202a75 UTF8 héllo
+//! ```
+//! (one line; wrapped here)
+//!
+//! The choices, and why:
+//! - PRI is the record's facility and level. Plain-mode records carry none: they get `kern.notice`
+//!   (5). `kern`, because what a console prints is the kernel's log, and receivers file it with
+//!   the kernel's other messages (`kern.*`); `notice`, because the level is unknown, and notice is
+//!   "normal but significant": above `*.info` filters, below anything that pages someone.
+//!   Facilities above `local7` (possible only from writes to `/dev/kmsg`) do not fit RFC 5424's
+//!   PRI: they go as `user` with the real value in `facility="N"`.
+//! - TIMESTAMP is the record's estimated wall-clock time (`Record::kernel_time`) when known, else
+//!   its receive time; RFC 3339 in UTC with microseconds.
+//! - HOSTNAME is the sender's IP address (RFC 5424 §6.2.4 allows one), the machine that logged
+//!   the line, not this collector. APP-NAME is `kernel`, as the sender's own syslog daemon would
+//!   say, so that forwarded lines read like the sender's `kern.log`. PROCID and MSGID are `-`.
+//! - Structured data `[netcon@32473 ...]`: `seq`, `ktime` (seconds since the sender booted, as
+//!   `dmesg` prints it), `sender` (address and port), and when they apply `caller`, `panic`,
+//!   `partial`, `incomplete` (missing bytes), `facility`, `truncated` (original MSG length).
+//!   32473 is the private enterprise number IANA reserves for documentation (RFC 5612): netcon
+//!   has none of its own; [`SD_ID`] is the one place to change it.
+//! - MSG is the text as UTF-8 without a BOM. RFC 5424 wants a BOM to declare UTF-8, but rsyslog
+//!   keeps it as part of `%msg%` (three stray bytes in every file line), and receivers treat
+//!   MSG as UTF-8 anyway. Bytes that are not UTF-8 and control characters other than LF and TAB
+//!   are escaped as the text output does (`\xff`, `\u{1b}`, `\r`); `\` itself is not, so the
+//!   text reads as sent. One message per record: a multi-line record keeps its LFs (octet
+//!   counting makes that safe on TCP), because it is one printk and its lines belong together;
+//!   rsyslog shows them as `#012`. A message never exceeds [`MAX_MESSAGE_BYTES`].
+//! - Losses, reboots and malformed datagrams are forwarded too, as `netcon` (APP-NAME) messages
+//!   about the sender with MSGID `lost`, `reboot` or `malformed` and facility `daemon`
+//!   (warning, notice, warning). Duplicates are not (they are counted in the stats).
+//!
+//! Delivery never blocks capture: [`Forwarder::event`] formats and `try_send`s into a bounded
+//! queue ([`QUEUE_MESSAGES`]) and counts what does not fit. A worker thread of its own, running a
+//! small tokio runtime, owns the socket. It is a thread rather than a task on the caller's
+//! runtime because that runtime is current-thread: while a capture file is read it never
+//! yields, and when `run` returns it drops its tasks with their queues. With a thread, messages
+//! go out while capture runs, and [`Forwarder::close`] (also on drop) gives the worker
+//! [`SHUTDOWN_GRACE`] to deliver what is queued.
+//!
+//! TCP reconnects with exponential backoff ([`RECONNECT_MIN`] to [`RECONNECT_MAX`]) and queues
+//! meanwhile. UDP is fire and forget, like netconsole itself: a burst (a boot log, a capture
+//! file) can overflow the server's receive buffer without anyone being told. Use TCP when every
+//! record matters.
 
+use std::fmt::{self, Write as _};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs as _};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike as _, Utc};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::{mpsc, oneshot};
 
 use super::Sink;
-use crate::netconsole::Event;
+use crate::netconsole::{Event, LossKind, Lost, Malformed, Priority, Rebooted, Record};
 
-/// `syslog+udp://HOST:PORT` or `syslog+tcp://HOST:PORT`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ForwardUrl {
-    /// The URL as given.
-    pub url: String,
+/// The port when the URL gives none: 514, syslog's UDP port (RFC 5426). RFC 6587 assigns no TCP
+/// port, but 514/tcp is what rsyslog and syslog-ng listen on for plain TCP by convention (6514
+/// is syslog over TLS, which this does not speak).
+pub const DEFAULT_PORT: u16 = 514;
+/// Messages queued per forwarder, waiting for the socket, before new ones are dropped and
+/// counted: 10,000 (a kernel's whole boot log is a few thousand records; at most
+/// [`MAX_MESSAGE_BYTES`] each, about 80 MiB in the worst case, usually a few MiB).
+pub const QUEUE_MESSAGES: usize = 10_000;
+/// First wait before reconnecting after a failed connection: 200 ms, doubled after every further
+/// failure up to [`RECONNECT_MAX`].
+pub const RECONNECT_MIN: Duration = Duration::from_millis(200);
+/// Longest wait between reconnection attempts: 30 s.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// How long one TCP connection attempt may take: 5 s.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long [`Forwarder::close`] lets the worker deliver what is still queued: 2 s. What is left
+/// then is counted as dropped.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Largest message, header included: 8192 bytes, rsyslog's default `maxMessageSize`; longer MSGs
+/// are cut (at a character boundary) and marked `truncated="ORIGINAL_BYTES"`. Kernel records are
+/// far shorter (`LOG_LINE_MAX`, 1 KiB less a prefix, `kernel/printk/printk.c`); this bounds
+/// malformed payloads.
+pub const MAX_MESSAGE_BYTES: usize = 8192;
+/// Largest write the TCP worker gathers from the queue at once: 64 KiB.
+pub const TCP_BATCH_BYTES: usize = 64 * 1024;
+/// The SD-ID of netcon's structured data element (see the module documentation).
+pub const SD_ID: &str = "netcon@32473";
+/// APP-NAME of forwarded records.
+pub const APP_NAME: &str = "kernel";
+/// APP-NAME of netcon's own messages about a sender (loss, reboot, malformed datagrams).
+pub const OWN_APP_NAME: &str = "netcon";
+
+/// PRI of plain-mode records, which carry none: `kern.notice` (see the module documentation).
+const PLAIN_PRIORITY: Priority = Priority {
+    facility: 0,
+    level: 5,
+};
+/// Syslog facility `user`, for records whose facility RFC 5424 cannot express.
+const FACILITY_USER: u8 = 1;
+/// Syslog facility `daemon`, for netcon's own messages.
+const FACILITY_DAEMON: u8 = 3;
+/// The largest facility RFC 5424 knows (`local7`).
+const FACILITY_MAX: u8 = 23;
+/// Syslog level `warning`: losses and malformed datagrams.
+const LEVEL_WARNING: u8 = 4;
+/// Syslog level `notice`: reboots.
+const LEVEL_NOTICE: u8 = 5;
+
+/// How to reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// One datagram per message (RFC 5426).
+    Udp,
+    /// A stream of octet-counted messages (RFC 6587).
+    Tcp,
 }
 
-/// Why a forwarding URL or connection is not usable.
+impl Transport {
+    fn scheme(self) -> &'static str {
+        match self {
+            Self::Udp => "syslog+udp",
+            Self::Tcp => "syslog+tcp",
+        }
+    }
+}
+
+/// The server's host as written in the URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    /// An IPv4 address, or an IPv6 address written in brackets.
+    Ip(IpAddr),
+    /// A name, resolved once when forwarding starts.
+    Name(String),
+}
+
+/// `syslog+udp://HOST[:PORT]` or `syslog+tcp://HOST[:PORT]`; HOST is an IPv4 address, an IPv6
+/// address in brackets, or a name (resolved when forwarding starts); PORT defaults to
+/// [`DEFAULT_PORT`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardUrl {
+    /// UDP or TCP.
+    pub transport: Transport,
+    /// The server.
+    pub host: Host,
+    /// The server's port.
+    pub port: u16,
+}
+
+impl fmt::Display for ForwardUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://", self.transport.scheme())?;
+        match &self.host {
+            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]")?,
+            Host::Ip(IpAddr::V4(ip)) => write!(f, "{ip}")?,
+            Host::Name(name) => f.write_str(name)?,
+        }
+        write!(f, ":{}", self.port)
+    }
+}
+
+/// Why a forwarding URL or forwarder is not usable.
 #[derive(Debug, thiserror::Error)]
 pub enum SyslogError {
     /// The URL is not of a supported form.
-    #[error("bad --forward URL {url:?}: expected syslog+udp://HOST:PORT or syslog+tcp://HOST:PORT")]
-    BadUrl { url: String },
+    #[error(
+        "bad --forward URL {url:?}: {reason}; expected syslog+udp://HOST[:PORT] or \
+         syslog+tcp://HOST[:PORT] (IPv6 in brackets, default port {DEFAULT_PORT})"
+    )]
+    BadUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The host name does not resolve.
+    #[error("--forward {url}: cannot resolve the host name (check it, or give an IP address)")]
+    Resolve {
+        /// The URL.
+        url: String,
+        /// The resolver's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The host name resolved to no address.
+    #[error("--forward {url}: the host name has no address")]
+    NoAddress {
+        /// The URL.
+        url: String,
+    },
+    /// The worker thread or its runtime could not be started.
+    #[error("--forward {url}: cannot start the forwarding thread")]
+    Worker {
+        /// The URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl FromStr for ForwardUrl {
     type Err = SyslogError;
     fn from_str(url: &str) -> Result<Self, Self::Err> {
-        if url.starts_with("syslog+udp://") || url.starts_with("syslog+tcp://") {
-            Ok(Self {
-                url: url.to_owned(),
-            })
+        let bad = |reason| SyslogError::BadUrl {
+            url: url.to_owned(),
+            reason,
+        };
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| bad("no scheme (`syslog+udp://` or `syslog+tcp://`)"))?;
+        let transport = if scheme.eq_ignore_ascii_case("syslog+udp") {
+            Transport::Udp
+        } else if scheme.eq_ignore_ascii_case("syslog+tcp") {
+            Transport::Tcp
         } else {
-            Err(SyslogError::BadUrl {
-                url: url.to_owned(),
-            })
+            return Err(bad("unknown scheme"));
+        };
+        // Only an authority: a path, query or user name would be silently ignored otherwise.
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.contains(['/', '?', '#', '@']) {
+            return Err(bad("only HOST[:PORT] may follow the scheme"));
+        }
+        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+            let (ip, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| bad("`[` without `]`"))?;
+            let ip: Ipv6Addr = ip.parse().map_err(|_| bad("not an IPv6 address in `[]`"))?;
+            let port = match after {
+                "" => None,
+                _ => Some(
+                    after
+                        .strip_prefix(':')
+                        .ok_or_else(|| bad("unexpected text after `]`"))?,
+                ),
+            };
+            (Host::Ip(IpAddr::V6(ip)), port)
+        } else {
+            let (host, port) = match authority.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            };
+            if port.is_some_and(|p| p.contains(':')) {
+                return Err(bad("an IPv6 address must be in brackets, `[::1]:514`"));
+            }
+            (
+                parse_host(host).ok_or_else(|| bad("not an IPv4 address or host name"))?,
+                port,
+            )
+        };
+        let port = match port {
+            None => DEFAULT_PORT,
+            Some(p) => match p.parse::<u16>() {
+                Ok(0) | Err(_) => return Err(bad("the port must be a number from 1 to 65535")),
+                Ok(p) => p,
+            },
+        };
+        Ok(Self {
+            transport,
+            host,
+            port,
+        })
+    }
+}
+
+/// An IPv4 address or a DNS name (letters, digits, `-`, `_`, dot-separated labels).
+fn parse_host(host: &str) -> Option<Host> {
+    if let Ok(ip) = host.parse::<Ipv4Addr>() {
+        return Some(Host::Ip(IpAddr::V4(ip)));
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    let name = host.strip_suffix('.').unwrap_or(host);
+    // All digits and dots would be a mistyped IPv4 address, not a name.
+    let numeric = name.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    (name.len() <= 253 && !numeric && name.split('.').all(label_ok))
+        .then(|| Host::Name(host.to_owned()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Formatting
+// ---------------------------------------------------------------------------------------------
+
+/// The RFC 5424 message for `event` (without transport framing), or `None` for events that are
+/// not forwarded (duplicates).
+#[must_use]
+pub fn format_event(event: &Event) -> Option<String> {
+    let mut m = Message::default();
+    match event {
+        Event::Record(r) => record_message(r, &mut m),
+        Event::Lost(l) => lost_message(l, &mut m),
+        Event::Rebooted(r) => rebooted_message(r, &mut m),
+        Event::Malformed(x) => malformed_message(x, &mut m),
+        Event::Duplicate(_) => return None,
+    }
+    Some(m.finish())
+}
+
+/// Appends the RFC 6587 octet-counting frame of `message` (`LEN SP MSG`) to `out`.
+pub fn frame_octet_counted(message: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(message.len().to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(message);
+}
+
+/// A message being built: header fields, SD params, MSG.
+#[derive(Default)]
+struct Message {
+    pri: u16,
+    time: Option<DateTime<Utc>>,
+    host: String,
+    app: &'static str,
+    msgid: &'static str,
+    params: Vec<(&'static str, String)>,
+    msg: String,
+}
+
+impl Message {
+    fn param(&mut self, name: &'static str, value: impl fmt::Display) {
+        self.params.push((name, value.to_string()));
+    }
+
+    /// `<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID SD [SP MSG]`, at most
+    /// [`MAX_MESSAGE_BYTES`] long.
+    fn finish(mut self) -> String {
+        let mut out = String::with_capacity(128 + self.msg.len());
+        let _ = write!(out, "<{}>1 ", self.pri);
+        // RFC 5424 wants a four-digit year; a wild kernel clock estimate gets NILVALUE.
+        match self.time.filter(|t| (0..=9999).contains(&t.year())) {
+            Some(t) => {
+                let _ = write!(out, "{}", t.format("%Y-%m-%dT%H:%M:%S%.6fZ"));
+            }
+            None => out.push('-'),
+        }
+        let _ = write!(out, " {} {} - {} ", self.host, self.app, self.msgid);
+        let head = out.len();
+        write_sd(&self.params, &mut out);
+        if !self.msg.is_empty() && out.len() + 1 + self.msg.len() > MAX_MESSAGE_BYTES {
+            let original = self.msg.len();
+            self.params.push(("truncated", original.to_string()));
+            out.truncate(head);
+            write_sd(&self.params, &mut out);
+            let room = MAX_MESSAGE_BYTES.saturating_sub(out.len() + 1);
+            self.msg.truncate(self.msg.floor_char_boundary(room));
+        }
+        if !self.msg.is_empty() {
+            out.push(' ');
+            out.push_str(&self.msg);
+        }
+        out
+    }
+}
+
+/// `[SD-ID name="value" ...]` with `"`, `\` and `]` escaped (RFC 5424 §6.3.3).
+fn write_sd(params: &[(&'static str, String)], out: &mut String) {
+    out.push('[');
+    out.push_str(SD_ID);
+    for (name, value) in params {
+        out.push(' ');
+        out.push_str(name);
+        out.push_str("=\"");
+        for c in value.chars() {
+            if matches!(c, '"' | '\\' | ']') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    }
+    out.push(']');
+}
+
+/// MSG text: UTF-8 with invalid bytes and control characters other than LF and TAB escaped the
+/// way [`crate::sink::escape`] does; `\` is kept (see the module documentation).
+fn escape_msg_into(bytes: &[u8], out: &mut String) {
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\n' | '\t' => out.push(c),
+                '\r' => out.push_str("\\r"),
+                c if c.is_control() => {
+                    let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+                }
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
         }
     }
 }
 
-/// Forwards records to one server from a background task.
+/// The HOSTNAME for a sender: its address (an IPv4-mapped IPv6 address as IPv4).
+fn hostname(sender: SocketAddr) -> String {
+    sender.ip().to_canonical().to_string()
+}
+
+/// Microseconds as `seconds.micros`, the way `dmesg` prints kernel time.
+fn seconds(us: u64) -> String {
+    format!("{}.{:06}", us / 1_000_000, us % 1_000_000)
+}
+
+fn record_message(r: &Record, m: &mut Message) {
+    let priority = r.priority.unwrap_or(PLAIN_PRIORITY);
+    let facility = if priority.facility > FACILITY_MAX {
+        FACILITY_USER
+    } else {
+        priority.facility
+    };
+    m.pri = u16::from(facility) * 8 + u16::from(priority.level & 7);
+    m.time = r.kernel_time.or(Some(r.received));
+    if m.time.is_some_and(|t| !(0..=9999).contains(&t.year())) {
+        m.time = Some(r.received);
+    }
+    m.host = hostname(r.sender);
+    m.app = APP_NAME;
+    m.msgid = "-";
+    if let Some(seq) = r.seq {
+        m.param("seq", seq);
+    }
+    if let Some(us) = r.timestamp_us {
+        m.param("ktime", seconds(us));
+    }
+    m.param("sender", r.sender);
+    if let Some(caller) = &r.caller {
+        m.param("caller", caller);
+    }
+    if priority.facility > FACILITY_MAX {
+        m.param("facility", priority.facility);
+    }
+    if let Some(mark) = r.flags.panic {
+        m.param("panic", mark.kind.as_str());
+    }
+    if r.flags.partial {
+        m.param("partial", 1);
+    }
+    if let Some(incomplete) = r.flags.incomplete {
+        m.param("incomplete", incomplete.missing_bytes);
+    }
+    escape_msg_into(&r.text, &mut m.msg);
+}
+
+fn own_message(
+    received: DateTime<Utc>,
+    sender: SocketAddr,
+    level: u8,
+    msgid: &'static str,
+) -> Message {
+    Message {
+        pri: u16::from(FACILITY_DAEMON) * 8 + u16::from(level),
+        time: Some(received),
+        host: hostname(sender),
+        app: OWN_APP_NAME,
+        msgid,
+        params: vec![("sender", sender.to_string())],
+        msg: String::new(),
+    }
+}
+
+fn lost_message(l: &Lost, m: &mut Message) {
+    *m = own_message(l.received, l.sender, LEVEL_WARNING, "lost");
+    let (what, counter) = match l.kind {
+        LossKind::Seq => ("records", "seq"),
+        LossKind::Msgid => ("messages", "msgid"),
+    };
+    m.param("kind", counter);
+    m.param("first", l.first);
+    m.param("last", l.last);
+    m.param("count", l.count);
+    let _ = write!(m.msg, "lost {} {what} ({counter} {}", l.count, l.first);
+    if l.last != l.first {
+        let _ = write!(m.msg, "..{}", l.last);
+    }
+    m.msg.push(')');
+}
+
+fn rebooted_message(r: &Rebooted, m: &mut Message) {
+    *m = own_message(r.received, r.sender, LEVEL_NOTICE, "reboot");
+    if let Some(seq) = r.previous_seq {
+        m.param("previous_seq", seq);
+    }
+    if let Some(seq) = r.seq {
+        m.param("seq", seq);
+    }
+    if let Some(us) = r.previous_timestamp_us {
+        m.param("previous_ktime", seconds(us));
+    }
+    if let Some(us) = r.timestamp_us {
+        m.param("ktime", seconds(us));
+    }
+    m.msg.push_str("sender rebooted");
+}
+
+fn malformed_message(x: &Malformed, m: &mut Message) {
+    *m = own_message(x.received, x.sender, LEVEL_WARNING, "malformed");
+    m.param("error", &x.error);
+    escape_msg_into(&x.payload, &mut m.msg);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Delivery
+// ---------------------------------------------------------------------------------------------
+
+/// Counters shared with the worker.
+#[derive(Debug, Default)]
+struct Counters {
+    /// Messages handed to the socket (for TCP: written to the kernel's send buffer).
+    sent: AtomicU64,
+    /// Messages taken from the queue that could not be sent.
+    failed: AtomicU64,
+    /// Transport errors: failed connections, failed sends, connections lost.
+    errors: AtomicU64,
+}
+
+/// A snapshot of one forwarder's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ForwardStats {
+    /// Messages handed to the socket: for TCP, written to the kernel's send buffer; for UDP,
+    /// sent as a datagram. Neither proves that the server got them.
+    pub sent: u64,
+    /// Messages that will never be sent: queue full, send failed, or still queued when the
+    /// shutdown grace ran out.
+    pub dropped: u64,
+    /// Messages waiting in the queue (or being written).
+    pub queued: u64,
+    /// Transport errors (failed connections and sends, lost connections).
+    pub errors: u64,
+}
+
+/// The worker's end of the forwarder: the thread is done when `done` says so (or hangs up).
+struct Worker {
+    queue: mpsc::Sender<String>,
+    /// Dropped to tell the worker that the grace period starts.
+    stop: oneshot::Sender<()>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+/// Forwards events to one syslog server from a worker thread (see the module documentation).
 pub struct Forwarder {
-    _url: ForwardUrl,
+    url: ForwardUrl,
+    worker: Option<Worker>,
+    counters: Arc<Counters>,
+    /// Messages queued.
+    accepted: u64,
+    /// Messages refused: the queue was full (or the worker gone).
+    refused: u64,
+    /// Messages still queued when the worker was given up on at close.
+    abandoned: u64,
+    /// Refusing since the last accepted message: log only the first refusal of a run.
+    refusing: bool,
+    /// [`SHUTDOWN_GRACE`], shorter in tests.
+    grace: Duration,
 }
 
 impl Forwarder {
-    /// Starts the background task (needs a tokio runtime).
+    /// Resolves the server's address and starts the worker thread. Needs no runtime.
     ///
     /// # Errors
-    /// [`SyslogError`] when the URL cannot be used.
+    /// [`SyslogError`] when the name does not resolve or the thread cannot start.
     pub fn start(url: &ForwardUrl) -> Result<Self, SyslogError> {
-        Ok(Self { _url: url.clone() })
+        Self::start_with(url, QUEUE_MESSAGES, SHUTDOWN_GRACE)
+    }
+
+    fn start_with(url: &ForwardUrl, queue: usize, grace: Duration) -> Result<Self, SyslogError> {
+        let addrs = resolve(url)?;
+        let worker_error = |source| SyslogError::Worker {
+            url: url.to_string(),
+            source,
+        };
+        let (queue_tx, queue_rx) = mpsc::channel(queue);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let counters = Arc::new(Counters::default());
+        let task = Task {
+            url: url.to_string(),
+            transport: url.transport,
+            addrs,
+            counters: Arc::clone(&counters),
+            grace,
+        };
+        // The runtime is built (and dropped) on the worker thread: dropping a runtime on the
+        // caller's, which may be inside another runtime, would panic.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("netcon-forward".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .enable_time()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        let _ = ready_tx.send(Err(error));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                runtime.block_on(task.run(queue_rx, stop_rx));
+                let _ = done_tx.send(());
+            })
+            .map_err(worker_error)?;
+        ready_rx
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("the forwarding thread ended at start")))
+            .map_err(worker_error)?;
+        tracing::debug!(url = %url, "forwarding");
+        Ok(Self {
+            url: url.clone(),
+            worker: Some(Worker {
+                queue: queue_tx,
+                stop: stop_tx,
+                done: done_rx,
+            }),
+            counters,
+            accepted: 0,
+            refused: 0,
+            abandoned: 0,
+            refusing: false,
+            grace,
+        })
+    }
+
+    /// The counters so far.
+    #[must_use]
+    pub fn counters(&self) -> ForwardStats {
+        let sent = self.counters.sent.load(Ordering::Relaxed);
+        let failed = self.counters.failed.load(Ordering::Relaxed);
+        ForwardStats {
+            sent,
+            dropped: self.refused + failed + self.abandoned,
+            queued: self.accepted.saturating_sub(sent + failed + self.abandoned),
+            errors: self.counters.errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops taking events and gives the worker [`SHUTDOWN_GRACE`] to deliver what is queued;
+    /// what is left is counted as dropped. Blocks the calling thread for at most about that
+    /// long. Called on drop; calling it again does nothing.
+    pub fn close(&mut self) {
+        let Some(worker) = self.worker.take() else {
+            return;
+        };
+        // Closing the queue lets the worker finish as soon as it is empty; dropping `stop`
+        // starts its grace period.
+        drop(worker.queue);
+        drop(worker.stop);
+        // The worker bounds itself by the grace period; the margin covers its last steps.
+        let _ = worker
+            .done
+            .recv_timeout(self.grace + Duration::from_millis(500));
+        let stats = self.counters();
+        self.abandoned = stats.queued;
+        let stats = self.counters();
+        if stats.dropped > 0 {
+            tracing::warn!(
+                url = %self.url,
+                sent = stats.sent,
+                dropped = stats.dropped,
+                errors = stats.errors,
+                "forwarding stopped; some messages were not delivered"
+            );
+        } else {
+            tracing::info!(url = %self.url, sent = stats.sent, "forwarding stopped");
+        }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
 impl Sink for Forwarder {
-    fn event(&mut self, _event: &Event) {}
+    fn close(&mut self) {
+        Forwarder::close(self);
+    }
+
+    fn event(&mut self, event: &Event) {
+        let Some(message) = format_event(event) else {
+            return;
+        };
+        let Some(worker) = &self.worker else {
+            self.refused += 1;
+            return;
+        };
+        match worker.queue.try_send(message) {
+            Ok(()) => {
+                self.accepted += 1;
+                if self.refusing {
+                    self.refusing = false;
+                    tracing::info!(
+                        url = %self.url,
+                        dropped = self.refused,
+                        "forwarding queue has room again"
+                    );
+                }
+            }
+            Err(error) => {
+                self.refused += 1;
+                if !self.refusing {
+                    self.refusing = true;
+                    let why = match error {
+                        mpsc::error::TrySendError::Full(_) => "the queue is full",
+                        mpsc::error::TrySendError::Closed(_) => "the forwarding thread is gone",
+                    };
+                    tracing::warn!(
+                        url = %self.url,
+                        queue = QUEUE_MESSAGES,
+                        "dropping messages to forward: {why}"
+                    );
+                }
+            }
+        }
+    }
+
+    fn stats(&self, out: &mut String) {
+        let s = self.counters();
+        let _ = write!(
+            out,
+            " forward_sent={} forward_dropped={} forward_queued={} forward_errors={}",
+            s.sent, s.dropped, s.queued, s.errors
+        );
+    }
+}
+
+/// The server's addresses: the IP as given, or what the name resolves to now.
+fn resolve(url: &ForwardUrl) -> Result<Vec<SocketAddr>, SyslogError> {
+    match &url.host {
+        Host::Ip(ip) => Ok(vec![SocketAddr::new(*ip, url.port)]),
+        Host::Name(name) => {
+            let addrs: Vec<SocketAddr> = (name.as_str(), url.port)
+                .to_socket_addrs()
+                .map_err(|source| SyslogError::Resolve {
+                    url: url.to_string(),
+                    source,
+                })?
+                .collect();
+            if addrs.is_empty() {
+                return Err(SyslogError::NoAddress {
+                    url: url.to_string(),
+                });
+            }
+            Ok(addrs)
+        }
+    }
+}
+
+/// Exponential backoff between [`RECONNECT_MIN`] and [`RECONNECT_MAX`].
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self {
+            next: RECONNECT_MIN,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = RECONNECT_MIN;
+    }
+
+    /// The wait before the next attempt; doubles the one after it.
+    fn step(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(RECONNECT_MAX);
+        wait
+    }
+}
+
+/// Why sending stopped.
+enum Outcome {
+    /// The queue is closed and empty: all done.
+    QueueClosed,
+    /// The connection broke: reconnect.
+    Broken,
+}
+
+/// An open transport.
+enum Link {
+    Udp(UdpSocket),
+    Tcp(TcpStream),
+}
+
+/// What the worker thread runs.
+struct Task {
+    url: String,
+    transport: Transport,
+    addrs: Vec<SocketAddr>,
+    counters: Arc<Counters>,
+    grace: Duration,
+}
+
+impl Task {
+    /// Delivers until the queue is closed and empty, or until the grace period
+    /// ([`SHUTDOWN_GRACE`]) after `stop`.
+    async fn run(self, mut queue: mpsc::Receiver<String>, stop: oneshot::Receiver<()>) {
+        let grace = async {
+            // Either a send (never done) or the sender dropped: both mean "shutting down".
+            let _ = stop.await;
+            tokio::time::sleep(self.grace).await;
+        };
+        tokio::select! {
+            () = self.serve(&mut queue) => {}
+            () = grace => {
+                tracing::debug!(url = %self.url, "shutdown grace period over");
+            }
+        }
+    }
+
+    /// Connects (again and again, with backoff) and delivers until the queue is closed and
+    /// empty.
+    async fn serve(&self, queue: &mut mpsc::Receiver<String>) {
+        let mut backoff = Backoff::new();
+        // Whether a failure was logged since the last connection: log changes, not every
+        // retry.
+        let mut down = false;
+        loop {
+            let link = match self.connect().await {
+                Ok(link) => link,
+                Err(error) => {
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    let wait = backoff.step();
+                    if down {
+                        tracing::debug!(url = %self.url, %error, ?wait, "still cannot connect");
+                    } else {
+                        tracing::warn!(
+                            url = %self.url,
+                            %error,
+                            queue = QUEUE_MESSAGES,
+                            "cannot connect to the syslog server; queueing and retrying"
+                        );
+                    }
+                    down = true;
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            };
+            if down {
+                tracing::info!(url = %self.url, "connected to the syslog server again");
+            }
+            backoff.reset();
+            let outcome = match link {
+                Link::Udp(socket) => self.send_udp(&socket, queue).await,
+                Link::Tcp(stream) => self.send_tcp(stream, queue).await,
+            };
+            match outcome {
+                Outcome::QueueClosed => return,
+                // Logged where it broke; the next connection is logged as a recovery.
+                Outcome::Broken => down = true,
+            }
+        }
+    }
+
+    /// Sends one datagram per message until the queue is closed. UDP has no connection to
+    /// lose: a failed send loses that message only.
+    async fn send_udp(&self, socket: &UdpSocket, queue: &mut mpsc::Receiver<String>) -> Outcome {
+        let mut failing = false;
+        while let Some(message) = queue.recv().await {
+            match send_datagram(socket, message.as_bytes()).await {
+                Ok(()) => {
+                    self.counters.sent.fetch_add(1, Ordering::Relaxed);
+                    if failing {
+                        failing = false;
+                        tracing::info!(url = %self.url, "sending to the syslog server again");
+                    }
+                }
+                Err(error) => {
+                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    if !failing {
+                        failing = true;
+                        tracing::warn!(
+                            url = %self.url,
+                            %error,
+                            "cannot send to the syslog server; dropping messages"
+                        );
+                    }
+                }
+            }
+        }
+        Outcome::QueueClosed
+    }
+
+    /// Writes octet-counted messages, several per write when they are queued, until the queue
+    /// is closed (then closes the connection cleanly) or the connection breaks.
+    async fn send_tcp(&self, mut stream: TcpStream, queue: &mut mpsc::Receiver<String>) -> Outcome {
+        let mut batch = Vec::with_capacity(TCP_BATCH_BYTES);
+        let mut probe = [0u8; 64];
+        loop {
+            let first = tokio::select! {
+                // Checked first: a message written after the server closed would be lost
+                // without an error, so a close must be noticed before the next write.
+                biased;
+                read = stream.read(&mut probe) => {
+                    // A syslog server never talks: readable means closed or broken (and any
+                    // bytes it does send mean nothing here).
+                    if matches!(read, Ok(n) if n > 0) {
+                        continue;
+                    }
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        url = %self.url,
+                        "the syslog server closed the connection; reconnecting"
+                    );
+                    return Outcome::Broken;
+                }
+                message = queue.recv() => message,
+            };
+            let Some(first) = first else {
+                let _ = stream.shutdown().await;
+                return Outcome::QueueClosed;
+            };
+            batch.clear();
+            frame_octet_counted(first.as_bytes(), &mut batch);
+            let mut count = 1;
+            while batch.len() < TCP_BATCH_BYTES {
+                let Ok(message) = queue.try_recv() else {
+                    break;
+                };
+                frame_octet_counted(message.as_bytes(), &mut batch);
+                count += 1;
+            }
+            if let Err(error) = stream.write_all(&batch).await {
+                // Part of the batch may have arrived; none of it is counted as sent.
+                self.counters.failed.fetch_add(count, Ordering::Relaxed);
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    url = %self.url,
+                    %error,
+                    "lost the connection to the syslog server; reconnecting"
+                );
+                return Outcome::Broken;
+            }
+            self.counters.sent.fetch_add(count, Ordering::Relaxed);
+        }
+    }
+
+    async fn connect(&self) -> io::Result<Link> {
+        match self.transport {
+            Transport::Udp => {
+                let &target = self
+                    .addrs
+                    .first()
+                    .ok_or_else(|| io::Error::from(io::ErrorKind::AddrNotAvailable))?;
+                let local: SocketAddr = match target {
+                    SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+                    SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+                };
+                let socket = UdpSocket::bind(local).await?;
+                // Connected, so that the kernel reports the server's ICMP errors on later sends.
+                socket.connect(target).await?;
+                Ok(Link::Udp(socket))
+            }
+            Transport::Tcp => {
+                let stream =
+                    tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addrs[..]))
+                        .await
+                        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+                // Batching is done here; a crash's last lines should not wait for Nagle.
+                stream.set_nodelay(true)?;
+                Ok(Link::Tcp(stream))
+            }
+        }
+    }
+}
+
+/// Sends one datagram. A connected UDP socket reports an earlier datagram's ICMP "port
+/// unreachable" on the next send, which is then not sent: try that one once more.
+async fn send_datagram(socket: &UdpSocket, message: &[u8]) -> io::Result<()> {
+    match socket.send(message).await {
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            socket.send(message).await.map(drop)
+        }
+        other => other.map(drop),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read as _;
+    use std::net::{Ipv6Addr, TcpListener};
+    use std::time::Instant;
+
+    use super::*;
+    use crate::netconsole::{
+        Caller, ContFlag, DecodeError, Duplicate, ExtendedError, Flags, Format, PanicKind,
+        PanicMark, Sysdata,
+    };
+
+    /// Deadline for anything a test waits for on loopback.
+    const WAIT: Duration = Duration::from_secs(10);
+    /// Grace period for tests that close a forwarder to a dead server.
+    const SHORT_GRACE: Duration = Duration::from_millis(200);
+
+    fn at() -> DateTime<Utc> {
+        DateTime::from_timestamp_micros(1_795_817_754_738_593).unwrap_or_default()
+    }
+
+    fn sender() -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 77, 0, 10)), 6665)
+    }
+
+    fn record(text: &[u8]) -> Record {
+        Record {
+            received: at(),
+            sender: sender(),
+            ifindex: 2,
+            format: Format::Extended,
+            priority: Priority::from_pri(14),
+            seq: Some(377),
+            timestamp_us: Some(4_373_204),
+            kernel_time: DateTime::from_timestamp_micros(1_795_817_754_753_542),
+            release: None,
+            caller: None,
+            cont: ContFlag::None,
+            header_extra: Vec::new(),
+            text: text.to_vec(),
+            fields: Vec::new(),
+            sysdata: Sysdata::default(),
+            flags: Flags::default(),
+        }
+    }
+
+    fn format_record(r: Record) -> String {
+        format_event(&Event::Record(r)).expect("records are forwarded")
+    }
+
+    fn url(s: &str) -> ForwardUrl {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn record_is_rfc5424_byte_for_byte() {
+        assert_eq!(
+            format_record(record(b"NCT-202a75 SHORT hello")),
+            "<14>1 2026-11-27T22:15:54.753542Z 10.77.0.10 kernel - - \
+             [netcon@32473 seq=\"377\" ktime=\"4.373204\" sender=\"10.77.0.10:6665\"] \
+             NCT-202a75 SHORT hello"
+        );
+    }
+
+    #[test]
+    fn pri_is_facility_times_eight_plus_level() {
+        for (pri, expected) in [
+            (0, "<0>"),
+            (6, "<6>"),
+            (15, "<15>"),
+            (30, "<30>"),
+            (191, "<191>"),
+        ] {
+            let mut r = record(b"x");
+            r.priority = Priority::from_pri(pri);
+            assert!(
+                format_record(r).starts_with(&format!("{expected}1 ")),
+                "{pri}"
+            );
+        }
+    }
+
+    #[test]
+    fn plain_records_are_kern_notice_at_receive_time() {
+        let mut r = record(b"plain line");
+        r.format = Format::Plain;
+        r.priority = None;
+        r.seq = None;
+        r.timestamp_us = None;
+        r.kernel_time = None;
+        assert_eq!(
+            format_record(r),
+            "<5>1 2026-11-27T22:15:54.738593Z 10.77.0.10 kernel - - \
+             [netcon@32473 sender=\"10.77.0.10:6665\"] plain line"
+        );
+    }
+
+    #[test]
+    fn facility_beyond_local7_goes_as_user_with_the_real_one_in_sd() {
+        let mut r = record(b"x");
+        r.priority = Some(Priority {
+            facility: 125,
+            level: 3,
+        });
+        let m = format_record(r);
+        assert!(m.starts_with("<11>1 "), "{m}");
+        assert!(m.contains(" facility=\"125\"]"), "{m}");
+    }
+
+    #[test]
+    fn wild_kernel_time_falls_back_to_receive_time() {
+        let mut r = record(b"x");
+        r.kernel_time = DateTime::from_timestamp(300_000_000_000, 0);
+        assert!(format_record(r).starts_with("<14>1 2026-11-27T22:15:54.738593Z "));
+        let mut r = record(b"x");
+        r.kernel_time = None;
+        r.received = DateTime::from_timestamp(300_000_000_000, 0).unwrap_or_default();
+        assert!(format_record(r).starts_with("<14>1 - 10.77.0.10 "));
+    }
+
+    #[test]
+    fn sd_values_escape_quote_backslash_and_bracket() {
+        let mut r = record(b"x");
+        r.caller = Some(Caller::Unknown("a\"b\\c]d".into()));
+        r.sender = SocketAddr::new(IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1)), 6665);
+        assert_eq!(
+            format_record(r),
+            "<14>1 2026-11-27T22:15:54.753542Z fe80::1 kernel - - \
+             [netcon@32473 seq=\"377\" ktime=\"4.373204\" sender=\"[fe80::1\\]:6665\" \
+             caller=\"a\\\"b\\\\c\\]d\"] x"
+        );
+    }
+
+    #[test]
+    fn ipv4_mapped_sender_is_named_as_ipv4() {
+        let mut r = record(b"x");
+        r.sender = SocketAddr::new(IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped()), 1);
+        assert!(format_record(r).contains("Z 10.0.0.1 kernel "));
+    }
+
+    #[test]
+    fn msg_keeps_utf8_lf_tab_backslash_and_escapes_the_rest() {
+        let m = format_record(record(b"h\xc3\xa9 \\ a\tb\nline2\r\x1b[31m\xff\x00"));
+        assert!(
+            m.ends_with("] hé \\ a\tb\nline2\\r\\u{1b}[31m\\xff\\u{0}"),
+            "{m:?}"
+        );
+    }
+
+    #[test]
+    fn empty_text_has_no_msg() {
+        assert!(format_record(record(b"")).ends_with("sender=\"10.77.0.10:6665\"]"));
+    }
+
+    #[test]
+    fn flags_appear_in_sd() {
+        let mut r = record(b"Oops: 0000");
+        r.caller = Some(Caller::Task(42));
+        r.flags.partial = true;
+        r.flags.panic = Some(PanicMark {
+            event: 1,
+            kind: PanicKind::Oops,
+            begins: true,
+        });
+        r.flags.incomplete = Some(crate::netconsole::Incomplete {
+            missing_bytes: 10,
+            total_bytes: 100,
+        });
+        let m = format_record(r);
+        assert!(
+            m.contains(
+                " caller=\"T42\" panic=\"oops\" partial=\"1\" incomplete=\"10\"] Oops: 0000"
+            ),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn long_text_is_cut_at_a_character_boundary_and_marked() {
+        let text = "é".repeat(MAX_MESSAGE_BYTES);
+        let m = format_record(record(text.as_bytes()));
+        assert!(m.len() <= MAX_MESSAGE_BYTES, "{}", m.len());
+        assert!(m.len() > MAX_MESSAGE_BYTES - 2, "{}", m.len());
+        assert!(m.contains(&format!(" truncated=\"{}\"] éé", 2 * MAX_MESSAGE_BYTES)));
+        // Exactly at the limit: not cut.
+        let head = format_record(record(b"")).len() + 1;
+        let fits = "x".repeat(MAX_MESSAGE_BYTES - head);
+        let m = format_record(record(fits.as_bytes()));
+        assert_eq!(m.len(), MAX_MESSAGE_BYTES);
+        assert!(!m.contains("truncated"));
+    }
+
+    #[test]
+    fn loss_reboot_and_malformed_are_netcon_messages_about_the_sender() {
+        let lost = Event::Lost(Lost {
+            received: at(),
+            sender: sender(),
+            ifindex: 2,
+            kind: LossKind::Seq,
+            first: 10,
+            last: 12,
+            count: 3,
+        });
+        assert_eq!(
+            format_event(&lost).as_deref(),
+            Some(
+                "<28>1 2026-11-27T22:15:54.738593Z 10.77.0.10 netcon - lost \
+                 [netcon@32473 sender=\"10.77.0.10:6665\" kind=\"seq\" first=\"10\" last=\"12\" \
+                 count=\"3\"] lost 3 records (seq 10..12)"
+            )
+        );
+        let rebooted = Event::Rebooted(Rebooted {
+            received: at(),
+            sender: sender(),
+            ifindex: 2,
+            previous_seq: Some(900),
+            seq: Some(0),
+            previous_timestamp_us: Some(60_000_000),
+            timestamp_us: Some(1),
+        });
+        assert_eq!(
+            format_event(&rebooted).as_deref(),
+            Some(
+                "<29>1 2026-11-27T22:15:54.738593Z 10.77.0.10 netcon - reboot \
+                 [netcon@32473 sender=\"10.77.0.10:6665\" previous_seq=\"900\" seq=\"0\" \
+                 previous_ktime=\"60.000000\" ktime=\"0.000001\"] sender rebooted"
+            )
+        );
+        let malformed = Event::Malformed(Malformed {
+            received: at(),
+            sender: sender(),
+            ifindex: 2,
+            error: DecodeError::Extended {
+                source: ExtendedError::MissingSemicolon,
+            },
+            payload: b"6,1,2,-\x1b]0;x".to_vec(),
+        });
+        assert_eq!(
+            format_event(&malformed).as_deref(),
+            Some(
+                "<28>1 2026-11-27T22:15:54.738593Z 10.77.0.10 netcon - malformed \
+                 [netcon@32473 sender=\"10.77.0.10:6665\" \
+                 error=\"bad extended header: no `;` closes the header\"] 6,1,2,-\\u{1b}]0;x"
+            )
+        );
+        let duplicate = Event::Duplicate(Duplicate {
+            received: at(),
+            sender: sender(),
+            ifindex: 2,
+            len: 5,
+        });
+        assert_eq!(format_event(&duplicate), None);
+    }
+
+    #[test]
+    fn octet_counting_frames_count_bytes() {
+        let mut out = Vec::new();
+        frame_octet_counted(b"<14>1 - - - - - - hello", &mut out);
+        frame_octet_counted("é".as_bytes(), &mut out);
+        frame_octet_counted(b"", &mut out);
+        assert_eq!(out, b"23 <14>1 - - - - - - hello2 \xc3\xa90 ");
+    }
+
+    #[test]
+    fn good_urls() {
+        let v4 = Host::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        for (text, transport, host, port) in [
+            (
+                "syslog+udp://127.0.0.1:5514",
+                Transport::Udp,
+                v4.clone(),
+                5514,
+            ),
+            ("syslog+tcp://127.0.0.1", Transport::Tcp, v4.clone(), 514),
+            ("SYSLOG+TCP://127.0.0.1:1/", Transport::Tcp, v4, 1),
+            (
+                "syslog+udp://[::1]:6514",
+                Transport::Udp,
+                Host::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+                6514,
+            ),
+            (
+                "syslog+tcp://[fe80::1]",
+                Transport::Tcp,
+                Host::Ip("fe80::1".parse().expect("ip")),
+                514,
+            ),
+            (
+                "syslog+tcp://logs.example.org:65535",
+                Transport::Tcp,
+                Host::Name("logs.example.org".into()),
+                65535,
+            ),
+            (
+                "syslog+udp://loghost",
+                Transport::Udp,
+                Host::Name("loghost".into()),
+                514,
+            ),
+        ] {
+            let parsed = url(text);
+            assert_eq!(
+                parsed,
+                ForwardUrl {
+                    transport,
+                    host,
+                    port
+                },
+                "{text}"
+            );
+            // Display gives a URL that parses back to the same thing.
+            assert_eq!(url(&parsed.to_string()), parsed, "{text}");
+        }
+        assert_eq!(
+            url("syslog+udp://[::1]").to_string(),
+            "syslog+udp://[::1]:514"
+        );
+    }
+
+    #[test]
+    fn bad_urls() {
+        for text in [
+            "",
+            "127.0.0.1:514",
+            "udp://127.0.0.1:514",
+            "syslog://127.0.0.1:514",
+            "syslog+tls://127.0.0.1:6514",
+            "syslog+udp://",
+            "syslog+udp://:514",
+            "syslog+udp://127.0.0.1:",
+            "syslog+udp://127.0.0.1:0",
+            "syslog+udp://127.0.0.1:65536",
+            "syslog+udp://127.0.0.1:x",
+            "syslog+udp://::1",
+            "syslog+udp://::1:514",
+            "syslog+udp://[::1",
+            "syslog+udp://[::1]x",
+            "syslog+udp://[127.0.0.1]:514",
+            "syslog+udp://[nope]:514",
+            "syslog+udp://999.1.1.1",
+            "syslog+udp://host/path",
+            "syslog+udp://user@host",
+            "syslog+udp://host?x=1",
+            "syslog+udp://bad_host!",
+            "syslog+udp://-host",
+            "syslog+udp://a..b",
+        ] {
+            let error = text.parse::<ForwardUrl>().expect_err(text);
+            assert!(
+                matches!(&error, SyslogError::BadUrl { url, .. } if url == text),
+                "{text}: {error}"
+            );
+            assert!(
+                error
+                    .to_string()
+                    .contains("expected syslog+udp://HOST[:PORT]"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn unresolvable_name_fails_at_start() {
+        let error = Forwarder::start(&url("syslog+udp://nonexistent.invalid:514"))
+            .err()
+            .expect("no such name");
+        assert!(
+            matches!(
+                error,
+                SyslogError::Resolve { .. } | SyslogError::NoAddress { .. }
+            ),
+            "{error}"
+        );
+    }
+
+    /// A loopback TCP port nobody listens on (bound, then closed).
+    fn dead_tcp_port() -> u16 {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        listener.local_addr().expect("addr").port()
+    }
+
+    #[test]
+    fn full_queue_counts_drops_and_close_counts_what_was_left() {
+        let port = dead_tcp_port();
+        let mut f = Forwarder::start_with(
+            &url(&format!("syslog+tcp://127.0.0.1:{port}")),
+            4,
+            SHORT_GRACE,
+        )
+        .expect("start");
+        for i in 0..10 {
+            f.event(&Event::Record(record(format!("m{i}").as_bytes())));
+        }
+        // Nothing connects, so nothing leaves the queue.
+        let s = f.counters();
+        assert_eq!((s.sent, s.dropped, s.queued), (0, 6, 4), "{s:?}");
+        let mut line = String::new();
+        f.stats(&mut line);
+        assert_eq!(
+            line,
+            format!(
+                " forward_sent=0 forward_dropped=6 forward_queued=4 forward_errors={}",
+                s.errors
+            )
+        );
+        let started = Instant::now();
+        f.close();
+        assert!(started.elapsed() < SHORT_GRACE + Duration::from_secs(2));
+        let s = f.counters();
+        assert_eq!((s.sent, s.dropped, s.queued), (0, 10, 0), "{s:?}");
+        assert!(s.errors >= 1, "{s:?}");
+        // Closed: further events are counted, not queued.
+        f.event(&Event::Record(record(b"late")));
+        assert_eq!(f.counters().dropped, 11);
+    }
+
+    #[test]
+    fn udp_sends_one_datagram_per_message() {
+        let server = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        server.set_read_timeout(Some(WAIT)).expect("timeout");
+        let port = server.local_addr().expect("addr").port();
+        let mut f =
+            Forwarder::start(&url(&format!("syslog+udp://127.0.0.1:{port}"))).expect("start");
+        let records: Vec<Record> = (0..3)
+            .map(|i| record(format!("m{i}\nline").as_bytes()))
+            .collect();
+        for r in &records {
+            f.event(&Event::Record(r.clone()));
+        }
+        let mut buf = [0u8; 2 * MAX_MESSAGE_BYTES];
+        for r in records {
+            let n = server.recv(&mut buf).expect("datagram");
+            assert_eq!(&buf[..n], format_record(r).as_bytes());
+        }
+        f.close();
+        let s = f.counters();
+        assert_eq!(
+            (s.sent, s.dropped, s.queued, s.errors),
+            (3, 0, 0, 0),
+            "{s:?}"
+        );
+    }
+
+    /// Reads octet-counted frames from `stream` until it closes (or `WAIT` passes).
+    fn read_frames(mut stream: std::net::TcpStream) -> Vec<String> {
+        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        let mut bytes = Vec::new();
+        let _ = stream.read_to_end(&mut bytes);
+        let mut frames = Vec::new();
+        let mut rest = bytes.as_slice();
+        while !rest.is_empty() {
+            let space = rest.iter().position(|&b| b == b' ').expect("LEN SP");
+            let len: usize = std::str::from_utf8(&rest[..space])
+                .expect("ascii")
+                .parse()
+                .expect("LEN");
+            let body = &rest[space + 1..space + 1 + len];
+            frames.push(String::from_utf8(body.to_vec()).expect("utf-8"));
+            rest = &rest[space + 1 + len..];
+        }
+        frames
+    }
+
+    #[test]
+    fn tcp_frames_by_octet_counting_and_delivers_the_queue_on_close() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = std::thread::spawn(move || read_frames(listener.accept().expect("accept").0));
+        let mut f =
+            Forwarder::start(&url(&format!("syslog+tcp://127.0.0.1:{port}"))).expect("start");
+        let records: Vec<Record> = (0..500)
+            .map(|i| record(format!("m{i}\nsecond line é").as_bytes()))
+            .collect();
+        for r in &records {
+            f.event(&Event::Record(r.clone()));
+        }
+        // Close right away: delivery of the queue is close's job.
+        f.close();
+        let frames = server.join().expect("server");
+        let expected: Vec<String> = records.into_iter().map(format_record).collect();
+        assert_eq!(frames, expected);
+        let s = f.counters();
+        assert_eq!((s.sent, s.dropped, s.queued), (500, 0, 0), "{s:?}");
+    }
+
+    /// The next connection to `listener`, waiting at most `timeout`.
+    fn accept_within(listener: &TcpListener, timeout: Duration) -> std::net::TcpStream {
+        listener.set_nonblocking(true).expect("nonblocking");
+        let deadline = Instant::now() + timeout;
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    stream.set_nonblocking(false).expect("blocking");
+                    return stream;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("no connection within {timeout:?}: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn tcp_reconnects_after_the_server_closes() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let mut f =
+            Forwarder::start(&url(&format!("syslog+tcp://127.0.0.1:{port}"))).expect("start");
+        f.event(&Event::Record(record(b"first")));
+        let (mut first, _) = listener.accept().expect("accept");
+        first.set_read_timeout(Some(WAIT)).expect("timeout");
+        let expected = format_record(record(b"first"));
+        let mut buf = vec![0; expected.len() + 4];
+        first.read_exact(&mut buf).expect("first frame");
+        assert!(buf.ends_with(expected.as_bytes()));
+        drop(first);
+        // The worker notices the close while idle and reconnects at once.
+        let second = accept_within(&listener, WAIT);
+        f.event(&Event::Record(record(b"second")));
+        f.close();
+        assert_eq!(read_frames(second), vec![format_record(record(b"second"))]);
+        let s = f.counters();
+        assert_eq!((s.sent, s.dropped), (2, 0), "{s:?}");
+        assert!(s.errors >= 1, "{s:?}");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum() {
+        let mut b = Backoff::new();
+        assert_eq!(b.step(), RECONNECT_MIN);
+        assert_eq!(b.step(), RECONNECT_MIN * 2);
+        for _ in 0..20 {
+            b.step();
+        }
+        assert_eq!(b.step(), RECONNECT_MAX);
+        b.reset();
+        assert_eq!(b.step(), RECONNECT_MIN);
+    }
 }

@@ -1,0 +1,301 @@
+//! A real rsyslogd (Debian's package `rsyslog`) for the `--forward` tests, started on loopback
+//! with a configuration of the test's own and stopped on drop (also when the test panics).
+//!
+//! Nothing of the system's rsyslog is used: no `/etc/rsyslog.conf`, no work directory outside
+//! the test's temporary directory, no `/dev/log`. It listens with imudp and imtcp on two
+//! loopback ports picked free at start, and writes what each input receives to its own file
+//! ([`Rsyslog::udp_lines`], [`Rsyslog::tcp_lines`]), one line per message in the form
+//! [`TEMPLATE`] gives.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::files::TempDir;
+
+/// How long rsyslogd may take to start listening (a failure deadline only).
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long rsyslogd may take to exit after SIGTERM before it is killed.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// imudp's socket receive buffer, bytes: 16 MiB (rsyslog forces it past `rmem_max` as root).
+const UDP_RECEIVE_BUFFER: &str = "16m";
+/// Pause between two looks at rsyslogd's output files.
+const POLL: Duration = Duration::from_millis(50);
+
+/// The line rsyslog writes per message: host, `facility.severity`, the structured data, the
+/// message (rsyslog shows control characters in it as `#` and three octal digits: LF is
+/// `#012`, TAB `#011`).
+pub const TEMPLATE: &str =
+    "%HOSTNAME% %syslogfacility-text%.%syslogseverity-text% %structured-data% %msg%\\n";
+
+/// Where rsyslogd is: `$RSYSLOGD`, else `/usr/sbin/rsyslogd`.
+///
+/// # Panics
+/// If it is not there.
+#[must_use]
+pub fn rsyslogd_binary() -> PathBuf {
+    let path = std::env::var_os("RSYSLOGD")
+        .map_or_else(|| PathBuf::from("/usr/sbin/rsyslogd"), PathBuf::from);
+    assert!(
+        path.is_file(),
+        "rsyslogd not found at {}: install Debian's `rsyslog` (apt-get install -y rsyslog; \
+         cargo xtask test does), or set RSYSLOGD",
+        path.display()
+    );
+    path
+}
+
+/// A running rsyslogd on loopback.
+pub struct Rsyslog {
+    child: Child,
+    udp_port: u16,
+    tcp_port: u16,
+    // Last, so that the files outlive the process that writes them.
+    dir: TempDir,
+}
+
+impl Rsyslog {
+    /// Starts rsyslogd and waits until both inputs deliver a probe message to their files.
+    ///
+    /// # Panics
+    /// If it is not installed, does not start, or does not deliver within [`START_TIMEOUT`].
+    #[must_use]
+    pub fn start() -> Rsyslog {
+        let bin = rsyslogd_binary();
+        let dir = TempDir::new("rsyslog");
+        let udp_port = free_port(|| UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr());
+        let tcp_port = free_port(|| TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr());
+        let conf = dir.join("rsyslog.conf");
+        std::fs::write(&conf, config(dir.path(), udp_port, tcp_port))
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", conf.display()));
+        let log = std::fs::File::create(dir.join("rsyslogd.log")).expect("rsyslogd log file");
+        let mut cmd = Command::new(&bin);
+        cmd.arg("-n")
+            .arg("-f")
+            .arg(&conf)
+            .arg("-i")
+            .arg(dir.join("rsyslogd.pid"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log);
+        // If the test process is SIGKILLed no destructor runs: have the kernel stop rsyslogd.
+        // SAFETY: prctl is async-signal-safe, the only call between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let mut rsyslog = Rsyslog {
+            child,
+            udp_port,
+            tcp_port,
+            dir,
+        };
+        rsyslog.wait_ready();
+        rsyslog
+    }
+
+    /// The loopback UDP port rsyslog listens on.
+    #[must_use]
+    pub fn udp_port(&self) -> u16 {
+        self.udp_port
+    }
+
+    /// The loopback TCP port rsyslog listens on.
+    #[must_use]
+    pub fn tcp_port(&self) -> u16 {
+        self.tcp_port
+    }
+
+    /// Every line written so far for messages received over UDP (probes excluded).
+    #[must_use]
+    pub fn udp_lines(&self) -> Vec<String> {
+        read_lines(&self.dir.join("udp.log"))
+    }
+
+    /// Every line written so far for messages received over TCP (probes excluded).
+    #[must_use]
+    pub fn tcp_lines(&self) -> Vec<String> {
+        read_lines(&self.dir.join("tcp.log"))
+    }
+
+    /// Polls `lines` (e.g. [`Rsyslog::udp_lines`]) until `done` holds for them, and returns
+    /// them.
+    ///
+    /// # Panics
+    /// If it does not within `timeout`, with the lines and rsyslogd's own output.
+    pub fn wait_for(
+        &mut self,
+        lines: fn(&Rsyslog) -> Vec<String>,
+        done: impl Fn(&[String]) -> bool,
+        timeout: Duration,
+    ) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = lines(self);
+            if done(&got) {
+                return got;
+            }
+            self.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "rsyslog did not write the expected lines within {timeout:?}; it wrote {} \
+                 lines, the last ones: {:#?}\nrsyslogd's output:\n{}",
+                got.len(),
+                &got[got.len().saturating_sub(5)..],
+                self.own_output()
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// What rsyslogd printed itself.
+    #[must_use]
+    pub fn own_output(&self) -> String {
+        std::fs::read_to_string(self.dir.join("rsyslogd.log")).unwrap_or_default()
+    }
+
+    fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "rsyslogd exited ({status}); its output:\n{}",
+                self.own_output()
+            );
+        }
+    }
+
+    /// Sends probes over both inputs until rsyslog has written one of each.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("probe socket");
+        let mut tcp: Option<TcpStream> = None;
+        let (mut udp_seen, mut tcp_seen) = (false, false);
+        for attempt in 0u32.. {
+            self.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "rsyslogd did not take messages within {START_TIMEOUT:?} (udp {udp_seen}, tcp \
+                 {tcp_seen}); its output:\n{}",
+                self.own_output()
+            );
+            let probe = format!("<14>1 - probe netcon-tests - - - {PROBE} {attempt}");
+            if !udp_seen {
+                // Lost while rsyslog is not listening yet: sent again next round.
+                let _ = udp.send_to(probe.as_bytes(), (Ipv4Addr::LOCALHOST, self.udp_port));
+            }
+            if !tcp_seen {
+                if tcp.is_none() {
+                    tcp = TcpStream::connect((Ipv4Addr::LOCALHOST, self.tcp_port)).ok();
+                }
+                if let Some(stream) = &mut tcp {
+                    let frame = format!("{} {probe}", probe.len());
+                    if stream.write_all(frame.as_bytes()).is_err() {
+                        tcp = None;
+                    }
+                }
+            }
+            std::thread::sleep(POLL * 2);
+            udp_seen = udp_seen || probed(&self.dir.join("udp.log"));
+            tcp_seen = tcp_seen || probed(&self.dir.join("tcp.log"));
+            if udp_seen && tcp_seen {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(POLL);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Text of the readiness probes, left out of [`Rsyslog::udp_lines`] and
+/// [`Rsyslog::tcp_lines`].
+const PROBE: &str = "netcon-tests-rsyslog-probe";
+
+/// The configuration: one ruleset and output file per input, nothing else.
+fn config(dir: &Path, udp_port: u16, tcp_port: u16) -> String {
+    let dir = dir.display();
+    let mut conf = String::new();
+    let _ = writeln!(conf, "global(workDirectory=\"{dir}\")");
+    let _ = writeln!(conf, "module(load=\"imudp\")");
+    let _ = writeln!(conf, "module(load=\"imtcp\")");
+    let _ = writeln!(
+        conf,
+        "template(name=\"netcon\" type=\"string\" string=\"{TEMPLATE}\")"
+    );
+    for (proto, port) in [("udp", udp_port), ("tcp", tcp_port)] {
+        let _ = writeln!(
+            conf,
+            "ruleset(name=\"{proto}\") {{ action(type=\"omfile\" file=\"{dir}/{proto}.log\" \
+             template=\"netcon\") }}"
+        );
+        // A capture file is forwarded as fast as it is read: give UDP a receive buffer that
+        // holds a whole boot log while rsyslog writes (the default drops datagrams then).
+        let buffer = if proto == "udp" {
+            format!(" rcvbufSize=\"{UDP_RECEIVE_BUFFER}\"")
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            conf,
+            "input(type=\"im{proto}\" address=\"127.0.0.1\" port=\"{port}\" \
+             ruleset=\"{proto}\"{buffer})"
+        );
+    }
+    conf
+}
+
+/// A loopback port that was free a moment ago (bound, then released for rsyslogd).
+fn free_port(bind: impl Fn() -> std::io::Result<std::net::SocketAddr>) -> u16 {
+    bind().expect("bind a loopback port").port()
+}
+
+fn probed(path: &Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|text| text.contains(PROBE))
+}
+
+/// The complete lines of `path` (a line rsyslog is still writing has no `\n` yet).
+fn read_lines(path: &Path) -> Vec<String> {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let complete = bytes
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(&[][..], |end| &bytes[..end]);
+    if complete.is_empty() {
+        return Vec::new();
+    }
+    String::from_utf8_lossy(complete)
+        .split('\n')
+        .filter(|l| !l.contains(PROBE))
+        .map(str::to_owned)
+        .collect()
+}
