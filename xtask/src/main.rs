@@ -41,8 +41,14 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
-    /// Setup, build, clippy, fmt check, unit tests, then the end-to-end tests (needs root).
-    Test,
+    /// Setup, build, clippy, fmt check, unit tests, the end-to-end tests, then vm-test
+    /// (needs root).
+    Test {
+        /// Pass vm-test's opt-out: on a machine where qemu cannot be installed, say SKIPPED
+        /// loudly instead of failing.
+        #[arg(long)]
+        skip_if_no_qemu: bool,
+    },
     /// Boot real Linux kernels under qemu whose netconsole sends to netcon-sniff (needs root).
     VmTest(vm::VmTestArgs),
     /// Benchmarks: decoder micro-benchmarks and netcon against the baselines, side by side;
@@ -68,7 +74,7 @@ fn main() -> Result<()> {
                 .exec();
             Err(error).context("starting target/release/netcon-sniff")
         }
-        Task::Test => test(&root),
+        Task::Test { skip_if_no_qemu } => test(&root, skip_if_no_qemu),
         Task::Bench(args) => {
             setup()?;
             bench::run(&root, &args)
@@ -131,7 +137,7 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
     .with_context(|| format!("installing {}", missing.join(" ")))
 }
 
-fn test(root: &Path) -> Result<()> {
+fn test(root: &Path, skip_if_no_qemu: bool) -> Result<()> {
     setup()?;
     apt_install(TEST_PACKAGES)?;
     cargo(&["fmt", "--all", "--check"])?;
@@ -153,6 +159,15 @@ fn test(root: &Path) -> Result<()> {
         Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
             .args(["test", "-p", "netcon-tests"])
             .env("NETCON_SNIFF", root.join("target/debug/netcon-sniff")),
+    )?;
+    // Real kernels' netconsole against the same binary.
+    vm::run(
+        root,
+        &vm::VmTestArgs {
+            sniff: Some(root.join("target/debug/netcon-sniff")),
+            skip_if_no_qemu,
+            ..vm::VmTestArgs::default()
+        },
     )
 }
 
