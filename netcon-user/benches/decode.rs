@@ -41,7 +41,7 @@ fn fragmented_payloads() -> Vec<Vec<u8>> {
     let text = "NCT LONGX-BEGIN ".to_owned() + &"äöü✓".repeat(90);
     let mut body = Vec::new();
     for b in text.bytes() {
-        if b < b' ' || b >= 127 || b == b'\\' {
+        if !(b' '..127).contains(&b) || b == b'\\' {
             body.extend_from_slice(format!("\\x{b:02x}").as_bytes());
         } else {
             body.push(b);

@@ -297,15 +297,15 @@ pub fn unescape_into(src: &[u8], out: &mut Vec<u8>) -> usize {
 /// Hex digit values, 0xff for bytes that are not hex digits.
 const HEX: [u8; 256] = {
     let mut table = [0xff; 256];
-    let mut i = 0;
+    let mut i: u8 = 0;
     while i < 10 {
-        table[b'0' as usize + i] = i as u8;
+        table[(b'0' + i) as usize] = i;
         i += 1;
     }
-    let mut i = 0;
+    let mut i: u8 = 0;
     while i < 6 {
-        table[b'a' as usize + i] = 10 + i as u8;
-        table[b'A' as usize + i] = 10 + i as u8;
+        table[(b'a' + i) as usize] = 10 + i;
+        table[(b'A' + i) as usize] = 10 + i;
         i += 1;
     }
     table

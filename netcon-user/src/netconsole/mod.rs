@@ -680,7 +680,7 @@ fn track_seq(
 }
 
 /// A keyed 64-bit fingerprint of a payload, to recognise copies of it: a folded-multiply hash
-/// (as in wyhash and foldhash), several times faster than SipHash on kilobyte payloads. The key
+/// (as in wyhash and foldhash), several times faster than `SipHash` on kilobyte payloads. The key
 /// is random per decoder, so a sender cannot aim for collisions; and one who can spoof a
 /// sender's address could inject anything anyway.
 fn fingerprint(seed: u64, data: &[u8]) -> u64 {

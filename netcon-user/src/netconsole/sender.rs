@@ -34,7 +34,7 @@ impl DupHistory {
         // a match is looked at closely.
         const BLOCK: usize = 16;
         for (b, block) in self.fingerprints.chunks(BLOCK).enumerate() {
-            if !block.iter().fold(false, |hit, &f| hit | (f == fingerprint)) {
+            if block.iter().filter(|&&f| f == fingerprint).count() == 0 {
                 continue;
             }
             for (j, &f) in block.iter().enumerate() {

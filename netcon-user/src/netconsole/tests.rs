@@ -87,7 +87,7 @@ fn one_record(events: &[Event]) -> &Record {
 fn kernel_escape(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     for &b in bytes {
-        if b < b' ' || b >= 127 || b == b'\\' {
+        if !(b' '..127).contains(&b) || b == b'\\' {
             out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
         } else {
             out.push(b);
