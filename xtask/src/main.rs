@@ -153,6 +153,13 @@ fn test(root: &Path, skip_if_no_qemu: bool) -> Result<()> {
         "warnings",
     ])?;
     cargo(&["test", "--workspace", "--exclude", "netcon-tests"])?;
+    // The fuzz targets build with nightly (libFuzzer); checking them keeps them in step with the
+    // decoder's API without a fuzzing run.
+    run(nightly("cargo")
+        .args(["check", "--quiet", "--manifest-path"])
+        .arg(root.join("fuzz/Cargo.toml"))
+        .env("NETCON_SKIP_EBPF", "1")
+        .env("CARGO_TARGET_DIR", root.join("fuzz/target")))?;
     cargo(&["build", "-p", "netcon-user"])?;
     // The end-to-end tests run the binary just built, in network namespaces of their own.
     run(
