@@ -554,7 +554,7 @@ mod tests {
     use chrono::DateTime;
 
     use super::*;
-    use crate::netconsole::{ContFlag, Duplicate, Flags, Format, Priority, Record, Sysdata};
+    use crate::netconsole::{Duplicate, Record};
 
     /// A directory under the system temporary directory, removed on drop.
     struct TempDir(PathBuf);
@@ -592,22 +592,9 @@ mod tests {
 
     fn record(ip: IpAddr, text: &str) -> Event {
         Event::Record(Record {
-            received: DateTime::from_timestamp_micros(1_795_817_636_123_456).unwrap_or_default(),
             sender: SocketAddr::new(ip, 6665),
-            ifindex: 2,
-            format: Format::Extended,
-            priority: Priority::from_pri(6),
             seq: Some(1),
-            timestamp_us: Some(4_373_204),
-            kernel_time: None,
-            release: None,
-            caller: None,
-            cont: ContFlag::None,
-            header_extra: Vec::new(),
-            text: text.as_bytes().to_vec(),
-            fields: Vec::new(),
-            sysdata: Sysdata::default(),
-            flags: Flags::default(),
+            ..Record::example(text.as_bytes())
         })
     }
 

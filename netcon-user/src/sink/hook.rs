@@ -458,12 +458,8 @@ mod tests {
     use std::path::{Path, PathBuf};
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    use chrono::DateTime;
-
     use super::*;
-    use crate::netconsole::{
-        ContFlag, Flags, Format, PanicKind, PanicMark, Priority, Record, Sysdata,
-    };
+    use crate::netconsole::{Flags, PanicKind, PanicMark, Priority, Record};
 
     struct TempDir(PathBuf);
 
@@ -492,21 +488,10 @@ mod tests {
 
     fn panic_record(sender: SocketAddr, text: &[u8], begins: bool) -> Record {
         Record {
-            received: DateTime::from_timestamp_micros(1_795_817_636_123_456).unwrap_or_default(),
             sender,
-            ifindex: 2,
-            format: Format::Extended,
             priority: Priority::from_pri(0),
             seq: Some(10),
             timestamp_us: Some(1000),
-            kernel_time: None,
-            release: None,
-            caller: None,
-            cont: ContFlag::None,
-            header_extra: Vec::new(),
-            text: text.to_vec(),
-            fields: Vec::new(),
-            sysdata: Sysdata::default(),
             flags: Flags {
                 panic: Some(PanicMark {
                     event: 0,
@@ -515,6 +500,7 @@ mod tests {
                 }),
                 ..Flags::default()
             },
+            ..Record::example(text)
         }
     }
 

@@ -998,8 +998,7 @@ mod tests {
 
     use super::*;
     use crate::netconsole::{
-        Caller, ContFlag, DecodeError, Duplicate, ExtendedError, Flags, Format, PanicKind,
-        PanicMark, Sysdata,
+        Caller, DecodeError, Duplicate, ExtendedError, Format, PanicKind, PanicMark,
     };
 
     /// Deadline for anything a test waits for on loopback.
@@ -1018,21 +1017,9 @@ mod tests {
     fn record(text: &[u8]) -> Record {
         Record {
             received: at(),
-            sender: sender(),
-            ifindex: 2,
-            format: Format::Extended,
             priority: Priority::from_pri(14),
-            seq: Some(377),
-            timestamp_us: Some(4_373_204),
             kernel_time: DateTime::from_timestamp_micros(1_795_817_754_753_542),
-            release: None,
-            caller: None,
-            cont: ContFlag::None,
-            header_extra: Vec::new(),
-            text: text.to_vec(),
-            fields: Vec::new(),
-            sysdata: Sysdata::default(),
-            flags: Flags::default(),
+            ..Record::example(text)
         }
     }
 

@@ -147,8 +147,8 @@ mod tests {
 
     use super::*;
     use crate::netconsole::{
-        ContFlag, DecodeError, Duplicate, ExtendedError, Flags, Format, Incomplete, Lost,
-        Malformed, PanicKind, PanicMark, Priority, Rebooted, Sysdata,
+        DecodeError, Duplicate, ExtendedError, Format, Incomplete, Lost, Malformed, PanicKind,
+        PanicMark, Priority, Rebooted,
     };
 
     fn at() -> DateTime<Utc> {
@@ -160,24 +160,7 @@ mod tests {
     }
 
     fn record(text: &[u8]) -> Record {
-        Record {
-            received: at(),
-            sender: sender(),
-            ifindex: 2,
-            format: Format::Extended,
-            priority: Priority::from_pri(6),
-            seq: Some(377),
-            timestamp_us: Some(4_373_204),
-            kernel_time: None,
-            release: None,
-            caller: None,
-            cont: ContFlag::None,
-            header_extra: Vec::new(),
-            text: text.to_vec(),
-            fields: Vec::new(),
-            sysdata: Sysdata::default(),
-            flags: Flags::default(),
-        }
+        Record::example(text)
     }
 
     #[test]
