@@ -9,10 +9,29 @@ pub mod promisc;
 pub mod raw;
 pub mod xdp;
 
-use std::fmt;
+use std::{fmt, io, os::fd::RawFd};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+
+/// `setsockopt(2)` with a typed value.
+pub(crate) fn setsockopt<T>(fd: RawFd, level: i32, name: i32, value: &T) -> io::Result<()> {
+    // SAFETY: value points to a T and its size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            std::ptr::from_ref(value).cast(),
+            libc::socklen_t::try_from(size_of::<T>()).unwrap_or(0),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
 
 /// What a frame starts with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

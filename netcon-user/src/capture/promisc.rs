@@ -54,22 +54,16 @@ impl PromiscGuard {
             mr_alen: 0,
             mr_address: [0; 8],
         };
-        // SAFETY: mreq is a valid packet_mreq and its size is passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_ADD_MEMBERSHIP,
-                (&raw const mreq).cast(),
-                libc::socklen_t::try_from(size_of::<libc::packet_mreq>()).unwrap_or_default(),
-            )
-        };
-        if rc != 0 {
-            return Err(PromiscError::Membership {
-                interface: interface.to_owned(),
-                source: io::Error::last_os_error(),
-            });
-        }
+        let added = super::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_ADD_MEMBERSHIP,
+            &mreq,
+        );
+        added.map_err(|source| PromiscError::Membership {
+            interface: interface.to_owned(),
+            source,
+        })?;
         Ok(Self { _socket: socket })
     }
 }

@@ -20,7 +20,7 @@ use bytes::BytesMut;
 use chrono::{DateTime, Utc};
 use tokio::io::unix::AsyncFd;
 
-use super::{Captured, LinkType, RawCounters};
+use super::{Captured, LinkType, RawCounters, setsockopt};
 use crate::config::Interface;
 
 /// Longest frame read whole, bytes. Netconsole frames are under 1100 bytes
@@ -181,24 +181,6 @@ fn socket_error(call: &'static str, interface: &Interface) -> RawError {
         call,
         interface: interface.name.clone(),
         source: io::Error::last_os_error(),
-    }
-}
-
-fn setsockopt<T>(fd: RawFd, level: i32, name: i32, value: &T) -> io::Result<()> {
-    // SAFETY: value points to a T and its size is passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            std::ptr::from_ref(value).cast(),
-            libc::socklen_t::try_from(size_of::<T>()).unwrap_or(0),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 
