@@ -1,0 +1,229 @@
+//! `cargo xtask bench`: the decoder micro-benchmarks, then netcon-sniff (XDP and raw backends)
+//! against the plain-socket baseline (`socat -u UDP-RECV:6666 -`) on the same load in network
+//! namespaces, side by side; writes BENCHMARKS.md (issue 7).
+//!
+//! The release binaries (netcon-sniff, netcon-load) are built into the target directory in
+//! effect (`CARGO_TARGET_DIR`, else `target/`), the one `cargo metadata` reports.
+
+mod calibrate;
+mod criterion;
+mod procs;
+mod report;
+mod scenarios;
+mod topo;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context as _, Result, ensure};
+
+use procs::Paths;
+use report::{Machine, Results, Section};
+use scenarios::{Bench, SENDER_COUNTS, Settings};
+use topo::Topology;
+
+/// Benchmark netcon against the socket baseline; writes BENCHMARKS.md. Needs root.
+///
+/// Scenarios (issue 7): the sender's own ceiling; the zero-loss rate (under 0.1% loss over
+/// 10 s) for 1 and 1,000 senders; a 5,000-record start-up burst; latency at 10,000 records/s;
+/// 4-fragment records; the XDP program's cost per packet; peak RSS with 10,000 and 100,000
+/// senders and 10,000 pending fragmented records. Every figure 3 times (min/median/max).
+/// About 12 minutes on 2 cores; --quick (one short repeat) about 2. Release binaries are built
+/// into the target directory in effect (`CARGO_TARGET_DIR`, else `target/`).
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Short runs, one repeat: for development, not for figures to keep.
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the report (default: BENCHMARKS.md at the workspace root; with --quick,
+    /// target directory's bench-quick.md, so a quick run never replaces the real figures).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Skip the criterion decoder benchmarks.
+    #[arg(long)]
+    no_criterion: bool,
+    /// Run only these scenarios (comma-separated: ceiling, zero-loss, burst, latency,
+    /// fragmented, xdp-cost, memory).
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    only: Vec<String>,
+}
+
+const SCENARIOS: [&str; 7] = [
+    "ceiling",
+    "zero-loss",
+    "burst",
+    "latency",
+    "fragmented",
+    "xdp-cost",
+    "memory",
+];
+
+pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
+    ensure!(
+        nix::unistd::geteuid().is_root(),
+        "cargo xtask bench needs root (network namespaces, XDP, AF_PACKET)"
+    );
+    for s in &args.only {
+        ensure!(
+            SCENARIOS.contains(&s.as_str()),
+            "unknown scenario {s:?}; known: {}",
+            SCENARIOS.join(", ")
+        );
+    }
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|s| s == name);
+    let started = Instant::now();
+    crate::apt_install(&["socat"])?;
+    let target = target_dir(root)?;
+    eprintln!(
+        "xtask bench: building release binaries into {}",
+        target.display()
+    );
+    crate::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "netcon-user",
+        "-p",
+        "netcon-bench",
+    ])?;
+    let release = target.join("release");
+    let work = scratch_dir()?;
+    let paths = Paths {
+        sniff: release.join("netcon-sniff"),
+        load: release.join("netcon-load"),
+        work: work.path.clone(),
+    };
+    let mut machine = Machine::probe(root);
+    let criterion = if args.no_criterion {
+        Vec::new()
+    } else {
+        criterion::run(root, args.quick)?
+    };
+
+    let settings = Settings::new(args.quick);
+    let repeats = settings.repeats;
+    let topo = Topology::new()?;
+    let mut bench = Bench::new(&topo, &paths, settings);
+    let ceiling = if wanted("ceiling") || wanted("zero-loss") {
+        bench.ceiling()?
+    } else {
+        BTreeMap::new()
+    };
+    let sections = scenarios(&mut bench, &ceiling, &wanted)?;
+    drop(topo);
+
+    machine.load_after = report::uptime();
+    let results = Results {
+        machine,
+        quick: args.quick,
+        repeats,
+        criterion,
+        ceiling,
+        sections,
+        minutes: started.elapsed().as_secs_f64() / 60.0,
+    };
+    let out = match &args.out {
+        Some(p) => p.clone(),
+        None if args.quick => target.join("bench-quick.md"),
+        None => root.join("BENCHMARKS.md"),
+    };
+    std::fs::write(&out, report::render(&results))
+        .with_context(|| format!("writing {}", out.display()))?;
+    eprintln!(
+        "xtask bench: wrote {} ({:.1} min)",
+        out.display(),
+        results.minutes
+    );
+    Ok(())
+}
+
+/// Scenarios 1 to 6, those `wanted`.
+fn scenarios(
+    bench: &mut Bench<'_>,
+    ceiling: &BTreeMap<u32, Vec<f64>>,
+    wanted: &dyn Fn(&str) -> bool,
+) -> Result<Vec<Section>> {
+    let mut sections = Vec::new();
+    if wanted("zero-loss") {
+        for (label, h) in [("1a", SENDER_COUNTS[0]), ("1b", SENDER_COUNTS[1])] {
+            let title = format!(
+                "{label}. Zero-loss rate, {h} sender{}, 200-byte records",
+                if h == 1 { "" } else { "s" }
+            );
+            let about = "The highest rate sent with under 0.1% of records lost over the \
+                         confirming run (10 s): flat out first; if that loses, a bisection \
+                         below the flat-out rate with 0.5 s probes, then the confirming run \
+                         (stepping down 15% if it loses). The figure is the rate the sender \
+                         achieved in the confirming run.";
+            let c = ceiling.get(&h).and_then(|v| report::median(v));
+            sections.push(bench.zero_loss_section(&title, about, h, 1, c)?);
+        }
+    }
+    if wanted("burst") {
+        sections.push(bench.burst()?);
+    }
+    if wanted("latency") {
+        sections.push(bench.latency()?);
+    }
+    if wanted("fragmented") {
+        let about = "Records of ~3 KB sent as 4 ncfrag fragments (three full 1000-byte \
+                     payloads and a 200-byte one, the header repeated, as drivers/net/\
+                     netconsole.c cuts them), one sender; the same search as scenario 1. A \
+                     record counts only when all four fragments are in the output (netcon \
+                     reassembles them into one line; socat writes the four payloads out).";
+        sections.push(bench.zero_loss_section(
+            "4. Fragmented load: 4-fragment records, one sender",
+            about,
+            1,
+            4,
+            None,
+        )?);
+    }
+    if wanted("xdp-cost") {
+        sections.push(bench.xdp_cost()?);
+    }
+    if wanted("memory") {
+        sections.push(bench.memory()?);
+    }
+    Ok(sections)
+}
+
+/// The target directory cargo uses here (honours `CARGO_TARGET_DIR`).
+fn target_dir(root: &Path) -> Result<PathBuf> {
+    let out =
+        std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .current_dir(root)
+            .args(["metadata", "--format-version", "1", "--no-deps"])
+            .output()
+            .context("running cargo metadata")?;
+    ensure!(out.status.success(), "cargo metadata failed");
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+    v.get("target_directory")
+        .and_then(serde_json::Value::as_str)
+        .map(PathBuf::from)
+        .context("cargo metadata has no target_directory")
+}
+
+/// A directory on tmpfs for receiver output, removed on drop.
+struct Scratch {
+    path: PathBuf,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+fn scratch_dir() -> Result<Scratch> {
+    let base = if Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    let path = base.join(format!("netcon-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+    Ok(Scratch { path })
+}

@@ -1,0 +1,602 @@
+//! The processes a bench runs: receivers (netcon-sniff with either backend, socat) in the
+//! receiver namespace, and netcon-load runs in the sender namespace. Every child is stopped
+//! and reaped on drop, also when the bench fails.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read as _, Seek as _};
+use std::os::fd::{AsRawFd as _, BorrowedFd};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use netcon_bench::load::{LoadReport, monotonic_ns};
+use netcon_bench::verify::Verifier;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::topo::{RX_IF, RX_MAC, TX_IF, Topology};
+
+/// UDP port netconsole sends to by default, and every receiver listens on.
+pub const PORT: u16 = 6666;
+/// How long a receiver may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a receiver may take to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A receiver under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rx {
+    /// `netcon-sniff --backend xdp`.
+    Xdp,
+    /// `netcon-sniff --backend raw`.
+    Raw,
+    /// `socat -u UDP-RECV:6666 -`, the kernel documentation's suggestion.
+    Socat,
+}
+
+impl Rx {
+    /// Every receiver, in table order (the baseline last).
+    pub const ALL: [Rx; 3] = [Rx::Xdp, Rx::Raw, Rx::Socat];
+
+    /// Column title.
+    pub fn label(self) -> &'static str {
+        match self {
+            Rx::Xdp => "netcon xdp",
+            Rx::Raw => "netcon raw",
+            Rx::Socat => "socat (baseline)",
+        }
+    }
+
+    /// Short name for logs.
+    pub fn short(self) -> &'static str {
+        match self {
+            Rx::Xdp => "xdp",
+            Rx::Raw => "raw",
+            Rx::Socat => "socat",
+        }
+    }
+}
+
+/// Where the binaries are and where output goes.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// netcon-sniff (release).
+    pub sniff: PathBuf,
+    /// netcon-load (release).
+    pub load: PathBuf,
+    /// A scratch directory on tmpfs for receiver output.
+    pub work: PathBuf,
+}
+
+/// How a receiver's stdout is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Appended to a file on tmpfs, read after each trial (throughput: no reader competes for
+    /// the two cores, as with socat writing to a file).
+    File,
+    /// A pipe read in real time by a thread that feeds the verifier (latency).
+    Pipe,
+}
+
+enum Reader {
+    File {
+        path: PathBuf,
+        file: File,
+        buf: Vec<u8>,
+    },
+    Pipe {
+        shared: Arc<Mutex<Option<Verifier>>>,
+        thread: Option<JoinHandle<()>>,
+    },
+}
+
+/// A running receiver.
+pub struct Receiver {
+    kind: Rx,
+    child: Option<Child>,
+    stderr_path: PathBuf,
+    reader: Reader,
+    topo_rx_ns: String,
+}
+
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("kind", &self.kind)
+            .field("pid", &self.child.as_ref().map(Child::id))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A command that enters `ns` (an open `/run/netns` file) between fork and exec.
+fn in_netns(command: &mut Command, ns: &File) {
+    let raw = ns.as_raw_fd();
+    // SAFETY: setns is async-signal-safe; `raw` stays open in the parent until spawn returns,
+    // and the child gets its own copy of the descriptor table.
+    unsafe {
+        command.pre_exec(move || {
+            let fd = BorrowedFd::borrow_raw(raw);
+            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
+impl Receiver {
+    /// Starts `kind` in the receiver namespace and waits until it listens. `ipv6`: socat
+    /// listens on `UDP6-RECV` (which takes IPv4 too), for IPv6 senders.
+    pub fn start(
+        kind: Rx,
+        topo: &Topology,
+        paths: &Paths,
+        output: Output,
+        ipv6: bool,
+    ) -> Result<Self> {
+        let tag = format!("{}-{}", kind.short(), monotonic_ns());
+        let stderr_path = paths.work.join(format!("{tag}.err"));
+        let stderr = File::create(&stderr_path)
+            .with_context(|| format!("creating {}", stderr_path.display()))?;
+        let mut command = match kind {
+            Rx::Xdp | Rx::Raw => {
+                let mut c = Command::new(&paths.sniff);
+                c.args(["--backend", kind.short(), "-i", RX_IF, "-p"])
+                    .arg(PORT.to_string())
+                    .args(["--format", "text"]);
+                c
+            }
+            Rx::Socat => {
+                let mut c = Command::new("socat");
+                let address = if ipv6 { "UDP6-RECV" } else { "UDP-RECV" };
+                c.args(["-u", &format!("{address}:{PORT}"), "-"]);
+                c
+            }
+        };
+        let ns = topo.receiver.file()?;
+        in_netns(&mut command, &ns);
+        command.stdin(Stdio::null()).stderr(stderr);
+        let (reader, child) = match output {
+            Output::File => {
+                let path = paths.work.join(format!("{tag}.out"));
+                // O_APPEND: the bench truncates the file between trials, and the receiver's
+                // next write lands at the new end rather than at its old offset.
+                let out = OpenOptions::new()
+                    .create_new(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                command.stdout(out);
+                let child = command
+                    .spawn()
+                    .with_context(|| format!("starting {command:?}"))?;
+                let file = File::open(&path)?;
+                (
+                    Reader::File {
+                        path,
+                        file,
+                        buf: vec![0; 4 << 20],
+                    },
+                    child,
+                )
+            }
+            Output::Pipe => {
+                command.stdout(Stdio::piped());
+                let mut child = command
+                    .spawn()
+                    .with_context(|| format!("starting {command:?}"))?;
+                let stdout = child.stdout.take().context("the child's stdout pipe")?;
+                let shared = Arc::new(Mutex::new(None));
+                let thread = spawn_pipe_reader(stdout, Arc::clone(&shared));
+                (
+                    Reader::Pipe {
+                        shared,
+                        thread: Some(thread),
+                    },
+                    child,
+                )
+            }
+        };
+        let mut rx = Self {
+            kind,
+            child: Some(child),
+            stderr_path,
+            reader,
+            topo_rx_ns: topo.receiver.name().to_owned(),
+        };
+        rx.wait_listening(topo, ipv6)?;
+        Ok(rx)
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    fn wait_listening(&mut self, topo: &Topology, ipv6: bool) -> Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.exited() {
+                bail!(
+                    "{} exited ({status}) before listening: {}",
+                    self.kind.label(),
+                    self.stderr().trim()
+                );
+            }
+            let ready = match self.kind {
+                Rx::Xdp | Rx::Raw => self.stderr().contains("listening on"),
+                Rx::Socat => udp_bound(topo, ipv6)?,
+            };
+            if ready {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{} did not start listening within {START_TIMEOUT:?} in {}: {}",
+                self.kind.label(),
+                self.topo_rx_ns,
+                self.stderr().trim()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Forgets the output so far (file mode) and hands the verifier of the next trial to the
+    /// reader (pipe mode).
+    pub fn begin(&mut self, verifier: Verifier) -> Result<Option<Verifier>> {
+        match &mut self.reader {
+            Reader::File { path, file, .. } => {
+                // The receiver appends (O_APPEND): truncating is safe while it is idle.
+                OpenOptions::new()
+                    .write(true)
+                    .open(&*path)
+                    .and_then(|f| f.set_len(0))
+                    .with_context(|| format!("truncating {}", path.display()))?;
+                file.rewind()?;
+                Ok(Some(verifier))
+            }
+            Reader::Pipe { shared, .. } => {
+                *shared.lock().unwrap_or_else(PoisonError::into_inner) = Some(verifier);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Reads what the receiver wrote since the last call into `verifier` (file mode), or
+    /// looks at the pipe reader's verifier (pipe mode), and returns `f` of it.
+    pub fn poll<R>(
+        &mut self,
+        local: &mut Option<Verifier>,
+        f: impl FnOnce(&Verifier) -> R,
+    ) -> Result<R> {
+        match &mut self.reader {
+            Reader::File { file, buf, .. } => {
+                let v = local.as_mut().context("no verifier for this trial")?;
+                loop {
+                    let n = file.read(buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    v.feed(&buf[..n], monotonic_ns());
+                }
+                Ok(f(v))
+            }
+            Reader::Pipe { shared, .. } => {
+                let guard = shared.lock().unwrap_or_else(PoisonError::into_inner);
+                Ok(f(guard.as_ref().context("no verifier for this trial")?))
+            }
+        }
+    }
+
+    /// Takes the trial's verifier back.
+    pub fn end(&mut self, local: Option<Verifier>) -> Result<Verifier> {
+        match &mut self.reader {
+            Reader::File { .. } => {
+                let mut v = local.context("no verifier for this trial")?;
+                v.finish(monotonic_ns());
+                Ok(v)
+            }
+            Reader::Pipe { shared, .. } => shared
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+                .context("no verifier for this trial"),
+        }
+    }
+
+    /// Records the receiver itself says it lost so far: netcon's `lost=` (ring buffer full,
+    /// or the kernel's drops on its packet sockets), socat's socket `RcvbufErrors`.
+    pub fn drops(&mut self, topo: &Topology) -> Result<u64> {
+        match self.kind {
+            Rx::Xdp | Rx::Raw => {
+                let before = self.stderr().matches("netcon-sniff: stats:").count();
+                let pid = self.pid().context("receiver already stopped")?;
+                kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGUSR1)?;
+                let deadline = Instant::now() + Duration::from_secs(5);
+                loop {
+                    let text = self.stderr();
+                    if text.matches("netcon-sniff: stats:").count() > before
+                        && let Some(line) = text
+                            .lines()
+                            .rev()
+                            .find(|l| l.starts_with("netcon-sniff: stats:"))
+                        && let Some(lost) = field(line, "lost=")
+                    {
+                        return Ok(lost);
+                    }
+                    ensure!(
+                        Instant::now() < deadline,
+                        "{} printed no stats line on SIGUSR1",
+                        self.kind.label()
+                    );
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            Rx::Socat => {
+                let v4 = snmp_counter(&topo.receiver.proc_net("snmp")?, "Udp:", "RcvbufErrors");
+                let v6 = topo
+                    .receiver
+                    .proc_net("snmp6")?
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Udp6RcvbufErrors"))
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                Ok(v4.unwrap_or(0) + v6.unwrap_or(0))
+            }
+        }
+    }
+
+    /// Peak resident set (`VmHWM`), KiB.
+    pub fn peak_rss_kib(&self) -> Result<u64> {
+        let pid = self.pid().context("receiver already stopped")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmHWM in /proc/PID/status")
+    }
+
+    /// `(run_time_ns, run_cnt)` of the XDP programs this receiver holds, from
+    /// `/proc/PID/fdinfo` (with `kernel.bpf_stats_enabled=1`; no bpftool needed).
+    pub fn xdp_prog_stats(&self) -> Result<(u64, u64)> {
+        let pid = self.pid().context("receiver already stopped")?;
+        let mut total = (0, 0);
+        let mut found = false;
+        for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+            let Ok(text) = std::fs::read_to_string(entry?.path()) else {
+                continue;
+            };
+            // BPF_PROG_TYPE_XDP = 6 (include/uapi/linux/bpf.h).
+            if field(&text, "prog_type:") != Some(6) {
+                continue;
+            }
+            if let (Some(t), Some(n)) = (field(&text, "run_time_ns:"), field(&text, "run_cnt:")) {
+                total.0 += t;
+                total.1 += n;
+                found = true;
+            }
+        }
+        ensure!(found, "no XDP program among the fds of pid {pid}");
+        Ok(total)
+    }
+
+    /// SIGTERM, wait, and return its stderr (netcon's exit counters).
+    pub fn stop(mut self) -> Result<String> {
+        self.terminate()?;
+        Ok(self.stderr())
+    }
+
+    fn terminate(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let pid = Pid::from_raw(i32::try_from(child.id())?);
+            let _ = kill(pid, Signal::SIGTERM);
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            loop {
+                if child.try_wait()?.is_some() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    bail!(
+                        "{} did not exit within {STOP_TIMEOUT:?} of SIGTERM",
+                        self.kind.label()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        if let Reader::Pipe { thread, .. } = &mut self.reader
+            && let Some(t) = thread.take()
+        {
+            let _ = t.join();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Err(e) = self.terminate() {
+            eprintln!("xtask bench: {e:#}");
+        }
+        if let Reader::File { path, .. } = &self.reader {
+            let _ = std::fs::remove_file(path);
+        }
+        let _ = std::fs::remove_file(&self.stderr_path);
+    }
+}
+
+fn spawn_pipe_reader(
+    mut stdout: ChildStdout,
+    shared: Arc<Mutex<Option<Verifier>>>,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            // The moment the line is read: that is the latency's end.
+            let now = monotonic_ns();
+            if let Some(v) = shared
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_mut()
+            {
+                v.feed(&buf[..n], now);
+            }
+        }
+    })
+}
+
+/// Whether something listens on UDP [`PORT`] in the receiver namespace.
+fn udp_bound(topo: &Topology, ipv6: bool) -> Result<bool> {
+    let file = if ipv6 { "udp6" } else { "udp" };
+    let table = topo.receiver.proc_net(file)?;
+    let port = format!(":{PORT:04X}");
+    Ok(table.lines().skip(1).any(|l| {
+        l.split_whitespace()
+            .nth(1)
+            .is_some_and(|a| a.ends_with(&port))
+    }))
+}
+
+/// The number after `key` in `text` (`key=N` or `key:\tN`).
+pub fn field(text: &str, key: &str) -> Option<u64> {
+    let at = text.find(key)? + key.len();
+    let digits: String = text[at..]
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// A counter of `/proc/net/snmp`: a header line and a value line share a prefix.
+fn snmp_counter(text: &str, prefix: &str, name: &str) -> Option<u64> {
+    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
+    let header = lines.next()?;
+    let values = lines.next()?;
+    let i = header.split_whitespace().position(|h| h == name)?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
+/// One netcon-load run.
+#[derive(Debug, Clone)]
+pub struct LoadSpec {
+    /// Simulated senders.
+    pub senders: u32,
+    /// IPv6 senders (`fd00:N::1:0` + k) instead of IPv4 (`10.N.1.0` + k).
+    pub ipv6: bool,
+    /// Payload bytes (with fragments: of the last fragment's chunk).
+    pub size: usize,
+    /// Fragments per record.
+    pub fragments: u8,
+    /// Only the first fragment of each record.
+    pub first_fragment_only: bool,
+    /// Records per second, or flat out.
+    pub rate: Option<f64>,
+    /// Time bound.
+    pub duration: Duration,
+    /// Count bound.
+    pub count: Option<u64>,
+    /// Destination UDP port.
+    pub port: u16,
+}
+
+impl LoadSpec {
+    /// `senders` senders of 200-byte extended records, flat out for `duration`.
+    pub fn flat(senders: u32, duration: Duration) -> Self {
+        Self {
+            senders,
+            ipv6: false,
+            size: 200,
+            fragments: 1,
+            first_fragment_only: false,
+            rate: None,
+            duration,
+            count: None,
+            port: PORT,
+        }
+    }
+}
+
+/// Runs netcon-load in the sender namespace and returns its report.
+pub fn run_load(
+    paths: &Paths,
+    topo: &Topology,
+    spec: &LoadSpec,
+    run: u32,
+    seq_start: u64,
+) -> Result<LoadReport> {
+    let dst = if spec.ipv6 {
+        format!("[{}]:{}", Topology::rx_v6(), spec.port)
+    } else {
+        format!("{}:{}", Topology::rx_v4(), spec.port)
+    };
+    let mut command = Command::new(&paths.load);
+    command
+        .args(["--netns", topo.sender.name(), "-i", TX_IF, "--dst", &dst])
+        .args(["--dst-mac", RX_MAC])
+        .args(["--src-base", &Topology::src_base(spec.ipv6).to_string()])
+        .args(["-H", &spec.senders.to_string()])
+        .args(["--size", &spec.size.to_string()])
+        .args(["--fragments", &spec.fragments.to_string()])
+        .args(["--duration", &format!("{:.3}", spec.duration.as_secs_f64())])
+        .args(["--run", &run.to_string()])
+        .args(["--seq-start", &seq_start.to_string()]);
+    if let Some(rate) = spec.rate {
+        command.args(["--rate", &format!("{rate:.0}")]);
+    }
+    if let Some(count) = spec.count {
+        command.args(["--count", &count.to_string()]);
+    }
+    if spec.first_fragment_only {
+        command.arg("--first-fragment-only");
+    }
+    let out = command
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", paths.load.display()))?;
+    ensure!(
+        out.status.success(),
+        "netcon-load failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    LoadReport::parse(stdout.trim()).with_context(|| format!("netcon-load printed {stdout:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_fields_and_snmp() {
+        let fdinfo = "pos:\t0\nprog_type:\t6\nrun_time_ns:\t12345\nrun_cnt:\t10\n";
+        assert_eq!(field(fdinfo, "prog_type:"), Some(6));
+        assert_eq!(field(fdinfo, "run_time_ns:"), Some(12345));
+        let stats = "netcon-sniff: stats: xdp counters: seen=5 ringbuf_full=2 lost=2 | datagrams=3";
+        assert_eq!(field(stats, "lost="), Some(2));
+        let snmp = "Ip: a b\nIp: 1 2\nUdp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors\nUdp: 10 0 3 0 3\n";
+        assert_eq!(snmp_counter(snmp, "Udp:", "RcvbufErrors"), Some(3));
+        assert_eq!(snmp_counter(snmp, "Udp:", "Nope"), None);
+    }
+}

@@ -1,0 +1,686 @@
+//! The scenarios of issue 7, each run against every receiver in turn within each repeat, so
+//! that machine noise falls on all of them alike.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use netcon_bench::count_f64;
+use netcon_bench::load::LoadReport;
+use netcon_bench::verify::{Expectation, Summary, UNKNOWN, Verifier};
+
+use super::calibrate::{self, BpfStats};
+use super::procs::{self, LoadSpec, Output, Paths, Receiver, Rx};
+use super::report::{Row, Section, Unit};
+use super::topo::{RX_IF, Topology};
+
+/// Loss under which a rate counts as loss-free: 0.1%.
+pub const LOSS_LIMIT: f64 = 0.001;
+/// Sender counts of the zero-loss search.
+pub const SENDER_COUNTS: [u32; 2] = [1, 1000];
+/// Records of the start-up burst (netconsole replays its whole log buffer when it starts).
+pub const BURST: u64 = 5000;
+/// Offered rate of the latency scenario, records/s.
+pub const LATENCY_RATE: f64 = 10_000.0;
+/// Offered rate while measuring the XDP program's cost, packets/s.
+pub const COST_RATE: f64 = 100_000.0;
+/// A UDP port nothing listens on (netcon's program passes these on after the port check).
+pub const OTHER_PORT: u16 = 7777;
+/// Lowest rate the zero-loss search reports, records/s.
+const MIN_RATE: f64 = 1000.0;
+/// A trial ends when the receiver printed everything, or printed nothing new for this long
+/// after the load stopped.
+const QUIET: Duration = Duration::from_millis(500);
+/// Longest wait for a receiver to catch up after a load.
+const MAX_SETTLE: Duration = Duration::from_secs(30);
+
+/// Durations and counts of a bench run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Repeats of every figure.
+    pub repeats: usize,
+    /// Length of a sender-ceiling run.
+    pub ceiling: Duration,
+    /// Length of a probe of the zero-loss search.
+    pub probe: Duration,
+    /// Length of the run that confirms a zero-loss rate.
+    pub confirm: Duration,
+    /// Probes of the bisection (resolution: the flat-out rate / 2^steps).
+    pub steps: usize,
+    /// Length of the latency run.
+    pub latency: Duration,
+    /// Length of each XDP cost run.
+    pub cost: Duration,
+}
+
+impl Settings {
+    /// The full bench (about 12 minutes) or `--quick` (about 2).
+    pub fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                repeats: 1,
+                ceiling: Duration::from_secs(1),
+                probe: Duration::from_millis(300),
+                confirm: Duration::from_secs(2),
+                steps: 4,
+                latency: Duration::from_secs(1),
+                cost: Duration::from_millis(500),
+            }
+        } else {
+            Self {
+                repeats: 3,
+                ceiling: Duration::from_secs(3),
+                probe: Duration::from_millis(500),
+                confirm: Duration::from_secs(10),
+                steps: 6,
+                latency: Duration::from_secs(5),
+                cost: Duration::from_secs(2),
+            }
+        }
+    }
+}
+
+/// What one trial showed.
+#[derive(Debug, Clone)]
+pub struct Trial {
+    /// What the generator sent.
+    pub load: LoadReport,
+    /// What the verifier found in the receiver's output.
+    pub summary: Summary,
+    /// What the receiver itself counted as lost (ring buffer full, socket drops).
+    pub rx_drops: u64,
+}
+
+impl Trial {
+    /// Records lost over records sent.
+    pub fn loss(&self) -> f64 {
+        self.summary.loss_ratio()
+    }
+
+    /// Records lost.
+    pub fn lost(&self) -> u64 {
+        self.summary.totals.missing + self.summary.totals.incomplete
+    }
+}
+
+/// A receiver that keeps running over several trials; sequences continue across them.
+struct Session {
+    rx: Receiver,
+    next_seq: u64,
+}
+
+/// One zero-loss search.
+#[derive(Debug, Clone)]
+struct ZeroLoss {
+    /// Records/s sent in the confirming run.
+    rate: f64,
+    /// Its loss.
+    loss: f64,
+    /// Rate the sender reached flat out with this receiver running.
+    flat_rate: f64,
+    /// Loss flat out.
+    flat_loss: f64,
+    /// Whether the confirming run stayed under the limit.
+    confirmed: bool,
+}
+
+/// The scenarios, with the state they share.
+pub struct Bench<'a> {
+    topo: &'a Topology,
+    paths: &'a Paths,
+    settings: Settings,
+    next_run: u32,
+}
+
+/// Collects repeat values per receiver for one row.
+#[derive(Debug, Default)]
+struct Values(BTreeMap<Rx, Vec<f64>>);
+
+impl Values {
+    fn push(&mut self, rx: Rx, v: f64) {
+        self.0.entry(rx).or_default().push(v);
+    }
+
+    fn row(self, name: &str, unit: Unit, ratio: bool) -> Row {
+        Row {
+            name: name.to_owned(),
+            unit,
+            values: self.0,
+            ratio,
+        }
+    }
+}
+
+fn log(what: &str) {
+    eprintln!("xtask bench: {what}");
+}
+
+impl<'a> Bench<'a> {
+    /// A bench on `topo` with `paths`' binaries.
+    pub fn new(topo: &'a Topology, paths: &'a Paths, settings: Settings) -> Self {
+        Self {
+            topo,
+            paths,
+            settings,
+            next_run: 1,
+        }
+    }
+
+    fn session(&self, kind: Rx, output: Output, ipv6: bool) -> Result<Session> {
+        Ok(Session {
+            rx: Receiver::start(kind, self.topo, self.paths, output, ipv6)?,
+            next_seq: 0,
+        })
+    }
+
+    /// Sends `spec` to the session's receiver and counts what it printed.
+    fn trial(&mut self, s: &mut Session, spec: &LoadSpec, timed: bool) -> Result<Trial> {
+        let run = self.next_run;
+        self.next_run += 1;
+        let seq_start = s.next_seq;
+        let fragments = if spec.first_fragment_only {
+            1
+        } else {
+            spec.fragments
+        };
+        let verifier = Verifier::new(
+            Expectation {
+                run,
+                senders: spec.senders,
+                seq_start,
+                records: UNKNOWN,
+                fragments,
+            },
+            timed,
+        );
+        let drops_before = s.rx.drops(self.topo)?;
+        let mut local = s.rx.begin(verifier)?;
+        let load = procs::run_load(self.paths, self.topo, spec, run, seq_start)?;
+        s.next_seq = seq_start + load.records.div_ceil(u64::from(spec.senders));
+        let ended = Instant::now();
+        let mut last = (0, ended);
+        loop {
+            let complete = s.rx.poll(&mut local, Verifier::complete)?;
+            let now = Instant::now();
+            if complete >= load.records || now - ended > MAX_SETTLE {
+                break;
+            }
+            if complete != last.0 {
+                last = (complete, now);
+            } else if now - last.1 > QUIET {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut verifier = s.rx.end(local)?;
+        verifier.set_records(load.records);
+        let rx_drops = s.rx.drops(self.topo)?.saturating_sub(drops_before);
+        Ok(Trial {
+            load,
+            summary: verifier.summary(),
+            rx_drops,
+        })
+    }
+
+    /// The sender's own rate, flat out, with no receiver running.
+    pub fn ceiling(&mut self) -> Result<BTreeMap<u32, Vec<f64>>> {
+        let mut out: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+        for rep in 0..self.settings.repeats {
+            for senders in SENDER_COUNTS {
+                let spec = LoadSpec::flat(senders, self.settings.ceiling);
+                let report = procs::run_load(self.paths, self.topo, &spec, 0, 0)?;
+                log(&format!(
+                    "ceiling H={senders} rep {}: {:.0} records/s ({} retries)",
+                    rep + 1,
+                    report.rate(),
+                    report.retries
+                ));
+                out.entry(senders).or_default().push(report.rate());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Highest rate with under 0.1% loss over the confirm length: flat out first; if that
+    /// loses, a bisection below the flat-out rate with short probes, then a full-length run
+    /// to confirm (stepping down 15% at a time, up to three times).
+    fn zero_loss(&mut self, kind: Rx, base: &LoadSpec, hint: Option<f64>) -> Result<ZeroLoss> {
+        let mut s = self.session(kind, Output::File, base.ipv6)?;
+        let probe_spec = |rate: Option<f64>, duration| LoadSpec {
+            rate,
+            duration,
+            ..base.clone()
+        };
+        let flat = self.trial(&mut s, &probe_spec(None, self.settings.probe), false)?;
+        let flat_rate = flat.load.rate();
+        log(&format!(
+            "  {}: flat out {:.0}/s, loss {:.3}% (receiver counted {} drops)",
+            kind.short(),
+            flat_rate,
+            flat.loss() * 100.0,
+            flat.rx_drops
+        ));
+        let mut offered = None;
+        if flat.loss() >= LOSS_LIMIT {
+            let (mut lo, mut hi) = (0.0f64, flat_rate);
+            let mut probe = hint.filter(|h| *h < hi).unwrap_or(hi / 2.0);
+            for _ in 0..self.settings.steps {
+                let t = self.trial(&mut s, &probe_spec(Some(probe), self.settings.probe), false)?;
+                let good = t.loss() < LOSS_LIMIT;
+                log(&format!(
+                    "  {}: probe {:.0}/s sent {:.0}/s loss {:.3}% {}",
+                    kind.short(),
+                    probe,
+                    t.load.rate(),
+                    t.loss() * 100.0,
+                    if good { "ok" } else { "lossy" }
+                ));
+                if good {
+                    lo = probe;
+                } else {
+                    hi = probe;
+                }
+                probe = f64::midpoint(lo, hi);
+            }
+            offered = Some(lo.max(MIN_RATE));
+        }
+        let mut last = None;
+        for _ in 0..3 {
+            let t = self.trial(&mut s, &probe_spec(offered, self.settings.confirm), false)?;
+            log(&format!(
+                "  {}: confirm {} sent {:.0}/s loss {:.4}% (receiver counted {} drops)",
+                kind.short(),
+                offered.map_or("flat out".to_owned(), |r| format!("{r:.0}/s")),
+                t.load.rate(),
+                t.loss() * 100.0,
+                t.rx_drops
+            ));
+            let confirmed = t.loss() < LOSS_LIMIT;
+            last = Some(ZeroLoss {
+                rate: t.load.rate(),
+                loss: t.loss(),
+                flat_rate,
+                flat_loss: flat.loss(),
+                confirmed,
+            });
+            if confirmed {
+                break;
+            }
+            offered = Some((offered.unwrap_or(t.load.rate()) * 0.85).max(MIN_RATE));
+        }
+        s.rx.stop()?;
+        last.context("no confirming run")
+    }
+
+    /// Scenario 1 (and 4 with `fragments` > 1): the zero-loss rate of every receiver.
+    pub fn zero_loss_section(
+        &mut self,
+        title: &str,
+        about: &str,
+        senders: u32,
+        fragments: u8,
+        ceiling: Option<f64>,
+    ) -> Result<Section> {
+        let base = LoadSpec {
+            fragments,
+            size: 200,
+            ..LoadSpec::flat(senders, self.settings.probe)
+        };
+        let (mut rate, mut frames, mut loss, mut flat_rate, mut flat_loss, mut share) = (
+            Values::default(),
+            Values::default(),
+            Values::default(),
+            Values::default(),
+            Values::default(),
+            Values::default(),
+        );
+        let mut hints: BTreeMap<Rx, f64> = BTreeMap::new();
+        let mut unconfirmed = Vec::new();
+        for rep in 0..self.settings.repeats {
+            log(&format!("{title}, repeat {}", rep + 1));
+            for kind in Rx::ALL {
+                let z = self.zero_loss(kind, &base, hints.get(&kind).copied())?;
+                hints.insert(kind, z.rate);
+                if !z.confirmed {
+                    unconfirmed.push(format!("{} (repeat {})", kind.label(), rep + 1));
+                }
+                rate.push(kind, z.rate);
+                frames.push(kind, z.rate * f64::from(fragments));
+                loss.push(kind, z.loss * 100.0);
+                flat_rate.push(kind, z.flat_rate);
+                flat_loss.push(kind, z.flat_loss * 100.0);
+                if let Some(c) = ceiling {
+                    share.push(kind, z.rate / c * 100.0);
+                }
+            }
+        }
+        let mut rows = vec![rate.row("zero-loss rate", Unit::Rate, true)];
+        if fragments > 1 {
+            rows.push(frames.row("  the same in datagrams", Unit::Rate, true));
+        }
+        if ceiling.is_some() {
+            rows.push(share.row("  as % of the sender's ceiling", Unit::Percent, false));
+        }
+        rows.push(loss.row("  loss at that rate", Unit::Percent, false));
+        rows.push(flat_rate.row(
+            "sender's rate flat out, this receiver running",
+            Unit::Rate,
+            false,
+        ));
+        rows.push(flat_loss.row("  loss flat out", Unit::Percent, false));
+        let mut about = about.to_owned();
+        if !unconfirmed.is_empty() {
+            let _ = write!(
+                about,
+                " Not confirmed under 0.1% after three step-downs: {}.",
+                unconfirmed.join(", ")
+            );
+        }
+        Ok(Section {
+            title: title.to_owned(),
+            about,
+            rows,
+        })
+    }
+
+    /// Scenario 2: one sender, [`BURST`] records as fast as it can.
+    pub fn burst(&mut self) -> Result<Section> {
+        let (mut lost, mut drops, mut rate) =
+            (Values::default(), Values::default(), Values::default());
+        for rep in 0..self.settings.repeats {
+            for kind in Rx::ALL {
+                let mut s = self.session(kind, Output::File, false)?;
+                let spec = LoadSpec {
+                    count: Some(BURST),
+                    duration: Duration::from_secs(30),
+                    ..LoadSpec::flat(1, Duration::from_secs(30))
+                };
+                let t = self.trial(&mut s, &spec, false)?;
+                s.rx.stop()?;
+                log(&format!(
+                    "burst rep {} {}: {} of {} lost at {:.0}/s (receiver counted {})",
+                    rep + 1,
+                    kind.short(),
+                    t.lost(),
+                    t.load.records,
+                    t.load.rate(),
+                    t.rx_drops
+                ));
+                lost.push(kind, count_f64(t.lost()));
+                drops.push(kind, count_f64(t.rx_drops));
+                rate.push(kind, t.load.rate());
+            }
+        }
+        Ok(Section {
+            title: format!("2. Start-up burst: {BURST} records, one sender, flat out"),
+            about: "netconsole replays its whole log buffer when it starts. Records lost: \
+                    missing or incomplete in the receiver's output."
+                .into(),
+            rows: vec![
+                lost.row("records lost", Unit::Count, false),
+                drops.row("  of which the receiver counted", Unit::Count, false),
+                rate.row("burst rate sent", Unit::Rate, false),
+            ],
+        })
+    }
+
+    /// Scenario 3: latency at [`LATENCY_RATE`], from the sender's stamp to the line read from
+    /// the receiver's stdout pipe.
+    pub fn latency(&mut self) -> Result<Section> {
+        let (mut p50, mut p99, mut max, mut loss) = (
+            Values::default(),
+            Values::default(),
+            Values::default(),
+            Values::default(),
+        );
+        for rep in 0..self.settings.repeats {
+            for kind in Rx::ALL {
+                let mut s = self.session(kind, Output::Pipe, false)?;
+                let spec = LoadSpec {
+                    rate: Some(LATENCY_RATE),
+                    ..LoadSpec::flat(1, self.settings.latency)
+                };
+                let t = self.trial(&mut s, &spec, true)?;
+                s.rx.stop()?;
+                let l = t.summary.latency.unwrap_or_default();
+                log(&format!(
+                    "latency rep {} {}: p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs, loss {:.3}%",
+                    rep + 1,
+                    kind.short(),
+                    l.p50_us,
+                    l.p99_us,
+                    l.max_us,
+                    t.loss() * 100.0
+                ));
+                p50.push(kind, l.p50_us);
+                p99.push(kind, l.p99_us);
+                max.push(kind, l.max_us);
+                loss.push(kind, t.loss() * 100.0);
+            }
+        }
+        Ok(Section {
+            title: format!("3. Latency at {LATENCY_RATE:.0} records/s, one sender"),
+            about: "From the send time the sender stamps into each record (CLOCK_MONOTONIC) to \
+                    the moment the bench reads the line from the receiver's stdout pipe."
+                .into(),
+            rows: vec![
+                p50.row("p50", Unit::Micros, true),
+                p99.row("p99", Unit::Micros, true),
+                max.row("max", Unit::Micros, true),
+                loss.row("loss", Unit::Percent, false),
+            ],
+        })
+    }
+
+    /// The cost of an empty XDP program on the receiver's interface, per repeat.
+    fn empty_program_cost(&mut self) -> Result<Values> {
+        let mut empty = Values::default();
+        for rep in 0..self.settings.repeats {
+            let program = calibrate::attach_in(&self.topo.receiver, RX_IF)?;
+            let spec = LoadSpec {
+                rate: Some(COST_RATE),
+                port: OTHER_PORT,
+                ..LoadSpec::flat(1000, self.settings.cost)
+            };
+            let before = program.stats()?;
+            let run = self.next_run;
+            self.next_run += 1;
+            procs::run_load(self.paths, self.topo, &spec, run, 0)?;
+            let per = per_packet(before, program.stats()?);
+            log(&format!(
+                "xdp cost rep {}: {per:.1} ns for an empty program",
+                rep + 1
+            ));
+            empty.push(Rx::Xdp, per);
+        }
+        Ok(empty)
+    }
+
+    /// Scenario 5: the XDP program's run time per packet, for matching traffic and for traffic
+    /// to another port, from `run_time_ns / run_cnt` with `kernel.bpf_stats_enabled=1`.
+    pub fn xdp_cost(&mut self) -> Result<Section> {
+        let (mut matching, mut flat, mut other, mut wakeups, mut flat_wakeups) = (
+            Values::default(),
+            Values::default(),
+            Values::default(),
+            Values::default(),
+            Values::default(),
+        );
+        let _stats = BpfStats::enable()?;
+        let empty = self.empty_program_cost()?;
+        let mut s = self.session(Rx::Xdp, Output::File, false)?;
+        for rep in 0..self.settings.repeats {
+            let paced = LoadSpec {
+                rate: Some(COST_RATE),
+                ..LoadSpec::flat(1000, self.settings.cost)
+            };
+            let mut measure =
+                |bench: &mut Self, spec: &LoadSpec, verify: bool| -> Result<(f64, f64)> {
+                    let before = s.rx.xdp_prog_stats()?;
+                    let irq_before = irq_work_interrupts();
+                    let frames = if verify {
+                        bench.trial(&mut s, spec, false)?.load.frames
+                    } else {
+                        let run = bench.next_run;
+                        bench.next_run += 1;
+                        procs::run_load(bench.paths, bench.topo, spec, run, 0)?.frames
+                    };
+                    let irqs = irq_work_interrupts().saturating_sub(irq_before);
+                    let after = s.rx.xdp_prog_stats()?;
+                    Ok((
+                        per_packet(before, after),
+                        count_f64(irqs) / count_f64(frames.max(1)),
+                    ))
+                };
+            let (per_match, wake) = measure(self, &paced, true)?;
+            let (per_flat, flat_wake) =
+                measure(self, &LoadSpec::flat(1000, self.settings.cost), true)?;
+            let (per_other, _) = measure(
+                self,
+                &LoadSpec {
+                    port: OTHER_PORT,
+                    ..paced
+                },
+                false,
+            )?;
+            log(&format!(
+                "xdp cost rep {}: {per_match:.1} ns matching ({wake:.2} IRQ-work interrupts \
+                 per packet), {per_flat:.1} ns matching flat out ({flat_wake:.2}), \
+                 {per_other:.1} ns other port",
+                rep + 1,
+            ));
+            matching.push(Rx::Xdp, per_match);
+            wakeups.push(Rx::Xdp, wake);
+            flat.push(Rx::Xdp, per_flat);
+            flat_wakeups.push(Rx::Xdp, flat_wake);
+            other.push(Rx::Xdp, per_other);
+        }
+        s.rx.stop()?;
+        Ok(Section {
+            title: "5. XDP program cost per packet".into(),
+            about: format!(
+                "run_time_ns / run_cnt of netcon's XDP program (run-time stats on: the \
+                 kernel.bpf_stats_enabled switch, taken through BPF_ENABLE_STATS; read \
+                 from /proc/PID/fdinfo of netcon-sniff), from 1,000 senders: to port 6666 \
+                 (parsed, copied to the ring buffer) at {COST_RATE:.0} packets/s and flat out, \
+                 and to port {OTHER_PORT} at {COST_RATE:.0} packets/s (parsed, passed on: what \
+                 every other packet of the host pays). IRQ-work interrupts (the `IWI` line of \
+                 /proc/interrupts, machine-wide) per packet count the ring buffer's wake-ups \
+                 of the reader: a self-IPI each, which a virtual machine pays as an exit. The \
+                 empty program, attached the same way (native, bpf_link) and measured the \
+                 same way, is the floor: dispatch plus the clock reads of the accounting."
+            ),
+            rows: vec![
+                matching.row(
+                    &format!("matching packet, {COST_RATE:.0}/s"),
+                    Unit::Nanos,
+                    false,
+                ),
+                wakeups.row("  IRQ-work interrupts per packet", Unit::Ratio, false),
+                flat.row("matching packet, flat out", Unit::Nanos, false),
+                flat_wakeups.row("  IRQ-work interrupts per packet", Unit::Ratio, false),
+                other.row("non-matching packet (another port)", Unit::Nanos, false),
+                empty.row(
+                    "an empty XDP program (`return XDP_PASS`), for scale",
+                    Unit::Nanos,
+                    false,
+                ),
+            ],
+        })
+    }
+
+    /// Scenario 6: peak RSS of each receiver under many senders and many pending fragments.
+    pub fn memory(&mut self) -> Result<Section> {
+        let loads: [(&str, LoadSpec); 3] = [
+            (
+                "10,000 senders (5 records each)",
+                LoadSpec {
+                    rate: Some(100_000.0),
+                    count: Some(50_000),
+                    ..LoadSpec::flat(10_000, Duration::from_secs(30))
+                },
+            ),
+            (
+                "100,000 senders, IPv6 (2 records each)",
+                LoadSpec {
+                    ipv6: true,
+                    rate: Some(100_000.0),
+                    count: Some(200_000),
+                    ..LoadSpec::flat(100_000, Duration::from_secs(30))
+                },
+            ),
+            (
+                "10,000 pending 4-fragment records (first fragments only)",
+                LoadSpec {
+                    fragments: 4,
+                    first_fragment_only: true,
+                    rate: Some(50_000.0),
+                    count: Some(10_000),
+                    ..LoadSpec::flat(10_000, Duration::from_secs(30))
+                },
+            ),
+        ];
+        let mut rows: Vec<Values> = (0..loads.len()).map(|_| Values::default()).collect();
+        let mut idle = Values::default();
+        for rep in 0..self.settings.repeats {
+            for kind in Rx::ALL {
+                for (i, (name, spec)) in loads.iter().enumerate() {
+                    let mut s = self.session(kind, Output::File, spec.ipv6)?;
+                    if i == 0 {
+                        idle.push(kind, count_f64(s.rx.peak_rss_kib()?) / 1024.0);
+                    }
+                    let t = self.trial(&mut s, spec, false)?;
+                    let mib = count_f64(s.rx.peak_rss_kib()?) / 1024.0;
+                    s.rx.stop()?;
+                    log(&format!(
+                        "memory rep {} {} {name}: {mib:.1} MiB ({} records sent)",
+                        rep + 1,
+                        kind.short(),
+                        t.load.records
+                    ));
+                    rows[i].push(kind, mib);
+                }
+            }
+        }
+        let mut out = vec![idle.row("idle, after start", Unit::MiB, true)];
+        for ((name, _), values) in loads.iter().zip(rows) {
+            out.push(values.row(name, Unit::MiB, true));
+        }
+        Ok(Section {
+            title: "6. Memory: peak RSS (VmHWM)".into(),
+            about: "VmHWM from /proc/PID/status of a fresh receiver after the load. netcon's \
+                    decoder tracks at most 10,000 senders and 256 pending fragmented records \
+                    (its documented bounds); what falls out is emitted and counted. socat \
+                    keeps no state per sender."
+                .into(),
+            rows: out,
+        })
+    }
+}
+
+/// IRQ-work interrupts so far, all CPUs (`IWI:` in /proc/interrupts).
+fn irq_work_interrupts() -> u64 {
+    std::fs::read_to_string("/proc/interrupts")
+        .ok()
+        .and_then(|t| {
+            let line = t.lines().find(|l| l.trim_start().starts_with("IWI:"))?;
+            Some(
+                line.split_whitespace()
+                    .skip(1)
+                    .map_while(|w| w.parse::<u64>().ok())
+                    .sum(),
+            )
+        })
+        .unwrap_or(0)
+}
+
+fn per_packet(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let time = count_f64(after.0.saturating_sub(before.0));
+    let count = after.1.saturating_sub(before.1);
+    if count == 0 {
+        0.0
+    } else {
+        time / count_f64(count)
+    }
+}
