@@ -9,19 +9,27 @@ use std::fmt::Write as _;
 /// valid UTF-8 shown as an escape. Printable UTF-8 (including non-ASCII) is kept as it is.
 pub fn escape_into(bytes: &[u8], out: &mut String) {
     for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
+        // Runs of characters that need no escape are copied whole: this is on the path of every
+        // record, and per-character pushes cost more than the rest of formatting together.
+        let mut valid = chunk.valid();
+        while let Some((at, c)) = valid
+            .char_indices()
+            .find(|&(_, c)| c == '\\' || c.is_control())
+        {
+            out.push_str(&valid[..at]);
             match c {
                 '\\' => out.push_str("\\\\"),
                 '\n' => out.push_str("\\n"),
                 '\r' => out.push_str("\\r"),
                 '\t' => out.push_str("\\t"),
                 // C0, DEL and C1 controls (C1 includes the 8-bit CSI, U+009B).
-                c if c.is_control() => {
+                c => {
                     let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
                 }
-                c => out.push(c),
             }
+            valid = &valid[at + c.len_utf8()..];
         }
+        out.push_str(valid);
         for b in chunk.invalid() {
             let _ = write!(out, "\\x{b:02x}");
         }
@@ -56,6 +64,32 @@ mod tests {
     #[test]
     fn escapes_c1_controls() {
         assert_eq!(escape("x\u{9b}2J".as_bytes()), "x\\u{9b}2J");
+    }
+
+    proptest::proptest! {
+        /// The fast path (whole runs) agrees with escaping one character at a time.
+        #[test]
+        fn runs_agree_with_char_by_char(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let mut expected = String::new();
+            for chunk in bytes.utf8_chunks() {
+                for c in chunk.valid().chars() {
+                    match c {
+                        '\\' => expected.push_str("\\\\"),
+                        '\n' => expected.push_str("\\n"),
+                        '\r' => expected.push_str("\\r"),
+                        '\t' => expected.push_str("\\t"),
+                        c if c.is_control() => {
+                            let _ = write!(expected, "\\u{{{:x}}}", u32::from(c));
+                        }
+                        c => expected.push(c),
+                    }
+                }
+                for b in chunk.invalid() {
+                    let _ = write!(expected, "\\x{b:02x}");
+                }
+            }
+            proptest::prop_assert_eq!(escape(&bytes), expected);
+        }
     }
 
     #[test]

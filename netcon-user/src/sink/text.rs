@@ -129,10 +129,21 @@ fn write_record(r: &Record, out: &mut String) {
 }
 
 fn write_prefix(received: DateTime<Utc>, sender: SocketAddr, out: &mut String) {
+    use chrono::{Datelike as _, Timelike as _};
+    // Field by field rather than `format("%Y-...")`, which parses its pattern for every record.
+    // chrono keeps a leap second as second 59 with 1_000_000_000+ nanoseconds; print it as 60.
+    let (second, micros) = match received.timestamp_subsec_micros() {
+        m if m >= 1_000_000 => (60, m - 1_000_000),
+        m => (received.second(), m),
+    };
     let _ = write!(
         out,
-        "{} {} ",
-        received.format("%Y-%m-%dT%H:%M:%S%.6fZ"),
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{second:02}.{micros:06}Z {} ",
+        received.year(),
+        received.month(),
+        received.day(),
+        received.hour(),
+        received.minute(),
         sender.ip()
     );
 }
@@ -161,6 +172,23 @@ mod tests {
 
     fn record(text: &[u8]) -> Record {
         Record::example(text)
+    }
+
+    #[test]
+    fn prefix_matches_chrono_formatting_including_leap_seconds() {
+        for (secs, nanos) in [
+            (0, 0),
+            (1_795_817_636, 123_456_789),
+            (1_483_228_799, 1_999_999_000),
+        ] {
+            let t = DateTime::from_timestamp(secs, nanos).unwrap();
+            let mut ours = String::new();
+            write_prefix(t, sender(), &mut ours);
+            assert_eq!(
+                ours,
+                format!("{} 10.77.0.10 ", t.format("%Y-%m-%dT%H:%M:%S%.6fZ"))
+            );
+        }
     }
 
     #[test]
