@@ -359,8 +359,14 @@ fn attach(
                 return Err(native);
             }
             let skb = try_mode(program, AttachedMode::Skb)?;
+            // The root cause alone (e.g. "Operation not supported"): the full error carries a
+            // hint to use skb mode, which is what happens next.
+            let mut cause: &(dyn StdError + 'static) = &native;
+            while let Some(source) = cause.source() {
+                cause = source;
+            }
             eprintln!(
-                "netcon-sniff: native XDP unavailable on {} ({native}); using generic (skb) mode",
+                "netcon-sniff: native XDP unavailable on {} ({cause}); using generic (skb) mode",
                 interface.name
             );
             Ok(skb)
