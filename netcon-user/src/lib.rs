@@ -14,5 +14,8 @@ pub mod sender_config;
 pub mod sink;
 pub mod wire;
 
+#[cfg(test)]
+mod testing;
+
 pub use config::Config;
 pub use run::run;

@@ -391,12 +391,12 @@ impl PcapFileWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::TempDir;
 
     #[test]
     fn written_file_reads_back() {
-        let dir = std::env::temp_dir().join(format!("netcon-pcap-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("out.pcap");
+        let dir = TempDir::new("pcap");
+        let path = dir.0.join("out.pcap");
         let ts = DateTime::from_timestamp(1_700_000_000, 123_456_789).unwrap();
         let frame = Captured {
             ts,
@@ -415,14 +415,12 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].ts, ts);
         assert_eq!(out[0].bytes, frame.bytes);
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn frames_before_a_truncation_are_kept() {
-        let dir = std::env::temp_dir().join(format!("netcon-pcap-cut-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let whole = dir.join("whole.pcap");
+        let dir = TempDir::new("pcap-cut");
+        let whole = dir.0.join("whole.pcap");
         let ts = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
         let frame = Captured {
             ts,
@@ -437,7 +435,7 @@ mod tests {
         }
         writer.flush().unwrap();
         let bytes = std::fs::read(&whole).unwrap();
-        let cut = dir.join("cut.pcap");
+        let cut = dir.0.join("cut.pcap");
         std::fs::write(&cut, &bytes[..bytes.len() - 50]).unwrap();
         let mut reader = PcapFileCapture::open(&cut).unwrap();
         let mut out = Vec::new();
@@ -447,20 +445,17 @@ mod tests {
             reader.read_batch(&mut out),
             Err(PcapFileError::Format { .. })
         ));
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn garbage_is_a_format_error() {
-        let dir = std::env::temp_dir().join(format!("netcon-pcap-bad-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("bad.pcap");
+        let dir = TempDir::new("pcap-bad");
+        let path = dir.0.join("bad.pcap");
         std::fs::write(&path, b"this is not a capture file at all").unwrap();
         assert!(matches!(
             PcapFileCapture::open(&path),
             Err(PcapFileError::Format { .. })
         ));
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -549,34 +549,13 @@ impl Sink for LogDir {
 mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
     use std::os::unix::fs::PermissionsExt as _;
-    use std::sync::atomic::AtomicU32;
 
     use chrono::DateTime;
 
     use super::*;
     use crate::netconsole::{Duplicate, Record};
 
-    /// A directory under the system temporary directory, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(what: &str) -> Self {
-            static N: AtomicU32 = AtomicU32::new(0);
-            let n = N.fetch_add(1, Ordering::Relaxed);
-            let path = std::env::temp_dir().join(format!(
-                "netcon-files-test-{}-{n}-{what}",
-                std::process::id()
-            ));
-            std::fs::create_dir(&path).unwrap();
-            Self(path)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::testing::TempDir;
 
     fn options(dir: &TempDir) -> LogDirOptions {
         LogDirOptions {
