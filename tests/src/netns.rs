@@ -468,6 +468,26 @@ impl Topology {
         topo
     }
 
+    /// One sender namespace linked to the collector on subnet `subnet` (10.N.0.0/24,
+    /// `fd00:N::/64`; interfaces `veth-sN` and `veth-cN`), for test files that keep to a subnet
+    /// range of their own.
+    ///
+    /// # Panics
+    /// If an `ip` command fails (everything created so far is removed).
+    #[must_use]
+    pub fn on_subnet(subnet: u8) -> Topology {
+        // The guard owns both namespaces before the link exists: a failure below removes them.
+        let mut topo = Topology {
+            collector: Netns::new("c0"),
+            senders: vec![Netns::new("s0")],
+            links: Vec::with_capacity(1),
+        };
+        let link = Link::new(subnet, 0);
+        topo.add_link(&link);
+        topo.links.push(link);
+        topo
+    }
+
     fn add_link(&self, link: &Link) {
         let c = &self.collector;
         let s = &self.senders[link.sender];

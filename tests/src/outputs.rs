@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::netns::{Link, Netns, Topology, mac_to_string};
+use crate::netns::{Netns, Topology};
 use crate::sniffer::{STATS_PREFIX, Sniffer};
 
 /// Subnets these tests may use: 10.N.0.0/24 with N in 40..=49 (other test files use others).
@@ -31,55 +31,7 @@ pub fn topology_on_subnet(subnet: u8) -> Topology {
         OUTPUT_SUBNETS.contains(&subnet),
         "output tests use subnets {OUTPUT_SUBNETS:?}, not {subnet}"
     );
-    let n = subnet;
-    let hextet = u16::from(n);
-    let link = Link {
-        subnet,
-        sender: 0,
-        sender_if: format!("veth-s{n}"),
-        collector_if: format!("veth-c{n}"),
-        sender_mac: [0x02, 0, 0, 0, n, 0x10],
-        collector_mac: [0x02, 0, 0, 0, n, 0x01],
-        sender_v4: std::net::Ipv4Addr::new(10, n, 0, 10),
-        collector_v4: std::net::Ipv4Addr::new(10, n, 0, 1),
-        sender_v6: std::net::Ipv6Addr::new(0xfd00, hextet, 0, 0, 0, 0, 0, 0x10),
-        collector_v6: std::net::Ipv6Addr::new(0xfd00, hextet, 0, 0, 0, 0, 0, 0x1),
-    };
-    // The guard owns both namespaces before anything else is set up: a failure below removes them.
-    let topo = Topology {
-        collector: Netns::new("c0"),
-        senders: vec![Netns::new("s0")],
-        links: Vec::new(),
-    };
-    let (c, s) = (&topo.collector, &topo.senders[0]);
-    c.ip(&[
-        "link",
-        "add",
-        "name",
-        &link.collector_if,
-        "address",
-        &mac_to_string(link.collector_mac),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &link.sender_if,
-        "address",
-        &mac_to_string(link.sender_mac),
-        "netns",
-        s.name(),
-    ]);
-    for (ns, dev, v4, v6) in [
-        (c, &link.collector_if, link.collector_v4, link.collector_v6),
-        (s, &link.sender_if, link.sender_v4, link.sender_v6),
-    ] {
-        ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
-        ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]);
-        ns.ip(&["link", "set", "dev", dev, "up"]);
-    }
-    let mut topo = topo;
-    topo.links.push(link);
-    topo
+    Topology::on_subnet(subnet)
 }
 
 /// An extended-format netconsole payload (`<pri>,<seq>,<usec>,-;<text>\n`, as

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use netcon_tests::outputs::sniffer_pid;
 use netcon_tests::{BROADCAST_MAC, LINE_TIMEOUT, Sniffer, Topology, UdpFrame};
 
 /// Fields of `/proc/PID/status` that show who a process is and what it may do.
@@ -15,17 +16,6 @@ fn status_field(pid: u32, field: &str) -> String {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
         .trim()
         .to_owned()
-}
-
-/// The netcon-sniff process itself: `ip netns exec` runs it as its child.
-fn sniffer_pid(s: &Sniffer) -> u32 {
-    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", s.pid()))
-        .unwrap_or_default();
-    children
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| s.pid())
 }
 
 #[test]
