@@ -75,6 +75,8 @@ pub struct Config {
     pub forward: Vec<crate::sink::syslog::ForwardUrl>,
     /// The panic hook.
     pub on_panic: Option<crate::sink::hook::PanicHookOptions>,
+    /// The one budget for all state held on behalf of senders.
+    pub budget: crate::budget::MemoryBudget,
 }
 
 impl Config {
@@ -136,6 +138,7 @@ impl Config {
                     command: command.split_whitespace().map(str::to_owned).collect(),
                     min_interval: std::time::Duration::from_secs(cli.on_panic_interval),
                 }),
+            budget: crate::budget::MemoryBudget::from_mib(cli.max_memory_mib),
         })
     }
 

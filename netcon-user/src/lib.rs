@@ -4,6 +4,7 @@
 //! [`capture`] yields frames, [`wire`] turns a frame into a UDP datagram, [`netconsole`] turns
 //! datagrams into records and events, [`sink`] formats and delivers them.
 
+pub mod budget;
 pub mod capture;
 pub mod cli;
 pub mod config;

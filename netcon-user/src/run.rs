@@ -584,6 +584,7 @@ mod tests {
             user: None,
             forward: Vec::new(),
             on_panic: None,
+            budget: crate::budget::MemoryBudget::default(),
         }
     }
 

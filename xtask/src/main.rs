@@ -132,6 +132,8 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
         .context("apt-get update (needs root and Debian's package mirrors)")?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
+        // Another apt (a parallel test run, unattended upgrades) may hold the lock for a while.
+        .args(["-o", "DPkg::Lock::Timeout=600"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
     .with_context(|| format!("installing {}", missing.join(" ")))
