@@ -67,15 +67,12 @@ impl MemoryBudget {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 used.checked_add(bytes).filter(|&n| n <= self.inner.limit)
             });
-        match result {
-            Ok(before) => {
-                self.inner.peak.fetch_max(before + bytes, Ordering::Relaxed);
-                true
-            }
-            Err(_) => {
-                self.inner.refused.fetch_add(1, Ordering::Relaxed);
-                false
-            }
+        if let Ok(before) = result {
+            self.inner.peak.fetch_max(before + bytes, Ordering::Relaxed);
+            true
+        } else {
+            self.inner.refused.fetch_add(1, Ordering::Relaxed);
+            false
         }
     }
 
