@@ -37,10 +37,14 @@ pub struct Outcome {
     /// Record files whose write to /dev/kmsg failed (`NCT-REJECTED 0012`).
     pub rejected: Vec<String>,
     pub written: usize,
+    /// /init set kernel.panic and crashed the kernel (`NCT-CRASH`).
+    pub crashed: bool,
 }
 
-/// Boots `boot` in `ns` and waits for the guest to power off (killing it at the deadline).
-pub fn run(ns: &Netns, boot: &Boot<'_>) -> Result<Outcome> {
+/// Starts qemu for `boot` in `ns`: the guest's serial console goes to `boot.console`, qemu's
+/// own output to `<console>.qemu.log` (returned). `-no-reboot`: a guest that resets (a panic
+/// with `kernel.panic` other than 0) ends qemu.
+fn start(ns: &Netns, boot: &Boot<'_>) -> Result<(Guarded, PathBuf)> {
     let mut cmdline = String::from(
         // ignore_loglevel: netconsole is a console and, like every console, would drop records
         // above the console loglevel (LEVEL7). printk.devkmsg=on: /dev/kmsg would otherwise
@@ -78,9 +82,14 @@ pub fn run(ns: &Netns, boot: &Boot<'_>) -> Result<Outcome> {
         .stdin(Stdio::null())
         .stdout(qemu_log.try_clone()?)
         .stderr(qemu_log);
-    let started = Instant::now();
     let child = qemu.spawn().context("starting qemu-system-x86_64")?;
-    let mut guard = Guarded::new(child, "qemu");
+    Ok((Guarded::new(child, "qemu"), log_path))
+}
+
+/// Boots `boot` in `ns` and waits for the guest to power off (killing it at the deadline).
+pub fn run(ns: &Netns, boot: &Boot<'_>) -> Result<Outcome> {
+    let started = Instant::now();
+    let (mut guard, log_path) = start(ns, boot)?;
     let Some(status) = guard.wait_until(started + boot.timeout)? else {
         guard.stop(Signal::SIGKILL, Duration::from_secs(5))?;
         bail!(
@@ -105,22 +114,7 @@ pub fn run(ns: &Netns, boot: &Boot<'_>) -> Result<Outcome> {
         elapsed,
         ..Outcome::default()
     };
-    let mut done = false;
-    for line in console.lines() {
-        let line = line.trim_end_matches('\r');
-        if let Some(reason) = line.strip_prefix("NCT-FAIL ") {
-            bail!(
-                "the guest's /init failed: {reason} (console: {})",
-                boot.console.display()
-            );
-        } else if let Some(file) = line.strip_prefix("NCT-REJECTED ") {
-            outcome.rejected.push(file.trim().to_owned());
-        } else if let Some(n) = line.strip_prefix("NCT-WRITTEN ") {
-            outcome.written = n.trim().parse().unwrap_or_default();
-        } else if line == "NCT-DONE" {
-            done = true;
-        }
-    }
+    let done = read_markers(&console, &mut outcome, &boot.console)?;
     ensure!(
         done,
         "the guest powered off before its /init finished (console: {})\n{}",
@@ -128,6 +122,100 @@ pub fn run(ns: &Netns, boot: &Boot<'_>) -> Result<Outcome> {
         tail(&boot.console)
     );
     Ok(outcome)
+}
+
+/// Reads /init's `NCT-` lines into `outcome`; whether it said `NCT-DONE`. `NCT-FAIL` is an error.
+fn read_markers(console: &str, outcome: &mut Outcome, path: &Path) -> Result<bool> {
+    let mut done = false;
+    for line in console.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some(reason) = line.strip_prefix("NCT-FAIL ") {
+            bail!(
+                "the guest's /init failed: {reason} (console: {})",
+                path.display()
+            );
+        } else if let Some(file) = line.strip_prefix("NCT-REJECTED ") {
+            outcome.rejected.push(file.trim().to_owned());
+        } else if let Some(n) = line.strip_prefix("NCT-WRITTEN ") {
+            outcome.written = n.trim().parse().unwrap_or_default();
+        } else if line == "NCT-DONE" {
+            done = true;
+        } else if line.starts_with("NCT-CRASH ") {
+            outcome.crashed = true;
+        }
+    }
+    Ok(done)
+}
+
+/// How a boot that crashes on purpose ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashEnd {
+    /// The kernel reset the machine (`kernel.panic` other than 0): qemu (`-no-reboot`) exited.
+    Reset,
+    /// The kernel halted (`kernel.panic=0`): it printed `---[ end Kernel panic` and never powers
+    /// off, so qemu was killed after [`HALT_GRACE`].
+    Halted,
+}
+
+/// After a halting kernel printed the end of its report on the serial console, how long its
+/// netconsole gets to send the rest (7.x sends the whole report only after that line, in the
+/// final flush of `panic()`, `kernel/panic.c`).
+pub const HALT_GRACE: Duration = Duration::from_secs(3);
+
+/// The serial console's last panic line, which a halting kernel prints just before it stops.
+pub const END_OF_PANIC: &str = "---[ end Kernel panic";
+
+/// Boots `boot`, which crashes on purpose (`nct_panic`), and waits until the kernel has reset
+/// the machine or halted, bounded by `boot.timeout`: a halted kernel never powers off.
+pub fn run_crash(ns: &Netns, boot: &Boot<'_>) -> Result<(Outcome, CrashEnd)> {
+    let started = Instant::now();
+    let deadline = started + boot.timeout;
+    let (mut guard, log_path) = start(ns, boot)?;
+    let end = loop {
+        if let Some(status) = guard.try_wait()? {
+            ensure!(
+                status.success(),
+                "qemu failed ({status}): {}\n{}",
+                fs::read_to_string(&log_path).unwrap_or_default().trim(),
+                tail(&boot.console)
+            );
+            break CrashEnd::Reset;
+        }
+        let console = fs::read(&boot.console).unwrap_or_default();
+        if String::from_utf8_lossy(&console).contains(END_OF_PANIC) {
+            std::thread::sleep(HALT_GRACE);
+            guard.stop(Signal::SIGKILL, Duration::from_secs(5))?;
+            break CrashEnd::Halted;
+        }
+        if Instant::now() >= deadline {
+            guard.stop(Signal::SIGKILL, Duration::from_secs(5))?;
+            bail!(
+                "the guest neither reset nor halted within {:?}: killed (console: {})\n{}",
+                boot.timeout,
+                boot.console.display(),
+                tail(&boot.console)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let console =
+        fs::read(&boot.console).with_context(|| format!("reading {}", boot.console.display()))?;
+    let mut outcome = Outcome {
+        elapsed: started.elapsed(),
+        ..Outcome::default()
+    };
+    read_markers(
+        &String::from_utf8_lossy(&console),
+        &mut outcome,
+        &boot.console,
+    )?;
+    ensure!(
+        outcome.crashed,
+        "the guest's /init never reached the crash (console: {})\n{}",
+        boot.console.display(),
+        tail(&boot.console)
+    );
+    Ok((outcome, end))
 }
 
 /// The console's last lines, for error messages.

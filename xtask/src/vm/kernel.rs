@@ -25,15 +25,21 @@ pub enum Series {
     /// bookworm-backports' 6.12.
     #[value(name = "6.12")]
     V6_12,
+    /// The newest kernel Debian ships (unstable's, 7.x): netconsole is an nbcon console there.
+    /// From 7.x on `linux-image-<abi>` is empty: the kernel is in `linux-binary-<abi>`, the
+    /// modules in `linux-modules-<abi>` (under `usr/lib/modules`).
+    #[value(name = "unstable")]
+    Unstable,
 }
 
 impl Series {
-    pub const ALL: [Self; 2] = [Self::V6_1, Self::V6_12];
+    pub const ALL: [Self; 3] = [Self::V6_1, Self::V6_12, Self::Unstable];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::V6_1 => "6.1",
             Self::V6_12 => "6.12",
+            Self::Unstable => "unstable",
         }
     }
 
@@ -44,10 +50,10 @@ impl Series {
 
     /// Whether an apt suite (`bookworm-backports`) carries this series' metapackage.
     fn wants_suite(self, suite: &str) -> bool {
-        let backports = suite.ends_with("-backports");
         match self {
-            Self::V6_1 => !backports,
-            Self::V6_12 => backports,
+            Self::V6_1 => suite.starts_with("bookworm") && !suite.ends_with("-backports"),
+            Self::V6_12 => suite == "bookworm-backports",
+            Self::Unstable => suite == "unstable" || suite == "sid",
         }
     }
 }
@@ -64,20 +70,39 @@ pub struct Kernel {
 
 impl Kernel {
     pub fn modules_dir(&self) -> PathBuf {
-        self.root.join("lib/modules").join(&self.release)
+        modules_dir(&self.root, &self.release)
     }
 
-    /// The compressed image, as the package ships it.
+    /// The compressed image, as the package ships it: `boot/vmlinuz-<release>`, or from 7.x
+    /// on `usr/lib/modules/<release>/vmlinuz`.
     pub fn bzimage(&self) -> PathBuf {
-        self.root
-            .join("boot")
-            .join(format!("vmlinuz-{}", self.release))
+        bzimage(&self.root, &self.release)
     }
 
     /// The uncompressed ELF image with its PVH entry note, extracted from the bzImage: qemu
     /// boots it directly, without the decompressor, about 6 s faster under TCG.
     pub fn vmlinux(&self) -> PathBuf {
         self.root.join("vmlinux")
+    }
+}
+
+/// `lib/modules/<release>` under `root`, or `usr/lib/modules/<release>` (7.x packages).
+fn modules_dir(root: &Path, release: &str) -> PathBuf {
+    let usr = root.join("usr/lib/modules").join(release);
+    if usr.is_dir() {
+        usr
+    } else {
+        root.join("lib/modules").join(release)
+    }
+}
+
+/// The compressed image under `root` (see [`Kernel::bzimage`]).
+fn bzimage(root: &Path, release: &str) -> PathBuf {
+    let boot = root.join("boot").join(format!("vmlinuz-{release}"));
+    if boot.is_file() {
+        boot
+    } else {
+        modules_dir(root, release).join("vmlinuz")
     }
 }
 
@@ -117,10 +142,16 @@ impl Cache {
             .to_owned();
         let root = self.dir.join(&release);
         if !root.join(".complete").is_file() {
-            eprintln!("vm-test: fetching {package} {version}");
-            let deb = apt.download(&package, &version)?;
-            unpack(&deb, &root, &release)?;
-            let _ = fs::remove_file(&deb);
+            let parts = apt.parts(&package, &version)?;
+            let mut debs = Vec::new();
+            for part in &parts {
+                eprintln!("vm-test: fetching {part} {version}");
+                debs.push(apt.download(part, &version)?);
+            }
+            unpack(&debs, &root, &release)?;
+            for deb in debs {
+                let _ = fs::remove_file(deb);
+            }
         }
         fs::write(&index, format!("{release}\n"))
             .with_context(|| format!("writing {}", index.display()))?;
@@ -158,6 +189,7 @@ impl Cache {
             ("debian", "bookworm-updates"),
             ("debian-security", "bookworm-security"),
             ("debian", "bookworm-backports"),
+            ("debian", "unstable"),
         ] {
             let _ = writeln!(
                 sources,
@@ -230,17 +262,33 @@ impl Apt {
             .lines()
             .find_map(|l| l.strip_prefix("Depends:"))
             .context("linux-image-amd64 has no Depends")?;
-        // `linux-image-6.1.0-56-amd64 (= 6.1.192-2)`
-        let first = depends.split(',').next().unwrap_or_default().trim();
-        let (package, version) = first
-            .split_once(" (= ")
-            .and_then(|(p, v)| Some((p.trim(), v.strip_suffix(')')?)))
+        // `linux-image-6.1.0-56-amd64 (= 6.1.192-2)`; 7.x puts `linux-base-amd64 (= ...)` first.
+        let (package, version) = depends_on(depends, "linux-image-")
             .with_context(|| format!("unexpected Depends: {depends}"))?;
-        ensure!(
-            package.starts_with("linux-image-"),
-            "unexpected Depends: {depends}"
-        );
         Ok((package.to_owned(), version.to_owned()))
+    }
+
+    /// The packages that hold the kernel of image package `package`: itself, or from 7.x on
+    /// (where it is empty) its `linux-binary-<abi>` (the image), `linux-modules-<abi>` and
+    /// `linux-base-<abi>` (which has `modules.builtin`).
+    fn parts(&self, package: &str, version: &str) -> Result<Vec<String>> {
+        let show = cmd_output(
+            self.command("apt-cache")
+                .args(["show", &format!("{package}={version}")]),
+        )?;
+        let depends = show
+            .lines()
+            .find_map(|l| l.strip_prefix("Depends:"))
+            .unwrap_or_default();
+        let part = |prefix: &str| depends_on(depends, prefix).map(|(p, _)| p.to_owned());
+        Ok(match (part("linux-binary-"), part("linux-modules-")) {
+            (Some(binary), Some(modules)) => {
+                let mut parts = vec![binary, modules];
+                parts.extend(part("linux-base-"));
+                parts
+            }
+            _ => vec![package.to_owned()],
+        })
     }
 
     fn download(&self, package: &str, version: &str) -> Result<PathBuf> {
@@ -265,6 +313,17 @@ impl Apt {
     }
 }
 
+/// The first `name (= version)` of a Depends line whose name starts with `prefix`.
+fn depends_on<'a>(depends: &'a str, prefix: &str) -> Option<(&'a str, &'a str)> {
+    depends.split(',').find_map(|item| {
+        let (package, version) = item.trim().split_once(" (= ")?;
+        let package = package.trim();
+        package
+            .starts_with(prefix)
+            .then_some((package, version.strip_suffix(')')?))
+    })
+}
+
 /// `dpkg --compare-versions`, for the few versions madison lists.
 fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
     let greater = Command::new("dpkg")
@@ -280,21 +339,29 @@ fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
     }
 }
 
-/// Unpacks `deb` into `root` (through a temporary folder, so that a half-done unpack is never
+/// Unpacks `debs` into `root` (through a temporary folder, so that a half-done unpack is never
 /// taken for a cached one), makes `modules.dep` and extracts the uncompressed image.
-fn unpack(deb: &Path, root: &Path, release: &str) -> Result<()> {
-    let tmp = root.with_extension("partial");
+fn unpack(debs: &[PathBuf], root: &Path, release: &str) -> Result<()> {
+    // Not `with_extension`: `7.2.13+deb14-amd64` would become `7.2.partial`.
+    let tmp = root.with_file_name(format!("{release}.partial"));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    cmd_status(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tmp))?;
+    for deb in debs {
+        cmd_status(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tmp))?;
+    }
+    let modules = modules_dir(&tmp, release);
     ensure!(
-        tmp.join("lib/modules").join(release).is_dir(),
-        "{} has no lib/modules/{release}",
-        deb.display()
+        modules.is_dir(),
+        "{debs:?} have no lib/modules/{release} (nor usr/lib/modules/{release})"
     );
-    // Debian's postinst runs depmod; the package itself has no modules.dep.
-    cmd_status(Command::new("depmod").arg("-b").arg(&tmp).arg(release))?;
-    let bzimage = tmp.join("boot").join(format!("vmlinuz-{release}"));
+    // Debian's postinst runs depmod; the package itself has no modules.dep. depmod -b BASE
+    // reads BASE/lib/modules/<release>.
+    let base = modules
+        .ancestors()
+        .nth(3)
+        .context("modules directory depth")?;
+    cmd_status(Command::new("depmod").arg("-b").arg(base).arg(release))?;
+    let bzimage = bzimage(&tmp, release);
     match extract_vmlinux(&bzimage, &tmp.join("vmlinux")) {
         Ok(()) => {}
         Err(error) => {

@@ -23,6 +23,7 @@
 //! records as JSON, a pcap) is kept in `target/vm-test/`.
 
 mod check;
+mod crash;
 mod guest;
 mod host;
 mod initramfs;
@@ -126,6 +127,9 @@ pub enum ConfigName {
     ExtendedRelease,
     /// `+6665@...,6666@10.N.0.99/ff:ff:ff:ff:ff:ff`: extended, to an address nobody owns.
     BroadcastUnowned,
+    /// The kernel crashes on purpose after its records (`crash.rs`): 6.1 plain (kernel.panic 1,
+    /// then 0), 6.12 extended (-1), unstable configfs with userdata and sysdata (3, then 0).
+    Crash,
 }
 
 impl ConfigName {
@@ -142,6 +146,7 @@ impl ConfigName {
             Self::Extended => "extended",
             Self::ExtendedRelease => "extended-release",
             Self::BroadcastUnowned => "broadcast-unowned",
+            Self::Crash => "crash",
         }
     }
 }
@@ -180,12 +185,12 @@ impl Case {
     /// netconsole's parameter (`Documentation/networking/netconsole.rst`).
     fn netconsole(&self) -> String {
         let flags = match self.config {
-            ConfigName::Plain => "",
+            ConfigName::Plain | ConfigName::Crash => "",
             ConfigName::Extended | ConfigName::BroadcastUnowned => "+",
             ConfigName::ExtendedRelease => "+r",
         };
         let mac = match self.config {
-            ConfigName::Plain | ConfigName::ExtendedRelease => String::new(),
+            ConfigName::Plain | ConfigName::ExtendedRelease | ConfigName::Crash => String::new(),
             ConfigName::Extended => self.collector_mac(),
             ConfigName::BroadcastUnowned => "ff:ff:ff:ff:ff:ff".to_owned(),
         };
@@ -234,9 +239,21 @@ pub fn run(root: &Path, args: &VmTestArgs) -> Result<()> {
     let mut failures = Vec::new();
     let mut boots = Vec::new();
     let mut passed = 0;
+    let mut tally = |name: &str, result: Result<Vec<Duration>>| match result {
+        Ok(times) => {
+            passed += 1;
+            boots.extend(times);
+        }
+        Err(error) => {
+            eprintln!("vm-test: {name}: FAILED: {error:#}");
+            failures.push(name.to_owned());
+        }
+    };
     for kernel in &kernels {
         for (i, &config) in ConfigName::ALL.iter().enumerate() {
-            if !(args.configs.is_empty() || args.configs.contains(&config))
+            // The unstable kernel runs its crash scenario by default; the others when asked.
+            let default = args.configs.is_empty() && kernel.series != Series::Unstable;
+            if !(default || args.configs.contains(&config))
                 || (config == ConfigName::ExtendedRelease && !kernel.series.has_release_flag())
             {
                 continue;
@@ -246,27 +263,24 @@ pub fn run(root: &Path, args: &VmTestArgs) -> Result<()> {
                 net: 80 + u8::try_from(i).expect("four configurations"),
                 boots: if config == ConfigName::Extended { 2 } else { 1 },
             };
-            let name = format!("{} {}", kernel.series.as_str(), config.as_str());
-            let env = Env {
+            let env = env_for(
+                kernel, config, accel, args, &init, &sniff, &receivers, &work,
+            );
+            tally(&env.name, run_case(&env, &case));
+        }
+        if args.configs.is_empty() || args.configs.contains(&ConfigName::Crash) {
+            let env = env_for(
                 kernel,
+                ConfigName::Crash,
                 accel,
                 args,
-                init: &init,
-                sniff: &sniff,
-                receivers: &receivers,
-                dir: work.join(name.replace(' ', "-")),
-                name: name.clone(),
-            };
-            match run_case(&env, &case) {
-                Ok(times) => {
-                    passed += 1;
-                    boots.extend(times);
-                }
-                Err(error) => {
-                    eprintln!("vm-test: {name}: FAILED: {error:#}");
-                    failures.push(name);
-                }
-            }
+                &init,
+                &sniff,
+                &receivers,
+                &work,
+            );
+            let net = 84 + u8::try_from(kernel.series as usize).expect("three kernels");
+            tally(&env.name, crash::run(&env, net));
         }
     }
     let per_boot = boots.iter().sum::<Duration>() / u32::try_from(boots.len().max(1)).unwrap_or(1);
@@ -285,6 +299,31 @@ pub fn run(root: &Path, args: &VmTestArgs) -> Result<()> {
         failures.join(", ")
     );
     Ok(())
+}
+
+/// The [`Env`] of `config` on `kernel`, logging under `work/<kernel>-<config>`.
+#[expect(clippy::too_many_arguments, reason = "one call site per kind of case")]
+fn env_for<'a>(
+    kernel: &'a Kernel,
+    config: ConfigName,
+    accel: Accel,
+    args: &'a VmTestArgs,
+    init: &'a [u8],
+    sniff: &'a host::Sniff,
+    receivers: &'a [Receiver],
+    work: &Path,
+) -> Env<'a> {
+    let name = format!("{} {}", kernel.series.as_str(), config.as_str());
+    Env {
+        kernel,
+        accel,
+        args,
+        init,
+        sniff,
+        receivers,
+        dir: work.join(name.replace(' ', "-")),
+        name,
+    }
 }
 
 /// Installs qemu and friends and fetches the kernels; `None` when that failed and
@@ -440,16 +479,7 @@ fn boot(
     ns: &Netns,
     b: usize,
 ) -> Result<(check::BootRecords, Duration)> {
-    let runid = runid()?;
-    let records = records::records(&runid);
-    let initramfs = env.dir.join(format!("boot{b}.cpio"));
-    initramfs::build(env.kernel, env.init, &records, &initramfs)?;
-    let image = env.kernel.vmlinux();
-    let image = if env.args.bzimage || !image.is_file() {
-        env.kernel.bzimage()
-    } else {
-        image
-    };
+    let (runid, records, initramfs, image) = prepare_boot(env, b)?;
     let outcome = guest::run(
         ns,
         &guest::Boot {
@@ -497,6 +527,24 @@ fn boot(
         outcome.elapsed.as_secs_f64()
     );
     Ok((check::BootRecords { runid, records }, outcome.elapsed))
+}
+
+/// A new run id, its records, and the initramfs (`boot<b>.cpio`) and kernel image to boot.
+fn prepare_boot(
+    env: &Env<'_>,
+    b: usize,
+) -> Result<(String, Vec<records::Record>, PathBuf, PathBuf)> {
+    let runid = runid()?;
+    let records = records::records(&runid);
+    let initramfs = env.dir.join(format!("boot{b}.cpio"));
+    initramfs::build(env.kernel, env.init, &records, &initramfs)?;
+    let image = env.kernel.vmlinux();
+    let image = if env.args.bzimage || !image.is_file() {
+        env.kernel.bzimage()
+    } else {
+        image
+    };
+    Ok((runid, records, initramfs, image))
 }
 
 /// Reads one receiver's output and checks it; `Err` lists the failures.
