@@ -17,7 +17,10 @@
 //! `drivers/net/netconsole.c`):
 //! - up to 6.x netconsole is a legacy console, written synchronously by `printk()` and by
 //!   `console_flush_on_panic()` as `panic()` runs: every line of the report is on the wire
-//!   before the machine resets, whatever `kernel.panic` is;
+//!   before the machine resets, whatever `kernel.panic` is; but with -1 the reset comes the
+//!   instant the report is written, and its last datagrams can still be in the NIC's transmit
+//!   queue, which the reset drops (6.12: the last 7 of 39 lines, in one run of two): the wire
+//!   then holds the report's beginning, through the panic line at least;
 //! - from 7.0 on it is an nbcon console flagged `CON_NBCON_ATOMIC_UNSAFE`: in a panic its
 //!   `write_atomic()` runs only in `nbcon_atomic_flush_unsafe()`, which `panic()` calls only
 //!   after the `emergency_restart()` that any `kernel.panic` other than 0 leads to (the countdown
@@ -507,7 +510,23 @@ fn check_wire(
     failures: &mut Vec<String>,
 ) {
     let everything = !(series.nbcon_netconsole() && boot.panic != 0);
-    if everything && on_wire != boot.report {
+    // kernel.panic < 0 resets the instant the report is written: its last datagrams can still
+    // be in the NIC's transmit queue, which the reset drops (seen on 6.12). What arrived must
+    // then be the report's beginning, from its first line through the panic line at least.
+    let cut_allowed = boot.panic < 0
+        && on_wire.len() < boot.report.len()
+        && boot.report.starts_with(on_wire)
+        && on_wire.iter().any(|l| l.starts_with(PANIC_LINE));
+    if cut_allowed {
+        eprintln!(
+            "vm-test: note: boot {n} (kernel.panic={}): only the first {} of {} report lines \
+             reached the wire: the reset dropped the rest from the NIC's queue",
+            boot.panic,
+            on_wire.len(),
+            boot.report.len()
+        );
+    }
+    if everything && !cut_allowed && on_wire != boot.report {
         let missing: Vec<String> = boot
             .report
             .iter()
@@ -755,6 +774,14 @@ NCT-CRASH kernel.panic=1\r
             "x\n",
         )
         .unwrap_err();
+        assert!(e.contains("6 of the 7 report lines"), "{e}");
+        // Only the end cut off by an immediate reset is allowed, and only with kernel.panic < 0.
+        let mut wire = observed(false, None);
+        let mut netcon = observed(true, None);
+        wire.items.pop();
+        netcon.items.pop();
+        check(Series::V6_12, &[boot(-1)], &wire, &netcon, "", "x\n").unwrap();
+        let e = check(Series::V6_1, &[boot(1)], &wire, &netcon, "", "x\n").unwrap_err();
         assert!(e.contains("6 of the 7 report lines"), "{e}");
         let e = check(
             Series::Unstable,
