@@ -10,6 +10,8 @@
 #            parameter, with this `key=value` as userdata and every sysdata the kernel has
 #   nct_panic (optional) after the records, set kernel.panic to this and crash the kernel
 #            (sysrq c): the crash report is what netconsole sends last
+#   nct_start_at (optional) seconds of uptime to wait for before netconsole starts: puts this
+#            boot's first records near the previous boot's last kernel timestamps
 # Built into the initramfs by xtask:
 #   /modules/order    the modules to insmod, dependencies first (netconsole.ko last)
 #   /records/NNNN     one record each, `<prio>text\n`, written with one write(2)
@@ -75,6 +77,9 @@ configfs_target() {
     echo 1 >"$t/enabled" || fail "enabling the configfs target"
 }
 
+if [ -n "$nct_start_at" ]; then
+    until awk -v t="$nct_start_at" '{ exit !($1 >= t) }' /proc/uptime; do sleep 0.05; done
+fi
 if [ -n "$nct_cfs" ]; then
     insmod /modules/netconsole.ko || fail "insmod netconsole.ko"
     configfs_target

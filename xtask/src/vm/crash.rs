@@ -8,7 +8,11 @@
 //! | unstable (7.x) | extended, configfs, userdata and every sysdata | 3, then 0 |
 //!
 //! A reset ends qemu (`-no-reboot`); the next boot is a new qemu on the same tap, MAC and
-//! address, which is how the collector sees a machine that reboots after a panic. A halted
+//! address, which is how the collector sees a machine that reboots after a panic. A configfs
+//! target replays nothing, so its next boot starts netconsole when its clock is
+//! [`NEXT_BOOT_BELOW_S`] below the last boot's last record: the new boot's first records then
+//! have lower sequence numbers and slightly lower timestamps, like late records of the old boot
+//! (the hard case for reboot detection). A halted
 //! kernel never powers off: the boot ends once the serial console shows the end of the panic
 //! and the netconsole has had [`guest::HALT_GRACE`] to send the rest.
 //!
@@ -95,6 +99,11 @@ impl Series {
     }
 }
 
+/// How far below the previous boot's last kernel timestamp a configfs target's next boot
+/// starts sending, in seconds: well inside the 1 s that a late record may lag, so that only
+/// the implied boot time (or msgid 1) can tell the reboot.
+const NEXT_BOOT_BELOW_S: f64 = 0.5;
+
 /// One crashing boot, as the guest ran it.
 struct CrashBoot {
     runid: String,
@@ -102,6 +111,8 @@ struct CrashBoot {
     end: CrashEnd,
     /// The crash report as the serial console shows it.
     report: Vec<String>,
+    /// Kernel timestamp of the last record the guest wrote (`NCT-<run> END`), in seconds.
+    last_record_s: Option<f64>,
 }
 
 /// Runs `env.kernel`'s crash scenario on network `net`; the boots' durations.
@@ -143,11 +154,19 @@ pub fn run(env: &Env<'_>, net: u8) -> Result<Vec<Duration>> {
             ],
         )?);
     }
-    let mut boots = Vec::new();
+    let mut boots: Vec<CrashBoot> = Vec::new();
     let mut times = Vec::new();
     for (i, &panic) in scenario.panics.iter().enumerate() {
         let b = i + 1;
-        let boot = crash_boot(env, &case, &scenario, &ns, b, panic)
+        // A configfs target replays nothing: start the next boot's netconsole when its clock
+        // is just below the last boot's last record, where a reboot looks most like a late
+        // record of the old boot.
+        let start_at = boots
+            .last()
+            .filter(|_| scenario.configfs)
+            .and_then(|last| last.last_record_s)
+            .map(|t| t - NEXT_BOOT_BELOW_S);
+        let boot = crash_boot(env, &case, &scenario, &ns, (b, panic), start_at)
             .with_context(|| format!("boot {b} (kernel.panic={panic})"))?;
         times.push(boot.0);
         boots.push(boot.1);
@@ -228,8 +247,8 @@ fn crash_boot(
     case: &Case,
     scenario: &Scenario,
     ns: &super::netns::Netns,
-    b: usize,
-    panic: i32,
+    (b, panic): (usize, i32),
+    start_at: Option<f64>,
 ) -> Result<(Duration, CrashBoot)> {
     let (runid, records, initramfs, image) = super::prepare_boot(env, b)?;
     let mut init_env = vec![
@@ -240,6 +259,9 @@ fn crash_boot(
     ];
     if scenario.configfs {
         init_env.push(("nct_cfs", format!("run={runid}")));
+    }
+    if let Some(t) = start_at {
+        init_env.push(("nct_start_at", format!("{t:.3}")));
     }
     let console = env.dir.join(format!("boot{b}.console"));
     let (outcome, end) = guest::run_crash(
@@ -291,6 +313,7 @@ fn crash_boot(
     );
     let text = String::from_utf8_lossy(&fs::read(&console)?).into_owned();
     let report = console_report(&text);
+    let last_record_s = kernel_time_of(&text, &format!("NCT-{runid} END"));
     ensure!(
         report.iter().any(|l| l.starts_with(PANIC_LINE)),
         "no `{PANIC_LINE}` on the serial console ({})",
@@ -314,8 +337,20 @@ fn crash_boot(
             panic,
             end,
             report,
+            last_record_s,
         },
     ))
+}
+
+/// The kernel timestamp, in seconds, of the serial console's first line whose text starts with
+/// `text` (`[   11.525813] NCT-2b1bad END ...`).
+fn kernel_time_of(console: &str, text: &str) -> Option<f64> {
+    console.lines().find_map(|line| {
+        let (stamp, rest) = line.strip_prefix('[')?.split_once(']')?;
+        rest.trim_start()
+            .starts_with(text)
+            .then(|| stamp.trim().parse().ok())?
+    })
 }
 
 /// The first line of the panic (`kernel/panic.c`).
@@ -684,6 +719,7 @@ NCT-CRASH kernel.panic=1\r
                 CrashEnd::Reset
             },
             report: console_report(CONSOLE),
+            last_record_s: kernel_time_of(CONSOLE, "NCT-abc123 END"),
         }
     }
 
@@ -694,6 +730,8 @@ NCT-CRASH kernel.panic=1\r
         assert_eq!(report[0], "sysrq: Trigger a crash");
         assert_eq!(report[4], " <TASK>");
         assert_eq!(report[6], "Rebooting in 1 seconds..");
+        assert_eq!(kernel_time_of(CONSOLE, "NCT-abc123 END"), Some(4.1));
+        assert_eq!(kernel_time_of(CONSOLE, "NCT-ffffff END"), None);
     }
 
     fn rec(text: &str, seq: u64, panic: Option<(u64, bool)>) -> Item {
