@@ -291,9 +291,10 @@ impl XdpCapture {
     }
 
     /// The program's counters, summed over CPUs. Where they cannot be read (after `--user` on
-    /// a kernel that lets only `CAP_BPF` use `bpf(2)` at all: before 6.5, with
-    /// `kernel.unprivileged_bpf_disabled` set, as Debian does), says so once on stderr and
-    /// gives the last values read from then on: capture and output go on without them.
+    /// a kernel that lets only `CAP_BPF` use `bpf(2)` at all while
+    /// `kernel.unprivileged_bpf_disabled` is set, as Debian sets it: 5.18, as map access through
+    /// a descriptor is allowed from 5.19 on; or where an LSM refuses it), says so once on stderr
+    /// and gives the last values read from then on: capture and output go on without them.
     ///
     /// # Errors
     /// None at present; kept for callers that treat counters as fallible.
