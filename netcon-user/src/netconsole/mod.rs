@@ -81,6 +81,14 @@ pub const DEFAULT_REORDER_WINDOW: u64 = 128;
 /// Reboot detection: a kernel timestamp this far behind the latest one means a new boot: 1 s.
 /// Within one boot, timestamps only go back by CPU clock skew (microseconds).
 pub const DEFAULT_REBOOT_BACKSTEP: Duration = Duration::from_secs(1);
+/// Reboot detection: a record whose implied boot time (receive time minus kernel timestamp) is
+/// this much later than the sender's estimated boot time belongs to a new boot: 1 s. A record
+/// that is merely late implies the same boot time plus its delay on the way, and netconsole's
+/// path (one UDP datagram, sent from the printk call or the console thread) adds milliseconds;
+/// a reboot adds at least the old boot's uptime. This is what tells the new boot of a configfs
+/// target, which replays nothing, from late records of the old one: its first sequence numbers
+/// and timestamps can be just below, or even above, the last ones heard.
+pub const DEFAULT_MAX_BOOT_SHIFT: Duration = Duration::from_secs(1);
 /// Crash reports: records after the first line attributed to the same report, at most: 200 (an
 /// oops with its registers, modules and call trace is about 50 lines). A `---[ end` line closes
 /// the report earlier.
@@ -118,6 +126,9 @@ pub struct DecoderConfig {
     pub reorder_window: u64,
     /// Timestamp step back that means a reboot. Default [`DEFAULT_REBOOT_BACKSTEP`] (1 s).
     pub reboot_backstep: Duration,
+    /// Implied boot time moving later by more than this means a reboot. Default
+    /// [`DEFAULT_MAX_BOOT_SHIFT`] (1 s).
+    pub max_boot_shift: Duration,
     /// Records attributed to a crash report. Default [`DEFAULT_PANIC_CONTEXT`] (200).
     pub panic_context: u32,
 }
@@ -139,6 +150,7 @@ impl Default for DecoderConfig {
             duplicate_history: DEFAULT_DUPLICATE_HISTORY,
             reorder_window: DEFAULT_REORDER_WINDOW,
             reboot_backstep: DEFAULT_REBOOT_BACKSTEP,
+            max_boot_shift: DEFAULT_MAX_BOOT_SHIFT,
             panic_context: DEFAULT_PANIC_CONTEXT,
         }
     }
@@ -157,6 +169,10 @@ impl DecoderConfig {
 
     fn backstep_us(&self) -> u64 {
         u64::try_from(self.reboot_backstep.as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn boot_shift_us(&self) -> u64 {
+        u64::try_from(self.max_boot_shift.as_micros()).unwrap_or(u64::MAX)
     }
 }
 
@@ -254,6 +270,9 @@ pub struct Decoder {
     stats: DecoderStats,
     /// The latest `now` seen, for [`Decoder::flush`], which has none of its own.
     last_now: Option<Instant>,
+    /// The first `now` seen: the origin of the monotonic receive times that reboot detection
+    /// compares (microseconds since it).
+    epoch: Option<Instant>,
 }
 
 impl Default for Decoder {
@@ -267,6 +286,15 @@ struct Ctx<'a> {
     config: &'a DecoderConfig,
     stats: &'a mut DecoderStats,
     next_panic_event: &'a mut u64,
+    /// Origin of the monotonic clock (see [`Decoder::epoch`](Decoder)).
+    epoch: Instant,
+}
+
+impl Ctx<'_> {
+    /// `at` in microseconds since the epoch.
+    fn mono_us(&self, at: Instant) -> i64 {
+        i64::try_from(at.saturating_duration_since(self.epoch).as_micros()).unwrap_or(i64::MAX)
+    }
 }
 
 impl Decoder {
@@ -282,6 +310,7 @@ impl Decoder {
             next_panic_event: 0,
             stats: DecoderStats::default(),
             last_now: None,
+            epoch: None,
         }
     }
 
@@ -301,6 +330,7 @@ impl Decoder {
     /// clock.
     pub fn push(&mut self, now: Instant, incoming: Incoming<'_>, out: &mut Vec<Event>) {
         self.last_now = Some(now);
+        self.epoch.get_or_insert(now);
         self.stats.datagrams += 1;
         if incoming.payload.is_empty() {
             self.stats.empty += 1;
@@ -358,6 +388,7 @@ impl Decoder {
             let Some(idx) = self.senders.find(&addr) else {
                 continue;
             };
+            let epoch = *self.epoch.get_or_insert(now);
             let Self {
                 senders,
                 config,
@@ -376,6 +407,7 @@ impl Decoder {
                 config,
                 stats,
                 next_panic_event,
+                epoch,
             };
             fire(sender, now, &mut ctx, out);
             self.arm(idx);
@@ -405,6 +437,7 @@ impl Decoder {
             self.stats.fragments_expired += 1;
             self.finish_reassembled(now, r, out);
         }
+        let epoch = *self.epoch.get_or_insert(now);
         let Self {
             senders,
             config,
@@ -417,6 +450,7 @@ impl Decoder {
             config,
             stats,
             next_panic_event,
+            epoch,
         };
         for sender in senders.iter_mut() {
             flush_sender(sender, now, &mut ctx, out);
@@ -436,6 +470,7 @@ impl Decoder {
         let header = &payload.header;
         let limits = self.config.frag_limits();
         let mut evicted = Vec::new();
+        let epoch = *self.epoch.get_or_insert(now);
         let Self {
             senders,
             config,
@@ -451,8 +486,9 @@ impl Decoder {
             config,
             stats,
             next_panic_event,
+            epoch,
         };
-        let verdict = track_seq(sender, incoming, header, &mut ctx, out);
+        let verdict = track_seq(sender, now, incoming, header, &mut ctx, out);
 
         let Some(frag) = header.fragment else {
             if verdict == SeqVerdict::Same {
@@ -512,6 +548,7 @@ impl Decoder {
         incoming: &Incoming<'_>,
         out: &mut Vec<Event>,
     ) {
+        let epoch = *self.epoch.get_or_insert(now);
         let Self {
             senders,
             config,
@@ -536,6 +573,7 @@ impl Decoder {
             config,
             stats,
             next_panic_event,
+            epoch,
         };
         for l in lines {
             plain_record(sender, &l, now, &mut ctx, out);
@@ -545,6 +583,7 @@ impl Decoder {
     /// Emits a reassembly entry that left the assembler, through its sender's state.
     fn finish_reassembled(&mut self, now: Instant, r: Reassembled, out: &mut Vec<Event>) {
         let idx = self.senders.find(&r.key.sender);
+        let epoch = *self.epoch.get_or_insert(now);
         let Self {
             senders,
             config,
@@ -557,6 +596,7 @@ impl Decoder {
             config,
             stats,
             next_panic_event,
+            epoch,
         };
         if let Some(sender) = idx.and_then(|i| senders.get_mut(i)) {
             complete(sender, record, now, &mut ctx, out);
@@ -579,6 +619,7 @@ impl Decoder {
             config: &self.config,
             stats: &mut self.stats,
             next_panic_event: &mut self.next_panic_event,
+            epoch: *self.epoch.get_or_insert(now),
         };
         for r in pending {
             ctx.stats.fragments_evicted += 1;
@@ -624,42 +665,63 @@ impl Decoder {
 }
 
 /// Sequence tracking for one extended datagram: reboot and loss events.
+///
+/// A new boot is either the implied boot time moving later than any delay explains
+/// ([`DEFAULT_MAX_BOOT_SHIFT`]), or the sequence starting over ([`sender::SeqTracker::observe`]).
+/// The same record heard again (same seq and timestamp as the highest) is never a reboot.
 fn track_seq(
     sender: &mut Sender,
+    now: Instant,
     incoming: &Incoming<'_>,
     header: &extended::Header<'_>,
     ctx: &mut Ctx<'_>,
     out: &mut Vec<Event>,
 ) -> SeqVerdict {
-    let verdict = sender.seq.observe(
-        header.seq,
-        header.ts_usec,
-        ctx.config.reorder_window,
-        ctx.config.backstep_us(),
-    );
+    let heard_again = sender.seq.highest() == Some((header.seq, header.ts_usec));
+    let later_boot = !heard_again
+        && sender
+            .boot
+            .is_later_boot(ctx.mono_us(now), header.ts_usec, ctx.config.boot_shift_us());
+    let verdict = if later_boot {
+        sender.seq.restart(header.seq, header.ts_usec)
+    } else {
+        sender.seq.observe(
+            header.seq,
+            header.ts_usec,
+            ctx.config.reorder_window,
+            ctx.config.backstep_us(),
+        )
+    };
     match verdict {
         SeqVerdict::Reboot {
             previous_seq,
             previous_ts,
-        } => {
-            ctx.stats.reboots += 1;
-            if let Some(held) = sender.held.take() {
-                emit(sender, held.record, ctx, out);
-            }
-            sender.boot.reset();
-            sender.panic.reset();
-            sender.msgid = None;
-            sender.last_reassembled = None;
-            out.push(Event::Rebooted(Rebooted {
+        } => new_boot(
+            sender,
+            NewBoot {
                 received: incoming.received,
-                sender: incoming.src,
                 ifindex: incoming.ifindex,
                 previous_seq: Some(previous_seq),
                 seq: Some(header.seq),
                 previous_timestamp_us: Some(previous_ts),
                 timestamp_us: Some(header.ts_usec),
-            }));
-        }
+            },
+            ctx,
+            out,
+        ),
+        SeqVerdict::First if later_boot => new_boot(
+            sender,
+            NewBoot {
+                received: incoming.received,
+                ifindex: incoming.ifindex,
+                previous_seq: None,
+                seq: Some(header.seq),
+                previous_timestamp_us: sender.plain_ts,
+                timestamp_us: Some(header.ts_usec),
+            },
+            ctx,
+            out,
+        ),
         SeqVerdict::Gap { first, last } => {
             let count = last - first + 1;
             ctx.stats.records_lost += count;
@@ -677,6 +739,41 @@ fn track_seq(
         SeqVerdict::First | SeqVerdict::Next | SeqVerdict::Same => {}
     }
     verdict
+}
+
+/// What a `rebooted` event says about the boot change.
+#[derive(Clone, Copy)]
+struct NewBoot {
+    received: DateTime<Utc>,
+    ifindex: u32,
+    previous_seq: Option<u64>,
+    seq: Option<u64>,
+    previous_timestamp_us: Option<u64>,
+    timestamp_us: Option<u64>,
+}
+
+/// The sender booted again: what the old boot still held goes out first, then the `rebooted`
+/// event; the boot estimate, msgid and crash-report context start over. (The caller has already
+/// restarted the sequence tracking.)
+fn new_boot(sender: &mut Sender, boot: NewBoot, ctx: &mut Ctx<'_>, out: &mut Vec<Event>) {
+    ctx.stats.reboots += 1;
+    if let Some(held) = sender.held.take() {
+        emit(sender, held.record, ctx, out);
+    }
+    sender.boot.reset();
+    sender.panic.reset();
+    sender.msgid = None;
+    sender.last_reassembled = None;
+    sender.plain_ts = None;
+    out.push(Event::Rebooted(Rebooted {
+        received: boot.received,
+        sender: sender.addr,
+        ifindex: boot.ifindex,
+        previous_seq: boot.previous_seq,
+        seq: boot.seq,
+        previous_timestamp_us: boot.previous_timestamp_us,
+        timestamp_us: boot.timestamp_us,
+    }));
 }
 
 /// A keyed 64-bit fingerprint of a payload, to recognise copies of it: a folded-multiply hash
@@ -786,21 +883,27 @@ fn plain_record(
 ) {
     let parsed = plain::parse_lines(&lines.bytes);
     if let Some(ts) = parsed.timestamp_us {
-        if let Some(prev) = sender.plain_ts
-            && ts.saturating_add(ctx.config.backstep_us()) < prev
-        {
-            ctx.stats.reboots += 1;
-            sender.boot.reset();
-            sender.panic.reset();
-            out.push(Event::Rebooted(Rebooted {
-                received: lines.received,
-                sender: sender.addr,
-                ifindex: lines.ifindex,
-                previous_seq: None,
-                seq: None,
-                previous_timestamp_us: Some(prev),
-                timestamp_us: Some(ts),
-            }));
+        let went_back = sender
+            .plain_ts
+            .is_some_and(|prev| ts.saturating_add(ctx.config.backstep_us()) < prev);
+        let later_boot =
+            sender
+                .boot
+                .is_later_boot(ctx.mono_us(lines.started), ts, ctx.config.boot_shift_us());
+        if went_back || later_boot {
+            new_boot(
+                sender,
+                NewBoot {
+                    received: lines.received,
+                    ifindex: lines.ifindex,
+                    previous_seq: None,
+                    seq: None,
+                    previous_timestamp_us: sender.plain_ts,
+                    timestamp_us: Some(ts),
+                },
+                ctx,
+                out,
+            );
         }
         sender.plain_ts = Some(ts);
     }
@@ -837,8 +940,38 @@ fn complete(
     ctx: &mut Ctx<'_>,
     out: &mut Vec<Event>,
 ) {
+    if let Some(id) = record.sysdata.msgid
+        && id == 1
+        && sender.msgid.is_some_and(|prev| prev > 1)
+    {
+        // A configfs target numbers its messages from 1 after it is enabled: at boot.
+        let previous = match record.seq {
+            Some(seq) => sender.seq.restart(seq, record.timestamp_us.unwrap_or(0)),
+            None => SeqVerdict::First,
+        };
+        let (previous_seq, previous_timestamp_us) = match previous {
+            SeqVerdict::Reboot {
+                previous_seq,
+                previous_ts,
+            } => (Some(previous_seq), Some(previous_ts)),
+            _ => (None, sender.plain_ts),
+        };
+        new_boot(
+            sender,
+            NewBoot {
+                received: record.received,
+                ifindex: record.ifindex,
+                previous_seq,
+                seq: record.seq,
+                previous_timestamp_us,
+                timestamp_us: record.timestamp_us,
+            },
+            ctx,
+            out,
+        );
+    }
     if let Some(ts) = record.timestamp_us {
-        record.kernel_time = sender.boot.observe(record.received, ts);
+        record.kernel_time = sender.boot.observe(record.received, ctx.mono_us(now), ts);
     }
     if let Some(id) = record.sysdata.msgid {
         msgid_check(sender, &record, id, ctx, out);

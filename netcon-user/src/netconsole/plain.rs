@@ -20,6 +20,8 @@ pub struct Lines {
     pub received: DateTime<Utc>,
     /// Interface of the first payload.
     pub ifindex: u32,
+    /// Monotonic time of the first payload.
+    pub started: Instant,
     /// The bytes, without the final `\n`.
     pub bytes: Vec<u8>,
     /// The last line never got its `\n`.
@@ -30,7 +32,7 @@ pub struct Lines {
 #[derive(Debug, Default)]
 pub struct LineAssembler {
     buf: Vec<u8>,
-    start: Option<(DateTime<Utc>, u32)>,
+    start: Option<(DateTime<Utc>, u32, Instant)>,
     deadline: Option<Instant>,
 }
 
@@ -67,7 +69,7 @@ impl LineAssembler {
             self.take(true, out);
         }
         if self.buf.is_empty() {
-            self.start = Some((received, ifindex));
+            self.start = Some((received, ifindex, now));
         }
         self.buf.extend_from_slice(payload);
         if self.buf.last() == Some(&b'\n') {
@@ -105,7 +107,10 @@ impl LineAssembler {
 
     fn take(&mut self, partial: bool, out: &mut Vec<Lines>) {
         self.deadline = None;
-        let (received, ifindex) = self.start.take().unwrap_or((DateTime::UNIX_EPOCH, 0));
+        let Some((received, ifindex, started)) = self.start.take() else {
+            self.buf.clear();
+            return;
+        };
         if self.buf.is_empty() {
             return;
         }
@@ -116,6 +121,7 @@ impl LineAssembler {
         out.push(Lines {
             received,
             ifindex,
+            started,
             bytes,
             partial,
         });
