@@ -49,6 +49,20 @@ impl LineAssembler {
         self.buf.len()
     }
 
+    /// Bytes held (the buffer at its capacity).
+    #[must_use]
+    pub fn held_bytes(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// When the pending bytes began to arrive, if any are pending.
+    #[must_use]
+    pub fn started(&self) -> Option<Instant> {
+        self.start
+            .map(|(_, _, at)| at)
+            .filter(|_| !self.buf.is_empty())
+    }
+
     /// Adds a payload. Complete lines are returned through `out`; a tail without `\n` waits for
     /// the next payload, at most `idle` and `max_bytes` (then it is emitted, marked partial).
     #[expect(
