@@ -327,9 +327,6 @@ pub struct Decoder {
     stats: DecoderStats,
     /// The latest `now` seen, for [`Decoder::flush`], which has none of its own.
     last_now: Option<Instant>,
-    /// The first `now` seen: the origin of the monotonic receive times that reboot detection
-    /// compares (microseconds since it).
-    epoch: Option<Instant>,
     /// The memory budget every byte held here is charged to.
     budget: MemoryBudget,
     /// Bytes charged to `budget` now.
@@ -359,15 +356,6 @@ struct Ctx<'a> {
     config: &'a DecoderConfig,
     stats: &'a mut DecoderStats,
     next_panic_event: &'a mut u64,
-    /// Origin of the monotonic clock (see [`Decoder::epoch`](Decoder)).
-    epoch: Instant,
-}
-
-impl Ctx<'_> {
-    /// `at` in microseconds since the epoch.
-    fn mono_us(&self, at: Instant) -> i64 {
-        i64::try_from(at.saturating_duration_since(self.epoch).as_micros()).unwrap_or(i64::MAX)
-    }
 }
 
 impl Decoder {
@@ -395,7 +383,6 @@ impl Decoder {
             next_panic_event: 0,
             stats: DecoderStats::default(),
             last_now: None,
-            epoch: None,
             budget,
             charged: 0,
             sender_bytes: 0,
@@ -434,7 +421,6 @@ impl Decoder {
     /// clock.
     pub fn push(&mut self, now: Instant, incoming: Incoming<'_>, out: &mut Vec<Event>) {
         self.last_now = Some(now);
-        self.epoch.get_or_insert(now);
         add(&mut self.stats.datagrams, 1);
         if incoming.payload.is_empty() {
             add(&mut self.stats.empty, 1);
@@ -498,7 +484,7 @@ impl Decoder {
             let Some(idx) = self.senders.find(&addr) else {
                 continue;
             };
-            let fired = self.with_sender(idx, now, |sender, ctx| {
+            let fired = self.with_sender(idx, |sender, ctx| {
                 if sender.timer != Some(at) {
                     return false;
                 }
@@ -538,7 +524,6 @@ impl Decoder {
             add(&mut self.stats.fragments_expired, 1);
             self.finish_reassembled(now, r, out);
         }
-        let epoch = *self.epoch.get_or_insert(now);
         let Self {
             senders,
             config,
@@ -551,7 +536,6 @@ impl Decoder {
             config,
             stats,
             next_panic_event,
-            epoch,
         };
         for sender in senders.iter_mut() {
             flush_sender(sender, now, &mut ctx, out);
@@ -573,10 +557,8 @@ impl Decoder {
     fn with_sender<R>(
         &mut self,
         idx: usize,
-        now: Instant,
         f: impl FnOnce(&mut Sender, &mut Ctx<'_>) -> R,
     ) -> Option<R> {
-        let epoch = *self.epoch.get_or_insert(now);
         let Self {
             senders,
             config,
@@ -589,7 +571,6 @@ impl Decoder {
             config,
             stats,
             next_panic_event,
-            epoch,
         };
         Some(f(sender, &mut ctx))
     }
@@ -658,7 +639,7 @@ impl Decoder {
                     self.aged.remove(&(since, addr));
                     return true;
                 };
-                self.with_sender(idx, now, |sender, ctx| shed_sender(sender, now, ctx, out));
+                self.with_sender(idx, |sender, ctx| shed_sender(sender, now, ctx, out));
                 self.account(idx);
                 true
             }
@@ -705,7 +686,6 @@ impl Decoder {
         }
         let limits = self.config.frag_limits();
         let mut evicted = Vec::new();
-        let epoch = *self.epoch.get_or_insert(now);
         let Self {
             senders,
             config,
@@ -721,9 +701,8 @@ impl Decoder {
             config,
             stats,
             next_panic_event,
-            epoch,
         };
-        let verdict = track_seq(sender, now, incoming, header, &mut ctx, out);
+        let verdict = track_seq(sender, incoming, header, &mut ctx, out);
 
         let Some(frag) = header.fragment else {
             if verdict == SeqVerdict::Same {
@@ -783,7 +762,7 @@ impl Decoder {
         incoming: &Incoming<'_>,
         out: &mut Vec<Event>,
     ) {
-        self.with_sender(idx, now, |sender, ctx| {
+        self.with_sender(idx, |sender, ctx| {
             let mut lines = Vec::new();
             sender.plain.push(
                 now,
@@ -803,7 +782,6 @@ impl Decoder {
     /// Emits a reassembly entry that left the assembler, through its sender's state.
     fn finish_reassembled(&mut self, now: Instant, r: Reassembled, out: &mut Vec<Event>) {
         let idx = self.senders.find(&r.key.sender);
-        let epoch = *self.epoch.get_or_insert(now);
         let Self {
             senders,
             config,
@@ -816,7 +794,6 @@ impl Decoder {
             config,
             stats,
             next_panic_event,
-            epoch,
         };
         if let Some(sender) = idx.and_then(|i| senders.get_mut(i)) {
             complete(sender, record, now, &mut ctx, out);
@@ -841,7 +818,6 @@ impl Decoder {
             config: &self.config,
             stats: &mut self.stats,
             next_panic_event: &mut self.next_panic_event,
-            epoch: *self.epoch.get_or_insert(now),
         };
         for r in pending {
             add(&mut ctx.stats.fragments_evicted, 1);
@@ -893,7 +869,6 @@ impl Decoder {
 /// The same record heard again (same seq and timestamp as the highest) is never a reboot.
 fn track_seq(
     sender: &mut Sender,
-    now: Instant,
     incoming: &Incoming<'_>,
     header: &extended::Header<'_>,
     ctx: &mut Ctx<'_>,
@@ -901,9 +876,11 @@ fn track_seq(
 ) -> SeqVerdict {
     let heard_again = sender.seq.highest() == Some((header.seq, header.ts_usec));
     let later_boot = !heard_again
-        && sender
-            .boot
-            .is_later_boot(ctx.mono_us(now), header.ts_usec, ctx.config.boot_shift_us());
+        && sender.boot.is_later_boot(
+            incoming.received,
+            header.ts_usec,
+            ctx.config.boot_shift_us(),
+        );
     let verdict = if later_boot {
         sender.seq.restart(header.seq, header.ts_usec)
     } else {
@@ -1108,10 +1085,9 @@ fn plain_record(
         let went_back = sender
             .plain_ts
             .is_some_and(|prev| ts.saturating_add(ctx.config.backstep_us()) < prev);
-        let later_boot =
-            sender
-                .boot
-                .is_later_boot(ctx.mono_us(lines.started), ts, ctx.config.boot_shift_us());
+        let later_boot = sender
+            .boot
+            .is_later_boot(lines.received, ts, ctx.config.boot_shift_us());
         if went_back || later_boot {
             new_boot(
                 sender,
@@ -1193,7 +1169,7 @@ fn complete(
         );
     }
     if let Some(ts) = record.timestamp_us {
-        record.kernel_time = sender.boot.observe(record.received, ctx.mono_us(now), ts);
+        record.kernel_time = sender.boot.observe(record.received, ts);
     }
     if let Some(id) = record.sysdata.msgid {
         msgid_check(sender, &record, id, ctx, out);

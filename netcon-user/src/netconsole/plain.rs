@@ -20,8 +20,6 @@ pub struct Lines {
     pub received: DateTime<Utc>,
     /// Interface of the first payload.
     pub ifindex: u32,
-    /// Monotonic time of the first payload.
-    pub started: Instant,
     /// The bytes, without the final `\n`.
     pub bytes: Vec<u8>,
     /// The last line never got its `\n`.
@@ -121,7 +119,7 @@ impl LineAssembler {
 
     fn take(&mut self, partial: bool, out: &mut Vec<Lines>) {
         self.deadline = None;
-        let Some((received, ifindex, started)) = self.start.take() else {
+        let Some((received, ifindex, _)) = self.start.take() else {
             self.buf.clear();
             return;
         };
@@ -135,7 +133,6 @@ impl LineAssembler {
         out.push(Lines {
             received,
             ifindex,
-            started,
             bytes,
             partial,
         });

@@ -234,36 +234,31 @@ impl ImpliedBoot {
     }
 }
 
-/// The sender's boot time: the wall-clock one gives records their `kernel_time`; the monotonic
-/// one (immune to steps of the receiver's wall clock) tells a new boot from a late record.
+/// The sender's boot time, from the capture times of its records: it gives records their
+/// `kernel_time` and tells a new boot from a late record. Capture time, not the time the
+/// decoder gets to a datagram: a collector that falls behind must not take its own backlog for
+/// a reboot. (The XDP backend stamps frames from the monotonic clock, so a step of the wall
+/// clock does not move them either.)
 #[derive(Debug, Default, Clone, Copy)]
 pub struct BootEstimate {
     wall: ImpliedBoot,
-    mono: ImpliedBoot,
 }
 
 impl BootEstimate {
-    /// Takes one observation into account (wall-clock receive time, receive time in microseconds
-    /// on the decoder's monotonic clock, kernel timestamp) and returns the estimated wall time of
-    /// `ts_us`.
-    pub fn observe(
-        &mut self,
-        received: DateTime<Utc>,
-        mono_us: i64,
-        ts_us: u64,
-    ) -> Option<DateTime<Utc>> {
+    /// Takes one observation into account and returns the estimated wall time of `ts_us`.
+    pub fn observe(&mut self, received: DateTime<Utc>, ts_us: u64) -> Option<DateTime<Utc>> {
         let ts = i64::try_from(ts_us).ok()?;
-        self.mono.observe(mono_us, mono_us.saturating_sub(ts));
         let at = received.timestamp_micros();
         self.wall.observe(at, at.checked_sub(ts)?);
         DateTime::from_timestamp_micros(self.wall.estimate()?.checked_add(ts)?)
     }
 
-    /// Whether a record received at `mono_us` (the decoder's monotonic clock) with kernel
-    /// timestamp `ts_us` belongs to a boot later than the estimate by more than `max_shift_us`.
+    /// Whether a record captured at `received` with kernel timestamp `ts_us` belongs to a boot
+    /// later than the estimate by more than `max_shift_us`.
     #[must_use]
-    pub fn is_later_boot(&self, mono_us: i64, ts_us: u64, max_shift_us: u64) -> bool {
-        self.mono.is_later_boot(mono_us, ts_us, max_shift_us)
+    pub fn is_later_boot(&self, received: DateTime<Utc>, ts_us: u64, max_shift_us: u64) -> bool {
+        self.wall
+            .is_later_boot(received.timestamp_micros(), ts_us, max_shift_us)
     }
 
     /// The current estimate of the boot time.
@@ -741,21 +736,15 @@ mod tests {
         let mut b = BootEstimate::default();
         let t = |us: i64| DateTime::from_timestamp_micros(us).unwrap_or_default();
         // Replayed record: ts 0 received late.
-        assert_eq!(b.observe(t(10_000_000), 10_000_000, 0), Some(t(10_000_000)));
+        assert_eq!(b.observe(t(10_000_000), 0), Some(t(10_000_000)));
         // A live record shows the boot was 4 s earlier.
-        assert_eq!(
-            b.observe(t(10_100_000), 10_100_000, 4_100_000),
-            Some(t(10_100_000))
-        );
+        assert_eq!(b.observe(t(10_100_000), 4_100_000), Some(t(10_100_000)));
         assert_eq!(b.boot_time(), Some(t(6_000_000)));
         // A delayed record does not move it.
-        assert_eq!(
-            b.observe(t(20_000_000), 20_000_000, 5_000_000),
-            Some(t(11_000_000))
-        );
+        assert_eq!(b.observe(t(20_000_000), 5_000_000), Some(t(11_000_000)));
         b.reset();
         assert_eq!(b.boot_time(), None);
-        assert_eq!(b.observe(t(0), 0, u64::MAX), None);
+        assert_eq!(b.observe(t(0), u64::MAX), None);
     }
 
     #[test]
