@@ -140,7 +140,7 @@ impl<'c> Pipeline<'c> {
             scratch: String::new(),
             pcap,
             counts: PipelineCounts::default(),
-            decoder: Decoder::new(DecoderConfig::default()),
+            decoder: Decoder::with_budget(DecoderConfig::default(), config.budget.clone()),
             events: Vec::new(),
             sinks: Vec::new(),
             clock: match config.source {
@@ -344,7 +344,8 @@ impl<'c> Pipeline<'c> {
             line,
             "{capture} lost={} | datagrams={} malformed_frames={} other_ports={} denied={} | \
              records={} senders={} fragments={} reassembled={} incomplete={} partial={} \
-             records_lost={} msgid_lost={} reboots={} duplicates={} malformed={} panics={}",
+             records_lost={} msgid_lost={} reboots={} duplicates={} malformed={} panics={} \
+             suspicious={} senders_evicted={} continuations_cut={} budget_shed={} held_bytes={}",
             capture.lost(),
             self.counts.datagrams,
             self.counts.malformed,
@@ -362,6 +363,11 @@ impl<'c> Pipeline<'c> {
             d.duplicates,
             d.malformed,
             d.panics,
+            d.suspicious,
+            d.senders_evicted,
+            d.continuations_cut,
+            d.budget_shed,
+            d.held_bytes,
         );
         for sink in &self.sinks {
             sink.stats(&mut line);
