@@ -597,12 +597,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
                 pipeline.reopen();
                 Ok(())
             }
-            Wake::Stats => backend
-                .counters()
-                .map(|counters| {
-                    eprintln!("netcon-sniff: stats: {}", pipeline.stats_line(&counters));
-                })
-                .map_err(RunError::from),
+            Wake::Stats => {
+                // A stats line is not worth the run: unreadable counters are only reported.
+                match backend.counters() {
+                    Ok(counters) => {
+                        eprintln!("netcon-sniff: stats: {}", pipeline.stats_line(&counters));
+                    }
+                    Err(error) => tracing::warn!(%error, "no stats line"),
+                }
+                Ok(())
+            }
             Wake::Losses => {
                 losses
                     .check(&mut backend, &mut pipeline, &mut stdout.lock())
@@ -690,6 +694,8 @@ struct LossWatch {
     interfaces: Option<crate::capture::ifstats::InterfaceDrops>,
     /// What the backend's counters cover: its interfaces' names, comma-separated.
     label: String,
+    /// The backend's counters could not be read last time (and that was logged).
+    unreadable: bool,
 }
 
 impl LossWatch {
@@ -699,6 +705,7 @@ impl LossWatch {
                 timer: None,
                 interfaces: None,
                 label: String::new(),
+                unreadable: false,
             };
         }
         let interfaces =
@@ -723,6 +730,7 @@ impl LossWatch {
                 .map(|i| i.name.as_str())
                 .collect::<Vec<_>>()
                 .join(","),
+            unreadable: false,
         }
     }
 
@@ -735,12 +743,25 @@ impl LossWatch {
         if self.timer.is_none() {
             return Ok(());
         }
-        let mut losses: Vec<(LossReason, String, u64)> = backend
-            .counters()?
-            .losses()
-            .into_iter()
-            .map(|(reason, frames)| (reason, self.label.clone(), frames))
-            .collect();
+        // Counters that cannot be read (BPF maps after --user where reading them needs CAP_BPF)
+        // cost the loss notices, never the run.
+        let mut losses: Vec<(LossReason, String, u64)> = match backend.counters() {
+            Ok(counters) => {
+                self.unreadable = false;
+                counters
+                    .losses()
+                    .into_iter()
+                    .map(|(reason, frames)| (reason, self.label.clone(), frames))
+                    .collect()
+            }
+            Err(error) => {
+                if !self.unreadable {
+                    self.unreadable = true;
+                    tracing::warn!(%error, "capture counters unreadable: losses are not reported");
+                }
+                Vec::new()
+            }
+        };
         if let Some(interfaces) = &mut self.interfaces {
             losses.extend(
                 interfaces
@@ -880,5 +901,96 @@ mod tests {
         );
         assert_eq!(pipeline.counts.datagrams, 2);
         assert_eq!(pipeline.counts.malformed, 1);
+    }
+
+    /// A sink that keeps the notices it is handed.
+    struct Notices(std::rc::Rc<std::cell::RefCell<Vec<Notice>>>);
+
+    impl Sink for Notices {
+        fn event(&mut self, _event: &Event) {}
+        fn notice(&mut self, notice: &Notice) {
+            self.0.borrow_mut().push(notice.clone());
+        }
+    }
+
+    #[test]
+    fn loss_counter_growth_becomes_one_notice_per_reason_and_interface() {
+        let config = Config {
+            format: Format::Json,
+            ..config()
+        };
+        let mut pipeline = Pipeline::new(&config, None);
+        let seen = std::rc::Rc::default();
+        pipeline.add_sink(Box::new(Notices(std::rc::Rc::clone(&seen))));
+        let mut out = Vec::new();
+        let ring = |n| (LossReason::RingFull, "c0".to_owned(), n);
+        let iface = |n| (LossReason::Interface, "c0".to_owned(), n);
+        pipeline
+            .capture_losses([ring(0), iface(0)], &mut out)
+            .unwrap();
+        assert!(out.is_empty());
+        pipeline
+            .capture_losses([ring(15), iface(0)], &mut out)
+            .unwrap();
+        pipeline
+            .capture_losses([ring(15), iface(2)], &mut out)
+            .unwrap();
+        // No growth, no notice; a counter that went back (a reset) starts over silently.
+        pipeline
+            .capture_losses([ring(15), iface(1)], &mut out)
+            .unwrap();
+        pipeline
+            .capture_losses([ring(20), iface(1)], &mut out)
+            .unwrap();
+        let lines: Vec<serde_json::Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let got: Vec<(String, u64)> = lines
+            .iter()
+            .map(|l| {
+                assert_eq!(l["type"], "capture_lost");
+                assert_eq!(l["interface"], "c0");
+                (
+                    l["reason"].as_str().unwrap().to_owned(),
+                    l["frames"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("ring_full".to_owned(), 15),
+                ("interface".to_owned(), 2),
+                ("ring_full".to_owned(), 5)
+            ]
+        );
+        assert_eq!(seen.borrow().len(), 3, "every sink gets the notices");
+        assert!(
+            pipeline
+                .stats_line(&CaptureCounters::File(
+                    crate::capture::FileCounters::default()
+                ))
+                .contains(" capture_lost=22 ")
+        );
+    }
+
+    #[test]
+    fn first_error_keeps_the_error_and_lets_finishing_go_on() {
+        struct Broken;
+        impl Write for Broken {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut out = FirstError::new(Broken);
+        assert!(out.write_all(b"one").is_ok());
+        assert!(out.write_all(b"two").is_ok());
+        assert!(out.flush().is_ok());
+        assert_eq!(out.error.map(|e| e.kind()), Some(io::ErrorKind::BrokenPipe));
     }
 }
