@@ -9,6 +9,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod netconsole;
+pub mod notice;
 pub mod privileges;
 pub mod run;
 pub mod sender_config;

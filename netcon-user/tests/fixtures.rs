@@ -371,6 +371,33 @@ fn configfs_crash_and_reboot_b() {
     check_configfs_crash("crash-configfs-b.pcap", ["013fe4", "2ae6a1"]);
 }
 
+/// The hard case: the new boot's netconsole started when its clock was just below the old
+/// boot's last record (0.22 s), with a sequence number below the old one, as a late record of
+/// the old boot would look.
+#[test]
+fn configfs_crash_and_reboot_with_close_clocks() {
+    let pcap = "crash-configfs-close.pcap";
+    check_configfs_crash(pcap, ["f33d8b", "ede367"]);
+    let (events, _) = decode(pcap);
+    let at = events
+        .iter()
+        .position(|e| matches!(e, Event::Rebooted(_)))
+        .expect("rebooted");
+    let old = events[..at]
+        .iter()
+        .rev()
+        .find_map(Event::as_record)
+        .expect("old boot");
+    let new = events[at + 1].as_record().expect("new boot");
+    let (old_ts, new_ts) = (old.timestamp_us.unwrap(), new.timestamp_us.unwrap());
+    assert!(
+        new.seq < old.seq && new_ts < old_ts && old_ts - new_ts < 1_000_000,
+        "{pcap}: seq {:?} -> {:?}, timestamp {old_ts} -> {new_ts}",
+        old.seq,
+        new.seq
+    );
+}
+
 /// Plain 6.1 (module parameter): each boot replays its log from `Linux version`; both crashes'
 /// reports arrived whole (kernel.panic=1, then 0) and each is grouped under its panic.
 #[test]

@@ -303,15 +303,18 @@ impl Sniffer {
     /// If none arrives within `timeout`.
     pub fn expect_line_containing(&mut self, needle: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
+        // Each line is looked at once: a burst of thousands before the match stays linear.
+        let mut checked = self.cursor;
         loop {
-            if let Some(i) = self.stdout[self.cursor..]
+            if let Some(i) = self.stdout[checked..]
                 .iter()
                 .position(|l| l.contains(needle))
             {
-                let line = self.stdout[self.cursor + i].clone();
-                self.cursor += i + 1;
+                let line = self.stdout[checked + i].clone();
+                self.cursor = checked + i + 1;
                 return line;
             }
+            checked = self.stdout.len();
             let progressed = self.pump(deadline);
             assert!(
                 progressed,

@@ -4,6 +4,7 @@
 //! - [`raw`]: `AF_PACKET` sockets with a kernel filter (where XDP cannot load);
 //! - [`pcap`]: a capture file, offline.
 
+pub mod ifstats;
 pub mod pcap;
 pub mod promisc;
 pub mod raw;
@@ -13,6 +14,8 @@ use std::{fmt, io, os::fd::RawFd};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+
+use crate::notice::LossReason;
 
 /// `setsockopt(2)` with a typed value.
 pub(crate) fn setsockopt<T>(fd: RawFd, level: i32, name: i32, value: &T) -> io::Result<()> {
@@ -124,6 +127,21 @@ impl CaptureCounters {
             Self::Xdp(c) => c.ringbuf_full + c.copy_failed,
             Self::Raw(c) => c.kernel_dropped,
             Self::File(_) => 0,
+        }
+    }
+
+    /// Every counter of frames lost before decoding, by reason, cumulative since capture
+    /// started: the pipeline turns their growth into `capture_lost` notices. A backend with a
+    /// new kind of loss adds its counter here.
+    #[must_use]
+    pub fn losses(&self) -> Vec<(LossReason, u64)> {
+        match self {
+            Self::Xdp(c) => vec![
+                (LossReason::RingFull, c.ringbuf_full),
+                (LossReason::CopyFailed, c.copy_failed),
+            ],
+            Self::Raw(c) => vec![(LossReason::Socket, c.kernel_dropped)],
+            Self::File(_) => Vec::new(),
         }
     }
 }

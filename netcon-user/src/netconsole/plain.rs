@@ -20,8 +20,6 @@ pub struct Lines {
     pub received: DateTime<Utc>,
     /// Interface of the first payload.
     pub ifindex: u32,
-    /// Monotonic time of the first payload.
-    pub started: Instant,
     /// The bytes, without the final `\n`.
     pub bytes: Vec<u8>,
     /// The last line never got its `\n`.
@@ -47,6 +45,20 @@ impl LineAssembler {
     #[must_use]
     pub fn pending(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Bytes held (the buffer at its capacity).
+    #[must_use]
+    pub fn held_bytes(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// When the pending bytes began to arrive, if any are pending.
+    #[must_use]
+    pub fn started(&self) -> Option<Instant> {
+        self.start
+            .map(|(_, _, at)| at)
+            .filter(|_| !self.buf.is_empty())
     }
 
     /// Adds a payload. Complete lines are returned through `out`; a tail without `\n` waits for
@@ -107,7 +119,7 @@ impl LineAssembler {
 
     fn take(&mut self, partial: bool, out: &mut Vec<Lines>) {
         self.deadline = None;
-        let Some((received, ifindex, started)) = self.start.take() else {
+        let Some((received, ifindex, _)) = self.start.take() else {
             self.buf.clear();
             return;
         };
@@ -121,7 +133,6 @@ impl LineAssembler {
         out.push(Lines {
             received,
             ifindex,
-            started,
             bytes,
             partial,
         });

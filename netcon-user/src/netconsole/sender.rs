@@ -21,6 +21,13 @@ pub struct DupHistory {
 }
 
 impl DupHistory {
+    /// Bytes held (both arrays at their capacity).
+    #[must_use]
+    pub fn held_bytes(&self) -> usize {
+        self.fingerprints.capacity() * size_of::<u64>()
+            + self.times.capacity() * size_of::<Instant>()
+    }
+
     /// Whether `fingerprint` was heard at most `window` ago; records it otherwise, keeping the
     /// last `capacity` fingerprints.
     pub fn check_and_insert(
@@ -227,36 +234,31 @@ impl ImpliedBoot {
     }
 }
 
-/// The sender's boot time: the wall-clock one gives records their `kernel_time`; the monotonic
-/// one (immune to steps of the receiver's wall clock) tells a new boot from a late record.
+/// The sender's boot time, from the capture times of its records: it gives records their
+/// `kernel_time` and tells a new boot from a late record. Capture time, not the time the
+/// decoder gets to a datagram: a collector that falls behind must not take its own backlog for
+/// a reboot. (The XDP backend stamps frames from the monotonic clock, so a step of the wall
+/// clock does not move them either.)
 #[derive(Debug, Default, Clone, Copy)]
 pub struct BootEstimate {
     wall: ImpliedBoot,
-    mono: ImpliedBoot,
 }
 
 impl BootEstimate {
-    /// Takes one observation into account (wall-clock receive time, receive time in microseconds
-    /// on the decoder's monotonic clock, kernel timestamp) and returns the estimated wall time of
-    /// `ts_us`.
-    pub fn observe(
-        &mut self,
-        received: DateTime<Utc>,
-        mono_us: i64,
-        ts_us: u64,
-    ) -> Option<DateTime<Utc>> {
+    /// Takes one observation into account and returns the estimated wall time of `ts_us`.
+    pub fn observe(&mut self, received: DateTime<Utc>, ts_us: u64) -> Option<DateTime<Utc>> {
         let ts = i64::try_from(ts_us).ok()?;
-        self.mono.observe(mono_us, mono_us.saturating_sub(ts));
         let at = received.timestamp_micros();
         self.wall.observe(at, at.checked_sub(ts)?);
         DateTime::from_timestamp_micros(self.wall.estimate()?.checked_add(ts)?)
     }
 
-    /// Whether a record received at `mono_us` (the decoder's monotonic clock) with kernel
-    /// timestamp `ts_us` belongs to a boot later than the estimate by more than `max_shift_us`.
+    /// Whether a record captured at `received` with kernel timestamp `ts_us` belongs to a boot
+    /// later than the estimate by more than `max_shift_us`.
     #[must_use]
-    pub fn is_later_boot(&self, mono_us: i64, ts_us: u64, max_shift_us: u64) -> bool {
-        self.mono.is_later_boot(mono_us, ts_us, max_shift_us)
+    pub fn is_later_boot(&self, received: DateTime<Utc>, ts_us: u64, max_shift_us: u64) -> bool {
+        self.wall
+            .is_later_boot(received.timestamp_micros(), ts_us, max_shift_us)
     }
 
     /// The current estimate of the boot time.
@@ -364,6 +366,8 @@ pub struct Held {
     pub next_seq: u64,
     /// When it is emitted as it is.
     pub deadline: Instant,
+    /// When its first piece arrived (its age, for the memory budget).
+    pub since: Instant,
 }
 
 /// Everything known about one sender.
@@ -377,6 +381,9 @@ pub struct Sender {
     pub seq: SeqTracker,
     /// Last sysdata msgid.
     pub msgid: Option<u32>,
+    /// The seq of the record that carried it: a msgid may advance by at most as much as the
+    /// seq does, since every message a target sends is one printk record.
+    pub msgid_seq: Option<u64>,
     /// Boot time estimate.
     pub boot: BootEstimate,
     /// Open crash report.
@@ -385,13 +392,18 @@ pub struct Sender {
     pub plain: LineAssembler,
     /// Plain mode: latest kernel timestamp, to notice a reboot.
     pub plain_ts: Option<u64>,
-    /// Continuation being joined.
-    pub held: Option<Held>,
+    /// Continuation being joined (boxed: most senders hold none, and a record is large).
+    pub held: Option<Box<Held>>,
     /// The last record completed from fragments (seq, ts): later copies of its fragments are
     /// duplicates, not the start of a new entry.
     pub last_reassembled: Option<(u64, u64)>,
     /// The deadline of this sender's entry in the decoder's timer heap, if it has one.
     pub timer: Option<Instant>,
+    /// Bytes of held state charged to the memory budget for this sender (beyond its table
+    /// entry, [`SenderTable::ENTRY_BYTES`]), as of the last accounting.
+    pub charged: usize,
+    /// This sender's key in the decoder's index of held state by age, if it has one.
+    pub aged: Option<Instant>,
 }
 
 impl Sender {
@@ -403,6 +415,7 @@ impl Sender {
             dups: DupHistory::default(),
             seq: SeqTracker::default(),
             msgid: None,
+            msgid_seq: None,
             boot: BootEstimate::default(),
             panic: PanicTracker::default(),
             plain: LineAssembler::default(),
@@ -410,6 +423,30 @@ impl Sender {
             held: None,
             last_reassembled: None,
             timer: None,
+            charged: 0,
+            aged: None,
+        }
+    }
+
+    /// Bytes of state this sender holds beyond its table entry: duplicate history, the pending
+    /// plain line, the held continuation.
+    #[must_use]
+    pub fn held_bytes(&self) -> usize {
+        self.dups.held_bytes()
+            + self.plain.held_bytes()
+            + self
+                .held
+                .as_ref()
+                .map_or(0, |h| size_of::<Held>() + h.record.held_bytes())
+    }
+
+    /// When the oldest piece of state this sender holds for later (a partial plain line, a
+    /// continuation) began.
+    #[must_use]
+    pub fn pieces_since(&self) -> Option<Instant> {
+        match (self.plain.started(), self.held.as_ref().map(|h| h.since)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -433,12 +470,20 @@ struct Slot {
     sender: Option<Sender>,
     prev: usize,
     next: usize,
+    /// Datagrams heard from it (saturating).
+    heard: u32,
 }
+
+/// How many of the least recently heard senders eviction looks through for one heard only once:
+/// 16.
+const PROBATION_SCAN: usize = 16;
 
 /// Senders by address, at most `capacity`, least recently heard evicted first.
 ///
 /// A slab with an intrusive doubly linked list in recency order, so that hearing from a sender
-/// and evicting the stalest are both O(1).
+/// and evicting the stalest are both O(1). Among the [`PROBATION_SCAN`] least recently heard,
+/// a sender heard only once goes first: a spray of one-off (typically spoofed) source addresses
+/// then evicts its own entries rather than a sender that is actively sending.
 #[derive(Debug)]
 pub struct SenderTable {
     index: HashMap<SocketAddr, usize>,
@@ -452,6 +497,15 @@ pub struct SenderTable {
 }
 
 impl SenderTable {
+    /// Bytes one sender's entry takes in the table, whatever it holds: its slot, its index
+    /// entry (with the hash map's spare capacity), its timer heap entries (at most two) and its
+    /// entry in the decoder's age index. Charged to the memory budget per sender.
+    pub const ENTRY_BYTES: usize = size_of::<Slot>()
+        + 2 * (size_of::<(SocketAddr, usize)>() + 8)
+        + 2 * size_of::<(Instant, SocketAddr)>()
+        + 2 * size_of::<(Instant, SocketAddr)>()
+        + size_of::<usize>();
+
     /// An empty table for at most `capacity` senders (at least one).
     #[must_use]
     pub fn new(capacity: usize) -> Self {
@@ -494,10 +548,13 @@ impl SenderTable {
         if let Some(i) = self.find(&addr) {
             self.unlink(i);
             self.link_front(i);
+            if let Some(slot) = self.slots.get_mut(i) {
+                slot.heard = slot.heard.saturating_add(1);
+            }
             return (i, None);
         }
         let evicted = if self.index.len() >= self.capacity {
-            self.pop_lru()
+            self.pop_victim()
         } else {
             None
         };
@@ -505,6 +562,7 @@ impl SenderTable {
             sender: Some(Sender::new(addr)),
             prev: NIL,
             next: NIL,
+            heard: 1,
         };
         let i = if let Some(i) = self.free.pop() {
             if let Some(s) = self.slots.get_mut(i) {
@@ -525,8 +583,25 @@ impl SenderTable {
         self.slots.iter_mut().filter_map(|s| s.sender.as_mut())
     }
 
-    fn pop_lru(&mut self) -> Option<Sender> {
-        let i = self.tail;
+    /// Removes the sender to evict: among the [`PROBATION_SCAN`] least recently heard, the
+    /// stalest one heard only once, else the least recently heard.
+    pub fn pop_victim(&mut self) -> Option<Sender> {
+        let mut i = self.tail;
+        let mut victim = self.tail;
+        for _ in 0..PROBATION_SCAN {
+            let Some(slot) = self.slots.get(i) else {
+                break;
+            };
+            if slot.heard <= 1 {
+                victim = i;
+                break;
+            }
+            i = slot.prev;
+        }
+        self.remove_slot(victim)
+    }
+
+    fn remove_slot(&mut self, i: usize) -> Option<Sender> {
         if i == NIL {
             return None;
         }
@@ -661,21 +736,15 @@ mod tests {
         let mut b = BootEstimate::default();
         let t = |us: i64| DateTime::from_timestamp_micros(us).unwrap_or_default();
         // Replayed record: ts 0 received late.
-        assert_eq!(b.observe(t(10_000_000), 10_000_000, 0), Some(t(10_000_000)));
+        assert_eq!(b.observe(t(10_000_000), 0), Some(t(10_000_000)));
         // A live record shows the boot was 4 s earlier.
-        assert_eq!(
-            b.observe(t(10_100_000), 10_100_000, 4_100_000),
-            Some(t(10_100_000))
-        );
+        assert_eq!(b.observe(t(10_100_000), 4_100_000), Some(t(10_100_000)));
         assert_eq!(b.boot_time(), Some(t(6_000_000)));
         // A delayed record does not move it.
-        assert_eq!(
-            b.observe(t(20_000_000), 20_000_000, 5_000_000),
-            Some(t(11_000_000))
-        );
+        assert_eq!(b.observe(t(20_000_000), 5_000_000), Some(t(11_000_000)));
         b.reset();
         assert_eq!(b.boot_time(), None);
-        assert_eq!(b.observe(t(0), 0, u64::MAX), None);
+        assert_eq!(b.observe(t(0), u64::MAX), None);
     }
 
     #[test]
@@ -757,8 +826,13 @@ mod tests {
         assert_eq!(evicted.map(|s| s.addr), Some(a(2)));
         assert_eq!(t.len(), 2);
         assert!(t.find(&a(2)).is_none());
+        // 1 (heard twice) is now the stalest, but 3 was heard only once: 3 goes first.
         let (_, evicted) = t.touch_or_insert(a(4));
-        assert_eq!(evicted.map(|s| s.addr), Some(a(1)));
+        assert_eq!(evicted.map(|s| s.addr), Some(a(3)));
         assert_eq!(t.iter_mut().count(), 2);
+        // Between two senders heard more than once, the least recently heard goes.
+        t.touch_or_insert(a(4));
+        let (_, evicted) = t.touch_or_insert(a(5));
+        assert_eq!(evicted.map(|s| s.addr), Some(a(1)));
     }
 }

@@ -622,9 +622,11 @@ fn plain_reboot_without_replay_is_seen_by_the_implied_boot_time() {
 fn msgid_gap_is_a_loss_event() {
     let mut h = Harness::new();
     h.push(0, b"6,1,10,-;a\n msgid=1\n");
-    let events = h.push(1, b"6,2,20,-;b\n msgid=4\n");
+    // Two datagrams lost on the way: both counters show the gap.
+    let events = h.push(1, b"6,4,40,-;b\n msgid=4\n");
     match events.as_slice() {
-        [Event::Lost(l), Event::Record(_)] => {
+        [Event::Lost(seq), Event::Lost(l), Event::Record(_)] => {
+            assert_eq!((seq.kind, seq.count), (LossKind::Seq, 2));
             assert_eq!(
                 (l.kind, l.first, l.last, l.count),
                 (LossKind::Msgid, 2, 3, 2)
@@ -641,11 +643,88 @@ fn msgid_gap_is_a_loss_event() {
         let events = h.push_from(10, 20, 2, payload.as_bytes());
         assert_eq!(events.len(), 1, "{events:?}");
     }
-    let events = h.push_from(11, 20, 2, b"6,13,103,-;x\n msgid=2\n");
-    assert!(matches!(
-        events.as_slice(),
-        [Event::Lost(l), Event::Record(_)] if (l.first, l.last, l.count) == (1, 1, 1)
-    ));
+    let events = h.push_from(11, 20, 2, b"6,14,104,-;x\n msgid=2\n");
+    assert!(
+        matches!(
+            events.as_slice(),
+            [Event::Lost(_), Event::Lost(l), Event::Record(_)] if (l.kind, l.first, l.last, l.count) == (LossKind::Msgid, 1, 1, 1)
+        ),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn forged_msgid_does_not_switch_off_gap_detection() {
+    let mut h = Harness::new();
+    h.push(0, b"6,1,10,-;a\n msgid=1\n");
+    // A forged record moves the msgid half the u32 range ahead, the seq by one: taking it
+    // would make every real msgid after it look old.
+    let events = h.push(1, b"6,2,20,-;forged\n msgid=2147483647\n");
+    match events.as_slice() {
+        [Event::Malformed(m), Event::Record(r)] => {
+            assert!(
+                matches!(
+                    m.error,
+                    DecodeError::MsgidJump {
+                        previous: 1,
+                        msgid: 2_147_483_647,
+                        ..
+                    }
+                ),
+                "{m:?}"
+            );
+            assert_eq!(r.text, b"forged");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.dec.stats().suspicious, 1);
+    assert_eq!(h.dec.stats().msgid_lost, 0);
+    // The real sender goes on, and its next lost message is still seen.
+    assert_eq!(h.push(2, b"6,3,30,-;b\n msgid=2\n").len(), 1);
+    let events = h.push(3, b"6,5,50,-;d\n msgid=4\n");
+    assert!(
+        events.iter().any(|e| matches!(e, Event::Lost(l) if l.kind == LossKind::Msgid && l.first == 3 && l.count == 1)),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn seq_jump_beyond_any_real_loss_is_suspicious_and_ignored() {
+    let mut h = Harness::new();
+    h.push(0, b"6,100,1000,-;a\n");
+    let forged = format!("6,{},1001,-;forged\n", u64::MAX - 1);
+    let events = h.push(1, forged.as_bytes());
+    match events.as_slice() {
+        [Event::Malformed(m)] => {
+            assert_eq!(
+                m.error,
+                DecodeError::SeqJump {
+                    previous: 100,
+                    seq: u64::MAX - 1
+                }
+            );
+            assert_eq!(m.payload, forged.as_bytes());
+            let text = crate::sink::text::format_event(&events[0]);
+            assert!(
+                text.contains("suspicious seq 18446744073709551614"),
+                "{text}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // The sender's sequence is where it was: the next record is the next one.
+    assert_eq!(records(&h.push(2, b"6,101,1002,-;b\n")).len(), 1);
+    let stats = h.dec.stats();
+    assert_eq!((stats.records_lost, stats.late, stats.reboots), (0, 0, 0));
+    assert_eq!((stats.suspicious, stats.malformed), (1, 1));
+    // A jump of exactly 2^32 is still taken as a loss, and counting it does not wrap.
+    let events = h.push(
+        3,
+        format!("6,{},1003,-;far\n", 101 + (1u64 << 32)).as_bytes(),
+    );
+    assert!(
+        matches!(events.as_slice(), [Event::Lost(l), Event::Record(_)] if l.count == (1 << 32) - 1)
+    );
 }
 
 #[test]
@@ -979,4 +1058,160 @@ proptest! {
         h.flush();
         prop_assert!(h.dec.assembler.is_empty());
     }
+}
+
+// The memory budget and hostile senders.
+
+/// The continuation flood: `6,N,T,c;` datagrams whose bodies are hundreds of empty dictionary
+/// lines, one a millisecond, each continuing the one before.
+fn continuation_flood(h: &mut Harness, from: u8, count: u64) -> Vec<Event> {
+    let body = " \n".repeat(600);
+    let mut out = Vec::new();
+    for n in 0..count {
+        let payload = format!("6,{n},{},c;\n{body}", n * 1000);
+        out.extend(h.push_from(n, from, 2, payload.as_bytes()));
+        assert!(h.dec.budget().used() <= h.dec.budget().limit());
+        assert_eq!(h.dec.budget().used(), h.dec.held_bytes());
+    }
+    out
+}
+
+#[test]
+fn continuation_flood_stays_bounded_and_is_emitted_cut() {
+    let mut h = Harness::new();
+    let events = continuation_flood(&mut h, 10, 2_000);
+    // Each piece alone has more fields than a chain may: out at once, marked partial.
+    let recs = records(&events);
+    assert_eq!(recs.len(), 2_000);
+    assert!(recs.iter().all(|r| r.flags.partial && r.flags.continued));
+    assert_eq!(h.dec.stats().continuations_cut, 2_000);
+    // Nothing held beyond the sender's own entry and its duplicate history.
+    assert!(
+        h.dec.budget().peak() < 16 * 1024,
+        "{}",
+        h.dec.budget().peak()
+    );
+}
+
+#[test]
+fn continuation_chain_is_cut_at_its_byte_bound() {
+    let mut h = Harness::new();
+    let piece = "x".repeat(900);
+    let mut recs = 0;
+    for n in 0..20u64 {
+        let events = h.push(n, format!("6,{n},{},c;{piece}\n", n * 1000).as_bytes());
+        for r in records(&events) {
+            recs += 1;
+            assert!(r.flags.partial && r.text.len() <= DEFAULT_MAX_CONTINUATION_BYTES);
+        }
+    }
+    // 9 pieces of 900 bytes fit in 8 KiB: two chains cut, the third still held.
+    assert_eq!(recs, 2);
+    assert_eq!(h.dec.stats().continuations_cut, 2);
+    let rest = h.flush();
+    assert_eq!(one_record(&rest).text.len(), 2 * 900);
+    assert_eq!(h.dec.stats().continuations_joined, 17);
+}
+
+#[test]
+fn full_budget_emits_the_oldest_held_state_first() {
+    // Room for a few senders' partial lines only.
+    let budget = crate::budget::MemoryBudget::new(24 * 1024);
+    let mut h = Harness {
+        dec: Decoder::with_budget(DecoderConfig::default(), budget.clone()),
+        t0: Instant::now(),
+    };
+    let mut emitted = Vec::new();
+    for n in 0..100u8 {
+        let line = format!("partial line {n:03} {}", "y".repeat(2000));
+        emitted.extend(h.push_from(u64::from(n), n, 2, line.as_bytes()));
+        assert!(budget.used() <= budget.limit());
+        assert_eq!(budget.used(), h.dec.held_bytes());
+    }
+    assert!(h.dec.stats().budget_shed > 0);
+    // The ones emitted early are the oldest, in order, and marked partial.
+    let early: Vec<&Record> = records(&emitted);
+    assert!(!early.is_empty());
+    for (i, r) in early.iter().enumerate() {
+        assert!(r.flags.partial);
+        assert!(
+            r.text
+                .starts_with(format!("partial line {i:03}").as_bytes()),
+            "{i}"
+        );
+    }
+    // Nothing lost: the rest comes out on flush.
+    emitted.extend(h.flush());
+    assert_eq!(records(&emitted).len(), 100);
+    drop(h);
+    assert_eq!(budget.used(), 0);
+}
+
+#[test]
+fn spoofed_spray_does_not_evict_an_active_sender() {
+    let mut h = Harness::with(DecoderConfig {
+        max_senders: 1_000,
+        ..DecoderConfig::default()
+    });
+    let spoofed = |n: u32| {
+        let [_, _, hi, lo] = n.to_be_bytes();
+        SocketAddr::from(([10, 99, hi, lo], 6665))
+    };
+    let mut seq = 0u64;
+    let mut ms = 0u64;
+    for round in 0..10u32 {
+        // The victim: two records, one of them opening a crash report.
+        for _ in 0..2 {
+            seq += 1;
+            let text = if seq == 1 {
+                "Kernel panic - not syncing: x"
+            } else {
+                "RIP: y"
+            };
+            let events = h.push(ms, format!("0,{seq},{},-;{text}\n", ms * 1000).as_bytes());
+            assert_eq!(records(&events).len(), 1, "{events:?}");
+            assert!(
+                records(&events)[0].flags.panic.is_some(),
+                "round {round}: {events:?}"
+            );
+        }
+        // Then more one-off sources than the table holds.
+        for n in 0..1_500 {
+            let mut out = Vec::new();
+            h.dec.push(
+                h.at(ms),
+                Incoming {
+                    received: wall(ms),
+                    ifindex: 2,
+                    src: spoofed(round * 1_500 + n),
+                    payload: b"[    1.000000] spoofed\n",
+                },
+                &mut out,
+            );
+        }
+        ms += 1;
+    }
+    assert!(h.dec.stats().senders_evicted >= 14_000);
+    // The victim was never evicted: its sequence still shows a gap, its report is still open.
+    let events = h.push(
+        ms,
+        format!("4,{},{},-;Call Trace:\n", seq + 2, ms * 1000).as_bytes(),
+    );
+    match events.as_slice() {
+        [Event::Lost(l), Event::Record(r)] => {
+            assert_eq!(l.count, 1);
+            assert!(r.flags.panic.is_some_and(|p| !p.begins));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn counters_saturate() {
+    let mut h = Harness::new();
+    h.push(0, b"6,0,0,-;a\n");
+    h.push(1, format!("6,{},1,-;b\n", 1u64 << 32).as_bytes());
+    h.dec.stats.records_lost = u64::MAX - 5;
+    h.push(2, format!("6,{},2,-;c\n", 2u64 << 32).as_bytes());
+    assert_eq!(h.dec.stats().records_lost, u64::MAX);
 }

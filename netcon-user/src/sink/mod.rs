@@ -13,7 +13,9 @@ pub mod raw;
 pub mod syslog;
 pub mod text;
 
-use crate::netconsole::Event;
+use std::time::Instant;
+
+use crate::{netconsole::Event, notice::Notice};
 
 /// A destination for decoded events besides stdout.
 ///
@@ -32,4 +34,15 @@ pub trait Sink {
     fn close(&mut self) {}
     /// Appends this sink's counters for the stats line, as ` name=value` pairs.
     fn stats(&self, _out: &mut String) {}
+    /// Takes one of netcon-sniff's own notices (frames lost, a hook skipped). Ignored unless
+    /// the sink writes them somewhere a person reads.
+    fn notice(&mut self, _notice: &Notice) {}
+    /// Moves the notices this sink has to report (a hook it skipped) to `out`; the pipeline
+    /// writes them to stdout and hands them to every sink.
+    fn take_notices(&mut self, _out: &mut Vec<Notice>) {}
+    /// When this sink next needs [`Sink::flush`] though no event arrives (a queued hook waiting
+    /// for a slot); `None` when it does not.
+    fn poll_at(&self) -> Option<Instant> {
+        None
+    }
 }

@@ -63,6 +63,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Sink;
 use crate::netconsole::{Event, LossKind, Lost, Malformed, Priority, Rebooted, Record};
+use crate::notice::{HookOutcome, Notice};
 
 /// The port when the URL gives none: 514, syslog's UDP port (RFC 5426). RFC 6587 assigns no TCP
 /// port, but 514/tcp is what rsyslog and syslog-ng listen on for plain TCP by convention (6514
@@ -306,6 +307,66 @@ pub fn format_event(event: &Event) -> Option<String> {
     Some(m.finish())
 }
 
+/// The RFC 5424 message for one of netcon-sniff's own notices: APP-NAME `netcon`, facility
+/// `daemon`, level warning; MSGID `capture_lost` (HOSTNAME `-`: the lost frames' senders are
+/// unknown) or `hook` (HOSTNAME the sender whose panic it was).
+#[must_use]
+pub fn format_notice(notice: &Notice) -> String {
+    match notice {
+        Notice::CaptureLost(lost) => {
+            let mut m = Message {
+                pri: u16::from(FACILITY_DAEMON) * 8 + u16::from(LEVEL_WARNING),
+                time: Some(lost.noticed),
+                host: "-".to_owned(),
+                app: OWN_APP_NAME,
+                msgid: "capture_lost",
+                params: Vec::new(),
+                msg: String::new(),
+            };
+            m.param("interface", &lost.interface);
+            m.param("reason", lost.reason.as_str());
+            m.param("frames", lost.frames);
+            let _ = write!(
+                m.msg,
+                "capture lost {} frames on {} ({})",
+                lost.frames,
+                lost.interface,
+                lost.reason.describe()
+            );
+            m.finish()
+        }
+        Notice::Hook(hook) => {
+            let mut m = own_message(hook.at, hook.sender, LEVEL_WARNING, "hook");
+            match hook.outcome {
+                HookOutcome::Skipped(why) => {
+                    m.param("action", "skipped");
+                    m.param("reason", why.as_str());
+                    let _ = write!(m.msg, "panic hook skipped ({})", why.describe());
+                }
+                HookOutcome::Late { waited } => {
+                    m.param("action", "late");
+                    m.param("waited_ms", waited.as_millis());
+                    let _ = write!(
+                        m.msg,
+                        "panic hook late (waited {:.3} s for a slot)",
+                        waited.as_secs_f64()
+                    );
+                }
+                HookOutcome::TimedOut { after } => {
+                    m.param("action", "timeout");
+                    m.param("after_s", after.as_secs());
+                    let _ = write!(
+                        m.msg,
+                        "panic hook timed out after {} s; killed",
+                        after.as_secs()
+                    );
+                }
+            }
+            m.finish()
+        }
+    }
+}
+
 /// Appends the RFC 6587 octet-counting frame of `message` (`LEN SP MSG`) to `out`.
 pub fn frame_octet_counted(message: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(message.len().to_string().as_bytes());
@@ -361,7 +422,10 @@ impl Message {
     }
 }
 
-/// `[SD-ID name="value" ...]` with `"`, `\` and `]` escaped (RFC 5424 §6.3.3).
+/// `[SD-ID name="value" ...]` with `"`, `\` and `]` escaped (RFC 5424 §6.3.3), and control
+/// characters (NUL, ESC, CR, LF, C1) and invisible ones (bidi overrides, zero-width) shown as the
+/// text output shows them (`\r`, `\u{1b}`): a value such as `caller` comes off the network, and
+/// a raw NUL or CR would cut or forge the line in a receiver's file.
 fn write_sd(params: &[(&'static str, String)], out: &mut String) {
     out.push('[');
     out.push_str(SD_ID);
@@ -370,10 +434,19 @@ fn write_sd(params: &[(&'static str, String)], out: &mut String) {
         out.push_str(name);
         out.push_str("=\"");
         for c in value.chars() {
-            if matches!(c, '"' | '\\' | ']') {
-                out.push('\\');
+            match c {
+                '"' | '\\' | ']' => {
+                    out.push('\\');
+                    out.push(c);
+                }
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if c.is_control() || super::escape::is_invisible(c) => {
+                    let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+                }
+                c => out.push(c),
             }
-            out.push(c);
         }
         out.push('"');
     }
@@ -688,9 +761,28 @@ impl Sink for Forwarder {
     }
 
     fn event(&mut self, event: &Event) {
-        let Some(message) = format_event(event) else {
-            return;
-        };
+        if let Some(message) = format_event(event) {
+            self.enqueue(message);
+        }
+    }
+
+    fn notice(&mut self, notice: &Notice) {
+        self.enqueue(format_notice(notice));
+    }
+
+    fn stats(&self, out: &mut String) {
+        let s = self.counters();
+        let _ = write!(
+            out,
+            " forward_sent={} forward_dropped={} forward_queued={} forward_errors={}",
+            s.sent, s.dropped, s.queued, s.errors
+        );
+    }
+}
+
+impl Forwarder {
+    /// Queues one message for the worker, or counts it as refused.
+    fn enqueue(&mut self, message: String) {
         let Some(worker) = &self.worker else {
             self.refused += 1;
             return;
@@ -723,15 +815,6 @@ impl Sink for Forwarder {
                 }
             }
         }
-    }
-
-    fn stats(&self, out: &mut String) {
-        let s = self.counters();
-        let _ = write!(
-            out,
-            " forward_sent={} forward_dropped={} forward_queued={} forward_errors={}",
-            s.sent, s.dropped, s.queued, s.errors
-        );
     }
 }
 
@@ -1107,6 +1190,51 @@ mod tests {
             "<14>1 2026-11-27T22:15:54.753542Z fe80::1 kernel - - \
              [netcon@32473 seq=\"377\" ktime=\"4.373204\" sender=\"[fe80::1\\]:6665\" \
              caller=\"a\\\"b\\\\c\\]d\"] x"
+        );
+    }
+
+    #[test]
+    fn sd_values_escape_controls_and_invisible_characters() {
+        let mut r = record(b"x");
+        r.caller = Some(Caller::Unknown(
+            "a\0b\x1b[31mc\rd\ne\u{9b}f\u{202e}g".into(),
+        ));
+        let message = format_record(r);
+        assert!(
+            message.contains(r#"caller="a\u{0}b\u{1b}[31mc\rd\ne\u{9b}f\u{202e}g"]"#),
+            "{message}"
+        );
+        assert!(!message.chars().any(char::is_control), "{message:?}");
+    }
+
+    #[test]
+    fn notices_are_netcon_messages() {
+        use crate::notice::{CaptureLost, HookNotice, LossReason, SkipReason};
+        let at = DateTime::from_timestamp(1_764_280_436, 0).unwrap_or_default();
+        let lost = format_notice(&Notice::CaptureLost(CaptureLost {
+            noticed: at,
+            interface: "eth1".into(),
+            reason: LossReason::Socket,
+            frames: 12,
+        }));
+        assert_eq!(
+            lost,
+            "<28>1 2025-11-27T21:53:56.000000Z - netcon - capture_lost \
+             [netcon@32473 interface=\"eth1\" reason=\"socket\" frames=\"12\"] \
+             capture lost 12 frames on eth1 (socket buffer full)"
+        );
+        let hook = format_notice(&Notice::Hook(HookNotice {
+            at,
+            sender: "10.77.0.10:6665".parse().unwrap(),
+            outcome: HookOutcome::Skipped(SkipReason::QueueFull),
+        }));
+        assert!(
+            hook.starts_with("<28>1 2025-11-27T21:53:56.000000Z 10.77.0.10 netcon - hook "),
+            "{hook}"
+        );
+        assert!(
+            hook.contains(r#"action="skipped" reason="queue_full""#),
+            "{hook}"
         );
     }
 

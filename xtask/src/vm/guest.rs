@@ -41,10 +41,34 @@ pub struct Outcome {
     pub crashed: bool,
 }
 
-/// Starts qemu for `boot` in `ns`: the guest's serial console goes to `boot.console`, qemu's
-/// own output to `<console>.qemu.log` (returned). `-no-reboot`: a guest that resets (a panic
-/// with `kernel.panic` other than 0) ends qemu.
-fn start(ns: &Netns, boot: &Boot<'_>) -> Result<(Guarded, PathBuf)> {
+/// Boots `boot` in `ns` and waits for the guest to power off (killing it at the deadline).
+pub fn run(ns: &Netns, boot: &Boot<'_>) -> Result<Outcome> {
+    let (mut guard, started) = spawn(ns, boot, &[])?;
+    let Some(status) = guard.wait_until(started + boot.timeout)? else {
+        guard.stop(Signal::SIGKILL, Duration::from_secs(5))?;
+        bail!(
+            "the guest did not power off within {:?}: killed (console: {})\n{}",
+            boot.timeout,
+            boot.console.display(),
+            tail(&boot.console)
+        );
+    };
+    let elapsed = started.elapsed();
+    let output = fs::read_to_string(boot.console.with_extension("qemu.log")).unwrap_or_default();
+    ensure!(
+        status.success(),
+        "qemu failed ({status}): {}\n{}",
+        output.trim(),
+        tail(&boot.console)
+    );
+    let console =
+        fs::read(&boot.console).with_context(|| format!("reading {}", boot.console.display()))?;
+    parse_console(&String::from_utf8_lossy(&console), elapsed, &boot.console)
+}
+
+/// Starts qemu for `boot` in `ns`, with `extra` qemu arguments (devices), without waiting;
+/// the guest is killed when the guard drops. Returns the guard and when it started.
+pub fn spawn(ns: &Netns, boot: &Boot<'_>, extra: &[String]) -> Result<(Guarded, Instant)> {
     let mut cmdline = String::from(
         // ignore_loglevel: netconsole is a console and, like every console, would drop records
         // above the console loglevel (LEVEL7). printk.devkmsg=on: /dev/kmsg would otherwise
@@ -79,47 +103,27 @@ fn start(ns: &Netns, boot: &Boot<'_>) -> Result<(Guarded, PathBuf)> {
             "-device",
             &format!("virtio-net-pci,netdev=n0,mac={}", boot.mac),
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(qemu_log.try_clone()?)
         .stderr(qemu_log);
+    let started = Instant::now();
     let child = qemu.spawn().context("starting qemu-system-x86_64")?;
-    Ok((Guarded::new(child, "qemu"), log_path))
+    Ok((Guarded::new(child, "qemu"), started))
 }
 
-/// Boots `boot` in `ns` and waits for the guest to power off (killing it at the deadline).
-pub fn run(ns: &Netns, boot: &Boot<'_>) -> Result<Outcome> {
-    let started = Instant::now();
-    let (mut guard, log_path) = start(ns, boot)?;
-    let Some(status) = guard.wait_until(started + boot.timeout)? else {
-        guard.stop(Signal::SIGKILL, Duration::from_secs(5))?;
-        bail!(
-            "the guest did not power off within {:?}: killed (console: {})\n{}",
-            boot.timeout,
-            boot.console.display(),
-            tail(&boot.console)
-        );
-    };
-    let elapsed = started.elapsed();
-    let output = fs::read_to_string(&log_path).unwrap_or_default();
-    ensure!(
-        status.success(),
-        "qemu failed ({status}): {}\n{}",
-        output.trim(),
-        tail(&boot.console)
-    );
-    let console =
-        fs::read(&boot.console).with_context(|| format!("reading {}", boot.console.display()))?;
-    let console = String::from_utf8_lossy(&console);
+/// What /init printed (`NCT-` lines) on the console of a guest that powered off.
+fn parse_console(console: &str, elapsed: Duration, path: &Path) -> Result<Outcome> {
     let mut outcome = Outcome {
         elapsed,
         ..Outcome::default()
     };
-    let done = read_markers(&console, &mut outcome, &boot.console)?;
+    let done = read_markers(console, &mut outcome, path)?;
     ensure!(
         done,
         "the guest powered off before its /init finished (console: {})\n{}",
-        boot.console.display(),
-        tail(&boot.console)
+        path.display(),
+        tail(path)
     );
     Ok(outcome)
 }
@@ -168,9 +172,9 @@ pub const END_OF_PANIC: &str = "---[ end Kernel panic";
 /// Boots `boot`, which crashes on purpose (`nct_panic`), and waits until the kernel has reset
 /// the machine or halted, bounded by `boot.timeout`: a halted kernel never powers off.
 pub fn run_crash(ns: &Netns, boot: &Boot<'_>) -> Result<(Outcome, CrashEnd)> {
-    let started = Instant::now();
+    let (mut guard, started) = spawn(ns, boot, &[])?;
     let deadline = started + boot.timeout;
-    let (mut guard, log_path) = start(ns, boot)?;
+    let log_path = boot.console.with_extension("qemu.log");
     let end = loop {
         if let Some(status) = guard.try_wait()? {
             ensure!(
@@ -219,7 +223,7 @@ pub fn run_crash(ns: &Netns, boot: &Boot<'_>) -> Result<(Outcome, CrashEnd)> {
 }
 
 /// The console's last lines, for error messages.
-fn tail(path: &Path) -> String {
+pub fn tail(path: &Path) -> String {
     let text = fs::read(path).unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().collect();

@@ -19,24 +19,30 @@ use super::{cmd_output, cmd_status};
 /// A kernel line to test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
 pub enum Series {
+    /// bullseye's 5.10 (`linux-image-amd64` from bullseye, -updates or -security): older than
+    /// the XDP backend needs.
+    #[value(name = "5.10")]
+    V5_10,
     /// bookworm's 6.1 (`linux-image-amd64` from bookworm, -updates or -security).
     #[value(name = "6.1")]
     V6_1,
     /// bookworm-backports' 6.12.
     #[value(name = "6.12")]
     V6_12,
-    /// The newest kernel Debian ships (unstable's, 7.x): netconsole is an nbcon console there.
-    /// From 7.x on `linux-image-<abi>` is empty: the kernel is in `linux-binary-<abi>`, the
-    /// modules in `linux-modules-<abi>` (under `usr/lib/modules`).
+    /// The newest kernel Debian ships: unstable's (7.x when written). From 7.x on,
+    /// `linux-image-<abi>` is empty and depends on `linux-binary-<abi>` (the kernel),
+    /// `linux-modules-<abi>` and `linux-base-<abi>` (`modules.builtin`), all under /usr.
     #[value(name = "unstable")]
     Unstable,
 }
 
 impl Series {
-    pub const ALL: [Self; 3] = [Self::V6_1, Self::V6_12, Self::Unstable];
+    /// Every series, oldest first.
+    pub const ALL: [Self; 4] = [Self::V5_10, Self::V6_1, Self::V6_12, Self::Unstable];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::V5_10 => "5.10",
             Self::V6_1 => "6.1",
             Self::V6_12 => "6.12",
             Self::Unstable => "unstable",
@@ -50,10 +56,12 @@ impl Series {
 
     /// Whether an apt suite (`bookworm-backports`) carries this series' metapackage.
     fn wants_suite(self, suite: &str) -> bool {
+        let (codename, pocket) = suite.split_once('-').unwrap_or((suite, ""));
         match self {
-            Self::V6_1 => suite.starts_with("bookworm") && !suite.ends_with("-backports"),
-            Self::V6_12 => suite == "bookworm-backports",
-            Self::Unstable => suite == "unstable" || suite == "sid",
+            Self::V5_10 => codename == "bullseye" && pocket != "backports",
+            Self::V6_1 => codename == "bookworm" && pocket != "backports",
+            Self::V6_12 => codename == "bookworm" && pocket == "backports",
+            Self::Unstable => matches!(codename, "sid" | "unstable"),
         }
     }
 }
@@ -73,8 +81,7 @@ impl Kernel {
         modules_dir(&self.root, &self.release)
     }
 
-    /// The compressed image, as the package ships it: `boot/vmlinuz-<release>`, or from 7.x
-    /// on `usr/lib/modules/<release>/vmlinuz`.
+    /// The compressed image, as the package ships it.
     pub fn bzimage(&self) -> PathBuf {
         bzimage(&self.root, &self.release)
     }
@@ -83,26 +90,6 @@ impl Kernel {
     /// boots it directly, without the decompressor, about 6 s faster under TCG.
     pub fn vmlinux(&self) -> PathBuf {
         self.root.join("vmlinux")
-    }
-}
-
-/// `lib/modules/<release>` under `root`, or `usr/lib/modules/<release>` (7.x packages).
-fn modules_dir(root: &Path, release: &str) -> PathBuf {
-    let usr = root.join("usr/lib/modules").join(release);
-    if usr.is_dir() {
-        usr
-    } else {
-        root.join("lib/modules").join(release)
-    }
-}
-
-/// The compressed image under `root` (see [`Kernel::bzimage`]).
-fn bzimage(root: &Path, release: &str) -> PathBuf {
-    let boot = root.join("boot").join(format!("vmlinuz-{release}"));
-    if boot.is_file() {
-        boot
-    } else {
-        modules_dir(root, release).join("vmlinuz")
     }
 }
 
@@ -142,15 +129,18 @@ impl Cache {
             .to_owned();
         let root = self.dir.join(&release);
         if !root.join(".complete").is_file() {
-            let parts = apt.parts(&package, &version)?;
+            // From 7.x on the image package is empty: the kernel and modules are in packages
+            // it depends on, of the same version.
+            let mut packages = vec![package.clone()];
+            packages.extend(apt.split_parts(&package, &version, &release)?);
             let mut debs = Vec::new();
-            for part in &parts {
-                eprintln!("vm-test: fetching {part} {version}");
-                debs.push(apt.download(part, &version)?);
+            for package in &packages {
+                eprintln!("vm-test: fetching {package} {version}");
+                debs.push(apt.download(package, &version)?);
             }
             unpack(&debs, &root, &release)?;
             for deb in debs {
-                let _ = fs::remove_file(deb);
+                let _ = fs::remove_file(&deb);
             }
         }
         fs::write(&index, format!("{release}\n"))
@@ -185,11 +175,14 @@ impl Cache {
         );
         let mut sources = String::new();
         for (archive, suite) in [
+            ("debian", "bullseye"),
+            ("debian", "bullseye-updates"),
+            ("debian-security", "bullseye-security"),
             ("debian", "bookworm"),
             ("debian", "bookworm-updates"),
             ("debian-security", "bookworm-security"),
             ("debian", "bookworm-backports"),
-            ("debian", "unstable"),
+            ("debian", "sid"),
         ] {
             let _ = writeln!(
                 sources,
@@ -254,74 +247,108 @@ impl Apt {
                     series.as_str()
                 )
             })?;
-        let show = cmd_output(
-            self.command("apt-cache")
-                .args(["show", &format!("linux-image-amd64={meta_version}")]),
-        )?;
-        let depends = show
-            .lines()
-            .find_map(|l| l.strip_prefix("Depends:"))
-            .context("linux-image-amd64 has no Depends")?;
-        // `linux-image-6.1.0-56-amd64 (= 6.1.192-2)`; 7.x puts `linux-base-amd64 (= ...)` first.
-        let (package, version) = depends_on(depends, "linux-image-")
-            .with_context(|| format!("unexpected Depends: {depends}"))?;
+        let depends = self.depends("linux-image-amd64", &meta_version)?;
+        // `linux-image-6.1.0-56-amd64 (= 6.1.192-2)`; 7.x lists `linux-base-amd64` first.
+        let (package, version) = exact_depends(&depends)
+            .find(|(p, _)| p.starts_with("linux-image-"))
+            .with_context(|| format!("no linux-image-* in Depends: {depends}"))?;
         Ok((package.to_owned(), version.to_owned()))
     }
 
-    /// The packages that hold the kernel of image package `package`: itself, or from 7.x on
-    /// (where it is empty) its `linux-binary-<abi>` (the image), `linux-modules-<abi>` and
-    /// `linux-base-<abi>` (which has `modules.builtin`).
-    fn parts(&self, package: &str, version: &str) -> Result<Vec<String>> {
+    /// The `Depends:` field of `package` at `version`.
+    fn depends(&self, package: &str, version: &str) -> Result<String> {
         let show = cmd_output(
             self.command("apt-cache")
                 .args(["show", &format!("{package}={version}")]),
         )?;
-        let depends = show
-            .lines()
+        show.lines()
             .find_map(|l| l.strip_prefix("Depends:"))
-            .unwrap_or_default();
-        let part = |prefix: &str| depends_on(depends, prefix).map(|(p, _)| p.to_owned());
-        Ok(match (part("linux-binary-"), part("linux-modules-")) {
-            (Some(binary), Some(modules)) => {
-                let mut parts = vec![binary, modules];
-                parts.extend(part("linux-base-"));
-                parts
-            }
-            _ => vec![package.to_owned()],
-        })
+            .map(str::to_owned)
+            .with_context(|| format!("{package} {version} has no Depends"))
+    }
+
+    /// The packages that hold the kernel and modules of an image package that has none itself
+    /// (7.x on: `linux-binary-<release>`, `linux-modules-<release>`, and `linux-base-<release>`
+    /// for `modules.builtin`); empty before 7.x.
+    fn split_parts(&self, package: &str, version: &str, release: &str) -> Result<Vec<String>> {
+        let depends = self.depends(package, version)?;
+        Ok(exact_depends(&depends)
+            .filter(|(p, v)| {
+                *v == version
+                    && ["binary", "modules", "base"]
+                        .iter()
+                        .any(|part| *p == format!("linux-{part}-{release}"))
+            })
+            .map(|(p, _)| p.to_owned())
+            .collect())
     }
 
     fn download(&self, package: &str, version: &str) -> Result<PathBuf> {
         let debs = self.dir.join("debs");
+        let prefix = format!("{package}_");
+        let find = || -> Result<Option<PathBuf>> {
+            Ok(fs::read_dir(&debs)?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .find(|p| {
+                    p.extension().is_some_and(|e| e == "deb")
+                        && p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with(&prefix))
+                }))
+        };
+        // A download that finished before an interrupted unpack is not fetched again (the
+        // modules package of 7.x is over 100 MB).
+        if let Some(deb) = find()? {
+            return Ok(deb);
+        }
         cmd_status(
             self.command("apt-get")
                 .args(["download", "-qq", &format!("{package}={version}")])
                 .current_dir(&debs),
         )
         .with_context(|| format!("apt-get download {package}={version}"))?;
-        let prefix = format!("{package}_");
-        fs::read_dir(&debs)?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| {
-                p.extension().is_some_and(|e| e == "deb")
-                    && p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with(&prefix))
-            })
-            .with_context(|| format!("apt-get download left no {prefix}*.deb"))
+        find()?.with_context(|| format!("apt-get download left no {prefix}*.deb"))
     }
 }
 
-/// The first `name (= version)` of a Depends line whose name starts with `prefix`.
-fn depends_on<'a>(depends: &'a str, prefix: &str) -> Option<(&'a str, &'a str)> {
-    depends.split(',').find_map(|item| {
-        let (package, version) = item.trim().split_once(" (= ")?;
-        let package = package.trim();
-        package
-            .starts_with(prefix)
-            .then_some((package, version.strip_suffix(')')?))
+/// The `name (= version)` entries of a `Depends:` field (alternatives and ranges skipped).
+fn exact_depends(depends: &str) -> impl Iterator<Item = (&str, &str)> {
+    depends.split(',').filter_map(|entry| {
+        let (package, version) = entry.trim().split_once(" (= ")?;
+        Some((package.trim(), version.strip_suffix(')')?))
     })
+}
+
+/// `lib/modules/<release>`, or `usr/lib/modules/<release>` (merged /usr, 7.x on).
+fn modules_dir(root: &Path, release: &str) -> PathBuf {
+    let classic = root.join("lib/modules").join(release);
+    if classic.is_dir() {
+        classic
+    } else {
+        root.join("usr/lib/modules").join(release)
+    }
+}
+
+/// `boot/vmlinuz-<release>`, or wherever under `root` a package put `vmlinuz-<release>`.
+fn bzimage(root: &Path, release: &str) -> PathBuf {
+    let name = format!("vmlinuz-{release}");
+    let classic = root.join("boot").join(&name);
+    if classic.is_file() {
+        return classic;
+    }
+    ["usr/lib/linux", "usr/boot", "usr/lib/modules"]
+        .iter()
+        .map(|dir| root.join(dir))
+        .flat_map(|dir| {
+            [
+                dir.join(&name),
+                dir.join(release).join(&name),
+                dir.join(release).join("vmlinuz"),
+            ]
+        })
+        .find(|p| p.is_file())
+        .unwrap_or(classic)
 }
 
 /// `dpkg --compare-versions`, for the few versions madison lists.
@@ -354,14 +381,16 @@ fn unpack(debs: &[PathBuf], root: &Path, release: &str) -> Result<()> {
         modules.is_dir(),
         "{debs:?} have no lib/modules/{release} (nor usr/lib/modules/{release})"
     );
-    // Debian's postinst runs depmod; the package itself has no modules.dep. depmod -b BASE
-    // reads BASE/lib/modules/<release>.
+    // Debian's postinst runs depmod; the package itself has no modules.dep. depmod looks in
+    // `<base>/lib/modules`: give it a base whose lib/modules is the one the package filled.
     let base = modules
-        .ancestors()
-        .nth(3)
-        .context("modules directory depth")?;
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .context("modules path")?;
     cmd_status(Command::new("depmod").arg("-b").arg(base).arg(release))?;
     let bzimage = bzimage(&tmp, release);
+    ensure!(bzimage.is_file(), "{debs:?} have no vmlinuz-{release}");
     match extract_vmlinux(&bzimage, &tmp.join("vmlinux")) {
         Ok(()) => {}
         Err(error) => {
