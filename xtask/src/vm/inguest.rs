@@ -590,7 +590,7 @@ fn expected_records(path: &Path) -> Result<(String, Vec<Record>)> {
 
 /// netcon-sniff without its debug info, and every shared library `ldd` names, at the paths the
 /// binary asks for them.
-fn sniff_files(sniff: &Path, dir: &Path) -> Result<Vec<initramfs::File>> {
+pub(super) fn sniff_files(sniff: &Path, dir: &Path) -> Result<Vec<initramfs::File>> {
     let stripped = dir.join("netcon-sniff");
     let strip = Command::new("strip")
         .arg("--strip-debug")

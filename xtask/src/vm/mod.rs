@@ -34,6 +34,7 @@ mod kernel;
 mod netns;
 mod observe;
 mod records;
+mod senderconf;
 mod sniff;
 
 use std::{
@@ -146,6 +147,9 @@ pub enum ConfigName {
     ExtendedRelease,
     /// `+6665@...,6666@10.N.0.99/ff:ff:ff:ff:ff:ff`: extended, to an address nobody owns.
     BroadcastUnowned,
+    /// `netcon-sniff sender-config` in the guest, for the same segment, a VLAN and a bond, and
+    /// netconsole loaded with the line it printed (`senderconf.rs`; 6.1 and newer).
+    SenderConfig,
     /// The kernel crashes on purpose after its records (`crash.rs`): 6.1 plain (kernel.panic 1,
     /// then 0), 6.12 extended (-1), unstable configfs with userdata and sysdata (3, then 0).
     Crash,
@@ -166,6 +170,7 @@ impl ConfigName {
             Self::ExtendedRelease => "extended-release",
             Self::BroadcastUnowned => "broadcast-unowned",
             Self::Crash => "crash",
+            Self::SenderConfig => "sender-config",
         }
     }
 }
@@ -204,12 +209,15 @@ impl Case {
     /// netconsole's parameter (`Documentation/networking/netconsole.rst`).
     fn netconsole(&self) -> String {
         let flags = match self.config {
-            ConfigName::Plain | ConfigName::Crash => "",
+            ConfigName::Plain | ConfigName::Crash | ConfigName::SenderConfig => "",
             ConfigName::Extended | ConfigName::BroadcastUnowned => "+",
             ConfigName::ExtendedRelease => "+r",
         };
         let mac = match self.config {
-            ConfigName::Plain | ConfigName::ExtendedRelease | ConfigName::Crash => String::new(),
+            ConfigName::Plain
+            | ConfigName::ExtendedRelease
+            | ConfigName::Crash
+            | ConfigName::SenderConfig => String::new(),
             ConfigName::Extended => self.collector_mac(),
             ConfigName::BroadcastUnowned => "ff:ff:ff:ff:ff:ff".to_owned(),
         };
@@ -274,7 +282,7 @@ pub fn run(root: &Path, args: &VmTestArgs) -> Result<()> {
     }
     let env_of = |kernel, config| {
         env_for(
-            kernel, config, accel, args, &init, &sniff, &receivers, &work,
+            root, kernel, config, accel, args, &init, &sniff, &receivers, &work,
         )
     };
     let mut tally = |name: &str, result: Result<Vec<Duration>>| match result {
@@ -302,11 +310,11 @@ pub fn run(root: &Path, args: &VmTestArgs) -> Result<()> {
             let env = env_of(kernel, config);
             tally(&env.name, run_case(&env, &case));
         }
-        let crashes = args.configs.is_empty() || args.configs.contains(&ConfigName::Crash);
-        if crashes && kernel.series.crash_scenario().is_some() {
-            let env = env_of(kernel, ConfigName::Crash);
-            let net = 84 + u8::try_from(kernel.series as usize).expect("four kernels");
-            tally(&env.name, crash::run(&env, net));
+        for (config, applies, net, runner) in own_scenarios(kernel.series) {
+            if applies && (args.configs.is_empty() || args.configs.contains(&config)) {
+                let env = env_of(kernel, config);
+                tally(&env.name, runner(&env, net));
+            }
         }
     }
     let per_boot = boots.iter().sum::<Duration>() / u32::try_from(boots.len().max(1)).unwrap_or(1);
@@ -327,9 +335,33 @@ pub fn run(root: &Path, args: &VmTestArgs) -> Result<()> {
     Ok(())
 }
 
+/// A scenario that runs its own boots on network 10.N.0.0/24: the boots' durations.
+type OwnRunner = fn(&Env<'_>, u8) -> Result<Vec<Duration>>;
+
+/// The scenarios with a runner of their own: (config, whether `series` has it, N of
+/// 10.N.0.0/24, the runner).
+fn own_scenarios(series: Series) -> [(ConfigName, bool, u8, OwnRunner); 2] {
+    let crash_net = 84 + u8::try_from(series as usize).expect("four kernels");
+    [
+        (
+            ConfigName::Crash,
+            series.crash_scenario().is_some(),
+            crash_net,
+            crash::run,
+        ),
+        (
+            ConfigName::SenderConfig,
+            series >= Series::V6_1,
+            88,
+            senderconf::run,
+        ),
+    ]
+}
+
 /// The [`Env`] of `config` on `kernel`, logging under `work/<kernel>-<config>`.
 #[expect(clippy::too_many_arguments, reason = "one call site per kind of case")]
 fn env_for<'a>(
+    root: &'a Path,
     kernel: &'a Kernel,
     config: ConfigName,
     accel: Accel,
@@ -341,6 +373,7 @@ fn env_for<'a>(
 ) -> Env<'a> {
     let name = format!("{} {}", kernel.series.as_str(), config.as_str());
     Env {
+        root,
         kernel,
         accel,
         args,
@@ -429,6 +462,8 @@ fn receivers(sniff: &host::Sniff, args: &VmTestArgs) -> Result<Vec<Receiver>> {
 
 /// What every case shares.
 struct Env<'a> {
+    /// The repository (for `vm/*.sh`).
+    root: &'a Path,
     kernel: &'a Kernel,
     accel: Accel,
     args: &'a VmTestArgs,
@@ -564,13 +599,20 @@ fn prepare_boot(
     let records = records::records(&runid);
     let initramfs = env.dir.join(format!("boot{b}.cpio"));
     initramfs::build(env.kernel, env.init, &records, &initramfs)?;
-    let image = env.kernel.vmlinux();
-    let image = if env.args.bzimage || !image.is_file() {
-        env.kernel.bzimage()
-    } else {
-        image
-    };
-    Ok((runid, records, initramfs, image))
+    Ok((runid, records, initramfs, env.image()))
+}
+
+impl Env<'_> {
+    /// The kernel image to boot: the uncompressed vmlinux unless `--bzimage` (or none was
+    /// extracted).
+    fn image(&self) -> PathBuf {
+        let image = self.kernel.vmlinux();
+        if self.args.bzimage || !image.is_file() {
+            self.kernel.bzimage()
+        } else {
+            image
+        }
+    }
 }
 
 /// Reads one receiver's output and checks it; `Err` lists the failures.
