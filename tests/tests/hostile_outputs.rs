@@ -12,7 +12,7 @@ use std::time::Duration;
 use netcon_tests::outputs::{
     extended, file_lines, signal_sniffer, stats_counter, topology_on_subnet, wait_for_lines,
 };
-use netcon_tests::{LINE_TIMEOUT, Link, Sniffer, TempDir, Topology, UdpFrame};
+use netcon_tests::{LINE_TIMEOUT, Link, PcapFile, Sniffer, TempDir, Topology, UdpFrame};
 use nix::sys::signal::Signal;
 
 /// Forged panic senders: as many as in the report that found the hook starvable.
@@ -180,6 +180,29 @@ fn user_nobody_with_a_log_dir_it_cannot_write_is_refused_at_start() {
         "{stderr}"
     );
     assert!(s.stdout_lines().is_empty());
+}
+
+#[test]
+fn user_nobody_keeps_writing_the_pcap_file() {
+    let topo = topology_on_subnet(40);
+    let link = topo.link();
+    let dir = TempDir::new("hostile-user-pcap");
+    let pcap = dir.join("out.pcap");
+    let mut s = sniff_live(
+        &topo,
+        &["--user", "nobody", "-w", pcap.to_str().expect("UTF-8")],
+    );
+    let mut sender = topo.sender(link);
+    for seq in 1..=5 {
+        let text = format!("NCT-PCAP record {seq}");
+        sender.send(&UdpFrame::v4(link, extended(6, seq, 1000 + seq, &text)).build());
+        s.expect_line_containing(&text, LINE_TIMEOUT);
+    }
+    s.sigterm();
+    let (status, stderr) = s.wait();
+    assert!(status.success(), "{stderr}");
+    // Opened as root before the drop; written as nobody through the descriptor.
+    assert_eq!(PcapFile::read(&pcap).records.len(), 5);
 }
 
 /// Stops the reader, sends a burst far larger than its buffer, resumes it: the loss must show
