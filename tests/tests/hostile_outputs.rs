@@ -4,7 +4,7 @@
 //!
 //! Deadlines are failure deadlines only; nothing asserts how fast anything is.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::Duration;
@@ -117,6 +117,106 @@ fn forged_panics_from_many_senders_do_not_starve_the_genuine_hook() {
     );
     assert_eq!(stats_counter(&stderr, "hooks_skipped"), 0, "{stderr}");
     assert!(stats_counter(&stderr, "hooks_late") >= 1, "{stderr}");
+}
+
+/// Forged panic senders of the spray: more than the hook's slots (16) and queue (256) together.
+const SPRAY: u16 = 300;
+
+#[test]
+fn a_spray_of_forged_panics_beyond_the_queue_does_not_crowd_out_a_known_sender() {
+    let topo = topology_on_subnet(45);
+    let link = topo.link();
+    let dir = TempDir::new("hostile-spray");
+    let script = dir.join("hook.sh");
+    let out = dir.join("hook.out");
+    let done = dir.join("done");
+    // Forged runs are slow until the genuine one has run; then they end at once.
+    executable(
+        &script,
+        &format!(
+            "#!/bin/sh\n\
+             echo \"$NETCON_SENDER\" >> '{out}'\n\
+             case \"$NETCON_SENDER\" in {genuine}:*) touch '{done}';; \
+             *) [ -e '{done}' ] || sleep {SLOW_HOOK_SECONDS};; esac\n",
+            out = out.display(),
+            done = done.display(),
+            genuine = link.sender_v4
+        ),
+    );
+    let mut s = sniff_live(
+        &topo,
+        &[
+            "--format",
+            "json",
+            "--on-panic",
+            script.to_str().expect("UTF-8"),
+        ],
+    );
+    let mut sender = topo.sender(link);
+    // The real machine has been logging before the attack.
+    sender.send(&UdpFrame::v4(link, extended(6, 1, 1000, "NCT-SPRAY booted")).build());
+    s.expect_line_containing("NCT-SPRAY booted", LINE_TIMEOUT);
+    let frames: Vec<Vec<u8>> = (0..SPRAY)
+        .map(|i| {
+            // From fd00:N::1000 on: inside the namespace's own prefix, as many as wanted.
+            let mut frame = UdpFrame::v6(
+                link,
+                extended(0, 1, 1000, "Kernel panic - not syncing: sprayed"),
+            );
+            frame.src = SocketAddr::new(
+                IpAddr::V6(Ipv6Addr::new(
+                    0xfd00,
+                    u16::from(link.subnet),
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0x1000 + i,
+                )),
+                frame.src.port(),
+            );
+            frame.build()
+        })
+        .collect();
+    sender.send_all(&frames);
+    for _ in 0..SPRAY {
+        s.expect_line_containing("not syncing: sprayed", LINE_TIMEOUT);
+    }
+    sender.send(
+        &UdpFrame::v4(
+            link,
+            extended(0, 2, 9000, "Kernel panic - not syncing: genuine"),
+        )
+        .build(),
+    );
+    s.expect_line_containing("not syncing: genuine", LINE_TIMEOUT);
+
+    let genuine = format!("{}:6665", link.sender_v4);
+    let deadline = std::time::Instant::now() + LINE_TIMEOUT;
+    while !done.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the genuine hook never ran; runs: {:?}",
+            file_lines(&out).map(|l| l.len())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    while !s
+        .expect_line_containing("\"type\":\"hook_late\"", LINE_TIMEOUT)
+        .contains(&genuine)
+    {}
+    // The spray beyond slots and queue was skipped, visibly.
+    assert!(
+        s.stdout_lines()
+            .iter()
+            .any(|l| l.contains("\"type\":\"hook_skipped\"") && l.contains("queue_full")),
+        "no hook_skipped notice"
+    );
+    s.sigterm();
+    let (status, stderr) = s.wait();
+    assert!(status.success(), "{stderr}");
+    assert!(stats_counter(&stderr, "hooks_skipped") > 0, "{stderr}");
 }
 
 #[test]

@@ -26,8 +26,8 @@
 //!
 //! **Slots and the queue.** At most [`DEFAULT_MAX_RUNNING`] commands run at once, and at most one
 //! per sender. A report that finds every slot busy (forged panics from many addresses running a
-//! slow pager, say) is not dropped: it waits in a queue, first come first served, and starts as
-//! soon as a slot frees; when it starts, a `hook_late` notice says how long it waited. The queue
+//! slow pager, say) is not dropped: it waits in a queue and starts as soon as a slot frees (the
+//! sender heard from longest ago first, then first come first served); when it starts, a `hook_late` notice says how long it waited. The queue
 //! holds at most [`DEFAULT_MAX_QUEUED`] reports, each charged to the memory budget; beyond that
 //! a report is skipped, counted (`hooks_skipped`) and shown (`hook_skipped`, `queue_full`), never
 //! silently. A command still running after `--on-panic-timeout` ([`DEFAULT_RUN_TIMEOUT`]) is
@@ -460,22 +460,25 @@ impl PanicHook {
         self.notice(sender, HookOutcome::Skipped(why));
     }
 
-    /// Starts waiting reports, oldest first, while slots are free; a sender whose command is
-    /// still running waits for it. With `all`, ignores the slot limit (at exit).
+    /// Starts waiting reports while slots are free, the longest-known sender's first; a sender
+    /// whose command is still running waits for it. With `all`, ignores the slot limit (at exit).
     fn start_waiting(&mut self, now: Instant, all: bool) {
-        let mut i = 0;
-        while i < self.waiting.len() && (all || self.running.len() < self.limits.max_running) {
-            let ip = self.waiting[i].sender.ip();
-            if !all
-                && self
-                    .running
-                    .iter()
-                    .any(|r| r.sender.ip() == ip && !r.killed)
-            {
-                i += 1;
-                continue;
-            }
-            let Some(entry) = self.waiting.remove(i) else {
+        while all || self.running.len() < self.limits.max_running {
+            // Of the reports whose sender runs nothing now, the longest-known sender's first
+            // (then the oldest report): forged newcomers queue behind a machine heard before.
+            let next = self
+                .waiting
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| {
+                    all || !self
+                        .running
+                        .iter()
+                        .any(|r| r.sender.ip() == w.sender.ip() && !r.killed)
+                })
+                .min_by_key(|&(i, w)| (self.newness(w.sender.ip()), i))
+                .map(|(i, _)| i);
+            let Some(entry) = next.and_then(|i| self.waiting.remove(i)) else {
                 break;
             };
             self.budget.release(entry.charged);
