@@ -444,6 +444,10 @@ fn sigterm_counters(mode: Mode) {
                 "kernel_received == received + kernel_dropped: {summary:?}"
             );
             assert_eq!(r.kernel_dropped, 0, "no drops at this rate: {summary:?}");
+            assert_eq!(
+                r.queue_full, 0,
+                "no queue overflow at this rate: {summary:?}"
+            );
             assert_eq!(r.truncated, 0, "{summary:?}");
         }
     }

@@ -1,7 +1,7 @@
 //! Frame capture: backends yield [`Captured`] frames and do not parse them.
 //!
 //! - [`xdp`]: the XDP program and its ring buffer (the fast path);
-//! - [`raw`]: `AF_PACKET` sockets with a kernel filter (where XDP cannot load);
+//! - [`raw`]: pnet over `AF_PACKET` sockets with a kernel filter (where XDP cannot load);
 //! - [`pcap`]: a capture file, offline.
 
 pub mod pcap;
@@ -77,7 +77,7 @@ pub struct XdpCounters {
 /// Counters of the raw backend's sockets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RawCounters {
-    /// Frames read from the sockets.
+    /// Frames read from the sockets (those then lost to a full queue included).
     pub received: u64,
     /// Frames the kernel queued for the sockets (`PACKET_STATISTICS` `tp_packets`).
     pub kernel_received: u64,
@@ -85,6 +85,9 @@ pub struct RawCounters {
     pub kernel_dropped: u64,
     /// Frames longer than the read buffer, delivered cut.
     pub truncated: u64,
+    /// Frames read but dropped because the queue from the receive threads to the pipeline was
+    /// full (the pipeline fell behind).
+    pub queue_full: u64,
 }
 
 impl RawCounters {
@@ -93,6 +96,7 @@ impl RawCounters {
         self.kernel_received += other.kernel_received;
         self.kernel_dropped += other.kernel_dropped;
         self.truncated += other.truncated;
+        self.queue_full += other.queue_full;
     }
 }
 
@@ -122,7 +126,7 @@ impl CaptureCounters {
     pub fn lost(&self) -> u64 {
         match self {
             Self::Xdp(c) => c.ringbuf_full + c.copy_failed,
-            Self::Raw(c) => c.kernel_dropped,
+            Self::Raw(c) => c.kernel_dropped + c.queue_full,
             Self::File(_) => 0,
         }
     }
@@ -138,8 +142,9 @@ impl fmt::Display for CaptureCounters {
             ),
             Self::Raw(c) => write!(
                 f,
-                "raw counters: received={} kernel_received={} kernel_dropped={} truncated={}",
-                c.received, c.kernel_received, c.kernel_dropped, c.truncated
+                "raw counters: received={} kernel_received={} kernel_dropped={} truncated={} \
+                 queue_full={}",
+                c.received, c.kernel_received, c.kernel_dropped, c.truncated, c.queue_full
             ),
             Self::File(c) => write!(f, "file counters: read={} skipped={}", c.read, c.skipped),
         }
