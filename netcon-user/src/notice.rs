@@ -20,8 +20,8 @@ pub enum LossReason {
     Socket,
     /// The capture backend's own queue to the pipeline was full.
     QueueFull,
-    /// The interface itself dropped frames (`rx_dropped` + `rx_missed_errors` grew while
-    /// capturing); these may include traffic other than netconsole.
+    /// The interface itself lost frames before any program saw them (its missed, FIFO and
+    /// overrun counters grew while capturing); these may include traffic other than netconsole.
     Interface,
 }
 
@@ -46,7 +46,7 @@ impl LossReason {
             Self::CopyFailed => "copy into the ring buffer failed",
             Self::Socket => "socket buffer full",
             Self::QueueFull => "capture queue full",
-            Self::Interface => "dropped by the interface, any traffic",
+            Self::Interface => "missed by the interface, any traffic",
         }
     }
 }

@@ -827,7 +827,7 @@ pub fn without_stats(lines: &[String]) -> Vec<String> {
 pub enum CaptureBackend {
     /// `xdp counters: seen= matched= ringbuf_full= truncated= copy_failed=`
     Xdp,
-    /// `raw counters: received= kernel_received= kernel_dropped= truncated=`
+    /// `raw counters: received= kernel_received= kernel_dropped= truncated= queue_full=`
     Raw,
     /// `file counters: read= skipped=`
     File,
@@ -855,7 +855,13 @@ impl CaptureBackend {
                 "truncated",
                 "copy_failed",
             ],
-            CaptureBackend::Raw => &["received", "kernel_received", "kernel_dropped", "truncated"],
+            CaptureBackend::Raw => &[
+                "received",
+                "kernel_received",
+                "kernel_dropped",
+                "truncated",
+                "queue_full",
+            ],
             CaptureBackend::File => &["read", "skipped"],
         }
     }
@@ -897,6 +903,8 @@ pub struct RawCounters {
     pub kernel_dropped: u64,
     /// Frames cut to the read buffer.
     pub truncated: u64,
+    /// Frames read but dropped because the queue to the pipeline was full.
+    pub queue_full: u64,
 }
 
 /// Counters of a capture file (`-r`).
@@ -1037,6 +1045,7 @@ impl Summary {
             kernel_received: self.counter("kernel_received"),
             kernel_dropped: self.counter("kernel_dropped"),
             truncated: self.counter("truncated"),
+            queue_full: self.counter("queue_full"),
         }
     }
 
@@ -1178,7 +1187,7 @@ mod tests {
     #[test]
     fn parses_raw_summary() {
         let s = Summary::parse(
-            "netcon-sniff: raw counters: received=5 kernel_received=6 kernel_dropped=1 truncated=0\nnetcon-sniff: printed 5 datagrams\n",
+            "netcon-sniff: raw counters: received=5 kernel_received=6 kernel_dropped=1 truncated=0 queue_full=2\nnetcon-sniff: printed 3 datagrams\n",
         );
         assert_eq!(s.backend, CaptureBackend::Raw);
         assert_eq!(
@@ -1188,9 +1197,10 @@ mod tests {
                 kernel_received: 6,
                 kernel_dropped: 1,
                 truncated: 0,
+                queue_full: 2,
             }
         );
-        assert_eq!(s.printed, 5);
+        assert_eq!(s.printed, 3);
     }
 
     #[test]
@@ -1238,7 +1248,7 @@ mod tests {
     #[should_panic(expected = "unknown raw counter \"seen\"")]
     fn summary_rejects_foreign_counters() {
         let _ = Summary::parse(
-            "netcon-sniff: raw counters: received=1 kernel_received=1 kernel_dropped=0 truncated=0 seen=1\nnetcon-sniff: printed 1 datagrams\n",
+            "netcon-sniff: raw counters: received=1 kernel_received=1 kernel_dropped=0 truncated=0 queue_full=0 seen=1\nnetcon-sniff: printed 1 datagrams\n",
         );
     }
 

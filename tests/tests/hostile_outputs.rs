@@ -4,7 +4,7 @@
 //!
 //! Deadlines are failure deadlines only; nothing asserts how fast anything is.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use std::time::Duration;
 use netcon_tests::outputs::{
     extended, file_lines, signal_sniffer, stats_counter, topology_on_subnet, wait_for_lines,
 };
-use netcon_tests::{LINE_TIMEOUT, Link, Sniffer, TempDir, Topology, UdpFrame};
+use netcon_tests::{LINE_TIMEOUT, Link, PcapFile, Sniffer, TempDir, Topology, UdpFrame};
 use nix::sys::signal::Signal;
 
 /// Forged panic senders: as many as in the report that found the hook starvable.
@@ -119,6 +119,106 @@ fn forged_panics_from_many_senders_do_not_starve_the_genuine_hook() {
     assert!(stats_counter(&stderr, "hooks_late") >= 1, "{stderr}");
 }
 
+/// Forged panic senders of the spray: more than the hook's slots (16) and queue (256) together.
+const SPRAY: u16 = 300;
+
+#[test]
+fn a_spray_of_forged_panics_beyond_the_queue_does_not_crowd_out_a_known_sender() {
+    let topo = topology_on_subnet(45);
+    let link = topo.link();
+    let dir = TempDir::new("hostile-spray");
+    let script = dir.join("hook.sh");
+    let out = dir.join("hook.out");
+    let done = dir.join("done");
+    // Forged runs are slow until the genuine one has run; then they end at once.
+    executable(
+        &script,
+        &format!(
+            "#!/bin/sh\n\
+             echo \"$NETCON_SENDER\" >> '{out}'\n\
+             case \"$NETCON_SENDER\" in {genuine}:*) touch '{done}';; \
+             *) [ -e '{done}' ] || sleep {SLOW_HOOK_SECONDS};; esac\n",
+            out = out.display(),
+            done = done.display(),
+            genuine = link.sender_v4
+        ),
+    );
+    let mut s = sniff_live(
+        &topo,
+        &[
+            "--format",
+            "json",
+            "--on-panic",
+            script.to_str().expect("UTF-8"),
+        ],
+    );
+    let mut sender = topo.sender(link);
+    // The real machine has been logging before the attack.
+    sender.send(&UdpFrame::v4(link, extended(6, 1, 1000, "NCT-SPRAY booted")).build());
+    s.expect_line_containing("NCT-SPRAY booted", LINE_TIMEOUT);
+    let frames: Vec<Vec<u8>> = (0..SPRAY)
+        .map(|i| {
+            // From fd00:N::1000 on: inside the namespace's own prefix, as many as wanted.
+            let mut frame = UdpFrame::v6(
+                link,
+                extended(0, 1, 1000, "Kernel panic - not syncing: sprayed"),
+            );
+            frame.src = SocketAddr::new(
+                IpAddr::V6(Ipv6Addr::new(
+                    0xfd00,
+                    u16::from(link.subnet),
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0x1000 + i,
+                )),
+                frame.src.port(),
+            );
+            frame.build()
+        })
+        .collect();
+    sender.send_all(&frames);
+    for _ in 0..SPRAY {
+        s.expect_line_containing("not syncing: sprayed", LINE_TIMEOUT);
+    }
+    sender.send(
+        &UdpFrame::v4(
+            link,
+            extended(0, 2, 9000, "Kernel panic - not syncing: genuine"),
+        )
+        .build(),
+    );
+    s.expect_line_containing("not syncing: genuine", LINE_TIMEOUT);
+
+    let genuine = format!("{}:6665", link.sender_v4);
+    let deadline = std::time::Instant::now() + LINE_TIMEOUT;
+    while !done.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the genuine hook never ran; runs: {:?}",
+            file_lines(&out).map(|l| l.len())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    while !s
+        .expect_line_containing("\"type\":\"hook_late\"", LINE_TIMEOUT)
+        .contains(&genuine)
+    {}
+    // The spray beyond slots and queue was skipped, visibly.
+    assert!(
+        s.stdout_lines()
+            .iter()
+            .any(|l| l.contains("\"type\":\"hook_skipped\"") && l.contains("queue_full")),
+        "no hook_skipped notice"
+    );
+    s.sigterm();
+    let (status, stderr) = s.wait();
+    assert!(status.success(), "{stderr}");
+    assert!(stats_counter(&stderr, "hooks_skipped") > 0, "{stderr}");
+}
+
 #[test]
 fn user_nobody_with_a_new_log_dir_writes_every_record() {
     let topo = topology_on_subnet(46);
@@ -180,6 +280,29 @@ fn user_nobody_with_a_log_dir_it_cannot_write_is_refused_at_start() {
         "{stderr}"
     );
     assert!(s.stdout_lines().is_empty());
+}
+
+#[test]
+fn user_nobody_keeps_writing_the_pcap_file() {
+    let topo = topology_on_subnet(40);
+    let link = topo.link();
+    let dir = TempDir::new("hostile-user-pcap");
+    let pcap = dir.join("out.pcap");
+    let mut s = sniff_live(
+        &topo,
+        &["--user", "nobody", "-w", pcap.to_str().expect("UTF-8")],
+    );
+    let mut sender = topo.sender(link);
+    for seq in 1..=5 {
+        let text = format!("NCT-PCAP record {seq}");
+        sender.send(&UdpFrame::v4(link, extended(6, seq, 1000 + seq, &text)).build());
+        s.expect_line_containing(&text, LINE_TIMEOUT);
+    }
+    s.sigterm();
+    let (status, stderr) = s.wait();
+    assert!(status.success(), "{stderr}");
+    // Opened as root before the drop; written as nobody through the descriptor.
+    assert_eq!(PcapFile::read(&pcap).records.len(), 5);
 }
 
 /// Stops the reader, sends a burst far larger than its buffer, resumes it: the loss must show

@@ -1,11 +1,15 @@
 //! The interfaces' own receive drop counters, read over rtnetlink while capturing.
 //!
-//! A frame the NIC or its driver drops never reaches the XDP program or a packet socket, so
-//! neither backend can count it; the interface can. `rx_dropped` (the core or driver had no room,
-//! or no handler) and `rx_missed_errors` (the NIC's own FIFO overflowed) from `IFLA_STATS64`
-//! (`struct rtnl_link_stats64`, `include/uapi/linux/if_link.h`) grow when frames are lost there.
-//! They count every kind of traffic, not only netconsole: a growth is a frame that *may* have
-//! been a record. `RTM_GETLINK` needs no privilege, so the reader keeps working after `--user`.
+//! A frame the NIC drops never reaches the XDP program or a packet socket, so neither backend
+//! can count it; the interface can. `rx_missed_errors` (the NIC had no receive buffer, its FIFO
+//! overflowed), `rx_fifo_errors` and `rx_over_errors` (ring overruns) from `IFLA_STATS64`
+//! (`struct rtnl_link_stats64`, `include/uapi/linux/if_link.h`) grow when frames are lost before
+//! any program sees them. They count every kind of traffic, not only netconsole: a growth is a
+//! frame that *may* have been a record. `rx_dropped` is left out on purpose: the core counts
+//! there every frame no protocol took (`__netif_receive_skb_core`, net/core/dev.c), such as LLDP,
+//! STP or a VLAN without its module, after capture already saw it: on a real segment it grows
+//! all the time without a netconsole frame lost. `RTM_GETLINK` needs no privilege, so the reader
+//! keeps working after `--user`.
 //!
 //! The counts are reported since [`InterfaceDrops::open`]: drops from before netcon-sniff started
 //! are not its business.
@@ -38,18 +42,27 @@ pub enum IfStatsError {
     NoStats { interface: String },
 }
 
-/// Frames `link` lost on receive: `rx_dropped + rx_missed_errors` (64-bit statistics, else the
-/// 32-bit ones), or `None` when the message carries neither.
+/// Frames `link` lost on receive before any program saw them: `rx_missed_errors +
+/// rx_fifo_errors + rx_over_errors` (64-bit statistics, else the 32-bit ones), or `None` when
+/// the message carries neither.
 #[must_use]
 pub fn rx_drops(link: &LinkMessage) -> Option<u64> {
     let mut short = None;
     for attribute in &link.attributes {
         match attribute {
             LinkAttribute::Stats64(s) => {
-                return Some(s.rx_dropped.saturating_add(s.rx_missed_errors));
+                return Some(
+                    s.rx_missed_errors
+                        .saturating_add(s.rx_fifo_errors)
+                        .saturating_add(s.rx_over_errors),
+                );
             }
             LinkAttribute::Stats(s) => {
-                short = Some(u64::from(s.rx_dropped) + u64::from(s.rx_missed_errors));
+                short = Some(
+                    u64::from(s.rx_missed_errors)
+                        + u64::from(s.rx_fifo_errors)
+                        + u64::from(s.rx_over_errors),
+                );
             }
             _ => {}
         }
@@ -171,18 +184,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn drops_are_rx_dropped_plus_missed_preferring_64_bit() {
+    fn drops_are_nic_overruns_not_frames_no_protocol_took() {
         let mut link = LinkMessage::default();
         assert_eq!(rx_drops(&link), None);
         let mut short = Stats::default();
-        short.rx_dropped = 3;
-        short.rx_missed_errors = 4;
+        short.rx_dropped = 100;
+        short.rx_missed_errors = 3;
+        short.rx_fifo_errors = 4;
+        short.rx_over_errors = 5;
         short.tx_dropped = 100;
         link.attributes.push(LinkAttribute::Stats(short));
-        assert_eq!(rx_drops(&link), Some(7));
+        assert_eq!(rx_drops(&link), Some(12));
         let mut long = Stats64::default();
-        long.rx_dropped = 5_000_000_000;
-        long.rx_missed_errors = 2;
+        long.rx_dropped = 7;
+        long.rx_missed_errors = 5_000_000_000;
+        long.rx_over_errors = 2;
         link.attributes.push(LinkAttribute::Stats64(long));
         assert_eq!(rx_drops(&link), Some(5_000_000_002));
     }

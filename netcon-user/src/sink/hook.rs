@@ -26,15 +26,19 @@
 //!
 //! **Slots and the queue.** At most [`DEFAULT_MAX_RUNNING`] commands run at once, and at most one
 //! per sender. A report that finds every slot busy (forged panics from many addresses running a
-//! slow pager, say) is not dropped: it waits in a queue, first come first served, and starts as
-//! soon as a slot frees; when it starts, a `hook_late` notice says how long it waited. The queue
+//! slow pager, say) is not dropped: it waits in a queue and starts as soon as a slot frees (the
+//! sender heard from longest ago first, then first come first served); when it starts, a `hook_late` notice says how long it waited. The queue
 //! holds at most [`DEFAULT_MAX_QUEUED`] reports, each charged to the memory budget; beyond that
 //! a report is skipped, counted (`hooks_skipped`) and shown (`hook_skipped`, `queue_full`), never
 //! silently. A command still running after `--on-panic-timeout` ([`DEFAULT_RUN_TIMEOUT`]) is
 //! killed with its whole process group (it runs in a group of its own, so a shell's children go
 //! too), counted as failed and shown (`hook_timeout`): hung commands cannot hold the slots. So
-//! forged reports can delay a genuine one by at most the timeout, unless more than
-//! `slots + queue` distinct addresses send them within it; `--allow` closes that door.
+//! forged reports can delay a genuine one by at most the timeout. When the queue is full, the
+//! report of the sender heard from *most recently for the first time* gives way: a machine that
+//! has been logging for a while outranks addresses whose first datagram is a panic, which is
+//! what a spray of forged sources looks like ([`DEFAULT_MAX_KNOWN`] senders are remembered for
+//! this; beyond, newcomers count as heard just now). Only forged reports from addresses that
+//! were already heard before the real sender can still crowd it out; `--allow` closes that door.
 //!
 //! **Children.** The command is started and not waited for: the pipeline never blocks on it.
 //! Each event and each flush reaps the ones that ended (no zombies), logging and counting a
@@ -73,6 +77,10 @@ pub const DEFAULT_MAX_QUEUED: usize = 256;
 /// Enough to send a page or copy a crash dump; short enough that commands hung (or kept busy
 /// by forged reports) free their slots for a genuine one.
 pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_mins(1);
+/// Senders whose first datagram's time is remembered, to rank queued reports when the queue is
+/// full: 4096. Once full, no more are added (a spray of new addresses cannot push out the
+/// machines heard before it).
+pub const DEFAULT_MAX_KNOWN: usize = 4096;
 /// How often running and queued commands are looked at while no event arrives: 100 ms, the
 /// longest a queued report waits after its slot freed.
 pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
@@ -267,6 +275,10 @@ pub struct PanicHook {
     waiting: VecDeque<Waiting>,
     budget: MemoryBudget,
     notices: Vec<Notice>,
+    /// When each sender was first heard (any event), at most [`DEFAULT_MAX_KNOWN`].
+    first_heard: HashMap<IpAddr, Instant>,
+    /// Before every first-heard time: the origin of [`PanicHook::newness`].
+    origin: Instant,
     /// When running and waiting commands were last looked at.
     last_look: Instant,
     /// Commands started.
@@ -312,6 +324,8 @@ impl PanicHook {
             waiting: VecDeque::new(),
             budget,
             notices: Vec::new(),
+            first_heard: HashMap::new(),
+            origin: Instant::now(),
             last_look: Instant::now(),
             run: 0,
             failed: 0,
@@ -381,7 +395,7 @@ impl PanicHook {
             self.notice(record.sender, HookOutcome::Skipped(SkipReason::RateLimited));
             return;
         }
-        if self.waiting.len() >= self.limits.max_queued {
+        if self.waiting.len() >= self.limits.max_queued && !self.make_room(record.sender.ip()) {
             self.skip(record.sender, SkipReason::QueueFull);
             return;
         }
@@ -404,6 +418,36 @@ impl PanicHook {
         self.start_waiting(now, false);
     }
 
+    /// How recently `ip` was first heard: larger is newer; never heard is newest.
+    fn newness(&self, ip: IpAddr) -> u128 {
+        self.first_heard.get(&ip).map_or(u128::MAX, |t| {
+            t.saturating_duration_since(self.origin).as_nanos()
+        })
+    }
+
+    /// With the queue full, skips the waiting report of the newest sender if `ip` was heard
+    /// before it; `false` (nothing skipped) otherwise.
+    fn make_room(&mut self, ip: IpAddr) -> bool {
+        let incoming = self.newness(ip);
+        let Some((at, newest)) = self
+            .waiting
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (i, self.newness(w.sender.ip())))
+            .max_by_key(|&(_, n)| n)
+        else {
+            return false;
+        };
+        if newest <= incoming {
+            return false;
+        }
+        if let Some(entry) = self.waiting.remove(at) {
+            self.budget.release(entry.charged);
+            self.skip(entry.sender, SkipReason::QueueFull);
+        }
+        true
+    }
+
     fn skip(&mut self, sender: SocketAddr, why: SkipReason) {
         self.skipped += 1;
         tracing::warn!(
@@ -416,22 +460,25 @@ impl PanicHook {
         self.notice(sender, HookOutcome::Skipped(why));
     }
 
-    /// Starts waiting reports, oldest first, while slots are free; a sender whose command is
-    /// still running waits for it. With `all`, ignores the slot limit (at exit).
+    /// Starts waiting reports while slots are free, the longest-known sender's first; a sender
+    /// whose command is still running waits for it. With `all`, ignores the slot limit (at exit).
     fn start_waiting(&mut self, now: Instant, all: bool) {
-        let mut i = 0;
-        while i < self.waiting.len() && (all || self.running.len() < self.limits.max_running) {
-            let ip = self.waiting[i].sender.ip();
-            if !all
-                && self
-                    .running
-                    .iter()
-                    .any(|r| r.sender.ip() == ip && !r.killed)
-            {
-                i += 1;
-                continue;
-            }
-            let Some(entry) = self.waiting.remove(i) else {
+        while all || self.running.len() < self.limits.max_running {
+            // Of the reports whose sender runs nothing now, the longest-known sender's first
+            // (then the oldest report): forged newcomers queue behind a machine heard before.
+            let next = self
+                .waiting
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| {
+                    all || !self
+                        .running
+                        .iter()
+                        .any(|r| r.sender.ip() == w.sender.ip() && !r.killed)
+                })
+                .min_by_key(|&(i, w)| (self.newness(w.sender.ip()), i))
+                .map(|(i, _)| i);
+            let Some(entry) = next.and_then(|i| self.waiting.remove(i)) else {
                 break;
             };
             self.budget.release(entry.charged);
@@ -535,6 +582,9 @@ fn kill_group(child: &mut Child) {
 impl Sink for PanicHook {
     fn event(&mut self, event: &Event) {
         let now = Instant::now();
+        if self.first_heard.len() < DEFAULT_MAX_KNOWN {
+            self.first_heard.entry(event.sender().ip()).or_insert(now);
+        }
         self.reap(now);
         self.start_waiting(now, false);
         if let Some(record) = event.as_record()
@@ -885,6 +935,53 @@ mod tests {
         ));
         assert_eq!(hook.poll_at(), None);
         assert_eq!(hook.budget.used(), 0, "the queue's charges are released");
+    }
+
+    #[test]
+    fn a_full_queue_gives_way_to_a_sender_heard_before_the_newcomers() {
+        let mut hook = PanicHook::with_limits(
+            options(vec!["sleep".into(), "30".into()], Duration::ZERO),
+            HookLimits {
+                max_senders: 100,
+                max_running: 1,
+                max_queued: 3,
+            },
+            MemoryBudget::default(),
+        );
+        // The real machine has been logging before anything else happened.
+        hook.event(&Event::Record(Record {
+            sender: SocketAddr::new(ip(99), 6665),
+            ..Record::example(b"eth0: link up")
+        }));
+        std::thread::sleep(Duration::from_millis(2));
+        // A spray of forged panics from new addresses fills the slot and the queue.
+        for i in 1..=4 {
+            hook.event(&panic_event(i));
+        }
+        assert_eq!((hook.running(), hook.waiting()), (1, 3));
+        let _ = notices(&mut hook);
+        hook.event(&panic_event(99));
+        assert!(
+            hook.waiting.iter().any(|w| w.sender.ip() == ip(99)),
+            "the genuine report waits"
+        );
+        assert_eq!(hook.waiting(), 3);
+        assert_eq!(
+            notices(&mut hook),
+            [HookOutcome::Skipped(SkipReason::QueueFull)],
+            "a forged one gave way, and says so"
+        );
+        // Another newcomer does not push anyone out.
+        hook.event(&panic_event(50));
+        assert!(hook.waiting.iter().any(|w| w.sender.ip() == ip(99)));
+        assert!(
+            stats(&hook).contains(" hooks_skipped=2 "),
+            "{}",
+            stats(&hook)
+        );
+        for r in &mut hook.running {
+            kill_group(&mut r.child);
+        }
     }
 
     #[test]

@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// fragmented, xdp-cost, memory, hostile).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     only: Vec<String>,
+    /// Run only these receivers (comma-separated: xdp, raw, socat; default all). Their columns
+    /// alone are filled in; for a ratio, keep socat in the list.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
+    receivers: Vec<procs::Rx>,
 }
 
 const SCENARIOS: [&str; 8] = [
@@ -103,7 +107,10 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
         criterion::run(root, args.quick)?
     };
 
-    let settings = Settings::new(args.quick);
+    let mut settings = Settings::new(args.quick);
+    if !args.receivers.is_empty() {
+        settings.receivers.clone_from(&args.receivers);
+    }
     let repeats = settings.repeats;
     let topo = Topology::new()?;
     let mut bench = Bench::new(&topo, &paths, settings);

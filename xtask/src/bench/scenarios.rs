@@ -54,6 +54,8 @@ pub struct Settings {
     pub cost: Duration,
     /// Length of the hostile scenario's victim run.
     pub hostile: Duration,
+    /// The receivers each scenario runs, in table order.
+    pub receivers: Vec<Rx>,
 }
 
 impl Settings {
@@ -69,6 +71,7 @@ impl Settings {
                 latency: Duration::from_secs(1),
                 cost: Duration::from_millis(500),
                 hostile: Duration::from_secs(3),
+                receivers: Rx::ALL.to_vec(),
             }
         } else {
             Self {
@@ -80,6 +83,7 @@ impl Settings {
                 latency: Duration::from_secs(5),
                 cost: Duration::from_secs(2),
                 hostile: Duration::from_secs(10),
+                receivers: Rx::ALL.to_vec(),
             }
         }
     }
@@ -343,7 +347,7 @@ impl<'a> Bench<'a> {
         let mut unconfirmed = Vec::new();
         for rep in 0..self.settings.repeats {
             log(&format!("{title}, repeat {}", rep + 1));
-            for kind in Rx::ALL {
+            for kind in self.settings.receivers.clone() {
                 let z = self.zero_loss(kind, &base, hints.get(&kind).copied())?;
                 hints.insert(kind, z.rate);
                 if !z.confirmed {
@@ -393,7 +397,7 @@ impl<'a> Bench<'a> {
         let (mut lost, mut drops, mut rate) =
             (Values::default(), Values::default(), Values::default());
         for rep in 0..self.settings.repeats {
-            for kind in Rx::ALL {
+            for kind in self.settings.receivers.clone() {
                 let mut s = self.session(kind, Output::File, false)?;
                 let spec = LoadSpec {
                     count: Some(BURST),
@@ -439,7 +443,7 @@ impl<'a> Bench<'a> {
             Values::default(),
         );
         for rep in 0..self.settings.repeats {
-            for kind in Rx::ALL {
+            for kind in self.settings.receivers.clone() {
                 let mut s = self.session(kind, Output::Pipe, false)?;
                 let spec = LoadSpec {
                     rate: Some(LATENCY_RATE),
@@ -628,7 +632,7 @@ impl<'a> Bench<'a> {
         let mut rows: Vec<Values> = (0..loads.len()).map(|_| Values::default()).collect();
         let mut idle = Values::default();
         for rep in 0..self.settings.repeats {
-            for kind in Rx::ALL {
+            for kind in self.settings.receivers.clone() {
                 for (i, (name, spec)) in loads.iter().enumerate() {
                     let mut s = self.session(kind, Output::File, spec.ipv6)?;
                     if i == 0 {
