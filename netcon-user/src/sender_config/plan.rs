@@ -23,7 +23,7 @@
 //!   kernels to show it: 6.1 and 6.12 (legacy consoles, printed as the report is written)
 //!   deliver it with `kernel.panic` 1 and 0; 7.x delivers nothing with 3, everything with 0.
 //!   With -1 a legacy console's last lines can be lost too: the reset comes the instant they
-//!   are written, while they are still in the network card's queue (6.12 lost 7 of 39 once).
+//!   are written, while they are still in the network card's queue (6.12: the last 7 to 10 lines in 2 runs of 5).
 
 use std::fmt;
 use std::net::IpAddr;
@@ -627,7 +627,7 @@ fn crash_warning(facts: &Facts, warnings: &mut Vec<Warning>) {
                 message: format!(
                     "kernel.panic is {panic}: a panic resets the machine the instant its report \
                      is written, and the report's last lines can still be in the network card's \
-                     queue (vm-test on 6.12: the last 7 of 39 lines lost in one run). Set \
+                     queue (vm-test on 6.12: the last 7 to 10 lines lost in 2 runs of 5). Set \
                      kernel.panic to a few seconds (`sysctl -w kernel.panic=5`): netconsole sends \
                      the report as it is written, and the reset waits."
                 ),

@@ -23,7 +23,7 @@
 //!   `console_flush_on_panic()` as `panic()` runs: every line of the report is on the wire
 //!   before the machine resets, whatever `kernel.panic` is; but with -1 the reset comes the
 //!   instant the report is written, and its last datagrams can still be in the NIC's transmit
-//!   queue, which the reset drops (6.12: the last 7 of 39 lines, in one run of two): the wire
+//!   queue, which the reset drops (6.12: the last 7 to 10 lines, in 2 runs of 5): the wire
 //!   then holds the report's beginning, through the panic line at least;
 //! - from 7.0 on it is an nbcon console flagged `CON_NBCON_ATOMIC_UNSAFE`: in a panic its
 //!   `write_atomic()` runs only in `nbcon_atomic_flush_unsafe()`, which `panic()` calls only
