@@ -569,6 +569,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     let mut pipeline = Pipeline::new(&config, pcap);
     add_sinks(&config, &mut pipeline)?;
     let mut signals = Signals::new().map_err(|source| RunError::Signals { source })?;
+    // Still privileged: the first read of the counters works even where reading BPF maps
+    // will need CAP_BPF once root is dropped.
+    let mut losses = LossWatch::start(&config, &mut backend).await;
     // Everything privileged is done: the descriptors keep working without root.
     if let Some(user) = &config.user {
         crate::privileges::drop_to(user)?;
@@ -578,7 +581,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         timer
     });
-    let mut losses = LossWatch::start(&config, &backend).await;
 
     let stdout = io::stdout();
     let mut batch = Vec::with_capacity(crate::capture::xdp::MAX_BATCH);
@@ -653,7 +655,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     if let Some(source) = out.error {
         return Err(RunError::Output { source });
     }
-    let counters = backend.counters()?;
+    let counters = losses.final_counters(&mut backend)?;
     Ok(pipeline.summary(counters))
 }
 
@@ -706,16 +708,19 @@ struct LossWatch {
     label: String,
     /// The backend's counters could not be read last time (and that was logged).
     unreadable: bool,
+    /// The backend's counters as last read.
+    last: Option<CaptureCounters>,
 }
 
 impl LossWatch {
-    async fn start(config: &Config, backend: &Backend) -> Self {
+    async fn start(config: &Config, backend: &mut Backend) -> Self {
         if matches!(backend, Backend::File(_)) {
             return Self {
                 timer: None,
                 interfaces: None,
                 label: String::new(),
                 unreadable: false,
+                last: None,
             };
         }
         let interfaces =
@@ -741,6 +746,23 @@ impl LossWatch {
                 .collect::<Vec<_>>()
                 .join(","),
             unreadable: false,
+            last: backend.counters().ok(),
+        }
+    }
+
+    /// The counters for the exit summary: read now, else (unreadable after `--user`) the last
+    /// ones read, since everything went out already.
+    fn final_counters(&self, backend: &mut Backend) -> Result<CaptureCounters, RunError> {
+        match (backend.counters(), self.last) {
+            (Ok(counters), _) => Ok(counters),
+            (Err(error), Some(last)) => {
+                tracing::warn!(
+                    %error,
+                    "capture counters unreadable at exit; the summary shows the last ones read"
+                );
+                Ok(last)
+            }
+            (Err(error), None) => Err(error.into()),
         }
     }
 
@@ -758,6 +780,7 @@ impl LossWatch {
         let mut losses: Vec<(LossReason, String, u64)> = match backend.counters() {
             Ok(counters) => {
                 self.unreadable = false;
+                self.last = Some(counters);
                 counters
                     .losses()
                     .into_iter()

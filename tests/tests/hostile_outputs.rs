@@ -305,6 +305,80 @@ fn user_nobody_keeps_writing_the_pcap_file() {
     assert_eq!(PcapFile::read(&pcap).records.len(), 5);
 }
 
+#[test]
+fn a_closed_stdout_still_lets_the_files_have_what_was_held() {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::{Command, Stdio};
+
+    let topo = topology_on_subnet(44);
+    let link = topo.link();
+    let dir = TempDir::new("hostile-epipe");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", topo.collector.name()])
+        .arg(netcon_tests::sniff_binary())
+        .args(["-i", &link.collector_if, "--log-dir"])
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start netcon-sniff");
+    let stderr = child.stderr.take().expect("piped");
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.starts_with("listening on ") {
+                let _ = ready_tx.send(());
+            }
+            lines.push(line);
+        }
+        lines
+    });
+    if ready.recv_timeout(Duration::from_mins(1)).is_err() {
+        let _ = child.kill();
+        panic!("netcon-sniff never listened: {:?}", reader.join());
+    }
+    // The reader of stdout goes away (`netcon-sniff | head -0`).
+    drop(child.stdout.take());
+    let mut sender = topo.sender(link);
+    // A plain line without its end is held by the decoder; the next record from another port
+    // makes stdout fail at once. The held line must still reach the file.
+    sender.send(&UdpFrame::v4(link, b"NCT-EPIPE held line".to_vec()).build());
+    sender.send(
+        &UdpFrame::v4(link, extended(6, 1, 1000, "NCT-EPIPE kick"))
+            .src_port(6664)
+            .build(),
+    );
+    let deadline = std::time::Instant::now() + LINE_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running after stdout closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = reader.join().expect("stderr reader").join("\n");
+    assert!(
+        status.success(),
+        "a closed pipe is a normal end: {status} {stderr}"
+    );
+    let lines = file_lines(&dir.join(&format!("{}.log", link.sender_v4))).unwrap_or_default();
+    assert!(
+        lines.iter().any(|l| l.contains("NCT-EPIPE kick")),
+        "{lines:#?}\n{stderr}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("<partial line> NCT-EPIPE held line")),
+        "the held line was not flushed to the file: {lines:#?}\n{stderr}"
+    );
+}
+
 /// Stops the reader, sends a burst far larger than its buffer, resumes it: the loss must show
 /// as a `capture_lost` object in the JSON stream and as a line in the sender's file.
 fn ring_overflow_is_a_capture_lost_event(backend: &str, subnet: u8, reason: &str) {

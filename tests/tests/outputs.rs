@@ -20,6 +20,8 @@ const QUIET: Duration = Duration::from_millis(1500);
 /// Attempts at getting a record into the new file after SIGHUP (the signal and the next frame
 /// race; each attempt sends one more record).
 const HUP_ATTEMPTS: usize = 20;
+/// Pause between those attempts.
+const HUP_PAUSE: Duration = Duration::from_millis(50);
 
 /// `netcon-sniff -r ext.pcap --log-dir DIR` to the end; returns its stdout lines and stderr.
 fn read_capture_into(dir: &Path) -> (Vec<String>, String) {
@@ -128,6 +130,8 @@ fn log_dir_reopens_on_sighup_after_logrotate_moved_the_file() {
         let text = format!("NCT-ROT record {seq}");
         send(seq, &text);
         printed.push(s.expect_line_containing(&text, LINE_TIMEOUT));
+        // The signal is handled between batches: give it a moment, on a loaded machine too.
+        std::thread::sleep(HUP_PAUSE);
     }
     // One more, certainly after the reopen.
     seq += 1;

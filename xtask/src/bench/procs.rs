@@ -326,7 +326,9 @@ impl Receiver {
                 let before = self.stderr().matches("netcon-sniff: stats:").count();
                 let pid = self.pid().context("receiver already stopped")?;
                 kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGUSR1)?;
-                let deadline = Instant::now() + Duration::from_secs(5);
+                // A failure deadline: a receiver still working through a flood's backlog (the
+                // hostile scenario) answers between batches, late.
+                let deadline = Instant::now() + Duration::from_secs(30);
                 loop {
                     let text = self.stderr();
                     if text.matches("netcon-sniff: stats:").count() > before

@@ -710,7 +710,8 @@ impl Bench<'_> {
     /// [`FRAGMENT_ATTACKERS`] sources). Victim records lost, peak RSS and CPU, for the two
     /// netcon backends (socat keeps no state to attack).
     pub fn hostile(&mut self) -> Result<Section> {
-        let (mut lost, mut sent, mut rss, mut cpu, mut attack) = (
+        let (mut lost, mut counted, mut sent, mut rss, mut cpu, mut attack) = (
+            Values::default(),
             Values::default(),
             Values::default(),
             Values::default(),
@@ -761,15 +762,18 @@ impl Bench<'_> {
                 }
                 s.rx.stop()?;
                 log(&format!(
-                    "hostile rep {} {}: victim lost {} of {}, peak RSS {peak:.1} MiB, CPU {:.0}%,                      attack {:.0} frames/s",
+                    "hostile rep {} {}: victim lost {} of {}, receiver counted {} lost, peak RSS \
+                     {peak:.1} MiB, CPU {:.0}%, attack {:.0} frames/s",
                     rep + 1,
                     kind.short(),
                     trial.lost(),
                     trial.load.records,
+                    trial.rx_drops,
                     busy / wall * 100.0,
                     count_f64(frames) / wall
                 ));
                 lost.push(kind, count_f64(trial.lost()));
+                counted.push(kind, count_f64(trial.rx_drops));
                 sent.push(kind, count_f64(trial.load.records));
                 rss.push(kind, peak);
                 cpu.push(kind, busy / wall * 100.0);
@@ -794,6 +798,11 @@ impl Bench<'_> {
             rows: vec![
                 lost.row("victim records lost", Unit::Count, false),
                 sent.row("  victim records sent", Unit::Count, false),
+                counted.row(
+                    "frames the receiver counted as lost (all senders)",
+                    Unit::Count,
+                    false,
+                ),
                 rss.row("peak RSS", Unit::MiB, true),
                 cpu.row("receiver CPU", Unit::Percent, false),
                 attack.row("attack frames sent", Unit::Rate, false),
