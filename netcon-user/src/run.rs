@@ -16,9 +16,11 @@ use crate::{
         raw::RawCapture,
         xdp::XdpCapture,
     },
-    config::{BackendChoice, Config, Format, Source},
+    config::{BackendChoice, Config, Format, Source, StatsFormat},
+    metrics::{MetricsServer, ScrapeRequest, Snapshot},
     netconsole::{Decoder, DecoderConfig, DecoderStats, Event, Incoming},
     sink::{self, Sink},
+    systemd::Systemd,
     wire::Datagram,
 };
 
@@ -37,6 +39,9 @@ pub enum RunError {
     /// --forward cannot be used.
     #[error(transparent)]
     Forward(#[from] sink::syslog::SyslogError),
+    /// --metrics cannot serve.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// Dropping root failed.
     #[error(transparent)]
     Privileges(#[from] crate::privileges::PrivilegeError),
@@ -77,12 +82,16 @@ pub struct Summary {
     pub decoder: DecoderStats,
     /// The stats line (as printed on SIGUSR1), for the exit summary.
     pub stats_line: String,
+    /// Every counter, for `--stats-format json`.
+    pub snapshot: Snapshot,
 }
 
 /// Counts kept by the pipeline.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct PipelineCounts {
     datagrams: u64,
+    /// Datagrams by interface index (see [`crate::metrics::count_datagram`]).
+    interfaces: Vec<(u32, u64)>,
     malformed: u64,
     other_ports: u64,
     denied: u64,
@@ -274,26 +283,10 @@ impl<'c> Pipeline<'c> {
                 pcap.write(frame)?;
             }
             self.counts.datagrams += 1;
+            crate::metrics::count_datagram(&mut self.counts.interfaces, frame.ifindex);
             if self.config.format == Format::Raw {
-                // A file has no interface names: its frames are `file` (or `file:N` for the
-                // Nth interface of a pcapng file).
-                let label;
-                let interface = match (
-                    self.config.interface_name(frame.ifindex),
-                    &self.config.source,
-                ) {
-                    (Some(name), _) => name,
-                    (None, Source::File(_)) if frame.ifindex == 0 => "file",
-                    (None, Source::File(_)) => {
-                        label = format!("file:{}", frame.ifindex);
-                        &label
-                    }
-                    (None, Source::Live) => {
-                        label = frame.ifindex.to_string();
-                        &label
-                    }
-                };
-                sink::raw::write_datagram(frame.ts, interface, &datagram, &mut self.line);
+                let interface = interface_label(self.config, frame.ifindex);
+                sink::raw::write_datagram(frame.ts, &interface, &datagram, &mut self.line);
             }
             // With --format raw the decoder still runs when other sinks want records.
             if self.config.format != Format::Raw || !self.sinks.is_empty() {
@@ -331,6 +324,52 @@ impl<'c> Pipeline<'c> {
             denied: self.counts.denied,
             decoder: self.decoder.stats().clone(),
             stats_line: self.stats_line(&capture),
+            snapshot: self.snapshot(capture),
+        }
+    }
+
+    /// Every counter now, with the per-sender ones if `--metrics-per-sender` asks for them.
+    #[must_use]
+    pub fn snapshot(&self, capture: CaptureCounters) -> Snapshot {
+        let mut sinks = Vec::new();
+        for sink in &self.sinks {
+            sink.counters(&mut sinks);
+        }
+        Snapshot {
+            time: chrono::Utc::now(),
+            capture,
+            datagrams: self
+                .counts
+                .interfaces
+                .iter()
+                .map(|&(ifindex, n)| (interface_label(self.config, ifindex).into_owned(), n))
+                .collect(),
+            malformed_frames: self.counts.malformed,
+            other_ports: self.counts.other_ports,
+            denied: self.counts.denied,
+            decoder: self.decoder.stats().clone(),
+            sinks,
+            memory: crate::metrics::Memory::of(&self.config.budget),
+            senders: if self.config.metrics_per_sender {
+                self.decoder
+                    .senders()
+                    .map(|(sender, tally)| crate::metrics::SenderSample {
+                        sender,
+                        tally: *tally,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// The stats summary for stderr (`--stats`, SIGUSR1) in the `--stats-format` asked for.
+    #[must_use]
+    pub fn stats_report(&self, capture: CaptureCounters) -> String {
+        match self.config.stats_format {
+            StatsFormat::Text => format!("netcon-sniff: stats: {}", self.stats_line(&capture)),
+            StatsFormat::Json => self.snapshot(capture).to_json("stats"),
         }
     }
 
@@ -367,6 +406,19 @@ impl<'c> Pipeline<'c> {
             sink.stats(&mut line);
         }
         line
+    }
+}
+
+/// How an interface is named in the raw output and the `interface` label. A file has no
+/// interface names: its frames are `file` (or `file:N` for the Nth interface of a pcapng
+/// file). [`crate::metrics::OTHER_INTERFACES`] stands for those beyond the count's bound.
+fn interface_label(config: &Config, ifindex: u32) -> std::borrow::Cow<'_, str> {
+    match (config.interface_name(ifindex), &config.source) {
+        (Some(name), _) => name.into(),
+        (None, _) if ifindex == crate::metrics::OTHER_INTERFACES => "other".into(),
+        (None, Source::File(_)) if ifindex == 0 => "file".into(),
+        (None, Source::File(_)) => format!("file:{ifindex}").into(),
+        (None, Source::Live) => ifindex.to_string().into(),
     }
 }
 
@@ -449,6 +501,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     if let Some(options) = &config.on_panic {
         pipeline.add_sink(Box::new(sink::hook::PanicHook::new(options.clone())));
     }
+    // Bound before root is dropped: the port may be privileged.
+    let mut metrics = config.metrics.map(MetricsServer::start).transpose()?;
     let mut signals = Signals::new().map_err(|source| RunError::Signals { source })?;
     // Everything privileged is done: the descriptors keep working without root.
     if let Some(user) = &config.user {
@@ -459,6 +513,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         timer
     });
+
+    let mut systemd = Systemd::from_env();
+    systemd.ready(&ready_status(&config, metrics.as_ref()));
 
     let stdout = io::stdout();
     let mut batch = Vec::with_capacity(crate::capture::xdp::MAX_BATCH);
@@ -473,6 +530,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
             _ = signals.hangup.recv() => Wake::Hangup,
             _ = signals.user1.recv() => Wake::Stats,
             () = tick(stats_timer.as_mut()) => Wake::Stats,
+            () = systemd.watchdog_due() => Wake::Watchdog,
+            reply = scrape_request(metrics.as_mut()) => Wake::Scrape(reply),
             () = sleep_until(timer) => Wake::Timer,
             more = backend.recv(&mut batch) => match more {
                 Ok(more) => Wake::Frames { more },
@@ -482,10 +541,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         match wake {
             Wake::Shutdown => break,
             Wake::Hangup => pipeline.reopen(),
-            Wake::Stats => eprintln!(
-                "netcon-sniff: stats: {}",
-                pipeline.stats_line(&backend.counters()?)
-            ),
+            Wake::Stats => eprintln!("{}", pipeline.stats_report(backend.counters()?)),
+            Wake::Watchdog => systemd.watchdog(),
+            // The scrape may have given up waiting: nothing to do then.
+            Wake::Scrape(reply) => drop(reply.send(pipeline.snapshot(backend.counters()?))),
             Wake::Timer => pipeline.tick(&mut stdout.lock())?,
             Wake::Frames { more } => {
                 pipeline.process(&batch, &mut stdout.lock())?;
@@ -500,6 +559,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
             }
         }
     }
+    systemd.stopping();
+    drop(metrics);
     batch.clear();
     backend.drain(&mut batch)?;
     pipeline.process(&batch, &mut stdout.lock())?;
@@ -514,6 +575,8 @@ enum Wake {
     Shutdown,
     Hangup,
     Stats,
+    Watchdog,
+    Scrape(ScrapeRequest),
     Timer,
     Frames { more: bool },
     Failed(CaptureError),
@@ -545,6 +608,34 @@ async fn tick(timer: Option<&mut tokio::time::Interval>) {
         }
         None => std::future::pending().await,
     }
+}
+
+/// The next scrape to answer, or never without `--metrics`.
+async fn scrape_request(server: Option<&mut MetricsServer>) -> ScrapeRequest {
+    match server {
+        Some(server) => server.request().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The status systemd shows once capture is attached.
+fn ready_status(config: &Config, metrics: Option<&MetricsServer>) -> String {
+    let mut status = match &config.source {
+        Source::File(path) => format!("reading {}", path.display()),
+        Source::Live => {
+            let names: Vec<&str> = config.interfaces.iter().map(|i| i.name.as_str()).collect();
+            format!("capturing on {}", names.join(", "))
+        }
+    };
+    if let Some(server) = metrics {
+        use std::fmt::Write as _;
+        let _ = write!(
+            status,
+            "; metrics at http://{}/metrics",
+            server.local_addr()
+        );
+    }
+    status
 }
 
 /// Sleeps until `deadline`, or forever without one.
@@ -585,6 +676,9 @@ mod tests {
             forward: Vec::new(),
             on_panic: None,
             budget: crate::budget::MemoryBudget::default(),
+            stats_format: StatsFormat::Text,
+            metrics: None,
+            metrics_per_sender: false,
         }
     }
 

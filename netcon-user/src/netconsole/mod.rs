@@ -39,6 +39,7 @@ pub use record::{
 
 use frag::{Assembler, FragKey, FragLimits, Fragment, Reassembled};
 use plain::Lines;
+pub use sender::SenderTally;
 use sender::{Held, Sender, SenderTable, SeqVerdict};
 
 /// Senders tracked at once: 10,000. Beyond it, the least recently heard is evicted (its pending
@@ -297,6 +298,11 @@ impl Decoder {
         &self.stats
     }
 
+    /// The senders tracked now, with what was heard from each (an evicted sender is gone).
+    pub fn senders(&self) -> impl Iterator<Item = (SocketAddr, &SenderTally)> {
+        self.senders.iter().map(|s| (s.addr, &s.tally))
+    }
+
     /// Decodes one datagram. `now` is monotonic and drives every timer; nothing here reads a
     /// clock.
     pub fn push(&mut self, now: Instant, incoming: Incoming<'_>, out: &mut Vec<Event>) {
@@ -317,6 +323,7 @@ impl Decoder {
         let Some(sender) = self.senders.get_mut(idx) else {
             return;
         };
+        sender.tally.last_heard = Some(incoming.received);
         if sender.dups.check_and_insert(
             fingerprint,
             now,
@@ -663,6 +670,7 @@ fn track_seq(
         SeqVerdict::Gap { first, last } => {
             let count = last - first + 1;
             ctx.stats.records_lost += count;
+            sender.tally.records_lost += count;
             out.push(Event::Lost(Lost {
                 received: incoming.received,
                 sender: incoming.src,
@@ -927,6 +935,7 @@ fn msgid_check(
     }
     if gap > 0 {
         ctx.stats.msgid_lost += u64::from(gap);
+        sender.tally.msgid_lost += u64::from(gap);
         out.push(Event::Lost(Lost {
             received: record.received,
             sender: record.sender,
@@ -946,8 +955,10 @@ fn emit(sender: &mut Sender, mut record: Record, ctx: &mut Ctx<'_>, out: &mut Ve
         .panic
         .mark(&mut record, ctx.config.panic_context, ctx.next_panic_event);
     ctx.stats.records += 1;
+    sender.tally.records += 1;
     if record.flags.panic.is_some_and(|p| p.begins) {
         ctx.stats.panics += 1;
+        sender.tally.panics += 1;
     }
     if record.flags.incomplete.is_some() {
         ctx.stats.incomplete_records += 1;

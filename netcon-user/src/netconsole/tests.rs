@@ -611,6 +611,49 @@ fn full_sender_table_evicts_the_least_recently_heard_and_emits_its_state() {
 }
 
 #[test]
+fn senders_tally_records_losses_and_panics_and_leave_when_evicted() {
+    let mut h = Harness::with(DecoderConfig {
+        max_senders: 2,
+        ..DecoderConfig::default()
+    });
+    h.push_from(0, 1, 2, b"6,1,1000,-;one\n");
+    h.push_from(1, 1, 2, b"6,4,4000,-;four, after a gap\n");
+    h.push_from(2, 1, 2, b"0,5,5000,-;Kernel panic - not syncing: test\n");
+    h.push_from(3, 2, 2, b"6,1,1000,-;other\n");
+    let mut senders: Vec<(SocketAddr, SenderTally)> =
+        h.dec.senders().map(|(a, t)| (a, *t)).collect();
+    senders.sort_by_key(|(a, _)| *a);
+    assert_eq!(
+        senders,
+        [
+            (
+                src(1),
+                SenderTally {
+                    records: 3,
+                    records_lost: 2,
+                    msgid_lost: 0,
+                    panics: 1,
+                    last_heard: Some(wall(2)),
+                }
+            ),
+            (
+                src(2),
+                SenderTally {
+                    records: 1,
+                    last_heard: Some(wall(3)),
+                    ..SenderTally::default()
+                }
+            ),
+        ]
+    );
+    // A third sender evicts the least recently heard (1): its tally goes with it.
+    h.push_from(4, 3, 2, b"6,1,1000,-;third\n");
+    let mut left: Vec<SocketAddr> = h.dec.senders().map(|(a, _)| a).collect();
+    left.sort();
+    assert_eq!(left, [src(2), src(3)]);
+}
+
+#[test]
 fn full_fragment_table_emits_the_oldest_incomplete() {
     let mut h = Harness::with(DecoderConfig {
         max_fragment_entries: 2,

@@ -35,7 +35,6 @@
 
 use std::{
     collections::HashMap,
-    fmt::Write as _,
     io,
     net::{IpAddr, SocketAddr},
     os::fd::AsFd as _,
@@ -436,12 +435,23 @@ impl Sink for PanicHook {
         self.reap(Instant::now());
     }
 
-    fn stats(&self, out: &mut String) {
-        let _ = write!(
-            out,
-            " hooks_run={} hooks_failed={} hooks_suppressed={}",
-            self.run, self.failed, self.suppressed
-        );
+    fn counters(&self, out: &mut Vec<super::SinkCounter>) {
+        use super::SinkCounter;
+        out.push(SinkCounter::total(
+            "hooks_run",
+            "--on-panic commands started.",
+            self.run,
+        ));
+        out.push(SinkCounter::total(
+            "hooks_failed",
+            "--on-panic commands that could not start or exited with an error.",
+            self.failed,
+        ));
+        out.push(SinkCounter::total(
+            "hooks_suppressed",
+            "Crash reports for which --on-panic was not run (rate limit, or too many running).",
+            self.suppressed,
+        ));
     }
 }
 
