@@ -992,20 +992,42 @@ mod tests {
         assert_eq!(counts[MAX_INTERFACES], (OTHER_INTERFACES, 2));
     }
 
+    /// GETs `path` from `addr`, returns the whole response.
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    #[tokio::test]
+    async fn a_scrape_the_loop_does_not_answer_is_503_and_others_404() {
+        let mut server = MetricsServer::start("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = server.local_addr();
+        let client = tokio::spawn(get(addr, "/metrics"));
+        // The loop takes the request and drops it unanswered.
+        drop(server.request().await);
+        let response = client.await.unwrap();
+        assert!(
+            response.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{response}"
+        );
+        let response = get(addr, "/other").await;
+        assert!(
+            response.starts_with("HTTP/1.1 404 Not Found\r\n"),
+            "{response}"
+        );
+    }
+
     #[tokio::test]
     async fn serves_metrics_answered_by_the_loop() {
         let mut server = MetricsServer::start("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = server.local_addr();
-        let client = tokio::spawn(async move {
-            let mut stream = TcpStream::connect(addr).await.unwrap();
-            stream
-                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-                .await
-                .unwrap();
-            let mut response = String::new();
-            stream.read_to_string(&mut response).await.unwrap();
-            response
-        });
+        let client = tokio::spawn(get(addr, "/metrics"));
         let request = server.request().await;
         request.send(snapshot()).unwrap();
         let response = client.await.unwrap();

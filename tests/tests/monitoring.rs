@@ -68,9 +68,21 @@ fn metrics_pass_promtool_and_count_what_was_sent() {
     let topo = Topology::new();
     let link = topo.link();
     let iface = link.collector_if.as_str();
+    let logs = TempDir::new("metrics-logs");
+    // Sinks too, so that their families (with a `url` label) go through promtool as well.
     let mut s = Sniffer::start_ready(
         &topo.collector,
-        &["-i", iface, "--metrics", METRICS, "--metrics-per-sender"],
+        &[
+            "-i",
+            iface,
+            "--metrics",
+            METRICS,
+            "--metrics-per-sender",
+            "--forward",
+            "syslog+udp://127.0.0.1:9",
+            "--log-dir",
+            logs.path().to_str().expect("UTF-8 path"),
+        ],
     );
     let frames = records(link, 25, 10);
     topo.sender(link).send_all(&frames);
@@ -114,6 +126,9 @@ fn metrics_pass_promtool_and_count_what_was_sent() {
         "# TYPE netcon_build_info gauge",
         "# TYPE netcon_sender_last_heard_timestamp_seconds gauge",
         "netcon_capture_lost_total{backend=\"",
+        "# TYPE netcon_forward_sent_total counter",
+        "netcon_forward_queued{url=\"syslog+udp://127.0.0.1:9\"} ",
+        "# TYPE netcon_files_written_total counter",
     ] {
         assert!(text.contains(family), "{family:?} missing in\n{text}");
     }
