@@ -2,7 +2,8 @@
 //! `--stats-format json` and the Prometheus endpoint of `--metrics`.
 //!
 //! The pipeline owns its counters and is the only one to read them: a [`Snapshot`] is taken in
-//! the pipeline loop, between batches, and handed on. The HTTP side of `--metrics` never
+//! the pipeline loop, between batches, and handed on; it is encoded on a blocking thread, not
+//! on the loop's. The HTTP side of `--metrics` never
 //! touches the pipeline: a scrape sends a request into the loop ([`MetricsServer::request`])
 //! and encodes the snapshot that comes back. A pipeline that is stuck therefore answers no
 //! scrape (the scrape fails with 503 after [`SCRAPE_TIMEOUT`]), which is what a monitoring
@@ -18,7 +19,8 @@
 //! The endpoint is a deliberately small HTTP/1.1 server on the collector's own runtime:
 //! `GET /metrics` (the Prometheus text format, version 0.0.4), one request per connection, at
 //! most [`MAX_CONNECTIONS`] at once, heads of at most [`MAX_REQUEST_BYTES`] read within
-//! [`REQUEST_TIMEOUT`]. It serves nothing else and reads no body.
+//! [`REQUEST_TIMEOUT`], responses written within [`RESPONSE_TIMEOUT`]. It serves nothing else
+//! and reads no body.
 
 use std::io;
 use std::net::SocketAddr;
@@ -47,6 +49,9 @@ pub const MAX_CONNECTIONS: usize = 8;
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
 /// Time a client has to send its request head: 5 s.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a client has to read the response: 30 s (a scrape with `--metrics-per-sender` and
+/// 10,000 senders is a few MiB).
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time the pipeline has to answer a scrape: 5 s. A loop that cannot answer within it is
 /// stuck, and the scrape gets 503.
 pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -736,11 +741,15 @@ async fn serve(mut stream: TcpStream, requests: &mpsc::Sender<ScrapeRequest>) ->
             false,
         ),
         Ok(Ok(true)) => match route(&head) {
+            // Encoding a full per-sender table takes milliseconds: off the runtime's thread,
+            // which is the capture loop's.
             Route::Metrics { head } => match scrape(requests).await {
                 Some(snapshot) => (
                     "200 OK",
                     prometheus_text::CONTENT_TYPE,
-                    snapshot.to_prometheus(),
+                    tokio::task::spawn_blocking(move || snapshot.to_prometheus())
+                        .await
+                        .map_err(io::Error::other)?,
                     !head,
                 ),
                 None => (
@@ -771,8 +780,13 @@ async fn serve(mut stream: TcpStream, requests: &mpsc::Sender<ScrapeRequest>) ->
     if send_body {
         response.push_str(&body);
     }
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    // A client that stops reading must not keep its slot for ever.
+    tokio::time::timeout(RESPONSE_TIMEOUT, async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await
+    .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
 
 /// Reads until the blank line that ends a request head: `false` when it is longer than
@@ -925,6 +939,42 @@ mod tests {
         ] {
             assert!(text.contains(expected), "{expected:?} missing in\n{text}");
         }
+    }
+
+    #[test]
+    fn a_full_sender_table_makes_five_series_per_sender() {
+        let mut s = snapshot();
+        let senders = crate::netconsole::DEFAULT_MAX_SENDERS;
+        s.senders = (0..senders)
+            .map(|i| SenderSample {
+                sender: SocketAddr::from((
+                    [
+                        10,
+                        0,
+                        u8::try_from(i / 256).unwrap(),
+                        u8::try_from(i % 256).unwrap(),
+                    ],
+                    6665,
+                )),
+                tally: SenderTally {
+                    records: 1,
+                    last_heard: DateTime::from_timestamp(1_795_817_636, 0),
+                    ..SenderTally::default()
+                },
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        let text = s.to_prometheus();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("netcon_sender_"))
+            .count();
+        assert_eq!(series, 5 * senders);
+        println!(
+            "{senders} senders: {} bytes, encoded in {:?}",
+            text.len(),
+            started.elapsed()
+        );
     }
 
     #[test]
