@@ -397,3 +397,23 @@ fn stats_format_json_summary_of_a_file() {
         "{summary}"
     );
 }
+
+/// A `--metrics` address that cannot be bound is an error at start, saying which and why.
+#[test]
+fn metrics_port_in_use_is_an_error_at_start() {
+    let topo = Topology::new();
+    let link = topo.link();
+    let _taken = topo
+        .collector
+        .run_in(|| std::net::TcpListener::bind(METRICS).expect("bind"));
+    let mut s = Sniffer::start(
+        &topo.collector,
+        &["-i", link.collector_if.as_str(), "--metrics", METRICS],
+    );
+    let (status, stderr) = s.wait();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("--metrics {METRICS}: cannot listen")),
+        "{stderr}"
+    );
+}
