@@ -159,7 +159,9 @@ pub struct SniffArgs {
     pub stats: Option<u64>,
 
     /// Once capture is set up (XDP attached, sockets and files open), drop root: switch to USER
-    /// and its group, with no capabilities left. Capture keeps working.
+    /// and its group, with no capabilities left. Capture keeps working, and so does every
+    /// output: a --log-dir netcon-sniff creates is given to USER; an existing one USER cannot
+    /// write is refused at start, with the fix.
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
 
@@ -169,7 +171,8 @@ pub struct SniffArgs {
     #[arg(long, value_name = "DIR", help_heading = "Outputs")]
     pub log_dir: Option<std::path::PathBuf>,
 
-    /// Name --log-dir files by the sender's host name (reverse DNS, looked up once per sender).
+    /// Name --log-dir files by the sender's host name (reverse DNS, looked up once per sender,
+    /// never on the packet path: records go to the address-named file until the name is known).
     #[arg(long, requires = "log_dir", help_heading = "Outputs")]
     pub resolve: bool,
 
@@ -213,6 +216,20 @@ pub struct SniffArgs {
     /// senders tracked.
     #[arg(long, requires = "metrics", help_heading = "Monitoring")]
     pub metrics_per_sender: bool,
+
+    /// Kill an --on-panic command (with every process it started) still running after this
+    /// many seconds, so that hung or slow commands free their slots. At most 16 run at once, one
+    /// per sender; a panic that finds every slot busy waits (up to 256 of them) and runs as one
+    /// frees. Skipped, late and killed runs show in the output.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..=86_400),
+        requires = "on_panic",
+        help_heading = "Outputs"
+    )]
+    pub on_panic_timeout: u64,
 
     /// Memory budget for everything held on behalf of senders, in MiB: partial lines,
     /// continuation chains, pending fragments, per-sender state, open files, queued hooks and

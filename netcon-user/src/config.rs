@@ -143,6 +143,7 @@ impl Config {
                 .map(|command| crate::sink::hook::PanicHookOptions {
                     command: command.split_whitespace().map(str::to_owned).collect(),
                     min_interval: std::time::Duration::from_secs(cli.on_panic_interval),
+                    timeout: std::time::Duration::from_secs(cli.on_panic_timeout),
                 }),
             budget: crate::budget::MemoryBudget::from_mib(cli.max_memory_mib),
             stats_format: cli.stats_format,

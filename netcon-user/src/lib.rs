@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod metrics;
 pub mod netconsole;
+pub mod notice;
 pub mod privileges;
 pub mod run;
 pub mod sender_config;

@@ -41,6 +41,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::capture::CaptureCounters;
 use crate::netconsole::DecoderStats;
+use crate::notice::LossReason;
 use crate::sink::{CounterKind, SinkCounter};
 
 /// Connections served at once: 8. More are closed as soon as they are accepted.
@@ -103,6 +104,18 @@ impl Memory {
     }
 }
 
+/// Frames lost before decoding for one reason on one interface, as reported in `capture_lost`
+/// notices since capture started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureLoss {
+    /// Why.
+    pub reason: LossReason,
+    /// Where (for the backend's own counters, its interfaces comma-separated).
+    pub interface: String,
+    /// Frames.
+    pub frames: u64,
+}
+
 /// What was heard from one sender.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SenderSample {
@@ -133,6 +146,9 @@ pub struct Snapshot {
     pub sinks: Vec<SinkCounter>,
     /// The memory budget.
     pub memory: Memory,
+    /// Frames reported lost in `capture_lost` notices, by reason and interface (every counter
+    /// followed, lost frames or not).
+    pub capture_lost: Vec<CaptureLoss>,
     /// Per-sender counts (empty unless asked for).
     pub senders: Vec<SenderSample>,
 }
@@ -194,6 +210,11 @@ fn capture_counters(capture: &CaptureCounters) -> Vec<(&'static str, &'static st
                 "Frames longer than the read buffer, delivered cut.",
                 c.truncated,
             ),
+            (
+                "queue_full",
+                "Frames lost because the queue from the capture thread to the pipeline was full.",
+                c.queue_full,
+            ),
         ],
         CaptureCounters::File(c) => vec![
             ("read", "Frames read from the capture file.", c.read),
@@ -216,7 +237,7 @@ type DecoderCounter = (
 );
 
 /// The decoder's counters.
-const DECODER_COUNTERS: [DecoderCounter; 20] = [
+const DECODER_COUNTERS: [DecoderCounter; 23] = [
     ("records", "records", "Records decoded.", |d| d.records),
     (
         "decoded_datagrams",
@@ -279,6 +300,24 @@ const DECODER_COUNTERS: [DecoderCounter; 20] = [
         |d| d.continuation_timeouts,
     ),
     (
+        "continuations_cut",
+        "continuations_cut",
+        "Continuation chains emitted, marked partial, because they reached their bound.",
+        |d| d.continuations_cut,
+    ),
+    (
+        "budget_shed",
+        "budget_shed",
+        "Pieces of held state emitted early, and senders evicted, because the memory budget was full.",
+        |d| d.budget_shed,
+    ),
+    (
+        "suspicious",
+        "suspicious_datagrams",
+        "Datagrams whose seq or msgid jumped further than a real sender's can (forged).",
+        |d| d.suspicious,
+    ),
+    (
         "senders_evicted",
         "senders_evicted",
         "Senders evicted from the table (least recently heard first).",
@@ -331,6 +370,15 @@ impl Snapshot {
         self.capture.lost()
     }
 
+    /// Frames reported lost in `capture_lost` notices, all reasons and interfaces (the stats
+    /// line's `capture_lost`).
+    #[must_use]
+    pub fn capture_lost_reported(&self) -> u64 {
+        self.capture_lost
+            .iter()
+            .fold(0, |sum, l| sum.saturating_add(l.frames))
+    }
+
     /// Datagrams decoded, all interfaces.
     #[must_use]
     pub fn datagrams_total(&self) -> u64 {
@@ -360,6 +408,13 @@ impl Snapshot {
             .collect();
         o.insert("capture".into(), Value::Object(capture));
         o.insert("lost".into(), json!(self.capture_lost()));
+        o.insert("capture_lost".into(), json!(self.capture_lost_reported()));
+        let losses: Vec<Value> = self
+            .capture_lost
+            .iter()
+            .map(|l| json!({"reason": l.reason.as_str(), "interface": l.interface, "frames": l.frames}))
+            .collect();
+        o.insert("capture_losses".into(), Value::Array(losses));
         o.insert("datagrams".into(), json!(self.datagrams_total()));
         let interfaces: Map<String, Value> = self
             .datagrams
@@ -371,6 +426,7 @@ impl Snapshot {
         o.insert("other_ports".into(), json!(self.other_ports));
         o.insert("denied".into(), json!(self.denied));
         o.insert("senders".into(), json!(self.decoder.senders));
+        o.insert("held_bytes".into(), json!(self.decoder.held_bytes));
         for (name, _, _, value) in DECODER_COUNTERS {
             o.insert(name.into(), json!(value(&self.decoder)));
         }
@@ -395,24 +451,10 @@ impl Snapshot {
     #[must_use]
     pub fn to_prometheus(&self) -> String {
         let mut registry = Registry::with_prefix("netcon");
-        let backend = backend_name(&self.capture);
-
         let build = Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]);
         registry.register("build", "The netcon-sniff build", build);
 
-        for (name, help, value) in capture_counters(&self.capture) {
-            let family = Family::<[(&str, &str); 1], Counter>::default();
-            family.get_or_create(&[("backend", backend)]).inc_by(value);
-            registry.register(format!("capture_{name}"), strip(help), family);
-        }
-        let lost = Family::<[(&str, &str); 1], Counter>::default();
-        lost.get_or_create(&[("backend", backend)])
-            .inc_by(self.capture_lost());
-        registry.register(
-            "capture_lost",
-            "Matched frames the capture lost before netcon-sniff could read them",
-            lost,
-        );
+        self.register_capture(&mut registry);
 
         let datagrams = Family::<[(&str, String); 1], Counter>::default();
         for (interface, n) in &self.datagrams {
@@ -453,6 +495,12 @@ impl Snapshot {
             "Senders tracked now",
             self.decoder.senders,
         );
+        register_gauge(
+            &mut registry,
+            "decoder_held_bytes",
+            "Bytes of the memory budget the decoder holds now (partial lines, continuations, fragments, senders)",
+            self.decoder.held_bytes,
+        );
 
         self.register_sinks(&mut registry);
 
@@ -489,6 +537,41 @@ impl Snapshot {
         // Writing to a String cannot fail.
         let _ = prometheus_text::encode(&mut out, &registry);
         out
+    }
+
+    /// The capture counters (`backend` label) and the frames reported lost (`interface` and
+    /// `reason` labels).
+    fn register_capture(&self, registry: &mut Registry) {
+        let backend = backend_name(&self.capture);
+        for (name, help, value) in capture_counters(&self.capture) {
+            let family = Family::<[(&str, &str); 1], Counter>::default();
+            family.get_or_create(&[("backend", backend)]).inc_by(value);
+            registry.register(format!("capture_{name}"), strip(help), family);
+        }
+        let lost = Family::<[(&str, &str); 1], Counter>::default();
+        lost.get_or_create(&[("backend", backend)])
+            .inc_by(self.capture_lost());
+        registry.register(
+            "capture_lost",
+            "Matched frames the capture lost before netcon-sniff could read them",
+            lost,
+        );
+
+        let reported = Family::<[(&str, String); 2], Counter>::default();
+        for l in &self.capture_lost {
+            reported
+                .get_or_create(&[
+                    ("interface", l.interface.clone()),
+                    ("reason", l.reason.as_str().to_owned()),
+                ])
+                .inc_by(l.frames);
+        }
+        registry.register(
+            "capture_lost_reported",
+            "Frames lost before decoding as reported in capture_lost events, by interface and reason \
+             (the interface reason counts any traffic the interface missed)",
+            reported,
+        );
     }
 
     fn register_sinks(&self, registry: &mut Registry) {
@@ -849,6 +932,9 @@ mod tests {
                 senders: 2,
                 records_lost: 3,
                 panics: 1,
+                suspicious: 1,
+                senders_evicted: 3,
+                held_bytes: 640,
                 ..DecoderStats::default()
             },
             sinks: vec![
@@ -863,6 +949,11 @@ mod tests {
                 limit: 1000,
                 refused: 0,
             },
+            capture_lost: vec![CaptureLoss {
+                reason: LossReason::RingFull,
+                interface: "eth1,eth2".into(),
+                frames: 2,
+            }],
             senders: Vec::new(),
         }
     }
@@ -879,6 +970,12 @@ mod tests {
             "netcon_datagrams_total{interface=\"eth1\"} 5\n",
             "netcon_datagrams_total{interface=\"eth2\"} 1\n",
             "netcon_records_lost_total 3\n",
+            "netcon_capture_lost_reported_total{interface=\"eth1,eth2\",reason=\"ring_full\"} 2\n",
+            "netcon_suspicious_datagrams_total 1\n",
+            "netcon_senders_evicted_total 3\n",
+            "netcon_budget_shed_total 0\n",
+            "# TYPE netcon_decoder_held_bytes gauge\n",
+            "netcon_decoder_held_bytes 640\n",
             "netcon_panics_total 1\n",
             "# TYPE netcon_senders gauge\n",
             "netcon_senders 2\n",
@@ -966,13 +1063,21 @@ mod tests {
             kernel_received: 7,
             kernel_dropped: 1,
             truncated: 0,
+            queue_full: 4,
         });
         let v: serde_json::Value = serde_json::from_str(&s.to_json("stats")).unwrap();
         assert_eq!(v["type"], "stats");
         assert_eq!(v["time"], "2026-11-27T22:13:56.000000Z");
         assert_eq!(v["backend"], "raw");
         assert_eq!(v["capture"]["kernel_dropped"], 1);
-        assert_eq!(v["lost"], 1);
+        assert_eq!(v["capture"]["queue_full"], 4);
+        assert_eq!(v["lost"], 5);
+        assert_eq!(v["capture_lost"], 2, "as reported in capture_lost notices");
+        assert_eq!(v["capture_losses"][0]["reason"], "ring_full");
+        assert_eq!(v["capture_losses"][0]["frames"], 2);
+        assert_eq!(v["suspicious"], 1);
+        assert_eq!(v["senders_evicted"], 3);
+        assert_eq!(v["held_bytes"], 640);
         assert_eq!(v["datagrams"], 6);
         assert_eq!(v["interfaces"]["eth1"], 5);
         assert_eq!(v["records"], 4);

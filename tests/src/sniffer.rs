@@ -318,15 +318,18 @@ impl Sniffer {
     /// If none arrives within `timeout`.
     pub fn expect_line_containing(&mut self, needle: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
+        // Each line is looked at once: a burst of thousands before the match stays linear.
+        let mut checked = self.cursor;
         loop {
-            if let Some(i) = self.stdout[self.cursor..]
+            if let Some(i) = self.stdout[checked..]
                 .iter()
                 .position(|l| l.contains(needle))
             {
-                let line = self.stdout[self.cursor + i].clone();
-                self.cursor += i + 1;
+                let line = self.stdout[checked + i].clone();
+                self.cursor = checked + i + 1;
                 return line;
             }
+            checked = self.stdout.len();
             let progressed = self.pump(deadline);
             assert!(
                 progressed,
@@ -839,7 +842,7 @@ pub fn without_stats(lines: &[String]) -> Vec<String> {
 pub enum CaptureBackend {
     /// `xdp counters: seen= matched= ringbuf_full= truncated= copy_failed=`
     Xdp,
-    /// `raw counters: received= kernel_received= kernel_dropped= truncated=`
+    /// `raw counters: received= kernel_received= kernel_dropped= truncated= queue_full=`
     Raw,
     /// `file counters: read= skipped=`
     File,
@@ -867,7 +870,13 @@ impl CaptureBackend {
                 "truncated",
                 "copy_failed",
             ],
-            CaptureBackend::Raw => &["received", "kernel_received", "kernel_dropped", "truncated"],
+            CaptureBackend::Raw => &[
+                "received",
+                "kernel_received",
+                "kernel_dropped",
+                "truncated",
+                "queue_full",
+            ],
             CaptureBackend::File => &["read", "skipped"],
         }
     }
@@ -909,6 +918,8 @@ pub struct RawCounters {
     pub kernel_dropped: u64,
     /// Frames cut to the read buffer.
     pub truncated: u64,
+    /// Frames read but dropped because the queue to the pipeline was full.
+    pub queue_full: u64,
 }
 
 /// Counters of a capture file (`-r`).
@@ -1049,6 +1060,7 @@ impl Summary {
             kernel_received: self.counter("kernel_received"),
             kernel_dropped: self.counter("kernel_dropped"),
             truncated: self.counter("truncated"),
+            queue_full: self.counter("queue_full"),
         }
     }
 
@@ -1190,7 +1202,7 @@ mod tests {
     #[test]
     fn parses_raw_summary() {
         let s = Summary::parse(
-            "netcon-sniff: raw counters: received=5 kernel_received=6 kernel_dropped=1 truncated=0\nnetcon-sniff: printed 5 datagrams\n",
+            "netcon-sniff: raw counters: received=5 kernel_received=6 kernel_dropped=1 truncated=0 queue_full=2\nnetcon-sniff: printed 3 datagrams\n",
         );
         assert_eq!(s.backend, CaptureBackend::Raw);
         assert_eq!(
@@ -1200,9 +1212,10 @@ mod tests {
                 kernel_received: 6,
                 kernel_dropped: 1,
                 truncated: 0,
+                queue_full: 2,
             }
         );
-        assert_eq!(s.printed, 5);
+        assert_eq!(s.printed, 3);
     }
 
     #[test]
@@ -1250,7 +1263,7 @@ mod tests {
     #[should_panic(expected = "unknown raw counter \"seen\"")]
     fn summary_rejects_foreign_counters() {
         let _ = Summary::parse(
-            "netcon-sniff: raw counters: received=1 kernel_received=1 kernel_dropped=0 truncated=0 seen=1\nnetcon-sniff: printed 1 datagrams\n",
+            "netcon-sniff: raw counters: received=1 kernel_received=1 kernel_dropped=0 truncated=0 queue_full=0 seen=1\nnetcon-sniff: printed 1 datagrams\n",
         );
     }
 

@@ -14,8 +14,10 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(io::stderr)
         .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+        // NETCON_LOG, else the usual RUST_LOG (`RUST_LOG=debug` shows a verifier's whole log).
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("NETCON_LOG")
+                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();

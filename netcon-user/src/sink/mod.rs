@@ -13,9 +13,9 @@ pub mod raw;
 pub mod syslog;
 pub mod text;
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, time::Instant};
 
-use crate::netconsole::Event;
+use crate::{netconsole::Event, notice::Notice};
 
 /// A destination for decoded events besides stdout.
 ///
@@ -42,6 +42,17 @@ pub trait Sink {
         for c in counters {
             let _ = write!(out, " {}={}", c.name, c.value);
         }
+    }
+    /// Takes one of netcon-sniff's own notices (frames lost, a hook skipped). Ignored unless
+    /// the sink writes them somewhere a person reads.
+    fn notice(&mut self, _notice: &Notice) {}
+    /// Moves the notices this sink has to report (a hook it skipped) to `out`; the pipeline
+    /// writes them to stdout and hands them to every sink.
+    fn take_notices(&mut self, _out: &mut Vec<Notice>) {}
+    /// When this sink next needs [`Sink::flush`] though no event arrives (a queued hook waiting
+    /// for a slot); `None` when it does not.
+    fn poll_at(&self) -> Option<Instant> {
+        None
     }
 }
 

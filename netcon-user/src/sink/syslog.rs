@@ -72,6 +72,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Sink;
 use crate::netconsole::{Event, LossKind, Lost, Malformed, Priority, Rebooted, Record};
+use crate::notice::{HookOutcome, Notice};
 
 /// The port when the URL gives none: 514, syslog's UDP port (RFC 5426). RFC 6587 assigns no TCP
 /// port, but 514/tcp is what rsyslog and syslog-ng listen on for plain TCP by convention (6514
@@ -323,6 +324,67 @@ pub fn format_event(event: &Event) -> Option<String> {
     Some(m.finish())
 }
 
+/// The RFC 5424 message for one of netcon-sniff's own notices: APP-NAME `netcon`, facility
+/// `daemon`, level warning; MSGID `capture_lost` (HOSTNAME `-`: the lost frames' senders are
+/// unknown) or `hook` (HOSTNAME the sender whose panic it was).
+#[must_use]
+pub fn format_notice(notice: &Notice) -> String {
+    match notice {
+        Notice::CaptureLost(lost) => {
+            let mut m = Message {
+                pri: u16::from(FACILITY_DAEMON) * 8 + u16::from(LEVEL_WARNING),
+                time: Some(lost.noticed),
+                host: "-".to_owned(),
+                app: OWN_APP_NAME,
+                msgid: "capture_lost",
+                params: Vec::new(),
+                fields: Vec::new(),
+                msg: String::new(),
+            };
+            m.param("interface", &lost.interface);
+            m.param("reason", lost.reason.as_str());
+            m.param("frames", lost.frames);
+            let _ = write!(
+                m.msg,
+                "capture lost {} frames on {} ({})",
+                lost.frames,
+                lost.interface,
+                lost.reason.describe()
+            );
+            m.finish()
+        }
+        Notice::Hook(hook) => {
+            let mut m = own_message(hook.at, hook.sender, LEVEL_WARNING, "hook");
+            match hook.outcome {
+                HookOutcome::Skipped(why) => {
+                    m.param("action", "skipped");
+                    m.param("reason", why.as_str());
+                    let _ = write!(m.msg, "panic hook skipped ({})", why.describe());
+                }
+                HookOutcome::Late { waited } => {
+                    m.param("action", "late");
+                    m.param("waited_ms", waited.as_millis());
+                    let _ = write!(
+                        m.msg,
+                        "panic hook late (waited {:.3} s for a slot)",
+                        waited.as_secs_f64()
+                    );
+                }
+                HookOutcome::TimedOut { after } => {
+                    m.param("action", "timeout");
+                    m.param("after_s", after.as_secs());
+                    let _ = write!(
+                        m.msg,
+                        "panic hook timed out after {} s; killed",
+                        after.as_secs()
+                    );
+                }
+            }
+            m.finish()
+        }
+    }
+}
+
 /// Appends the RFC 6587 octet-counting frame of `message` (`LEN SP MSG`) to `out`.
 pub fn frame_octet_counted(message: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(message.len().to_string().as_bytes());
@@ -392,7 +454,8 @@ fn write_sd(params: &[(&'static str, String)], fields: &[(String, String)], out:
     }
 }
 
-/// `[SD-ID name="value" ...]`; names must already be valid SD-NAMEs.
+/// `[SD-ID name="value" ...]`; names must already be valid SD-NAMEs, values are escaped by
+/// [`escape_sd_value`].
 fn write_sd_element<'a>(
     id: &str,
     params: impl Iterator<Item = (&'a str, &'a str)>,
@@ -410,14 +473,26 @@ fn write_sd_element<'a>(
     out.push(']');
 }
 
-/// A PARAM-VALUE with `"`, `\` and `]` escaped (RFC 5424 §6.3.3): the one place SD values are
-/// escaped.
+/// A PARAM-VALUE, the one place SD values are escaped: `"`, `\` and `]` with a backslash (RFC
+/// 5424 §6.3.3), and control characters (NUL, ESC, CR, LF, C1) and invisible ones (bidi
+/// overrides, zero-width) shown as the text output shows them (`\r`, `\u{1b}`): a value such as
+/// `caller` or a userdata field comes off the network, and a raw NUL or CR would cut or forge the
+/// line in a receiver's file.
 fn escape_sd_value(value: &str, out: &mut String) {
     for c in value.chars() {
-        if matches!(c, '"' | '\\' | ']') {
-            out.push('\\');
+        match c {
+            '"' | '\\' | ']' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || super::escape::is_invisible(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
         }
-        out.push(c);
     }
 }
 
@@ -469,8 +544,9 @@ fn record_fields(r: &Record, m: &mut Message) {
         let name = sd_name(&field.key);
         let mut value = String::new();
         escape_msg_into(&field.value, &mut value);
-        // Name, `="`, `"` and a space, and the value's escapes at worst doubling it.
-        let cost = name.len() + 4 + 2 * value.len();
+        // Name, `="`, `"` and a space, and the value as `escape_sd_value` writes it: at worst
+        // three times as long (a three-byte invisible character becomes `\u{202e}`).
+        let cost = name.len() + 4 + 3 * value.len();
         if bytes + cost > MAX_FIELDS_BYTES {
             dropped += 1;
             continue;
@@ -793,41 +869,13 @@ impl Sink for Forwarder {
     }
 
     fn event(&mut self, event: &Event) {
-        let Some(message) = format_event(event) else {
-            return;
-        };
-        let Some(worker) = &self.worker else {
-            self.refused += 1;
-            return;
-        };
-        match worker.queue.try_send(message) {
-            Ok(()) => {
-                self.accepted += 1;
-                if self.refusing {
-                    self.refusing = false;
-                    tracing::info!(
-                        url = %self.url,
-                        dropped = self.refused,
-                        "forwarding queue has room again"
-                    );
-                }
-            }
-            Err(error) => {
-                self.refused += 1;
-                if !self.refusing {
-                    self.refusing = true;
-                    let why = match error {
-                        mpsc::error::TrySendError::Full(_) => "the queue is full",
-                        mpsc::error::TrySendError::Closed(_) => "the forwarding thread is gone",
-                    };
-                    tracing::warn!(
-                        url = %self.url,
-                        queue = QUEUE_MESSAGES,
-                        "dropping messages to forward: {why}"
-                    );
-                }
-            }
+        if let Some(message) = format_event(event) {
+            self.enqueue(message);
         }
+    }
+
+    fn notice(&mut self, notice: &Notice) {
+        self.enqueue(format_notice(notice));
     }
 
     fn counters(&self, out: &mut Vec<super::SinkCounter>) {
@@ -860,6 +908,44 @@ impl Sink for Forwarder {
             )
             .of("url", url),
         ]);
+    }
+}
+
+impl Forwarder {
+    /// Queues one message for the worker, or counts it as refused.
+    fn enqueue(&mut self, message: String) {
+        let Some(worker) = &self.worker else {
+            self.refused += 1;
+            return;
+        };
+        match worker.queue.try_send(message) {
+            Ok(()) => {
+                self.accepted += 1;
+                if self.refusing {
+                    self.refusing = false;
+                    tracing::info!(
+                        url = %self.url,
+                        dropped = self.refused,
+                        "forwarding queue has room again"
+                    );
+                }
+            }
+            Err(error) => {
+                self.refused += 1;
+                if !self.refusing {
+                    self.refusing = true;
+                    let why = match error {
+                        mpsc::error::TrySendError::Full(_) => "the queue is full",
+                        mpsc::error::TrySendError::Closed(_) => "the forwarding thread is gone",
+                    };
+                    tracing::warn!(
+                        url = %self.url,
+                        queue = QUEUE_MESSAGES,
+                        "dropping messages to forward: {why}"
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -1220,6 +1306,27 @@ mod tests {
     }
 
     #[test]
+    fn field_values_escape_controls_and_invisibles_too() {
+        let mut r = record(b"x");
+        r.fields = vec![field(
+            b"dc",
+            "a\rb\nc\td\u{1b}[31m]\u{202e}e\u{200b}".as_bytes(),
+        )];
+        let m = format_record(r);
+        // One escaper for every SD value: no raw control or invisible character reaches the
+        // receiver, and RFC 5424's specials are escaped.
+        assert!(
+            !m.chars()
+                .any(|c| (c.is_control() && c != '\n') || crate::sink::escape::is_invisible(c)),
+            "{m:?}"
+        );
+        assert!(
+            m.contains(r#"[fields@32473 dc="a\\rb\nc\td\\u{1b}[31m\]\u{202e}e\u{200b}"]"#),
+            "{m}"
+        );
+    }
+
+    #[test]
     fn fields_beyond_the_bound_are_counted_not_sent() {
         let mut r = record(b"x");
         r.fields = (0..100)
@@ -1301,6 +1408,51 @@ mod tests {
             "<14>1 2026-11-27T22:15:54.753542Z fe80::1 kernel - - \
              [netcon@32473 seq=\"377\" ktime=\"4.373204\" sender=\"[fe80::1\\]:6665\" \
              caller=\"a\\\"b\\\\c\\]d\"] x"
+        );
+    }
+
+    #[test]
+    fn sd_values_escape_controls_and_invisible_characters() {
+        let mut r = record(b"x");
+        r.caller = Some(Caller::Unknown(
+            "a\0b\x1b[31mc\rd\ne\u{9b}f\u{202e}g".into(),
+        ));
+        let message = format_record(r);
+        assert!(
+            message.contains(r#"caller="a\u{0}b\u{1b}[31mc\rd\ne\u{9b}f\u{202e}g"]"#),
+            "{message}"
+        );
+        assert!(!message.chars().any(char::is_control), "{message:?}");
+    }
+
+    #[test]
+    fn notices_are_netcon_messages() {
+        use crate::notice::{CaptureLost, HookNotice, LossReason, SkipReason};
+        let at = DateTime::from_timestamp(1_764_280_436, 0).unwrap_or_default();
+        let lost = format_notice(&Notice::CaptureLost(CaptureLost {
+            noticed: at,
+            interface: "eth1".into(),
+            reason: LossReason::Socket,
+            frames: 12,
+        }));
+        assert_eq!(
+            lost,
+            "<28>1 2025-11-27T21:53:56.000000Z - netcon - capture_lost \
+             [netcon@32473 interface=\"eth1\" reason=\"socket\" frames=\"12\"] \
+             capture lost 12 frames on eth1 (socket buffer full)"
+        );
+        let hook = format_notice(&Notice::Hook(HookNotice {
+            at,
+            sender: "10.77.0.10:6665".parse().unwrap(),
+            outcome: HookOutcome::Skipped(SkipReason::QueueFull),
+        }));
+        assert!(
+            hook.starts_with("<28>1 2025-11-27T21:53:56.000000Z 10.77.0.10 netcon - hook "),
+            "{hook}"
+        );
+        assert!(
+            hook.contains(r#"action="skipped" reason="queue_full""#),
+            "{hook}"
         );
     }
 

@@ -41,6 +41,32 @@ pub struct Outcome {
 
 /// Boots `boot` in `ns` and waits for the guest to power off (killing it at the deadline).
 pub fn run(ns: &Netns, boot: &Boot<'_>) -> Result<Outcome> {
+    let (mut guard, started) = spawn(ns, boot, &[])?;
+    let Some(status) = guard.wait_until(started + boot.timeout)? else {
+        guard.stop(Signal::SIGKILL, Duration::from_secs(5))?;
+        bail!(
+            "the guest did not power off within {:?}: killed (console: {})\n{}",
+            boot.timeout,
+            boot.console.display(),
+            tail(&boot.console)
+        );
+    };
+    let elapsed = started.elapsed();
+    let output = fs::read_to_string(boot.console.with_extension("qemu.log")).unwrap_or_default();
+    ensure!(
+        status.success(),
+        "qemu failed ({status}): {}\n{}",
+        output.trim(),
+        tail(&boot.console)
+    );
+    let console =
+        fs::read(&boot.console).with_context(|| format!("reading {}", boot.console.display()))?;
+    parse_console(&String::from_utf8_lossy(&console), elapsed, &boot.console)
+}
+
+/// Starts qemu for `boot` in `ns`, with `extra` qemu arguments (devices), without waiting;
+/// the guest is killed when the guard drops. Returns the guard and when it started.
+pub fn spawn(ns: &Netns, boot: &Boot<'_>, extra: &[String]) -> Result<(Guarded, Instant)> {
     let mut cmdline = String::from(
         // ignore_loglevel: netconsole is a console and, like every console, would drop records
         // above the console loglevel (LEVEL7). printk.devkmsg=on: /dev/kmsg would otherwise
@@ -75,32 +101,17 @@ pub fn run(ns: &Netns, boot: &Boot<'_>) -> Result<Outcome> {
             "-device",
             &format!("virtio-net-pci,netdev=n0,mac={}", boot.mac),
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(qemu_log.try_clone()?)
         .stderr(qemu_log);
     let started = Instant::now();
     let child = qemu.spawn().context("starting qemu-system-x86_64")?;
-    let mut guard = Guarded::new(child, "qemu");
-    let Some(status) = guard.wait_until(started + boot.timeout)? else {
-        guard.stop(Signal::SIGKILL, Duration::from_secs(5))?;
-        bail!(
-            "the guest did not power off within {:?}: killed (console: {})\n{}",
-            boot.timeout,
-            boot.console.display(),
-            tail(&boot.console)
-        );
-    };
-    let elapsed = started.elapsed();
-    let output = fs::read_to_string(&log_path).unwrap_or_default();
-    ensure!(
-        status.success(),
-        "qemu failed ({status}): {}\n{}",
-        output.trim(),
-        tail(&boot.console)
-    );
-    let console =
-        fs::read(&boot.console).with_context(|| format!("reading {}", boot.console.display()))?;
-    let console = String::from_utf8_lossy(&console);
+    Ok((Guarded::new(child, "qemu"), started))
+}
+
+/// What /init printed (`NCT-` lines) on the console of a guest that powered off.
+fn parse_console(console: &str, elapsed: Duration, path: &Path) -> Result<Outcome> {
     let mut outcome = Outcome {
         elapsed,
         ..Outcome::default()
@@ -111,7 +122,7 @@ pub fn run(ns: &Netns, boot: &Boot<'_>) -> Result<Outcome> {
         if let Some(reason) = line.strip_prefix("NCT-FAIL ") {
             bail!(
                 "the guest's /init failed: {reason} (console: {})",
-                boot.console.display()
+                path.display()
             );
         } else if let Some(file) = line.strip_prefix("NCT-REJECTED ") {
             outcome.rejected.push(file.trim().to_owned());
@@ -124,14 +135,14 @@ pub fn run(ns: &Netns, boot: &Boot<'_>) -> Result<Outcome> {
     ensure!(
         done,
         "the guest powered off before its /init finished (console: {})\n{}",
-        boot.console.display(),
-        tail(&boot.console)
+        path.display(),
+        tail(path)
     );
     Ok(outcome)
 }
 
 /// The console's last lines, for error messages.
-fn tail(path: &Path) -> String {
+pub fn tail(path: &Path) -> String {
     let text = fs::read(path).unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().collect();

@@ -1,7 +1,9 @@
 //! `cargo xtask vm-test`: real Debian kernels, booted under qemu, whose netconsole sends to the
-//! real `netcon-sniff`.
+//! real `netcon-sniff`, and in which netcon-sniff itself runs (`inguest.rs`: every backend on the
+//! guest's NIC, a real capture sent in from outside).
 //!
-//! For each kernel (bookworm's 6.1, bookworm-backports' 6.12) and each netconsole configuration
+//! For each kernel (bullseye's 5.10, bookworm's 6.1, bookworm-backports' 6.12, unstable's
+//! newest) and each netconsole configuration
 //! (plain; extended to the collector's MAC, booted twice; extended with the release, 6.12 only;
 //! extended to the broadcast MAC and an address nobody owns):
 //! 1. a collector network namespace `netcon-vm-<pid>-<N>` with a tap `nct<N>`, 10.N.0.1/24
@@ -25,6 +27,7 @@
 mod check;
 mod guest;
 mod host;
+mod inguest;
 mod initramfs;
 mod kernel;
 mod netns;
@@ -68,6 +71,12 @@ pub struct VmTestArgs {
     #[arg(long = "config", value_enum, value_name = "CONFIG")]
     pub configs: Vec<ConfigName>,
 
+    /// Where netcon-sniff runs; repeat for both. `host`: beside the guest, netconsole in the
+    /// guest sending to it (every configuration). `guest`: inside the guest, on its NIC, every
+    /// backend, with a real capture sent in from outside (`inguest.rs`). Default: both.
+    #[arg(long = "sniff-in", value_enum, value_name = "WHERE")]
+    pub sniff_in: Vec<SniffIn>,
+
     /// netcon-sniff output to check; repeat for several. `raw`: datagrams, decoded by this
     /// test's reference decoder. `json`: netcon's decoded records and events. The first runs
     /// live, the others replay its pcap. Default: json then raw (raw alone when netcon-sniff
@@ -105,6 +114,7 @@ impl Default for VmTestArgs {
             skip_if_no_qemu: false,
             kernels: Vec::new(),
             configs: Vec::new(),
+            sniff_in: Vec::new(),
             outputs: Vec::new(),
             accel: Accel::Auto,
             boot_timeout: 120,
@@ -113,6 +123,15 @@ impl Default for VmTestArgs {
             sniff: None,
         }
     }
+}
+
+/// Where netcon-sniff runs in a case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SniffIn {
+    /// In a namespace on the host, on the guest's tap.
+    Host,
+    /// Inside the guest kernel.
+    Guest,
 }
 
 /// The netconsole configurations under test.
@@ -234,7 +253,21 @@ pub fn run(root: &Path, args: &VmTestArgs) -> Result<()> {
     let mut failures = Vec::new();
     let mut boots = Vec::new();
     let mut passed = 0;
-    for kernel in &kernels {
+    let wants = |place| args.sniff_in.is_empty() || args.sniff_in.contains(&place);
+    if wants(SniffIn::Guest) {
+        let env = inguest::Env {
+            root,
+            sniff: &sniff.path,
+            accel,
+            boot_timeout: Duration::from_secs(args.boot_timeout),
+            bzimage: args.bzimage,
+        };
+        let (ok, failed, times) = inguest::run_all(&env, &kernels, &work);
+        passed += ok;
+        failures.extend(failed);
+        boots.extend(times);
+    }
+    for kernel in kernels.iter().filter(|_| wants(SniffIn::Host)) {
         for (i, &config) in ConfigName::ALL.iter().enumerate() {
             if !(args.configs.is_empty() || args.configs.contains(&config))
                 || (config == ConfigName::ExtendedRelease && !kernel.series.has_release_flag())
@@ -519,12 +552,7 @@ fn check_receiver(
         report.records,
         report.matched,
         report.fragmented,
-        report
-            .seq_ranges
-            .iter()
-            .map(|r| r.map_or_else(|| "-".to_owned(), |(a, b)| format!("{a}..={b}")))
-            .collect::<Vec<_>>()
-            .join(" "),
+        report.seq_summary(),
         report.reboot_events
     );
     Ok(())
