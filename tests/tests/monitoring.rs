@@ -82,13 +82,17 @@ fn metrics_pass_promtool_and_count_what_was_sent() {
             "syslog+udp://127.0.0.1:9",
             "--log-dir",
             logs.path().to_str().expect("UTF-8 path"),
+            "--on-panic",
+            "/bin/true",
         ],
     );
     let frames = records(link, 25, 10);
     topo.sender(link).send_all(&frames);
     s.expect_lines(frames.len() + 1, LINE_TIMEOUT); // and the loss line
+    // The loss counters are first read a second after start; from then on each has a series.
+    let reported = format!("netcon_capture_lost_reported_total{{interface=\"{iface}\",reason=\"");
     let text = scrape_until(&topo.collector, |t| {
-        sample(t, "netcon_records_total") == Some(24.0)
+        sample(t, "netcon_records_total") == Some(24.0) && t.contains(&reported)
     });
     if let Err(problems) = promtool_check_metrics(&text) {
         panic!("promtool check metrics failed:\n{problems}\non:\n{text}");
@@ -129,9 +133,27 @@ fn metrics_pass_promtool_and_count_what_was_sent() {
         "# TYPE netcon_forward_sent_total counter",
         "netcon_forward_queued{url=\"syslog+udp://127.0.0.1:9\"} ",
         "# TYPE netcon_files_written_total counter",
+        "# TYPE netcon_hooks_skipped_total counter",
+        "# TYPE netcon_hooks_timed_out_total counter",
+        "# TYPE netcon_hooks_waiting gauge",
+        "# TYPE netcon_suspicious_datagrams_total counter",
+        "# TYPE netcon_budget_shed_total counter",
+        "# TYPE netcon_continuations_cut_total counter",
+        "# TYPE netcon_decoder_held_bytes gauge",
+        "# TYPE netcon_capture_lost_reported_total counter",
     ] {
         assert!(text.contains(family), "{family:?} missing in\n{text}");
     }
+    assert!(
+        text.lines()
+            .filter(|l| l.starts_with(&reported))
+            .all(|l| l.ends_with(" 0")),
+        "nothing lost in\n{text}"
+    );
+    // The gauges read the budget the decoder and the sinks charge: one sender is held.
+    let used = sample(&text, "netcon_memory_used_bytes").expect("the budget in use");
+    let held = sample(&text, "netcon_decoder_held_bytes").expect("the decoder's part");
+    assert!(held > 0.0 && used >= held, "used {used}, decoder {held}");
     let limit = sample(&text, "netcon_memory_limit_bytes").expect("the budget's limit");
     assert!((limit - f64::from(24u32 << 20)).abs() < 1.0, "{limit}");
 
@@ -339,6 +361,14 @@ fn stats_format_json_on_sigusr1_and_at_exit() {
         "{stats}"
     );
     assert!(stats["lost"].is_u64(), "{stats}");
+    assert!(stats["capture_lost"].is_u64(), "{stats}");
+    assert!(stats["capture_losses"].is_array(), "{stats}");
+    assert_eq!(stats["suspicious"], 0, "{stats}");
+    assert!(stats["held_bytes"].as_u64() > Some(0), "{stats}");
+    assert!(
+        stats["memory"]["used"].as_u64() >= stats["held_bytes"].as_u64(),
+        "{stats}"
+    );
     assert!(
         stats["backend"] == "xdp" || stats["backend"] == "raw",
         "{stats}"
