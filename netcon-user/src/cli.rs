@@ -85,6 +85,10 @@ impl Generated {
 
 /// Capture options (the default command).
 #[derive(Debug, clap::Args)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "each bool is an independent command-line switch"
+)]
 pub struct SniffArgs {
     /// Interface to capture on; repeat for several. Default: every interface that is up,
     /// except loopback (name `lo` to capture there).
@@ -197,6 +201,22 @@ pub struct SniffArgs {
     )]
     pub on_panic_interval: u64,
 
+    /// How the --stats, SIGUSR1 and exit summaries are written on stderr: `text`, one line of
+    /// `name=value` pairs; `json`, one JSON object per line (for scripts).
+    #[arg(long, value_enum, default_value_t = StatsFormat::Text, value_name = "FORMAT")]
+    pub stats_format: StatsFormat,
+
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (e.g. 127.0.0.1:9469, [::]:9469):
+    /// every counter of the stats line, the number of senders and the memory budget.
+    #[arg(long, value_name = "ADDR:PORT", help_heading = "Monitoring")]
+    pub metrics: Option<std::net::SocketAddr>,
+
+    /// With --metrics, also one series per tracked sender (records, losses, panics, last
+    /// heard), removed when the sender is evicted: up to 5 series for each of the up to 10,000
+    /// senders tracked.
+    #[arg(long, requires = "metrics", help_heading = "Monitoring")]
+    pub metrics_per_sender: bool,
+
     /// Kill an --on-panic command (with every process it started) still running after this
     /// many seconds, so that hung or slow commands free their slots. At most 16 run at once, one
     /// per sender; a panic that finds every slot busy waits (up to 256 of them) and runs as one
@@ -251,6 +271,15 @@ pub enum ColorChoice {
     Always,
     /// Never.
     Never,
+}
+
+/// Format of the stats summaries on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatsFormat {
+    /// One line of `name=value` pairs.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Output format of records on stdout.

@@ -17,10 +17,12 @@ use crate::{
         raw::RawCapture,
         xdp::XdpCapture,
     },
-    config::{BackendChoice, Config, Format, Source},
+    config::{BackendChoice, Config, Format, Source, StatsFormat},
+    metrics::{MetricsServer, ScrapeRequest, Snapshot},
     netconsole::{Decoder, DecoderConfig, DecoderStats, Event, Incoming},
     notice::{CaptureLost, LossReason, Notice},
     sink::{self, Sink},
+    systemd::Systemd,
     wire::Datagram,
 };
 
@@ -39,6 +41,9 @@ pub enum RunError {
     /// --forward cannot be used.
     #[error(transparent)]
     Forward(#[from] sink::syslog::SyslogError),
+    /// --metrics cannot serve.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// Dropping root failed.
     #[error(transparent)]
     Privileges(#[from] crate::privileges::PrivilegeError),
@@ -79,12 +84,16 @@ pub struct Summary {
     pub decoder: DecoderStats,
     /// The stats line (as printed on SIGUSR1), for the exit summary.
     pub stats_line: String,
+    /// Every counter, for `--stats-format json`.
+    pub snapshot: Snapshot,
 }
 
 /// Counts kept by the pipeline.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct PipelineCounts {
     datagrams: u64,
+    /// Datagrams by interface index (see [`crate::metrics::count_datagram`]).
+    interfaces: Vec<(u32, u64)>,
     malformed: u64,
     other_ports: u64,
     denied: u64,
@@ -133,11 +142,20 @@ pub struct Pipeline<'c> {
     /// Notices to write with the next output.
     notices: Vec<Notice>,
     /// Each loss counter (by reason and interface) as last turned into notices.
-    losses_seen: BTreeMap<(LossReason, String), u64>,
+    losses_seen: BTreeMap<(LossReason, String), LossTally>,
     /// Frames lost before decoding, all reasons, as reported in notices.
     capture_lost: u64,
     /// The first `-w` write error: saving stopped there, every other output went on.
     pcap_error: Option<PcapFileError>,
+}
+
+/// One loss counter (a reason on an interface), as the pipeline follows it.
+#[derive(Debug, Clone, Copy, Default)]
+struct LossTally {
+    /// The counter's value when last read.
+    counter: u64,
+    /// Frames reported lost in notices since capture started.
+    reported: u64,
 }
 
 /// How often capture loss counters are read, so that a loss shows in the output within about
@@ -224,11 +242,12 @@ impl<'c> Pipeline<'c> {
             let seen = self
                 .losses_seen
                 .entry((reason, interface.clone()))
-                .or_insert(0);
+                .or_default();
             // A counter that went backwards (a reset) starts over without a notice.
-            let frames = total.saturating_sub(*seen);
-            *seen = total;
+            let frames = total.saturating_sub(seen.counter);
+            seen.counter = total;
             if frames > 0 {
+                seen.reported = seen.reported.saturating_add(frames);
                 self.capture_lost = self.capture_lost.saturating_add(frames);
                 self.notices.push(Notice::CaptureLost(CaptureLost {
                     noticed,
@@ -359,26 +378,10 @@ impl<'c> Pipeline<'c> {
                 self.pcap_error.get_or_insert(error);
             }
             self.counts.datagrams += 1;
+            crate::metrics::count_datagram(&mut self.counts.interfaces, frame.ifindex);
             if self.config.format == Format::Raw {
-                // A file has no interface names: its frames are `file` (or `file:N` for the
-                // Nth interface of a pcapng file).
-                let label;
-                let interface = match (
-                    self.config.interface_name(frame.ifindex),
-                    &self.config.source,
-                ) {
-                    (Some(name), _) => name,
-                    (None, Source::File(_)) if frame.ifindex == 0 => "file",
-                    (None, Source::File(_)) => {
-                        label = format!("file:{}", frame.ifindex);
-                        &label
-                    }
-                    (None, Source::Live) => {
-                        label = frame.ifindex.to_string();
-                        &label
-                    }
-                };
-                sink::raw::write_datagram(frame.ts, interface, &datagram, &mut self.line);
+                let interface = interface_label(self.config, frame.ifindex);
+                sink::raw::write_datagram(frame.ts, &interface, &datagram, &mut self.line);
             }
             // With --format raw the decoder still runs when other sinks want records.
             if self.config.format != Format::Raw || !self.sinks.is_empty() {
@@ -423,6 +426,61 @@ impl<'c> Pipeline<'c> {
             denied: self.counts.denied,
             decoder: self.decoder.stats().clone(),
             stats_line: self.stats_line(&capture),
+            snapshot: self.snapshot(capture),
+        }
+    }
+
+    /// Every counter now, with the per-sender ones if `--metrics-per-sender` asks for them.
+    #[must_use]
+    pub fn snapshot(&self, capture: CaptureCounters) -> Snapshot {
+        let mut sinks = Vec::new();
+        for sink in &self.sinks {
+            sink.counters(&mut sinks);
+        }
+        Snapshot {
+            time: chrono::Utc::now(),
+            capture,
+            datagrams: self
+                .counts
+                .interfaces
+                .iter()
+                .map(|&(ifindex, n)| (interface_label(self.config, ifindex).into_owned(), n))
+                .collect(),
+            malformed_frames: self.counts.malformed,
+            other_ports: self.counts.other_ports,
+            denied: self.counts.denied,
+            decoder: self.decoder.stats().clone(),
+            sinks,
+            memory: crate::metrics::Memory::of(&self.config.budget),
+            capture_lost: self
+                .losses_seen
+                .iter()
+                .map(|((reason, interface), tally)| crate::metrics::CaptureLoss {
+                    reason: *reason,
+                    interface: interface.clone(),
+                    frames: tally.reported,
+                })
+                .collect(),
+            senders: if self.config.metrics_per_sender {
+                self.decoder
+                    .senders()
+                    .map(|(sender, tally)| crate::metrics::SenderSample {
+                        sender,
+                        tally: *tally,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// The stats summary for stderr (`--stats`, SIGUSR1) in the `--stats-format` asked for.
+    #[must_use]
+    pub fn stats_report(&self, capture: CaptureCounters) -> String {
+        match self.config.stats_format {
+            StatsFormat::Text => format!("netcon-sniff: stats: {}", self.stats_line(&capture)),
+            StatsFormat::Json => self.snapshot(capture).to_json("stats"),
         }
     }
 
@@ -467,6 +525,19 @@ impl<'c> Pipeline<'c> {
             sink.stats(&mut line);
         }
         line
+    }
+}
+
+/// How an interface is named in the raw output and the `interface` label. A file has no
+/// interface names: its frames are `file` (or `file:N` for the Nth interface of a pcapng
+/// file). [`crate::metrics::OTHER_INTERFACES`] stands for those beyond the count's bound.
+fn interface_label(config: &Config, ifindex: u32) -> std::borrow::Cow<'_, str> {
+    match (config.interface_name(ifindex), &config.source) {
+        (Some(name), _) => name.into(),
+        (None, _) if ifindex == crate::metrics::OTHER_INTERFACES => "other".into(),
+        (None, Source::File(_)) if ifindex == 0 => "file".into(),
+        (None, Source::File(_)) => format!("file:{ifindex}").into(),
+        (None, Source::Live) => ifindex.to_string().into(),
     }
 }
 
@@ -551,23 +622,11 @@ fn add_sinks(config: &Config, pipeline: &mut Pipeline<'_>) -> Result<(), RunErro
 /// # Errors
 /// [`RunError`] when capture cannot start or fails, or output cannot be written.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<Summary, RunError> {
-    let _promisc: Vec<PromiscGuard> = if config.promisc {
-        config
-            .interfaces
-            .iter()
-            .map(|i| PromiscGuard::new(&i.name, i.ifindex))
-            .collect::<Result<_, _>>()?
-    } else {
-        Vec::new()
-    };
+    let _promisc = promisc_guards(&config)?;
     let mut backend = open_backend(&config)?;
-    let pcap = config
-        .write
-        .as_deref()
-        .map(PcapFileWriter::create)
-        .transpose()?;
-    let mut pipeline = Pipeline::new(&config, pcap);
-    add_sinks(&config, &mut pipeline)?;
+    let mut pipeline = open_pipeline(&config)?;
+    // Bound before root is dropped: the port may be privileged.
+    let mut metrics = config.metrics.map(MetricsServer::start).transpose()?;
     let mut signals = Signals::new().map_err(|source| RunError::Signals { source })?;
     // Still privileged: the first read of the counters works even where reading BPF maps
     // will need CAP_BPF once root is dropped.
@@ -576,11 +635,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     if let Some(user) = &config.user {
         crate::privileges::drop_to(user)?;
     }
-    let mut stats_timer = config.stats_interval.map(|every| {
-        let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        timer
-    });
+    let mut stats_timer = config.stats_interval.map(interval_from_now);
+
+    let mut systemd = Systemd::from_env();
+    systemd.ready(&ready_status(&config, metrics.as_ref()));
 
     let stdout = io::stdout();
     let mut batch = Vec::with_capacity(crate::capture::xdp::MAX_BATCH);
@@ -595,6 +653,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
             _ = signals.hangup.recv() => Wake::Hangup,
             _ = signals.user1.recv() => Wake::Stats,
             () = tick(stats_timer.as_mut()) => Wake::Stats,
+            () = systemd.watchdog_due() => Wake::Watchdog,
+            reply = scrape_request(metrics.as_mut()) => Wake::Scrape(reply),
             // Ahead of frames: a flood that loses frames must not delay saying so.
             () = tick(losses.timer.as_mut()) => Wake::Losses,
             () = sleep_until(timer) => Wake::Timer,
@@ -610,13 +670,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
                 Ok(())
             }
             Wake::Stats => {
-                // A stats line is not worth the run: unreadable counters are only reported.
-                match backend.counters() {
-                    Ok(counters) => {
-                        eprintln!("netcon-sniff: stats: {}", pipeline.stats_line(&counters));
-                    }
-                    Err(error) => tracing::warn!(%error, "no stats line"),
-                }
+                with_counters(&mut backend, "no stats line", |counters| {
+                    eprintln!("{}", pipeline.stats_report(counters));
+                });
+                Ok(())
+            }
+            Wake::Watchdog => {
+                systemd.watchdog();
+                Ok(())
+            }
+            Wake::Scrape(reply) => {
+                // The scrape may have given up waiting: nothing to do then.
+                with_counters(&mut backend, "scrape not answered", |counters| {
+                    drop(reply.send(pipeline.snapshot(counters)));
+                });
                 Ok(())
             }
             Wake::Losses => {
@@ -638,6 +705,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
             break Err(error);
         }
     };
+    systemd.stopping();
+    drop(metrics);
     // Whatever ended the loop, what is captured and held still goes to every output that works:
     // a closed stdout or a failed -w must not cost the files, syslog or the hook their records.
     let mut out = FirstError::new(stdout.lock());
@@ -657,6 +726,48 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     }
     let counters = losses.final_counters(&mut backend)?;
     Ok(pipeline.summary(counters))
+}
+
+/// The pipeline with every output `config` asks for, files opened (still privileged).
+fn open_pipeline(config: &Config) -> Result<Pipeline<'_>, RunError> {
+    let pcap = config
+        .write
+        .as_deref()
+        .map(PcapFileWriter::create)
+        .transpose()?;
+    let mut pipeline = Pipeline::new(config, pcap);
+    add_sinks(config, &mut pipeline)?;
+    Ok(pipeline)
+}
+
+/// A timer that first fires `every` from now, then every `every`, never catching up in bursts.
+fn interval_from_now(every: Duration) -> tokio::time::Interval {
+    let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    timer
+}
+
+/// Puts the interfaces in promiscuous mode if asked, for as long as the guards live.
+fn promisc_guards(config: &Config) -> Result<Vec<PromiscGuard>, RunError> {
+    if !config.promisc {
+        return Ok(Vec::new());
+    }
+    let guards = config
+        .interfaces
+        .iter()
+        .map(|i| PromiscGuard::new(&i.name, i.ifindex))
+        .collect::<Result<_, _>>()?;
+    Ok(guards)
+}
+
+/// Hands the backend's counters to `report`. A report is not worth the run: counters that cannot
+/// be read (BPF maps after --user where reading them needs `CAP_BPF`) are only logged, and a
+/// scrape left unanswered fails with 503.
+fn with_counters(backend: &mut Backend, what: &'static str, report: impl FnOnce(CaptureCounters)) {
+    match backend.counters() {
+        Ok(counters) => report(counters),
+        Err(error) => tracing::warn!(%error, "{what}"),
+    }
 }
 
 /// Logs an error met while finishing (the run's own error, if any, is the one reported).
@@ -731,13 +842,8 @@ impl LossWatch {
                     None
                 }
             };
-        let mut timer = tokio::time::interval_at(
-            tokio::time::Instant::now() + LOSS_POLL_INTERVAL,
-            LOSS_POLL_INTERVAL,
-        );
-        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Self {
-            timer: Some(timer),
+            timer: Some(interval_from_now(LOSS_POLL_INTERVAL)),
             interfaces,
             label: config
                 .interfaces
@@ -813,6 +919,8 @@ enum Wake {
     Shutdown,
     Hangup,
     Stats,
+    Watchdog,
+    Scrape(ScrapeRequest),
     Timer,
     Losses,
     Frames { more: bool },
@@ -845,6 +953,34 @@ async fn tick(timer: Option<&mut tokio::time::Interval>) {
         }
         None => std::future::pending().await,
     }
+}
+
+/// The next scrape to answer, or never without `--metrics`.
+async fn scrape_request(server: Option<&mut MetricsServer>) -> ScrapeRequest {
+    match server {
+        Some(server) => server.request().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The status systemd shows once capture is attached.
+fn ready_status(config: &Config, metrics: Option<&MetricsServer>) -> String {
+    let mut status = match &config.source {
+        Source::File(path) => format!("reading {}", path.display()),
+        Source::Live => {
+            let names: Vec<&str> = config.interfaces.iter().map(|i| i.name.as_str()).collect();
+            format!("capturing on {}", names.join(", "))
+        }
+    };
+    if let Some(server) = metrics {
+        use std::fmt::Write as _;
+        let _ = write!(
+            status,
+            "; metrics at http://{}/metrics",
+            server.local_addr()
+        );
+    }
+    status
 }
 
 /// Sleeps until `deadline`, or forever without one.
@@ -885,6 +1021,9 @@ mod tests {
             forward: Vec::new(),
             on_panic: None,
             budget: crate::budget::MemoryBudget::default(),
+            stats_format: StatsFormat::Text,
+            metrics: None,
+            metrics_per_sender: false,
         }
     }
 

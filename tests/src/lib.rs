@@ -19,6 +19,7 @@ pub mod frame;
 pub mod netns;
 pub mod outputs;
 pub mod pcap;
+pub mod prometheus;
 pub mod route;
 pub mod rsyslog;
 pub mod sender;

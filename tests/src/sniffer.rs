@@ -81,7 +81,7 @@ impl Sniffer {
     /// If not root, the binary is missing, or the process cannot be started.
     #[must_use]
     pub fn start(ns: &Netns, args: &[&str]) -> Sniffer {
-        Sniffer::spawn(&Launch::InNetns(ns), args, None)
+        Sniffer::spawn(&Launch::InNetns(ns), args, None, &[])
     }
 
     /// Starts `netcon-sniff ARGS...` directly, in the test's own namespace, for work that touches
@@ -92,7 +92,7 @@ impl Sniffer {
     /// If the binary is missing or cannot be started.
     #[must_use]
     pub fn start_offline(args: &[&str], stdin: Option<Vec<u8>>) -> Sniffer {
-        Sniffer::spawn(&Launch::Offline, args, stdin)
+        Sniffer::spawn(&Launch::Offline, args, stdin, &[])
     }
 
     /// As [`Sniffer::start_offline`], but inside `ns` and with no capabilities at all: before
@@ -105,10 +105,24 @@ impl Sniffer {
     /// If not root, the binary is missing, or the process cannot be started.
     #[must_use]
     pub fn start_unprivileged(ns: &Netns, args: &[&str], stdin: Option<Vec<u8>>) -> Sniffer {
-        Sniffer::spawn(&Launch::Unprivileged(ns), args, stdin)
+        Sniffer::spawn(&Launch::Unprivileged(ns), args, stdin, &[])
     }
 
-    fn spawn(launch: &Launch<'_>, args: &[&str], stdin: Option<Vec<u8>>) -> Sniffer {
+    /// As [`Sniffer::start`], with `env` added to its environment (`NOTIFY_SOCKET`, ...).
+    ///
+    /// # Panics
+    /// As [`Sniffer::start`].
+    #[must_use]
+    pub fn start_with_env(ns: &Netns, args: &[&str], env: &[(&str, &str)]) -> Sniffer {
+        Sniffer::spawn(&Launch::InNetns(ns), args, None, env)
+    }
+
+    fn spawn(
+        launch: &Launch<'_>,
+        args: &[&str],
+        stdin: Option<Vec<u8>>,
+        env: &[(&str, &str)],
+    ) -> Sniffer {
         let bin = sniff_binary();
         let mut netns_file = None;
         let (mut cmd, command) = match launch {
@@ -131,6 +145,7 @@ impl Sniffer {
         };
         let command = format!("{command} {}", args.join(" "));
         cmd.args(args)
+            .envs(env.iter().copied())
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {

@@ -41,6 +41,7 @@ pub use record::{
 
 use frag::{Assembler, FragKey, FragLimits, Fragment, Reassembled};
 use plain::Lines;
+pub use sender::SenderTally;
 use sender::{Held, Sender, SenderTable, SeqVerdict};
 
 /// Senders tracked at once: 10,000. Beyond it, the least recently heard is evicted (its pending
@@ -402,6 +403,11 @@ impl Decoder {
         &self.stats
     }
 
+    /// The senders tracked now, with what was heard from each (an evicted sender is gone).
+    pub fn senders(&self) -> impl Iterator<Item = (SocketAddr, &SenderTally)> {
+        self.senders.iter().map(|s| (s.addr, &s.tally))
+    }
+
     /// The memory budget in use.
     #[must_use]
     pub fn budget(&self) -> &MemoryBudget {
@@ -443,6 +449,7 @@ impl Decoder {
         let Some(sender) = self.senders.get_mut(idx) else {
             return;
         };
+        sender.tally.last_heard = Some(incoming.received);
         if sender.dups.check_and_insert(
             fingerprint,
             now,
@@ -924,6 +931,7 @@ fn track_seq(
         SeqVerdict::Gap { first, last } => {
             let count = last - first + 1;
             add(&mut ctx.stats.records_lost, count);
+            add(&mut sender.tally.records_lost, count);
             out.push(Event::Lost(Lost {
                 received: incoming.received,
                 sender: incoming.src,
@@ -1323,6 +1331,7 @@ fn msgid_check(
     }
     if gap > 0 {
         add(&mut ctx.stats.msgid_lost, u64::from(gap));
+        add(&mut sender.tally.msgid_lost, u64::from(gap));
         out.push(Event::Lost(Lost {
             received: record.received,
             sender: record.sender,
@@ -1343,8 +1352,10 @@ fn emit(sender: &mut Sender, mut record: Record, ctx: &mut Ctx<'_>, out: &mut Ve
         .panic
         .mark(&mut record, ctx.config.panic_context, ctx.next_panic_event);
     add(&mut ctx.stats.records, 1);
+    add(&mut sender.tally.records, 1);
     if record.flags.panic.is_some_and(|p| p.begins) {
         add(&mut ctx.stats.panics, 1);
+        add(&mut sender.tally.panics, 1);
     }
     if record.flags.incomplete.is_some() {
         add(&mut ctx.stats.incomplete_records, 1);

@@ -399,11 +399,28 @@ pub struct Sender {
     pub last_reassembled: Option<(u64, u64)>,
     /// The deadline of this sender's entry in the decoder's timer heap, if it has one.
     pub timer: Option<Instant>,
+    /// What was heard from it, for per-sender metrics.
+    pub tally: SenderTally,
     /// Bytes of held state charged to the memory budget for this sender (beyond its table
     /// entry, [`SenderTable::ENTRY_BYTES`]), as of the last accounting.
     pub charged: usize,
     /// This sender's key in the decoder's index of held state by age, if it has one.
     pub aged: Option<Instant>,
+}
+
+/// Per-sender counts, kept as long as the sender is tracked (for `--metrics-per-sender`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SenderTally {
+    /// Records emitted.
+    pub records: u64,
+    /// Records missing according to seq gaps.
+    pub records_lost: u64,
+    /// Messages missing according to sysdata msgid gaps.
+    pub msgid_lost: u64,
+    /// Crash reports begun.
+    pub panics: u64,
+    /// Capture time of its latest datagram.
+    pub last_heard: Option<DateTime<Utc>>,
 }
 
 impl Sender {
@@ -423,6 +440,7 @@ impl Sender {
             held: None,
             last_reassembled: None,
             timer: None,
+            tally: SenderTally::default(),
             charged: 0,
             aged: None,
         }
@@ -579,6 +597,11 @@ impl SenderTable {
     }
 
     /// Iterates over all senders.
+    pub fn iter(&self) -> impl Iterator<Item = &Sender> {
+        self.slots.iter().filter_map(|s| s.sender.as_ref())
+    }
+
+    /// Iterates over all senders, mutably.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Sender> {
         self.slots.iter_mut().filter_map(|s| s.sender.as_mut())
     }

@@ -868,6 +868,59 @@ fn full_sender_table_evicts_the_least_recently_heard_and_emits_its_state() {
 }
 
 #[test]
+fn senders_tally_records_losses_and_panics_and_leave_when_evicted() {
+    let mut h = Harness::with(DecoderConfig {
+        max_senders: 2,
+        ..DecoderConfig::default()
+    });
+    h.push_from(0, 1, 2, b"6,1,1000,-;one\n");
+    h.push_from(1, 1, 2, b"6,4,4000,-;four, after a gap\n");
+    h.push_from(2, 1, 2, b"0,5,5000,-;Kernel panic - not syncing: test\n");
+    h.push_from(3, 2, 2, b"6,1,1000,-;other\n");
+    let mut senders: Vec<(SocketAddr, SenderTally)> =
+        h.dec.senders().map(|(a, t)| (a, *t)).collect();
+    senders.sort_by_key(|(a, _)| *a);
+    assert_eq!(
+        senders,
+        [
+            (
+                src(1),
+                SenderTally {
+                    records: 3,
+                    records_lost: 2,
+                    msgid_lost: 0,
+                    panics: 1,
+                    last_heard: Some(wall(2)),
+                }
+            ),
+            (
+                src(2),
+                SenderTally {
+                    records: 1,
+                    last_heard: Some(wall(3)),
+                    ..SenderTally::default()
+                }
+            ),
+        ]
+    );
+    let tracked = |h: &Harness| {
+        let mut left: Vec<(SocketAddr, u64)> =
+            h.dec.senders().map(|(a, t)| (a, t.records)).collect();
+        left.sort();
+        left
+    };
+    // A third sender evicts the one heard only once (2), though 1 was heard before it: its
+    // tally goes with it, 1's stays.
+    h.push_from(4, 3, 2, b"6,1,1000,-;third\n");
+    assert_eq!(tracked(&h), [(src(1), 3), (src(3), 1)]);
+    // With every sender heard more than once, the least recently heard (1) goes, tally and all.
+    h.push_from(5, 3, 2, b"6,2,2000,-;third again\n");
+    h.push_from(6, 4, 2, b"6,1,1000,-;fourth\n");
+    assert_eq!(tracked(&h), [(src(3), 2), (src(4), 1)]);
+    assert_eq!(h.dec.stats().senders_evicted, 2);
+}
+
+#[test]
 fn full_fragment_table_emits_the_oldest_incomplete() {
     let mut h = Harness::with(DecoderConfig {
         max_fragment_entries: 2,

@@ -55,7 +55,6 @@
 use std::{
     collections::{BTreeMap, HashMap},
     ffi::CStr,
-    fmt::Write as _,
     fs::File,
     io::{self, Write as _},
     net::{IpAddr, SocketAddr},
@@ -771,12 +770,18 @@ impl Sink for LogDir {
         tracing::info!(dir = %self.options.dir.display(), "--log-dir: files closed, reopening by name");
     }
 
-    fn stats(&self, out: &mut String) {
-        let _ = write!(
-            out,
-            " files_written={} files_errors={}",
-            self.written, self.errors
-        );
+    fn counters(&self, out: &mut Vec<super::SinkCounter>) {
+        use super::SinkCounter;
+        out.push(SinkCounter::total(
+            "files_written",
+            "Records appended to --log-dir files.",
+            self.written,
+        ));
+        out.push(SinkCounter::total(
+            "files_errors",
+            "Records that could not be written to their --log-dir file.",
+            self.errors,
+        ));
     }
 }
 

@@ -52,7 +52,6 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    fmt::Write as _,
     io,
     net::{IpAddr, SocketAddr},
     os::{fd::AsFd as _, unix::process::CommandExt as _},
@@ -619,19 +618,43 @@ impl Sink for PanicHook {
             .then(|| self.last_look + HOUSEKEEPING_INTERVAL)
     }
 
-    fn stats(&self, out: &mut String) {
-        let _ = write!(
-            out,
-            " hooks_run={} hooks_failed={} hooks_suppressed={} hooks_skipped={} hooks_late={} \
-             hooks_timed_out={} hooks_waiting={}",
+    fn counters(&self, out: &mut Vec<super::SinkCounter>) {
+        use super::SinkCounter;
+        out.push(SinkCounter::total(
+            "hooks_run",
+            "--on-panic commands started.",
             self.run,
+        ));
+        out.push(SinkCounter::total(
+            "hooks_failed",
+            "--on-panic commands that could not start, exited with an error or were killed at --on-panic-timeout.",
             self.failed,
+        ));
+        out.push(SinkCounter::total(
+            "hooks_suppressed",
+            "Crash reports for which --on-panic was not run: the sender's --on-panic-interval had not passed.",
             self.suppressed,
+        ));
+        out.push(SinkCounter::total(
+            "hooks_skipped",
+            "Crash reports for which --on-panic was not run: the queue of reports waiting for a slot was full.",
             self.skipped,
+        ));
+        out.push(SinkCounter::total(
+            "hooks_late",
+            "--on-panic commands that started late, after waiting for a free slot.",
             self.late,
+        ));
+        out.push(SinkCounter::total(
+            "hooks_timed_out",
+            "--on-panic commands killed at --on-panic-timeout.",
             self.timed_out,
-            self.waiting.len()
-        );
+        ));
+        out.push(SinkCounter::gauge(
+            "hooks_waiting",
+            "Crash reports waiting for a free --on-panic slot.",
+            self.waiting.len() as u64,
+        ));
     }
 }
 
