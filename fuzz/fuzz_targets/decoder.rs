@@ -77,7 +77,12 @@ fn config() -> DecoderConfig {
 
 fn check(decoder: &Decoder, events: &mut Vec<Event>, text: &mut String) {
     let budget = decoder.budget();
-    assert!(budget.used() <= budget.limit(), "{} > {}", budget.used(), budget.limit());
+    assert!(
+        budget.used() <= budget.limit(),
+        "{} > {}",
+        budget.used(),
+        budget.limit()
+    );
     assert_eq!(budget.used(), decoder.held_bytes());
     assert_eq!(decoder.stats().held_bytes, budget.used() as u64);
     for e in events.drain(..) {
