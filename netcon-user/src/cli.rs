@@ -234,7 +234,9 @@ pub struct SniffArgs {
     /// Memory budget for everything held on behalf of senders, in MiB: partial lines,
     /// continuation chains, pending fragments, per-sender state, open files, queued hooks and
     /// forwards. When it is full, the oldest held state is written out (marked partial or
-    /// incomplete) and counted, so that no sender can exhaust the collector.
+    /// incomplete) and counted, so that no sender can exhaust the collector. With the default
+    /// of 24 and the process's fixed cost (about 32 MiB with the default ring buffer), peak
+    /// RSS stays under 64 MiB whatever arrives.
     #[arg(long, value_name = "MIB", default_value_t = crate::budget::DEFAULT_MAX_MEMORY_MIB,
           value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_memory_mib: u32,

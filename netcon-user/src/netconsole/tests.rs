@@ -709,6 +709,12 @@ fn seq_jump_beyond_any_real_loss_is_suspicious_and_ignored() {
                 text.contains("suspicious seq 18446744073709551614"),
                 "{text}"
             );
+            let mut json = String::new();
+            crate::sink::json::write_event(&events[0], &mut json);
+            assert!(
+                json.contains(r#""error":"suspicious seq 18446744073709551614"#),
+                "{json}"
+            );
         }
         other => panic!("{other:?}"),
     }
