@@ -88,8 +88,9 @@ pub struct RawCounters {
     pub kernel_dropped: u64,
     /// Frames longer than the read buffer, delivered cut.
     pub truncated: u64,
-    /// Frames read but dropped because the queue from the receive threads to the pipeline was
-    /// full (the pipeline fell behind).
+    /// Frames read but never handed to the pipeline: the queue from the receive threads stayed
+    /// full until the pipeline was gone. (While the pipeline runs, a full queue makes the threads
+    /// wait and frames wait in the socket buffer, whose overflow is `kernel_dropped`.)
     pub queue_full: u64,
 }
 

@@ -14,8 +14,9 @@
 //!
 //! pnet's receiver blocks (`poll`, then `recvfrom`) for every frame, so each interface has a
 //! receive thread of its own. The threads feed one bounded channel that the pipeline empties
-//! in batches; a frame that finds it full is dropped and counted (`queue_full`), just as the
-//! kernel counts the frames a full socket buffer drops.
+//! in batches. When it is full a thread waits for room instead of dropping the frame: frames
+//! then wait in the socket buffer, which is much larger, and the kernel counts what overflows
+//! it. A frame read but never handed over (the pipeline gone) is counted too (`queue_full`).
 
 pub mod filter;
 
@@ -43,9 +44,8 @@ use crate::config::Interface;
 /// (`MAX_PRINT_CHUNK` = 1000 payload bytes plus headers); longer ones are cut and counted.
 pub const MAX_FRAME: usize = 2048;
 
-/// Frames the channel from the receive threads to the pipeline holds. Default 4096: about
-/// 1.2 MB of 200-byte records, more than a sender's 5,000-record start-up burst leaves
-/// waiting at once, since the pipeline empties the channel while the burst arrives.
+/// Frames the channel from the receive threads to the pipeline holds. Default 4096 (about
+/// 1.2 MB of 200-byte records); beyond it frames wait in the socket buffer.
 pub const QUEUE_FRAMES: usize = 4096;
 
 /// Most frames the pipeline takes from the channel at once. Default 1024, as the XDP backend.
@@ -484,12 +484,12 @@ impl Receiver {
                 link: LinkType::Ethernet,
                 bytes,
             };
-            match self.out.try_send(Ok(captured)) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+            // A full queue means the pipeline is behind: wait for room rather than drop, so
+            // what arrives meanwhile waits in the socket buffer (--ring-mib), whose overflow the
+            // kernel counts. The pipeline always either takes frames or closes the queue.
+            if self.out.blocking_send(Ok(captured)).is_err() {
+                self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
             }
         }
     }
@@ -684,11 +684,35 @@ mod tests {
         }
     }
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
+    /// `n` datagrams `NCT 0`, `NCT 1`, ... to port 6666.
+    fn numbered(n: usize) -> Vec<(u16, Vec<u8>)> {
+        (0..n).map(|i| (6666, format!("NCT {i}").into())).collect()
+    }
+
+    /// Checks that `frames` are `NCT 0`, `NCT 1`, ... in order.
+    fn assert_numbered(frames: &[Captured]) {
+        for (i, frame) in frames.iter().enumerate() {
+            assert!(
+                frame.bytes.ends_with(format!("NCT {i}").as_bytes()),
+                "{frame:?}"
+            );
+        }
+    }
+
+    /// Receives until `frames` holds `n`.
+    fn recv_until(capture: &mut RawCapture, frames: &mut Vec<Captured>, n: usize) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap()
+            .unwrap();
+        runtime.block_on(async {
+            while frames.len() < n {
+                tokio::time::timeout(Duration::from_secs(10), capture.recv(frames))
+                    .await
+                    .expect("frames within 10 s")
+                    .unwrap();
+            }
+        });
     }
 
     #[test]
@@ -706,14 +730,7 @@ mod tests {
                 (6666, long.clone()),
             ]);
             let mut frames = Vec::new();
-            runtime().block_on(async {
-                while frames.len() < 3 {
-                    tokio::time::timeout(Duration::from_secs(10), capture.recv(&mut frames))
-                        .await
-                        .expect("frames within 10 s")
-                        .unwrap();
-                }
-            });
+            recv_until(&mut capture, &mut frames, 3);
             let after = Utc::now();
             capture.drain(&mut frames).unwrap();
             assert_eq!(frames.len(), 3, "{frames:#?}");
@@ -747,22 +764,56 @@ mod tests {
     }
 
     #[test]
-    fn a_full_queue_drops_and_counts() {
+    fn a_full_queue_holds_frames_back_in_the_socket() {
         in_fresh_netns(|| {
             let mut capture =
                 RawCapture::open_with_queue(&loopback(), &[6666], 1 << 20, 2).unwrap();
-            let datagrams: Vec<_> = (0..10).map(|i| (6666, format!("NCT {i}").into())).collect();
-            send(&datagrams);
-            wait_received(&mut capture, 10);
+            send(&numbered(10));
+            // Two queued, a third read and waiting for room; the rest stay in the socket.
+            wait_received(&mut capture, 3);
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(capture.counters().received, 3, "{:?}", capture.counters());
             let mut frames = Vec::new();
-            runtime().block_on(capture.recv(&mut frames)).unwrap();
+            recv_until(&mut capture, &mut frames, 10);
+            assert_numbered(&frames);
             let counters = capture.counters();
-            assert_eq!(frames.len(), 2, "{frames:#?}");
-            assert!(frames[0].bytes.ends_with(b"NCT 0"));
-            assert!(frames[1].bytes.ends_with(b"NCT 1"));
-            assert_eq!(counters.received, 10, "{counters:?}");
-            assert_eq!(counters.queue_full, 8, "{counters:?}");
-            assert_eq!(CaptureCounters::Raw(counters).lost(), 8);
+            assert_eq!(
+                (
+                    counters.received,
+                    counters.kernel_dropped,
+                    counters.queue_full
+                ),
+                (10, 0, 0),
+                "{counters:?}"
+            );
+        });
+    }
+
+    #[test]
+    fn a_frame_read_but_never_handed_over_is_counted() {
+        in_fresh_netns(|| {
+            let mut capture =
+                RawCapture::open_with_queue(&loopback(), &[6666], 1 << 20, 1).unwrap();
+            send(&numbered(5));
+            wait_received(&mut capture, 2);
+            // The pipeline goes away: the frame waiting for room is lost, and counted.
+            capture.frames.close();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !capture.links[0]
+                .thread
+                .as_ref()
+                .is_some_and(JoinHandle::is_finished)
+            {
+                assert!(Instant::now() < deadline, "receive thread still running");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let counters = capture.counters();
+            assert_eq!(
+                (counters.received, counters.queue_full),
+                (2, 1),
+                "{counters:?}"
+            );
+            assert_eq!(CaptureCounters::Raw(counters).lost(), 1);
         });
     }
 
@@ -770,17 +821,12 @@ mod tests {
     fn drain_hands_over_every_frame_and_stops_the_threads() {
         in_fresh_netns(|| {
             let mut capture = RawCapture::open(&loopback(), &[6666], 1 << 20).unwrap();
-            let datagrams: Vec<_> = (0..200)
-                .map(|i| (6666, format!("NCT {i}").into()))
-                .collect();
-            send(&datagrams);
+            send(&numbered(200));
             // No recv: what the threads queued and what the socket still holds all comes out.
             let mut frames = Vec::new();
             capture.drain(&mut frames).unwrap();
             assert_eq!(frames.len(), 200);
-            for (i, frame) in frames.iter().enumerate() {
-                assert!(frame.bytes.ends_with(format!("NCT {i}").as_bytes()));
-            }
+            assert_numbered(&frames);
             assert!(capture.links.iter().all(|l| l.thread.is_none()));
             assert_eq!(capture.counters().received, 200);
         });
