@@ -1,7 +1,10 @@
 //! Decoder tests: whole datagrams in, events out.
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
 
 use proptest::prelude::*;
 
@@ -1270,7 +1273,7 @@ fn counters_saturate() {
     let mut h = Harness::new();
     h.push(0, b"6,0,0,-;a\n");
     h.push(1, format!("6,{},1,-;b\n", 1u64 << 32).as_bytes());
-    h.dec.stats.records_lost = u64::MAX - 5;
+    h.dec.inner.stats.records_lost = u64::MAX - 5;
     h.push(2, format!("6,{},2,-;c\n", 2u64 << 32).as_bytes());
     assert_eq!(h.dec.stats().records_lost, u64::MAX);
 }
