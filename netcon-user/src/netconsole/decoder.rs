@@ -17,12 +17,14 @@ use super::extended;
 use super::fingerprint::fingerprint;
 use super::frag::{Assembler, FragKey, Fragment, Reassembled};
 use super::record::{Event, Malformed};
-use super::sender::{Sender, SenderTable, SenderTally, SeqVerdict};
+use super::sender::{Sender, SenderTally};
+use super::seq::SeqVerdict;
 use super::state::{
     DecoderInner, complete, duplicate, fill_body, fire, flush_sender, head_record, plain_record,
     reassembled_record, shed_sender, track_seq,
 };
 use super::stats::{DecoderStats, add};
+use super::table::SenderTable;
 
 /// One UDP payload and where it came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,17 +15,22 @@
 //! Every table is bounded ([`DecoderConfig`]); what falls out of a bound is still emitted, marked,
 //! and counted in [`DecoderStats`].
 
+pub mod boot;
 mod config;
 mod decoder;
+pub mod dups;
 mod error;
 pub mod extended;
 mod fingerprint;
 pub mod frag;
+pub mod panic;
 pub mod plain;
 pub mod record;
 pub mod sender;
+pub mod seq;
 mod state;
 mod stats;
+pub mod table;
 
 pub use config::{
     DEFAULT_CONTINUATION_TIMEOUT, DEFAULT_DUPLICATE_HISTORY, DEFAULT_DUPLICATE_WINDOW,

@@ -18,9 +18,10 @@ use super::record::{
     Caller, ContFlag, Duplicate, Event, Flags, Format, Incomplete, LossKind, Lost, Malformed,
     Rebooted, Record, Sysdata,
 };
+use super::sender::{Held, Sender};
 #[cfg(doc)]
-use super::sender;
-use super::sender::{Held, Sender, SeqVerdict};
+use super::seq::SeqTracker;
+use super::seq::SeqVerdict;
 use super::stats::{DecoderStats, add};
 
 /// What the decoder shares with every sender's state machine: its bounds, its counters and the
@@ -36,7 +37,7 @@ pub(super) struct DecoderInner {
 /// Sequence tracking for one extended datagram: reboot and loss events.
 ///
 /// A new boot is either the implied boot time moving later than any delay explains
-/// ([`DEFAULT_MAX_BOOT_SHIFT`]), or the sequence starting over ([`sender::SeqTracker::observe`]).
+/// ([`DEFAULT_MAX_BOOT_SHIFT`]), or the sequence starting over ([`SeqTracker::observe`]).
 /// The same record heard again (same seq and timestamp as the highest) is never a reboot.
 pub(super) fn track_seq(
     sender: &mut Sender,
