@@ -8,6 +8,7 @@ pub mod budget;
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod escape;
 pub mod metrics;
 pub mod netconsole;
 pub mod notice;

@@ -7,7 +7,16 @@ use std::net::{IpAddr, SocketAddr};
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 
-use crate::capture::LinkType;
+/// What a frame starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkType {
+    /// An Ethernet II header (live capture, most files).
+    Ethernet,
+    /// Linux cooked capture v1 (`tcpdump -i any`).
+    LinuxSll,
+    /// Linux cooked capture v2.
+    LinuxSll2,
+}
 
 /// Why a frame is not a UDP datagram we can decode.
 #[derive(Debug, thiserror::Error)]
