@@ -118,7 +118,7 @@ fn kernel_fragments(header: &str, body: &[u8], max: usize) -> Vec<Vec<u8>> {
     out
 }
 
-// fixtures/ext.pcap, frame 220.
+// tests/data/ext.pcap, frame 220.
 const DICT: &[u8] = b"6,220,1477760,-;pci_bus 0000:00: root bus resource [io  0x0d00-0xffff window]\n SUBSYSTEM=pci_bus\n DEVICE=+pci_bus:0000:00\n";
 
 #[test]
@@ -190,7 +190,7 @@ fn release_from_header_or_sysdata() {
 
 #[test]
 fn fragments_reassemble_with_an_escape_cut_in_two() {
-    // Like fixtures/ext.pcap LONGX: a fragment ends in `\x` and the next starts with `c3`.
+    // Like tests/data/ext.pcap LONGX: a fragment ends in `\x` and the next starts with `c3`.
     let text = "NCT-202a75 LONGX-BEGIN ".to_owned() + &"äöü✓".repeat(80) + " LONGX-END";
     let body = [kernel_escape(text.as_bytes()), b"\n".to_vec()].concat();
     let frags = kernel_fragments("14,589,6402705,-", &body, 1000);
