@@ -110,7 +110,7 @@ pub fn from_raw(stdout: &str) -> Result<Observed> {
     Ok(observed)
 }
 
-/// Reverses netcon-sniff's escaping (`netcon-user/src/sink/escape.rs`): `\\`, `\n`, `\r`,
+/// Reverses netcon-sniff's escaping (`netcon-user/src/escape.rs`): `\\`, `\n`, `\r`,
 /// `\t`, `\u{hex}` for control characters, `\xNN` for bytes that are not UTF-8.
 pub fn unescape(s: &str) -> Result<Vec<u8>> {
     let bytes = s.as_bytes();
