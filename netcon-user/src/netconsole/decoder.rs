@@ -20,8 +20,8 @@ use super::record::{Event, Malformed};
 use super::sender::{Sender, SenderTally};
 use super::seq::SeqVerdict;
 use super::state::{
-    DecoderInner, complete, duplicate, fill_body, fire, flush_sender, head_record, plain_record,
-    reassembled_record, shed_sender, track_seq,
+    DecoderInner, Release, complete, duplicate, fill_body, fire, head_record, plain_record,
+    reassembled_record, release_sender, track_seq,
 };
 use super::stats::{DecoderStats, add};
 use super::table::SenderTable;
@@ -253,7 +253,7 @@ impl Decoder {
             self.finish_reassembled(now, r, out);
         }
         for sender in self.senders.iter_mut() {
-            flush_sender(sender, now, &mut self.inner, out);
+            release_sender(sender, now, Release::Flush, &mut self.inner, out);
             sender.timer = None;
         }
         self.timers.clear();
@@ -342,7 +342,9 @@ impl Decoder {
                     self.aged.remove(&(since, addr));
                     return true;
                 };
-                self.with_sender(idx, |sender, inner| shed_sender(sender, now, inner, out));
+                self.with_sender(idx, |sender, inner| {
+                    release_sender(sender, now, Release::Shed, inner, out);
+                });
                 self.account(idx);
                 true
             }
@@ -500,7 +502,7 @@ impl Decoder {
             let record = reassembled_record(r, &mut inner.stats);
             complete(&mut old, record, now, inner, out);
         }
-        flush_sender(&mut old, now, inner, out);
+        release_sender(&mut old, now, Release::Flush, inner, out);
     }
 
     fn malformed(&mut self, incoming: &Incoming<'_>, error: DecodeError, out: &mut Vec<Event>) {

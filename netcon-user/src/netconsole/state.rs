@@ -514,29 +514,28 @@ pub(super) fn fire(
     }
 }
 
-/// Emits a sender's held continuation and pending plain bytes.
-pub(super) fn flush_sender(
-    sender: &mut Sender,
-    now: Instant,
-    inner: &mut DecoderInner,
-    out: &mut Vec<Event>,
-) {
-    if let Some(held) = sender.held.take() {
-        emit(sender, held.record, inner, out);
-    }
-    flush_plain(sender, now, inner, out);
+/// Why a sender's pending state goes out before its time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Release {
+    /// Exit or eviction: the held continuation goes out as it is.
+    Flush,
+    /// The memory budget is full: the held continuation goes out marked partial (cut).
+    Shed,
 }
 
-/// Emits what a sender holds for later because the memory budget is full: the continuation
-/// marked partial (cut), the pending plain bytes.
-pub(super) fn shed_sender(
+/// Emits what a sender holds for later: its held continuation, then its pending plain bytes.
+pub(super) fn release_sender(
     sender: &mut Sender,
     now: Instant,
+    why: Release,
     inner: &mut DecoderInner,
     out: &mut Vec<Event>,
 ) {
     if let Some(held) = sender.held.take() {
-        emit_cut(sender, held.record, inner, out);
+        match why {
+            Release::Flush => emit(sender, held.record, inner, out),
+            Release::Shed => emit_cut(sender, held.record, inner, out),
+        }
     }
     flush_plain(sender, now, inner, out);
 }
