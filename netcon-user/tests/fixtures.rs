@@ -1,4 +1,4 @@
-//! The real kernel captures (`tests/data`, copied from `shared/fixtures`; see its README):
+//! The real kernel captures (`tests/data`; see its README):
 //! decoding `plain.pcap` and `ext.pcap` yields every record the guest wrote, byte for byte, in
 //! order, with no loss, no duplicates and nothing malformed.
 

@@ -1,4 +1,4 @@
-//! `--forward` (issue 5) against a real rsyslog: the real `netcon-sniff -r` on the real kernel
+//! `--forward` against a real rsyslog: the real `netcon-sniff -r` on the real kernel
 //! capture `ext.pcap` forwards over UDP and TCP to Debian's rsyslogd on loopback, and the tests
 //! check what rsyslog wrote. Expectations come from `ext.expected.json` (what the guest wrote),
 //! not from the binary's own decoding.

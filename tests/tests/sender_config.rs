@@ -1,4 +1,4 @@
-//! End-to-end tests of `netcon-sniff sender-config` (issue 6): the real binary, run inside
+//! End-to-end tests of `netcon-sniff sender-config`: the real binary, run inside
 //! network namespaces that each test creates (and removes on drop, also when it panics).
 //! Addresses: `10.60.0.0/24` to `10.69.0.0/24` and `fd00:60::/64` to `fd00:69::/64`.
 //!

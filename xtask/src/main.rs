@@ -19,8 +19,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod vm;
 
-/// Must match `BPF_LINKER_VERSION` in netcon-user/build.rs.
-const BPF_LINKER_VERSION: &str = "0.13.0";
+include!("bpf_linker_version.rs");
 
 /// netcon's build tasks.
 #[derive(Parser)]

@@ -16,6 +16,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use crate::notice::LossReason;
+// What a frame starts with is a wire fact; kept nameable here for the backends that tag frames.
+pub use crate::wire::LinkType;
 
 /// `setsockopt(2)` with a typed value.
 pub(crate) fn setsockopt<T>(fd: RawFd, level: i32, name: i32, value: &T) -> io::Result<()> {
@@ -34,17 +36,6 @@ pub(crate) fn setsockopt<T>(fd: RawFd, level: i32, name: i32, value: &T) -> io::
     } else {
         Err(io::Error::last_os_error())
     }
-}
-
-/// What a frame starts with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LinkType {
-    /// An Ethernet II header (live capture, most files).
-    Ethernet,
-    /// Linux cooked capture v1 (`tcpdump -i any`).
-    LinuxSll,
-    /// Linux cooked capture v2.
-    LinuxSll2,
 }
 
 /// One frame as it came off an interface.

@@ -124,7 +124,8 @@ pub struct Payload<'a> {
 
 /// Whether `payload` starts like an extended header: an optional release token (starting with a
 /// digit, printable ASCII without `;`, at most 64 bytes) and `,`, then decimal `<pri>`, `,` and a
-/// digit. Everything else is plain text (`netconsole-format.md`, "Telling the formats apart").
+/// digit (`Documentation/networking/netconsole.rst`, "Extended console"; the release token is
+/// its "release prepend"). Everything else is plain text.
 ///
 /// Deliberately loose after that point: a payload that starts like this but does not parse is
 /// reported as malformed rather than shown as plain text, so header damage is visible.
@@ -367,7 +368,7 @@ mod tests {
         }
     }
 
-    // Captured from Debian 6.1 (fixtures/ext.pcap, frame 220).
+    // Captured from Debian 6.1 (tests/data/ext.pcap, frame 220).
     const DICT: &[u8] = b"6,220,1477760,-;pci_bus 0000:00: root bus resource [io  0x0d00-0xffff window]\n SUBSYSTEM=pci_bus\n DEVICE=+pci_bus:0000:00\n";
 
     #[test]
@@ -402,7 +403,7 @@ mod tests {
 
     #[test]
     fn real_record_with_escapes_is_unescaped() {
-        // fixtures/ext.pcap, frame 377: UTF-8, a TAB and a raw 0xff byte, all escaped.
+        // tests/data/ext.pcap, frame 377: UTF-8, a TAB and a raw 0xff byte, all escaped.
         let p = parse(b"14,377,4373204,-;NCT-202a75 UTF8 h\\xc3\\xa9llo w\\xc3\\xb6rld \\xe2\\x9c\\x93 \\xe6\\x97\\xa5\\xe6\\x9c\\xac\\xe8\\xaa\\x9e tab[\\x09] raw-ff[\\xff]\n").unwrap();
         assert_eq!(
             p.header.priority,
@@ -507,7 +508,7 @@ mod tests {
         }
     }
 
-    // One test per malformed case (issue 3).
+    // One test per malformed case.
 
     #[test]
     fn malformed_bad_number() {

@@ -308,7 +308,7 @@ mod tests {
 
     #[test]
     fn multi_line_record_loses_every_prefix() {
-        // fixtures/plain.pcap, frame 376.
+        // tests/data/plain.pcap, frame 376.
         let t = parse_lines(b"[    4.599528] NCT-5d3ac7 MULTI line-1/3\n[    4.599528] NCT-5d3ac7 MULTI line-2/3\n[    4.599528] NCT-5d3ac7 MULTI line-3/3");
         assert_eq!(t.timestamp_us, Some(4_599_528));
         assert_eq!(
@@ -337,7 +337,7 @@ mod tests {
 
     #[test]
     fn a_record_cut_at_1000_bytes_continues_in_the_next_payload() {
-        // fixtures/plain.pcap, frames 586 and 587: 1000 bytes ending `LONG-EN`, then `D\n`.
+        // tests/data/plain.pcap, frames 586 and 587: 1000 bytes ending `LONG-EN`, then `D\n`.
         let mut first = b"[    6.626239] NCT-5d3ac7 LONG-BEGIN ".to_vec();
         first.resize(993, b'x');
         first.extend_from_slice(b"LONG-EN");

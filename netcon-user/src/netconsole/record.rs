@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use chrono::{DateTime, Utc};
 
 use super::DecodeError;
-use crate::sink::escape::escape_into;
+use crate::escape::escape_into;
 
 /// Which netconsole output format a payload used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -339,7 +339,7 @@ pub struct Record {
 }
 
 impl Record {
-    /// A lossless, terminal-safe view of the text (see [`crate::sink::escape::escape_into`]).
+    /// A lossless, terminal-safe view of the text (see [`crate::escape::escape_into`]).
     #[must_use]
     pub fn text_display(&self) -> Escaped<'_> {
         Escaped(&self.text)

@@ -5,13 +5,15 @@
 //! get every decoded event as well.
 
 pub mod color;
-pub mod escape;
 pub mod files;
 pub mod hook;
 pub mod json;
 pub mod raw;
 pub mod syslog;
 pub mod text;
+
+// Escaping serves records as well as sinks, so it lives below both; this keeps `sink::escape`.
+pub use crate::escape;
 
 use std::{fmt::Write as _, time::Instant};
 

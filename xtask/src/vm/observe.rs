@@ -3,8 +3,8 @@
 //!
 //! - `--format raw` (one line per datagram): decoded here by a small reference decoder
 //!   (extended header, `ncfrag` reassembly, `\xNN` unescaping, plain line assembly). It proves
-//!   the capture path and gives the checks levels, sequence numbers and reassembled text before
-//!   netcon's own decoder exists; it emits no loss or reboot events (those are the decoder's).
+//!   the capture path independently of netcon's decoder and gives the checks levels, sequence
+//!   numbers and reassembled text; it emits no loss or reboot events (those are the decoder's).
 //! - `--format json` (one object per line): netcon's decoded records and events, read by
 //!   [`from_json`]. See the module `check` for what it must carry.
 
@@ -110,7 +110,7 @@ pub fn from_raw(stdout: &str) -> Result<Observed> {
     Ok(observed)
 }
 
-/// Reverses netcon-sniff's escaping (`netcon-user/src/sink/escape.rs`): `\\`, `\n`, `\r`,
+/// Reverses netcon-sniff's escaping (`netcon-user/src/escape.rs`): `\\`, `\n`, `\r`,
 /// `\t`, `\u{hex}` for control characters, `\xNN` for bytes that are not UTF-8.
 pub fn unescape(s: &str) -> Result<Vec<u8>> {
     let bytes = s.as_bytes();
