@@ -13,6 +13,7 @@ pub mod privileges;
 pub mod run;
 pub mod sender_config;
 pub mod sink;
+pub mod tail;
 pub mod wire;
 
 #[cfg(test)]

@@ -37,6 +37,9 @@ pub enum RunError {
     /// --forward cannot be used.
     #[error(transparent)]
     Forward(#[from] sink::syslog::SyslogError),
+    /// --forward nats:// cannot be used.
+    #[error(transparent)]
+    Nats(#[from] sink::nats::NatsError),
     /// Dropping root failed.
     #[error(transparent)]
     Privileges(#[from] crate::privileges::PrivilegeError),
@@ -446,6 +449,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     for url in &config.forward {
         pipeline.add_sink(Box::new(sink::syslog::Forwarder::start(url)?));
     }
+    for url in &config.nats.urls {
+        pipeline.add_sink(Box::new(sink::nats::NatsForwarder::start(
+            url,
+            config.nats.stream.as_ref(),
+            config.budget.clone(),
+        )?));
+    }
     if let Some(options) = &config.on_panic {
         pipeline.add_sink(Box::new(sink::hook::PanicHook::new(options.clone())));
     }
@@ -583,6 +593,7 @@ mod tests {
             stats_interval: None,
             user: None,
             forward: Vec::new(),
+            nats: crate::sink::nats::NatsForwarding::default(),
             on_panic: None,
             budget: crate::budget::MemoryBudget::default(),
         }

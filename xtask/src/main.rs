@@ -106,8 +106,8 @@ fn run(command: &mut Command) -> Result<()> {
 }
 
 /// Debian packages the end-to-end tests run: tcpdump opens the pcap files netcon writes;
-/// rsyslog receives what `--forward` sends.
-const TEST_PACKAGES: &[&str] = &["tcpdump", "rsyslog"];
+/// rsyslog receives what `--forward` sends; `nats-server` (`JetStream`) what `--forward nats://` sends.
+const TEST_PACKAGES: &[&str] = &["tcpdump", "rsyslog", "nats-server"];
 
 /// Installs the Debian packages that are missing, idempotently: silent when all are present.
 ///

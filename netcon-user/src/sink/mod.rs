@@ -9,6 +9,7 @@ pub mod escape;
 pub mod files;
 pub mod hook;
 pub mod json;
+pub mod nats;
 pub mod raw;
 pub mod syslog;
 pub mod text;
@@ -32,4 +33,35 @@ pub trait Sink {
     fn close(&mut self) {}
     /// Appends this sink's counters for the stats line, as ` name=value` pairs.
     fn stats(&self, _out: &mut String) {}
+}
+
+/// A `--forward` destination: a syslog server or a NATS cluster, told apart by the scheme.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForwardTarget {
+    /// `syslog+udp://` or `syslog+tcp://`.
+    Syslog(syslog::ForwardUrl),
+    /// `nats://` or `tls://`.
+    Nats(nats::NatsUrl),
+}
+
+impl std::str::FromStr for ForwardTarget {
+    type Err = String;
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+        if scheme.eq_ignore_ascii_case("nats") || scheme.eq_ignore_ascii_case("tls") {
+            return url
+                .parse()
+                .map(Self::Nats)
+                .map_err(|e: nats::NatsError| e.to_string());
+        }
+        url.parse()
+            .map(Self::Syslog)
+            .map_err(|e: syslog::SyslogError| {
+                if scheme.to_ascii_lowercase().starts_with("syslog") {
+                    e.to_string()
+                } else {
+                    format!("{e}; or nats://HOST[:PORT][,HOST[:PORT]...][/PREFIX] for NATS")
+                }
+            })
+    }
 }

@@ -128,7 +128,8 @@ fn write_record(r: &Record, out: &mut String) {
     out.push('\n');
 }
 
-fn write_prefix(received: DateTime<Utc>, sender: SocketAddr, out: &mut String) {
+/// Appends `RECEIVED SENDER ` (the start of every line).
+pub fn write_prefix(received: DateTime<Utc>, sender: SocketAddr, out: &mut String) {
     use chrono::{Datelike as _, Timelike as _};
     // Field by field rather than `format("%Y-...")`, which parses its pattern for every record.
     // chrono keeps a leap second as second 59 with 1_000_000_000+ nanoseconds; print it as 60.

@@ -44,12 +44,12 @@ pub struct BenchArgs {
     #[arg(long)]
     no_criterion: bool,
     /// Run only these scenarios (comma-separated: ceiling, zero-loss, burst, latency,
-    /// fragmented, xdp-cost, memory).
+    /// fragmented, xdp-cost, memory, nats).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     only: Vec<String>,
 }
 
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "ceiling",
     "zero-loss",
     "burst",
@@ -57,6 +57,7 @@ const SCENARIOS: [&str; 7] = [
     "fragmented",
     "xdp-cost",
     "memory",
+    "nats",
 ];
 
 pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
@@ -74,6 +75,9 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|s| s == name);
     let started = Instant::now();
     crate::apt_install(&["socat"])?;
+    if wanted("nats") {
+        crate::apt_install(&["nats-server"])?;
+    }
     let target = target_dir(root)?;
     eprintln!(
         "xtask bench: building release binaries into {}",
@@ -185,6 +189,9 @@ fn scenarios(
     }
     if wanted("memory") {
         sections.push(bench.memory()?);
+    }
+    if wanted("nats") {
+        sections.push(bench.nats()?);
     }
     Ok(sections)
 }
