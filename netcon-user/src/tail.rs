@@ -544,26 +544,10 @@ pub fn event_from_json(value: &Value) -> Option<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netconsole::{Decoder, DecoderConfig, Incoming};
 
     /// Every event of `payloads` printed by the text sink directly, and via JSON and back.
     fn both_ways(payloads: &[&[u8]]) -> (String, String) {
-        let mut decoder = Decoder::new(DecoderConfig::default());
-        let mut events = Vec::new();
-        let now = std::time::Instant::now();
-        for payload in payloads {
-            decoder.push(
-                now,
-                Incoming {
-                    received: DateTime::from_timestamp(1_764_280_436, 123_456_000).unwrap(),
-                    ifindex: 3,
-                    src: "10.77.0.10:6665".parse().unwrap(),
-                    payload,
-                },
-                &mut events,
-            );
-        }
-        decoder.flush(&mut events);
+        let events = crate::testing::decode_events(payloads);
         let (mut direct, mut via_json) = (String::new(), String::new());
         for event in &events {
             text::write_event(event, &mut direct);

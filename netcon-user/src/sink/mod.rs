@@ -13,6 +13,7 @@ pub mod nats;
 pub mod raw;
 pub mod syslog;
 pub mod text;
+pub mod worker;
 
 use crate::netconsole::Event;
 

@@ -39,9 +39,10 @@ use std::time::Duration;
 use async_nats::jetstream;
 use bytes::Bytes;
 use futures_util::{FutureExt as _, StreamExt as _, future::BoxFuture, stream::FuturesUnordered};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::Sink;
+use super::worker::WorkerThread;
 use crate::budget::MemoryBudget;
 use crate::netconsole::{Event, Format, LossKind};
 
@@ -408,9 +409,7 @@ pub struct NatsStats {
 /// The worker's end of the forwarder.
 struct Worker {
     queue: mpsc::Sender<Queued>,
-    /// Dropped to tell the worker that the grace period starts.
-    stop: oneshot::Sender<()>,
-    done: std::sync::mpsc::Receiver<()>,
+    thread: WorkerThread,
 }
 
 /// Messages dropped since the last `forward_lost` event went out.
@@ -438,7 +437,6 @@ pub struct NatsForwarder {
     host: String,
     /// Counts this collector's own events, for their ids.
     own_events: u64,
-    grace: Duration,
 }
 
 impl NatsForwarder {
@@ -466,50 +464,22 @@ impl NatsForwarder {
             source,
         };
         let (queue_tx, queue_rx) = mpsc::channel(queue);
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
         let counters = Arc::new(Counters::default());
         let task = Task {
             url: url.clone(),
             stream: stream.cloned(),
             counters: Arc::clone(&counters),
-            grace,
         };
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("netcon-nats".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_io()
-                    .enable_time()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        let _ = ready_tx.send(Err(error));
-                        return;
-                    }
-                };
-                let _ = ready_tx.send(Ok(()));
-                runtime.block_on(task.run(queue_rx, stop_rx));
-                let _ = done_tx.send(());
-            })
-            .map_err(worker_error)?;
-        ready_rx
-            .recv()
-            .unwrap_or_else(|_| {
-                Err(std::io::Error::other(
-                    "the forwarding thread ended at start",
-                ))
-            })
+        // Whatever is still queued when the task ends or is given up on is dropped with the
+        // receiver, and its bytes given back.
+        let thread = WorkerThread::spawn("netcon-nats", grace, move || task.serve(queue_rx))
             .map_err(worker_error)?;
         tracing::debug!(url = %url, "forwarding to NATS");
         Ok(Self {
             url: url.clone(),
             worker: Some(Worker {
                 queue: queue_tx,
-                stop: stop_tx,
-                done: done_rx,
+                thread,
             }),
             counters,
             budget,
@@ -519,7 +489,6 @@ impl NatsForwarder {
             unreported: Unreported::default(),
             host: host_name(),
             own_events: 0,
-            grace,
         })
     }
 
@@ -616,10 +585,7 @@ impl NatsForwarder {
             return;
         };
         drop(worker.queue);
-        drop(worker.stop);
-        let _ = worker
-            .done
-            .recv_timeout(self.grace + Duration::from_secs(1));
+        worker.thread.stop();
         self.abandoned = self.counters().queued;
         let stats = self.counters();
         if stats.dropped > 0 {
@@ -703,25 +669,12 @@ struct Task {
     url: NatsUrl,
     stream: Option<StreamOptions>,
     counters: Arc<Counters>,
-    grace: Duration,
 }
 
 impl Task {
-    async fn run(self, mut queue: mpsc::Receiver<Queued>, stop: oneshot::Receiver<()>) {
-        let grace = async {
-            let _ = stop.await;
-            tokio::time::sleep(self.grace).await;
-        };
-        tokio::select! {
-            () = self.serve(&mut queue) => {}
-            () = grace => tracing::debug!(url = %self.url, "shutdown grace period over"),
-        }
-        // Whatever is still queued is given up (its bytes are given back as it drops).
-        queue.close();
-        while queue.try_recv().is_ok() {}
-    }
-
-    async fn serve(&self, queue: &mut mpsc::Receiver<Queued>) {
+    /// Connects and delivers until the queue is closed and every message is delivered.
+    async fn serve(self, mut queue: mpsc::Receiver<Queued>) {
+        let queue = &mut queue;
         let Some(client) = self.connect().await else {
             return;
         };

@@ -59,9 +59,10 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike as _, Utc};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpStream, UdpSocket};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::Sink;
+use super::worker::WorkerThread;
 use crate::netconsole::{Event, LossKind, Lost, Malformed, Priority, Rebooted, Record};
 
 /// The port when the URL gives none: 514, syslog's UDP port (RFC 5426). RFC 6587 assigns no TCP
@@ -537,12 +538,10 @@ pub struct ForwardStats {
     pub errors: u64,
 }
 
-/// The worker's end of the forwarder: the thread is done when `done` says so (or hangs up).
+/// The worker's end of the forwarder.
 struct Worker {
     queue: mpsc::Sender<String>,
-    /// Dropped to tell the worker that the grace period starts.
-    stop: oneshot::Sender<()>,
-    done: std::sync::mpsc::Receiver<()>,
+    thread: WorkerThread,
 }
 
 /// Forwards events to one syslog server from a worker thread (see the module documentation).
@@ -558,8 +557,6 @@ pub struct Forwarder {
     abandoned: u64,
     /// Refusing since the last accepted message: log only the first refusal of a run.
     refusing: bool,
-    /// [`SHUTDOWN_GRACE`], shorter in tests.
-    grace: Duration,
 }
 
 impl Forwarder {
@@ -578,56 +575,30 @@ impl Forwarder {
             source,
         };
         let (queue_tx, queue_rx) = mpsc::channel(queue);
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
         let counters = Arc::new(Counters::default());
         let task = Task {
             url: url.to_string(),
             transport: url.transport,
             addrs,
             counters: Arc::clone(&counters),
-            grace,
         };
-        // The runtime is built (and dropped) on the worker thread: dropping a runtime on the
-        // caller's, which may be inside another runtime, would panic.
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("netcon-forward".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_io()
-                    .enable_time()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        let _ = ready_tx.send(Err(error));
-                        return;
-                    }
-                };
-                let _ = ready_tx.send(Ok(()));
-                runtime.block_on(task.run(queue_rx, stop_rx));
-                let _ = done_tx.send(());
-            })
-            .map_err(worker_error)?;
-        ready_rx
-            .recv()
-            .unwrap_or_else(|_| Err(io::Error::other("the forwarding thread ended at start")))
-            .map_err(worker_error)?;
+        let thread = WorkerThread::spawn("netcon-forward", grace, move || async move {
+            let mut queue = queue_rx;
+            task.serve(&mut queue).await;
+        })
+        .map_err(worker_error)?;
         tracing::debug!(url = %url, "forwarding");
         Ok(Self {
             url: url.clone(),
             worker: Some(Worker {
                 queue: queue_tx,
-                stop: stop_tx,
-                done: done_rx,
+                thread,
             }),
             counters,
             accepted: 0,
             refused: 0,
             abandoned: 0,
             refusing: false,
-            grace,
         })
     }
 
@@ -651,14 +622,9 @@ impl Forwarder {
         let Some(worker) = self.worker.take() else {
             return;
         };
-        // Closing the queue lets the worker finish as soon as it is empty; dropping `stop`
-        // starts its grace period.
+        // Closing the queue lets the worker finish as soon as it is empty.
         drop(worker.queue);
-        drop(worker.stop);
-        // The worker bounds itself by the grace period; the margin covers its last steps.
-        let _ = worker
-            .done
-            .recv_timeout(self.grace + Duration::from_millis(500));
+        worker.thread.stop();
         let stats = self.counters();
         self.abandoned = stats.queued;
         let stats = self.counters();
@@ -802,26 +768,9 @@ struct Task {
     transport: Transport,
     addrs: Vec<SocketAddr>,
     counters: Arc<Counters>,
-    grace: Duration,
 }
 
 impl Task {
-    /// Delivers until the queue is closed and empty, or until the grace period
-    /// ([`SHUTDOWN_GRACE`]) after `stop`.
-    async fn run(self, mut queue: mpsc::Receiver<String>, stop: oneshot::Receiver<()>) {
-        let grace = async {
-            // Either a send (never done) or the sender dropped: both mean "shutting down".
-            let _ = stop.await;
-            tokio::time::sleep(self.grace).await;
-        };
-        tokio::select! {
-            () = self.serve(&mut queue) => {}
-            () = grace => {
-                tracing::debug!(url = %self.url, "shutdown grace period over");
-            }
-        }
-    }
-
     /// Connects (again and again, with backoff) and delivers until the queue is closed and
     /// empty.
     async fn serve(&self, queue: &mut mpsc::Receiver<String>) {
