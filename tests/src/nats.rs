@@ -240,6 +240,33 @@ impl NatsServer {
             .map_or(0, |c| c.iter().filter(|c| c["name"] == name).count())
     }
 
+    /// Waits until a client connection named `name` has a subscription (`/connz?subs=1`).
+    ///
+    /// # Panics
+    /// After [`READY_TIMEOUT`].
+    pub fn wait_subscribed(&self, ns: &Netns, name: &str) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let connz: serde_json::Value = self
+                .try_get(ns, "/connz?subs=1")
+                .and_then(|body| serde_json::from_str(&body).ok())
+                .unwrap_or_default();
+            let subscribed = connz["connections"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["name"] == name && c["subscriptions"].as_u64() > Some(0))
+            });
+            if subscribed {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no subscription from {name:?} on {} within {READY_TIMEOUT:?}",
+                self.config.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Kills the server at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -376,3 +376,31 @@ fn nats_down_at_start_bounds_the_queue_and_resumes() {
     let records = lines.iter().filter(|l| l.contains("fleet record ")).count();
     assert_eq!(records, usize::try_from(queued + AFTER).unwrap());
 }
+
+/// Without `--nats-stream`: core NATS publish, and `tail` without `--stream` prints what is
+/// published while it runs, each line as the collector printed it.
+#[test]
+fn core_publish_reaches_a_live_tail() {
+    const RECORDS: u64 = 50;
+    let topo = Topology::on_subnet(74);
+    let ns = &topo.collector;
+    let server = NatsServer::start(ns, NodeConfig::single());
+    server.wait_ready(ns);
+    let mut tail = Sniffer::start(ns, &["tail", "nats://127.0.0.1"]);
+    server.wait_subscribed(ns, "netcon-sniff tail");
+    let link = topo.link().clone();
+    let mut collector = Sniffer::start_ready(
+        ns,
+        &["-i", &link.collector_if, "--forward", "nats://127.0.0.1"],
+    );
+    topo.sender(&link)
+        .send_paced(&frames(&link, 1..=RECORDS), Duration::from_millis(1));
+    let printed = collector.expect_lines(usize::try_from(RECORDS).unwrap(), LINE_TIMEOUT);
+    let tailed = tail.expect_lines(usize::try_from(RECORDS).unwrap(), LINE_TIMEOUT);
+    assert_eq!(tailed, printed);
+    let exit = stop(&mut collector);
+    assert_eq!(stat(&exit, "nats_sent"), RECORDS, "{exit}");
+    tail.sigterm();
+    let (status, stderr) = tail.wait();
+    assert!(status.success(), "tail exited with {status}:\n{stderr}");
+}
