@@ -18,12 +18,11 @@
 //!   (same id, so stored once) when the acknowledgement does not come. Without it, messages are
 //!   published with core NATS: whoever subscribes at that moment gets them, nobody else.
 //!
-//! Delivery never slows capture: [`NatsForwarder::event`] formats and `try_send`s into a bounded
-//! queue ([`QUEUE_MESSAGES`], and every queued byte charged to the collector's
-//! [`MemoryBudget`]); what does not fit is dropped and counted, and once there is room again a
+//! Delivery never slows capture: [`NatsForwarder::event`] clones the event and `try_send`s it
+//! into a bounded queue ([`QUEUE_MESSAGES`], and every queued byte charged to the collector's
+//! [`MemoryBudget`]; the worker formats it); what does not fit is dropped and counted, and once there is room again a
 //! `forward_lost` event saying how many were dropped goes out on `PREFIX.collector.<host>`. A
-//! worker thread with its own small tokio runtime owns the connection (for the reasons given in
-//! [`super::syslog`]): the client reconnects on its own, with backoff ([`RECONNECT_MIN`] to
+//! worker thread with its own small tokio runtime ([`super::worker`]) owns the connection: the client reconnects on its own, with backoff ([`RECONNECT_MIN`] to
 //! [`RECONNECT_MAX`]), to any server of the list, and the worker holds messages in the queue
 //! while no server is connected. At exit the worker gets [`SHUTDOWN_GRACE`] to deliver what is
 //! queued; what is left is counted as dropped.
@@ -360,6 +359,56 @@ struct Queued {
     _charge: Charge,
 }
 
+/// What the capture thread hands the worker: an event, formatted there (JSON, subject, id) so
+/// that capture pays only for a clone; or a message formatted already (the collector's own).
+#[derive(Debug)]
+enum Outgoing {
+    Event(Box<Event>, Charge),
+    Message(Queued),
+}
+
+impl Outgoing {
+    /// The message to publish (`None` for an event that is not forwarded).
+    fn into_message(self, prefix: &str) -> Option<Queued> {
+        match self {
+            Self::Message(message) => Some(message),
+            Self::Event(event, charge) => {
+                let id = message_id(&event)?;
+                let mut line = String::new();
+                super::json::write_event(&event, &mut line);
+                if line.ends_with('\n') {
+                    line.pop();
+                }
+                Some(Queued {
+                    subject: subject(prefix, &event),
+                    id: Some(id),
+                    payload: Bytes::from(line),
+                    _charge: charge,
+                })
+            }
+        }
+    }
+}
+
+/// What a queued event is charged: the event, its heap bytes, and the JSON message it becomes
+/// (its text again, escaped, and about 500 bytes of fields), bytes.
+fn queued_event_bytes(event: &Event) -> usize {
+    let heap = match event {
+        Event::Record(r) => {
+            r.text.len()
+                + r.fields
+                    .iter()
+                    .map(|f| f.key.len() + f.value.len() + 48)
+                    .sum::<usize>()
+                + r.header_extra.iter().map(|h| h.len() + 24).sum::<usize>()
+                + r.release.as_ref().map_or(0, String::len)
+        }
+        Event::Malformed(m) => m.payload.len(),
+        _ => 0,
+    };
+    std::mem::size_of::<Event>() + 2 * heap + 512 + QUEUED_OVERHEAD
+}
+
 /// Bytes charged to the budget, released on drop.
 #[derive(Debug)]
 struct Charge {
@@ -408,7 +457,7 @@ pub struct NatsStats {
 
 /// The worker's end of the forwarder.
 struct Worker {
-    queue: mpsc::Sender<Queued>,
+    queue: mpsc::Sender<Outgoing>,
     thread: WorkerThread,
 }
 
@@ -507,27 +556,21 @@ impl NatsForwarder {
         }
     }
 
-    /// Charges and queues one message; `false` (nothing charged) when it does not fit.
-    fn enqueue(&mut self, subject: String, id: Option<String>, payload: Bytes) -> bool {
+    /// Charges `bytes` and queues what `outgoing` makes of the charge; `false` (nothing
+    /// charged) when it does not fit.
+    fn enqueue(&mut self, bytes: usize, outgoing: impl FnOnce(Charge) -> Outgoing) -> bool {
         let Some(worker) = &self.worker else {
             return false;
         };
-        let charged =
-            payload.len() + subject.len() + id.as_ref().map_or(0, String::len) + QUEUED_OVERHEAD;
-        if !self.budget.try_charge(charged) {
+        if !self.budget.try_charge(bytes) {
             return false;
         }
-        let message = Queued {
-            subject,
-            id,
-            payload,
-            _charge: Charge {
-                budget: self.budget.clone(),
-                bytes: charged,
-            },
+        let charge = Charge {
+            budget: self.budget.clone(),
+            bytes,
         };
         // A refused message is dropped here, and its charge with it.
-        if worker.queue.try_send(message).is_ok() {
+        if worker.queue.try_send(outgoing(charge)).is_ok() {
             self.accepted += 1;
             true
         } else {
@@ -566,7 +609,16 @@ impl NatsForwarder {
             self.url.prefix,
             self.host.replace(['.', ':', ' ', '*', '>'], "_")
         );
-        if self.enqueue(subject, Some(id), Bytes::from(payload)) {
+        let bytes = payload.len() + subject.len() + id.len() + QUEUED_OVERHEAD;
+        let queued = self.enqueue(bytes, |charge| {
+            Outgoing::Message(Queued {
+                subject,
+                id: Some(id),
+                payload: Bytes::from(payload),
+                _charge: charge,
+            })
+        });
+        if queued {
             tracing::info!(
                 url = %self.url,
                 dropped = self.unreported.count,
@@ -610,20 +662,18 @@ impl Drop for NatsForwarder {
 
 impl Sink for NatsForwarder {
     fn event(&mut self, event: &Event) {
-        let Some(id) = message_id(event) else {
+        if matches!(event, Event::Duplicate(_)) {
             return;
-        };
+        }
         if self.unreported.first.is_some() {
             self.report_drops();
         }
-        let mut line = String::new();
-        super::json::write_event(event, &mut line);
-        if line.ends_with('\n') {
-            line.pop();
-        }
-        let subject = subject(&self.url.prefix, event);
         // A drop is reported only once the report itself fits, so it comes after the gap.
-        if self.unreported.first.is_some() || !self.enqueue(subject, Some(id), Bytes::from(line)) {
+        if self.unreported.first.is_some()
+            || !self.enqueue(queued_event_bytes(event), |charge| {
+                Outgoing::Event(Box::new(event.clone()), charge)
+            })
+        {
             self.refused += 1;
             if self.unreported.first.is_none() {
                 tracing::warn!(
@@ -673,7 +723,7 @@ struct Task {
 
 impl Task {
     /// Connects and delivers until the queue is closed and every message is delivered.
-    async fn serve(self, mut queue: mpsc::Receiver<Queued>) {
+    async fn serve(self, mut queue: mpsc::Receiver<Outgoing>) {
         let queue = &mut queue;
         let Some(client) = self.connect().await else {
             return;
@@ -748,8 +798,15 @@ impl Task {
 
     /// Core NATS: publish as soon as a server is connected; the message is sent once it is in
     /// the client's buffer.
-    async fn publish_core(&self, client: &async_nats::Client, queue: &mut mpsc::Receiver<Queued>) {
-        while let Some(message) = queue.recv().await {
+    async fn publish_core(
+        &self,
+        client: &async_nats::Client,
+        queue: &mut mpsc::Receiver<Outgoing>,
+    ) {
+        while let Some(outgoing) = queue.recv().await {
+            let Some(message) = self.message(outgoing) else {
+                continue;
+            };
             wait_connected(client).await;
             let mut headers = async_nats::HeaderMap::new();
             if let Some(id) = &message.id {
@@ -853,7 +910,7 @@ impl Task {
         &self,
         client: &async_nats::Client,
         context: &jetstream::Context,
-        queue: &mut mpsc::Receiver<Queued>,
+        queue: &mut mpsc::Receiver<Outgoing>,
     ) {
         let mut waiting: FuturesUnordered<PendingAck> = FuturesUnordered::new();
         let mut retry: VecDeque<Queued> = VecDeque::new();
@@ -902,9 +959,10 @@ impl Task {
                 }
                 message = queue.recv(), if !closed && waiting.len() < ACK_WINDOW && retry.is_empty() => {
                     match message {
-                        Some(message) => {
-                            if let Err(message) =
-                                self.publish(client, context, message, &mut waiting).await
+                        Some(outgoing) => {
+                            if let Some(message) = self.message(outgoing)
+                                && let Err(message) =
+                                    self.publish(client, context, message, &mut waiting).await
                             {
                                 retry.push_back(message);
                             }
@@ -915,6 +973,16 @@ impl Task {
                 else => {}
             }
         }
+    }
+
+    /// The message for `outgoing`, formatted here rather than on the capture thread; an event
+    /// that is not forwarded (none is queued) counts as failed, so the counters still add up.
+    fn message(&self, outgoing: Outgoing) -> Option<Queued> {
+        let message = outgoing.into_message(&self.url.prefix);
+        if message.is_none() {
+            self.counters.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        message
     }
 
     /// Publishes one message once a server is connected and adds its acknowledgement to

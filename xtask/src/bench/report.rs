@@ -463,14 +463,18 @@ fn goals(r: &Results) -> Vec<Goal> {
         nats.and_then(|row| row.median(Rx::XdpNats)),
         nats.and_then(|row| row.median(Rx::Xdp)),
     );
+    let at_goal = r
+        .row("7.", "loss at 100k records/s offered")
+        .and_then(|row| row.max(Rx::XdpNats));
     out.push((
         "forwarding to NATS JetStream costs capture nothing at 100k records/s".into(),
         format!(
-            "{} with, {} without",
+            "loss at 100k/s with forwarding {} (worst repeat); zero-loss rate {} with, {} without",
+            fmt_or(at_goal, Unit::Percent),
             fmt_or(with, Unit::Rate),
             fmt_or(without, Unit::Rate)
         ),
-        with.map(|v| v >= 100_000.0),
+        at_goal.map(|v| v < LOSS_LIMIT_PERCENT),
     ));
     out
 }

@@ -27,6 +27,8 @@ pub const LATENCY_RATE: f64 = 10_000.0;
 pub const COST_RATE: f64 = 100_000.0;
 /// A UDP port nothing listens on (netcon's program passes these on after the port check).
 pub const OTHER_PORT: u16 = 7777;
+/// The rate at which forwarding to NATS must cost capture nothing, records/s.
+pub const NATS_GOAL_RATE: f64 = 100_000.0;
 /// Lowest rate the zero-loss search reports, records/s.
 const MIN_RATE: f64 = 1000.0;
 /// A trial ends when the receiver printed everything, or printed nothing new for this long
@@ -401,6 +403,7 @@ impl<'a> Bench<'a> {
             size: 200,
             ..LoadSpec::flat(1, self.settings.probe)
         };
+        let mut at_goal = Values::default();
         let (mut rate, mut loss, mut flat_rate, mut dropped, mut errors) = (
             Values::default(),
             Values::default(),
@@ -416,6 +419,23 @@ impl<'a> Bench<'a> {
                     .then(|| procs::NatsServer::start(self.topo))
                     .transpose()?;
                 let z = self.zero_loss(kind, &base, hints.get(&kind).copied())?;
+                // The goal's own question: is 100k records/s lossless, for as long as a
+                // confirming run?
+                let mut s = self.session(kind, Output::File, false)?;
+                let spec = LoadSpec {
+                    rate: Some(NATS_GOAL_RATE),
+                    duration: self.settings.confirm,
+                    ..base.clone()
+                };
+                let t = self.trial(&mut s, &spec, false)?;
+                s.rx.stop()?;
+                log(&format!(
+                    "  {}: {NATS_GOAL_RATE:.0}/s offered, sent {:.0}/s, loss {:.4}%",
+                    kind.short(),
+                    t.load.rate(),
+                    t.loss() * 100.0
+                ));
+                at_goal.push(kind, t.loss() * 100.0);
                 drop(server);
                 hints.insert(kind, z.rate);
                 rate.push(kind, z.rate);
@@ -451,6 +471,7 @@ impl<'a> Bench<'a> {
                     Unit::Rate,
                     false,
                 ),
+                at_goal.row("loss at 100k records/s offered", Unit::Percent, false),
                 dropped.row("NATS forwarder: records dropped", Unit::Count, false),
                 errors.row("NATS forwarder: publishes retried", Unit::Count, false),
             ],
