@@ -88,6 +88,10 @@ impl Generated {
 
 /// Capture options (the default command).
 #[derive(Debug, clap::Args)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "each bool is an independent command-line switch"
+)]
 pub struct SniffArgs {
     /// Interface to capture on; repeat for several. Default: every interface that is up,
     /// except loopback (name `lo` to capture there).
@@ -158,7 +162,9 @@ pub struct SniffArgs {
     pub stats: Option<u64>,
 
     /// Once capture is set up (XDP attached, sockets and files open), drop root: switch to USER
-    /// and its group, with no capabilities left. Capture keeps working.
+    /// and its group, with no capabilities left. Capture keeps working, and so does every
+    /// output: a --log-dir netcon-sniff creates is given to USER; an existing one USER cannot
+    /// write is refused at start, with the fix.
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
 
@@ -168,7 +174,8 @@ pub struct SniffArgs {
     #[arg(long, value_name = "DIR", help_heading = "Outputs")]
     pub log_dir: Option<std::path::PathBuf>,
 
-    /// Name --log-dir files by the sender's host name (reverse DNS, looked up once per sender).
+    /// Name --log-dir files by the sender's host name (reverse DNS, looked up once per sender,
+    /// never on the packet path: records go to the address-named file until the name is known).
     #[arg(long, requires = "log_dir", help_heading = "Outputs")]
     pub resolve: bool,
 
@@ -214,10 +221,42 @@ pub struct SniffArgs {
     )]
     pub on_panic_interval: u64,
 
+    /// How the --stats, SIGUSR1 and exit summaries are written on stderr: `text`, one line of
+    /// `name=value` pairs; `json`, one JSON object per line (for scripts).
+    #[arg(long, value_enum, default_value_t = StatsFormat::Text, value_name = "FORMAT")]
+    pub stats_format: StatsFormat,
+
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (e.g. 127.0.0.1:9469, [::]:9469):
+    /// every counter of the stats line, the number of senders and the memory budget.
+    #[arg(long, value_name = "ADDR:PORT", help_heading = "Monitoring")]
+    pub metrics: Option<std::net::SocketAddr>,
+
+    /// With --metrics, also one series per tracked sender (records, losses, panics, last
+    /// heard), removed when the sender is evicted: up to 5 series for each of the up to 10,000
+    /// senders tracked.
+    #[arg(long, requires = "metrics", help_heading = "Monitoring")]
+    pub metrics_per_sender: bool,
+
+    /// Kill an --on-panic command (with every process it started) still running after this
+    /// many seconds, so that hung or slow commands free their slots. At most 16 run at once, one
+    /// per sender; a panic that finds every slot busy waits (up to 256 of them) and runs as one
+    /// frees. Skipped, late and killed runs show in the output.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..=86_400),
+        requires = "on_panic",
+        help_heading = "Outputs"
+    )]
+    pub on_panic_timeout: u64,
+
     /// Memory budget for everything held on behalf of senders, in MiB: partial lines,
     /// continuation chains, pending fragments, per-sender state, open files, queued hooks and
     /// forwards. When it is full, the oldest held state is written out (marked partial or
-    /// incomplete) and counted, so that no sender can exhaust the collector.
+    /// incomplete) and counted, so that no sender can exhaust the collector. With the default
+    /// of 24 and the process's fixed cost (about 32 MiB with the default ring buffer), peak
+    /// RSS stays under 64 MiB whatever arrives.
     #[arg(long, value_name = "MIB", default_value_t = crate::budget::DEFAULT_MAX_MEMORY_MIB,
           value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_memory_mib: u32,
@@ -254,6 +293,15 @@ pub enum ColorChoice {
     Always,
     /// Never.
     Never,
+}
+
+/// Format of the stats summaries on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatsFormat {
+    /// One line of `name=value` pairs.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Output format of records on stdout.

@@ -3,7 +3,7 @@
 use std::{collections::BTreeSet, ffi::CString, path::PathBuf};
 
 use crate::cli::SniffArgs;
-pub use crate::cli::{BackendChoice, Format, XdpModeChoice};
+pub use crate::cli::{BackendChoice, Format, StatsFormat, XdpModeChoice};
 
 /// Why the command line could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +79,12 @@ pub struct Config {
     pub on_panic: Option<crate::sink::hook::PanicHookOptions>,
     /// The one budget for all state held on behalf of senders.
     pub budget: crate::budget::MemoryBudget,
+    /// How stats summaries are written.
+    pub stats_format: StatsFormat,
+    /// Where to serve Prometheus metrics.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Per-sender metric series.
+    pub metrics_per_sender: bool,
 }
 
 impl Config {
@@ -156,8 +162,12 @@ impl Config {
                 .map(|command| crate::sink::hook::PanicHookOptions {
                     command: command.split_whitespace().map(str::to_owned).collect(),
                     min_interval: std::time::Duration::from_secs(cli.on_panic_interval),
+                    timeout: std::time::Duration::from_secs(cli.on_panic_timeout),
                 }),
             budget: crate::budget::MemoryBudget::from_mib(cli.max_memory_mib),
+            stats_format: cli.stats_format,
+            metrics: cli.metrics,
+            metrics_per_sender: cli.metrics_per_sender,
         })
     }
 

@@ -8,11 +8,14 @@ pub mod budget;
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod metrics;
 pub mod netconsole;
+pub mod notice;
 pub mod privileges;
 pub mod run;
 pub mod sender_config;
 pub mod sink;
+pub mod systemd;
 pub mod tail;
 pub mod wire;
 

@@ -20,6 +20,7 @@ pub mod nats;
 pub mod netns;
 pub mod outputs;
 pub mod pcap;
+pub mod prometheus;
 pub mod route;
 pub mod rsyslog;
 pub mod sender;

@@ -21,6 +21,13 @@ pub struct DupHistory {
 }
 
 impl DupHistory {
+    /// Bytes held (both arrays at their capacity).
+    #[must_use]
+    pub fn held_bytes(&self) -> usize {
+        self.fingerprints.capacity() * size_of::<u64>()
+            + self.times.capacity() * size_of::<Instant>()
+    }
+
     /// Whether `fingerprint` was heard at most `window` ago; records it otherwise, keeping the
     /// last `capacity` fingerprints.
     pub fn check_and_insert(
@@ -147,6 +154,18 @@ impl SeqTracker {
         verdict
     }
 
+    /// Starts over at `seq` (a new boot): returns the verdict for the highest seq before.
+    pub fn restart(&mut self, seq: u64, ts: u64) -> SeqVerdict {
+        let previous = self.highest.replace((seq, ts));
+        match previous {
+            Some((previous_seq, previous_ts)) => SeqVerdict::Reboot {
+                previous_seq,
+                previous_ts,
+            },
+            None => SeqVerdict::First,
+        }
+    }
+
     /// The highest seq and its timestamp.
     #[must_use]
     pub fn highest(&self) -> Option<(u64, u64)> {
@@ -154,32 +173,103 @@ impl SeqTracker {
     }
 }
 
-/// The sender's boot time, estimated as the minimum of receive time minus kernel timestamp
-/// (network and queueing delay only ever add to it).
+/// How long one window of [`ImpliedBoot`] lasts, microseconds: 60 s. The estimate is the
+/// minimum over the current and the previous window, so that it follows a kernel clock that runs
+/// slow against the receiver's (tens of ppm are common: 50 ppm is 3 ms a minute but 4 s a day)
+/// instead of keeping a minimum from hours ago that the clock has since drifted away from.
+pub const BOOT_WINDOW_US: i64 = 60_000_000;
+
+/// The minimum of "receive time minus kernel timestamp" over the recent past, in microseconds
+/// on one clock: network and queueing delay only ever add to it, so the minimum is the best
+/// estimate of when the sender booted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ImpliedBoot {
+    /// When the current window began (receive time) and its minimum.
+    current: Option<(i64, i64)>,
+    /// The minimum of the window before.
+    previous: Option<i64>,
+}
+
+impl ImpliedBoot {
+    /// The estimate: the smaller minimum of the current and the previous window.
+    #[must_use]
+    pub fn estimate(&self) -> Option<i64> {
+        match (self.current, self.previous) {
+            (Some((_, a)), Some(b)) => Some(a.min(b)),
+            (Some((_, a)), None) => Some(a),
+            (None, b) => b,
+        }
+    }
+
+    /// Takes in one record received at `received_us` whose boot would be at `implied_us`.
+    pub fn observe(&mut self, received_us: i64, implied_us: i64) {
+        self.current = match self.current {
+            Some((start, min)) if received_us.saturating_sub(start) < BOOT_WINDOW_US => {
+                Some((start, min.min(implied_us)))
+            }
+            Some((_, min)) => {
+                self.previous = Some(min);
+                Some((received_us, implied_us))
+            }
+            None => Some((received_us, implied_us)),
+        };
+    }
+
+    /// Whether a record received at `received_us` with kernel timestamp `ts_us` implies a boot
+    /// more than `max_shift_us` later than the estimate: no delay on the way explains that, so
+    /// the sender booted again. `false` without an estimate.
+    #[must_use]
+    pub fn is_later_boot(&self, received_us: i64, ts_us: u64, max_shift_us: u64) -> bool {
+        let (Some(estimate), Ok(ts)) = (self.estimate(), i64::try_from(ts_us)) else {
+            return false;
+        };
+        let implied = received_us.saturating_sub(ts);
+        let shift = implied.saturating_sub(estimate);
+        shift > i64::try_from(max_shift_us).unwrap_or(i64::MAX)
+    }
+
+    /// Forgets everything (the sender rebooted).
+    pub fn reset(&mut self) {
+        *self = Self::default();
+    }
+}
+
+/// The sender's boot time, from the capture times of its records: it gives records their
+/// `kernel_time` and tells a new boot from a late record. Capture time, not the time the
+/// decoder gets to a datagram: a collector that falls behind must not take its own backlog for
+/// a reboot. (The XDP backend stamps frames from the monotonic clock, so a step of the wall
+/// clock does not move them either.)
 #[derive(Debug, Default, Clone, Copy)]
 pub struct BootEstimate {
-    boot_us: Option<i64>,
+    wall: ImpliedBoot,
 }
 
 impl BootEstimate {
     /// Takes one observation into account and returns the estimated wall time of `ts_us`.
     pub fn observe(&mut self, received: DateTime<Utc>, ts_us: u64) -> Option<DateTime<Utc>> {
         let ts = i64::try_from(ts_us).ok()?;
-        let boot = received.timestamp_micros().checked_sub(ts)?;
-        let best = self.boot_us.map_or(boot, |b| b.min(boot));
-        self.boot_us = Some(best);
-        DateTime::from_timestamp_micros(best.checked_add(ts)?)
+        let at = received.timestamp_micros();
+        self.wall.observe(at, at.checked_sub(ts)?);
+        DateTime::from_timestamp_micros(self.wall.estimate()?.checked_add(ts)?)
+    }
+
+    /// Whether a record captured at `received` with kernel timestamp `ts_us` belongs to a boot
+    /// later than the estimate by more than `max_shift_us`.
+    #[must_use]
+    pub fn is_later_boot(&self, received: DateTime<Utc>, ts_us: u64, max_shift_us: u64) -> bool {
+        self.wall
+            .is_later_boot(received.timestamp_micros(), ts_us, max_shift_us)
     }
 
     /// The current estimate of the boot time.
     #[must_use]
     pub fn boot_time(&self) -> Option<DateTime<Utc>> {
-        DateTime::from_timestamp_micros(self.boot_us?)
+        DateTime::from_timestamp_micros(self.wall.estimate()?)
     }
 
     /// Forgets the estimate (the sender rebooted).
     pub fn reset(&mut self) {
-        self.boot_us = None;
+        *self = Self::default();
     }
 }
 
@@ -276,6 +366,8 @@ pub struct Held {
     pub next_seq: u64,
     /// When it is emitted as it is.
     pub deadline: Instant,
+    /// When its first piece arrived (its age, for the memory budget).
+    pub since: Instant,
 }
 
 /// Everything known about one sender.
@@ -289,6 +381,9 @@ pub struct Sender {
     pub seq: SeqTracker,
     /// Last sysdata msgid.
     pub msgid: Option<u32>,
+    /// The seq of the record that carried it: a msgid may advance by at most as much as the
+    /// seq does, since every message a target sends is one printk record.
+    pub msgid_seq: Option<u64>,
     /// Boot time estimate.
     pub boot: BootEstimate,
     /// Open crash report.
@@ -297,13 +392,35 @@ pub struct Sender {
     pub plain: LineAssembler,
     /// Plain mode: latest kernel timestamp, to notice a reboot.
     pub plain_ts: Option<u64>,
-    /// Continuation being joined.
-    pub held: Option<Held>,
+    /// Continuation being joined (boxed: most senders hold none, and a record is large).
+    pub held: Option<Box<Held>>,
     /// The last record completed from fragments (seq, ts): later copies of its fragments are
     /// duplicates, not the start of a new entry.
     pub last_reassembled: Option<(u64, u64)>,
     /// The deadline of this sender's entry in the decoder's timer heap, if it has one.
     pub timer: Option<Instant>,
+    /// What was heard from it, for per-sender metrics.
+    pub tally: SenderTally,
+    /// Bytes of held state charged to the memory budget for this sender (beyond its table
+    /// entry, [`SenderTable::ENTRY_BYTES`]), as of the last accounting.
+    pub charged: usize,
+    /// This sender's key in the decoder's index of held state by age, if it has one.
+    pub aged: Option<Instant>,
+}
+
+/// Per-sender counts, kept as long as the sender is tracked (for `--metrics-per-sender`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SenderTally {
+    /// Records emitted.
+    pub records: u64,
+    /// Records missing according to seq gaps.
+    pub records_lost: u64,
+    /// Messages missing according to sysdata msgid gaps.
+    pub msgid_lost: u64,
+    /// Crash reports begun.
+    pub panics: u64,
+    /// Capture time of its latest datagram.
+    pub last_heard: Option<DateTime<Utc>>,
 }
 
 impl Sender {
@@ -315,6 +432,7 @@ impl Sender {
             dups: DupHistory::default(),
             seq: SeqTracker::default(),
             msgid: None,
+            msgid_seq: None,
             boot: BootEstimate::default(),
             panic: PanicTracker::default(),
             plain: LineAssembler::default(),
@@ -322,6 +440,31 @@ impl Sender {
             held: None,
             last_reassembled: None,
             timer: None,
+            tally: SenderTally::default(),
+            charged: 0,
+            aged: None,
+        }
+    }
+
+    /// Bytes of state this sender holds beyond its table entry: duplicate history, the pending
+    /// plain line, the held continuation.
+    #[must_use]
+    pub fn held_bytes(&self) -> usize {
+        self.dups.held_bytes()
+            + self.plain.held_bytes()
+            + self
+                .held
+                .as_ref()
+                .map_or(0, |h| size_of::<Held>() + h.record.held_bytes())
+    }
+
+    /// When the oldest piece of state this sender holds for later (a partial plain line, a
+    /// continuation) began.
+    #[must_use]
+    pub fn pieces_since(&self) -> Option<Instant> {
+        match (self.plain.started(), self.held.as_ref().map(|h| h.since)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -345,12 +488,20 @@ struct Slot {
     sender: Option<Sender>,
     prev: usize,
     next: usize,
+    /// Datagrams heard from it (saturating).
+    heard: u32,
 }
+
+/// How many of the least recently heard senders eviction looks through for one heard only once:
+/// 16.
+const PROBATION_SCAN: usize = 16;
 
 /// Senders by address, at most `capacity`, least recently heard evicted first.
 ///
 /// A slab with an intrusive doubly linked list in recency order, so that hearing from a sender
-/// and evicting the stalest are both O(1).
+/// and evicting the stalest are both O(1). Among the [`PROBATION_SCAN`] least recently heard,
+/// a sender heard only once goes first: a spray of one-off (typically spoofed) source addresses
+/// then evicts its own entries rather than a sender that is actively sending.
 #[derive(Debug)]
 pub struct SenderTable {
     index: HashMap<SocketAddr, usize>,
@@ -364,6 +515,15 @@ pub struct SenderTable {
 }
 
 impl SenderTable {
+    /// Bytes one sender's entry takes in the table, whatever it holds: its slot, its index
+    /// entry (with the hash map's spare capacity), its timer heap entries (at most two) and its
+    /// entry in the decoder's age index. Charged to the memory budget per sender.
+    pub const ENTRY_BYTES: usize = size_of::<Slot>()
+        + 2 * (size_of::<(SocketAddr, usize)>() + 8)
+        + 2 * size_of::<(Instant, SocketAddr)>()
+        + 2 * size_of::<(Instant, SocketAddr)>()
+        + size_of::<usize>();
+
     /// An empty table for at most `capacity` senders (at least one).
     #[must_use]
     pub fn new(capacity: usize) -> Self {
@@ -406,10 +566,13 @@ impl SenderTable {
         if let Some(i) = self.find(&addr) {
             self.unlink(i);
             self.link_front(i);
+            if let Some(slot) = self.slots.get_mut(i) {
+                slot.heard = slot.heard.saturating_add(1);
+            }
             return (i, None);
         }
         let evicted = if self.index.len() >= self.capacity {
-            self.pop_lru()
+            self.pop_victim()
         } else {
             None
         };
@@ -417,6 +580,7 @@ impl SenderTable {
             sender: Some(Sender::new(addr)),
             prev: NIL,
             next: NIL,
+            heard: 1,
         };
         let i = if let Some(i) = self.free.pop() {
             if let Some(s) = self.slots.get_mut(i) {
@@ -433,12 +597,34 @@ impl SenderTable {
     }
 
     /// Iterates over all senders.
+    pub fn iter(&self) -> impl Iterator<Item = &Sender> {
+        self.slots.iter().filter_map(|s| s.sender.as_ref())
+    }
+
+    /// Iterates over all senders, mutably.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Sender> {
         self.slots.iter_mut().filter_map(|s| s.sender.as_mut())
     }
 
-    fn pop_lru(&mut self) -> Option<Sender> {
-        let i = self.tail;
+    /// Removes the sender to evict: among the [`PROBATION_SCAN`] least recently heard, the
+    /// stalest one heard only once, else the least recently heard.
+    pub fn pop_victim(&mut self) -> Option<Sender> {
+        let mut i = self.tail;
+        let mut victim = self.tail;
+        for _ in 0..PROBATION_SCAN {
+            let Some(slot) = self.slots.get(i) else {
+                break;
+            };
+            if slot.heard <= 1 {
+                victim = i;
+                break;
+            }
+            i = slot.prev;
+        }
+        self.remove_slot(victim)
+    }
+
+    fn remove_slot(&mut self, i: usize) -> Option<Sender> {
         if i == NIL {
             return None;
         }
@@ -585,6 +771,34 @@ mod tests {
     }
 
     #[test]
+    fn boot_estimate_follows_a_slow_kernel_clock() {
+        // The sender's clock loses 100 ppm: after ten minutes its records imply a boot 60 ms
+        // later. The minimum of the last two windows follows; an all-time minimum would not.
+        let mut b = ImpliedBoot::default();
+        for minute in 0..=10i64 {
+            let received = minute * 60_000_000;
+            let ts = received - received / 10_000;
+            b.observe(received, received - ts);
+        }
+        assert_eq!(b.estimate(), Some(54_000));
+        assert!(!b.is_later_boot(600_000_000, 599_940_000, 1_000_000));
+    }
+
+    #[test]
+    fn later_implied_boot_is_a_new_boot_and_a_late_record_is_not() {
+        let mut b = ImpliedBoot::default();
+        assert!(!b.is_later_boot(5_000_000, 3_000_000, 1_000_000));
+        b.observe(5_000_000, 2_000_000);
+        // 800 ms of delay: the same boot.
+        assert!(!b.is_later_boot(5_800_000, 3_000_000, 1_000_000));
+        // Received earlier than the estimate allows (a replay, or a faster path): same boot.
+        assert!(!b.is_later_boot(5_000_000, 4_000_000, 1_000_000));
+        // 1.5 s later than any delay explains.
+        assert!(b.is_later_boot(6_500_000, 3_000_000, 1_000_000));
+        assert!(!b.is_later_boot(i64::MAX, u64::MAX, 1_000_000));
+    }
+
+    #[test]
     fn panic_markers() {
         for (text, kind) in [
             (
@@ -635,8 +849,13 @@ mod tests {
         assert_eq!(evicted.map(|s| s.addr), Some(a(2)));
         assert_eq!(t.len(), 2);
         assert!(t.find(&a(2)).is_none());
+        // 1 (heard twice) is now the stalest, but 3 was heard only once: 3 goes first.
         let (_, evicted) = t.touch_or_insert(a(4));
-        assert_eq!(evicted.map(|s| s.addr), Some(a(1)));
+        assert_eq!(evicted.map(|s| s.addr), Some(a(3)));
         assert_eq!(t.iter_mut().count(), 2);
+        // Between two senders heard more than once, the least recently heard goes.
+        t.touch_or_insert(a(4));
+        let (_, evicted) = t.touch_or_insert(a(5));
+        assert_eq!(evicted.map(|s| s.addr), Some(a(1)));
     }
 }

@@ -28,7 +28,8 @@ use topo::Topology;
 /// Scenarios (issue 7): the sender's own ceiling; the zero-loss rate (under 0.1% loss over
 /// 10 s) for 1 and 1,000 senders; a 5,000-record start-up burst; latency at 10,000 records/s;
 /// 4-fragment records; the XDP program's cost per packet; peak RSS with 10,000 and 100,000
-/// senders and 10,000 pending fragmented records. Every figure 3 times (min/median/max).
+/// senders and 10,000 pending fragmented records; a victim sender's losses, peak RSS and CPU
+/// under a flood of continuation chains and fragment starts from spoofed sources. Every figure 3 times (min/median/max).
 /// About 12 minutes on 2 cores; --quick (one short repeat) about 2. Release binaries are built
 /// into the target directory in effect (`CARGO_TARGET_DIR`, else `target/`).
 #[derive(Debug, clap::Args)]
@@ -44,12 +45,16 @@ pub struct BenchArgs {
     #[arg(long)]
     no_criterion: bool,
     /// Run only these scenarios (comma-separated: ceiling, zero-loss, burst, latency,
-    /// fragmented, xdp-cost, memory, nats).
+    /// fragmented, xdp-cost, memory, hostile, nats).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     only: Vec<String>,
+    /// Run only these receivers (comma-separated: xdp, raw, socat; default all). Their columns
+    /// alone are filled in; for a ratio, keep socat in the list.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
+    receivers: Vec<procs::Rx>,
 }
 
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 9] = [
     "ceiling",
     "zero-loss",
     "burst",
@@ -57,6 +62,7 @@ const SCENARIOS: [&str; 8] = [
     "fragmented",
     "xdp-cost",
     "memory",
+    "hostile",
     "nats",
 ];
 
@@ -105,7 +111,10 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
         criterion::run(root, args.quick)?
     };
 
-    let settings = Settings::new(args.quick);
+    let mut settings = Settings::new(args.quick);
+    if !args.receivers.is_empty() {
+        settings.receivers.clone_from(&args.receivers);
+    }
     let repeats = settings.repeats;
     let topo = Topology::new()?;
     let mut bench = Bench::new(&topo, &paths, settings);
@@ -189,6 +198,9 @@ fn scenarios(
     }
     if wanted("memory") {
         sections.push(bench.memory()?);
+    }
+    if wanted("hostile") {
+        sections.push(bench.hostile()?);
     }
     if wanted("nats") {
         sections.push(bench.nats()?);

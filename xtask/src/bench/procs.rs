@@ -29,7 +29,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A receiver under test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
 pub enum Rx {
     /// `netcon-sniff --backend xdp`.
     Xdp,
@@ -394,7 +394,9 @@ impl Receiver {
                 let before = self.stderr().matches("netcon-sniff: stats:").count();
                 let pid = self.pid().context("receiver already stopped")?;
                 kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGUSR1)?;
-                let deadline = Instant::now() + Duration::from_secs(5);
+                // A failure deadline: a receiver still working through a flood's backlog (the
+                // hostile scenario) answers between batches, late.
+                let deadline = Instant::now() + Duration::from_secs(30);
                 loop {
                     let text = self.stderr();
                     if text.matches("netcon-sniff: stats:").count() > before
@@ -425,6 +427,28 @@ impl Receiver {
                 Ok(v4.unwrap_or(0) + v6.unwrap_or(0))
             }
         }
+    }
+
+    /// CPU time (user and system) the receiver used so far, seconds.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        let pid = self.pid().context("receiver already stopped")?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command name (which may hold spaces) in parentheses: utime and
+        // stime are the 14th and 15th of the line (proc_pid_stat(5)).
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .context("malformed stat")?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields
+            .get(11..13)
+            .context("short stat")?
+            .iter()
+            .map(|f| f.parse::<u64>().unwrap_or(0))
+            .sum();
+        // SAFETY: sysconf with a constant name only reads configuration.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+        Ok(netcon_bench::count_f64(ticks) / netcon_bench::count_f64(per_second.unsigned_abs()))
     }
 
     /// Peak resident set (`VmHWM`), KiB.
@@ -586,6 +610,11 @@ pub struct LoadSpec {
     pub count: Option<u64>,
     /// Destination UDP port.
     pub port: u16,
+    /// Hostile continuation chains (`c`-flagged records of empty dictionary lines) instead of
+    /// ordinary records.
+    pub continuation: bool,
+    /// Address of sender 0, instead of [`Topology::src_base`].
+    pub src_base: Option<std::net::IpAddr>,
 }
 
 impl LoadSpec {
@@ -601,6 +630,8 @@ impl LoadSpec {
             duration,
             count: None,
             port: PORT,
+            continuation: false,
+            src_base: None,
         }
     }
 }
@@ -622,7 +653,13 @@ pub fn run_load(
     command
         .args(["--netns", topo.sender.name(), "-i", TX_IF, "--dst", &dst])
         .args(["--dst-mac", RX_MAC])
-        .args(["--src-base", &Topology::src_base(spec.ipv6).to_string()])
+        .args([
+            "--src-base",
+            &spec
+                .src_base
+                .unwrap_or_else(|| Topology::src_base(spec.ipv6))
+                .to_string(),
+        ])
         .args(["-H", &spec.senders.to_string()])
         .args(["--size", &spec.size.to_string()])
         .args(["--fragments", &spec.fragments.to_string()])
@@ -637,6 +674,9 @@ pub fn run_load(
     }
     if spec.first_fragment_only {
         command.arg("--first-fragment-only");
+    }
+    if spec.continuation {
+        command.args(["--format", "continuation"]);
     }
     let out = command
         .stdin(Stdio::null())

@@ -54,6 +54,10 @@ pub struct Settings {
     pub latency: Duration,
     /// Length of each XDP cost run.
     pub cost: Duration,
+    /// Length of the hostile scenario's victim run.
+    pub hostile: Duration,
+    /// The receivers each scenario runs, in table order.
+    pub receivers: Vec<Rx>,
 }
 
 impl Settings {
@@ -68,6 +72,8 @@ impl Settings {
                 steps: 4,
                 latency: Duration::from_secs(1),
                 cost: Duration::from_millis(500),
+                hostile: Duration::from_secs(3),
+                receivers: Rx::ALL.to_vec(),
             }
         } else {
             Self {
@@ -78,6 +84,8 @@ impl Settings {
                 steps: 6,
                 latency: Duration::from_secs(5),
                 cost: Duration::from_secs(2),
+                hostile: Duration::from_secs(10),
+                receivers: Rx::ALL.to_vec(),
             }
         }
     }
@@ -351,7 +359,7 @@ impl<'a> Bench<'a> {
         let mut unconfirmed = Vec::new();
         for rep in 0..self.settings.repeats {
             log(&format!("{title}, repeat {}", rep + 1));
-            for kind in Rx::ALL {
+            for kind in self.settings.receivers.clone() {
                 let z = self.zero_loss(kind, &base, hints.get(&kind).copied())?;
                 hints.insert(kind, z.rate);
                 if !z.confirmed {
@@ -483,7 +491,7 @@ impl<'a> Bench<'a> {
         let (mut lost, mut drops, mut rate) =
             (Values::default(), Values::default(), Values::default());
         for rep in 0..self.settings.repeats {
-            for kind in Rx::ALL {
+            for kind in self.settings.receivers.clone() {
                 let mut s = self.session(kind, Output::File, false)?;
                 let spec = LoadSpec {
                     count: Some(BURST),
@@ -529,7 +537,7 @@ impl<'a> Bench<'a> {
             Values::default(),
         );
         for rep in 0..self.settings.repeats {
-            for kind in Rx::ALL {
+            for kind in self.settings.receivers.clone() {
                 let mut s = self.session(kind, Output::Pipe, false)?;
                 let spec = LoadSpec {
                     rate: Some(LATENCY_RATE),
@@ -718,7 +726,7 @@ impl<'a> Bench<'a> {
         let mut rows: Vec<Values> = (0..loads.len()).map(|_| Values::default()).collect();
         let mut idle = Values::default();
         for rep in 0..self.settings.repeats {
-            for kind in Rx::ALL {
+            for kind in self.settings.receivers.clone() {
                 for (i, (name, spec)) in loads.iter().enumerate() {
                     let mut s = self.session(kind, Output::File, spec.ipv6)?;
                     if i == 0 {
@@ -749,6 +757,150 @@ impl<'a> Bench<'a> {
                     keeps no state per sender."
                 .into(),
             rows: out,
+        })
+    }
+}
+
+/// Rate of the hostile scenario's victim, records/s.
+pub const VICTIM_RATE: f64 = 1000.0;
+/// Spoofed senders of the continuation-chain attack.
+const CHAIN_ATTACKERS: u32 = 1000;
+/// Spoofed senders of the fragment-start attack (each opens a 4-fragment record).
+const FRAGMENT_ATTACKERS: u32 = 60_000;
+
+/// The hostile scenario's two floods, flat out for `length`, from spoofed IPv6 sources.
+fn floods(length: Duration) -> [LoadSpec; 2] {
+    [
+        LoadSpec {
+            ipv6: true,
+            continuation: true,
+            size: 1000,
+            ..LoadSpec::flat(CHAIN_ATTACKERS, length)
+        },
+        LoadSpec {
+            ipv6: true,
+            fragments: 4,
+            first_fragment_only: true,
+            // Apart from the chains' sources (`fd00:N::1:0` on).
+            src_base: Some(std::net::IpAddr::V6(std::net::Ipv6Addr::new(
+                0xfd00,
+                u16::from(super::topo::SUBNET),
+                0,
+                0,
+                0,
+                2,
+                0,
+                0,
+            ))),
+            ..LoadSpec::flat(FRAGMENT_ATTACKERS, length)
+        },
+    ]
+}
+
+impl Bench<'_> {
+    /// Scenario 7: one victim sender at [`VICTIM_RATE`] while two attackers flood flat out from
+    /// spoofed IPv6 sources: continuation chains (`c`-flagged records of ~500 empty dictionary
+    /// lines, [`CHAIN_ATTACKERS`] sources) and fragment starts (the first of 4 ncfrag fragments,
+    /// [`FRAGMENT_ATTACKERS`] sources). Victim records lost, peak RSS and CPU, for the two
+    /// netcon backends (socat keeps no state to attack).
+    pub fn hostile(&mut self) -> Result<Section> {
+        let (mut lost, mut counted, mut sent, mut rss, mut cpu, mut attack) = (
+            Values::default(),
+            Values::default(),
+            Values::default(),
+            Values::default(),
+            Values::default(),
+            Values::default(),
+        );
+        let length = self.settings.hostile;
+        for rep in 0..self.settings.repeats {
+            for kind in [Rx::Xdp, Rx::Raw] {
+                let mut s = self.session(kind, Output::File, false)?;
+                let attackers = floods(length + QUIET);
+                let victim = LoadSpec {
+                    rate: Some(VICTIM_RATE),
+                    ..LoadSpec::flat(1, length)
+                };
+                let cpu_before = s.rx.cpu_seconds()?;
+                let started = Instant::now();
+                let (paths, topo) = (self.paths, self.topo);
+                let first_run = self.next_run;
+                self.next_run += 2;
+                let (trial, reports) = std::thread::scope(|scope| {
+                    let floods: Vec<_> = attackers
+                        .iter()
+                        .zip(first_run..)
+                        .map(|(spec, run)| {
+                            scope.spawn(move || procs::run_load(paths, topo, spec, run, 0))
+                        })
+                        .collect();
+                    // The floods get going before the victim starts.
+                    std::thread::sleep(Duration::from_millis(200));
+                    let trial = self.trial(&mut s, &victim, false);
+                    let reports: Vec<Result<LoadReport>> = floods
+                        .into_iter()
+                        .map(|f| {
+                            f.join()
+                                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                        })
+                        .collect();
+                    (trial, reports)
+                });
+                let trial = trial?;
+                let wall = started.elapsed().as_secs_f64();
+                let busy = s.rx.cpu_seconds()? - cpu_before;
+                let peak = count_f64(s.rx.peak_rss_kib()?) / 1024.0;
+                let mut frames = 0;
+                for report in reports {
+                    frames += report?.frames;
+                }
+                s.rx.stop()?;
+                log(&format!(
+                    "hostile rep {} {}: victim lost {} of {}, receiver counted {} lost, peak RSS \
+                     {peak:.1} MiB, CPU {:.0}%, attack {:.0} frames/s",
+                    rep + 1,
+                    kind.short(),
+                    trial.lost(),
+                    trial.load.records,
+                    trial.rx_drops,
+                    busy / wall * 100.0,
+                    count_f64(frames) / wall
+                ));
+                lost.push(kind, count_f64(trial.lost()));
+                counted.push(kind, count_f64(trial.rx_drops));
+                sent.push(kind, count_f64(trial.load.records));
+                rss.push(kind, peak);
+                cpu.push(kind, busy / wall * 100.0);
+                attack.push(kind, count_f64(frames) / wall);
+            }
+        }
+        Ok(Section {
+            title: format!(
+                "7. Hostile segment: a victim at {VICTIM_RATE:.0} records/s under attack"
+            ),
+            about: format!(
+                "One victim sender (IPv4, extended records, {VICTIM_RATE:.0}/s) while two \
+                 attackers flood flat out from spoofed IPv6 sources: continuation chains \
+                 ({CHAIN_ATTACKERS} sources, `c`-flagged records of ~500 empty dictionary lines \
+                 each) and fragment starts ({FRAGMENT_ATTACKERS} sources, the first of 4 ncfrag \
+                 fragments, never completed). Victim records lost: missing or incomplete in the \
+                 receiver's output (goal 0). Peak RSS: VmHWM after the run (goal under 64 MiB). \
+                 CPU: the receiver's user and system time over the run's wall time (100% is one \
+                 core). Both machines share two cores with the attackers, so the attack rate is \
+                 what the sender managed next to the receiver."
+            ),
+            rows: vec![
+                lost.row("victim records lost", Unit::Count, false),
+                sent.row("  victim records sent", Unit::Count, false),
+                counted.row(
+                    "frames the receiver counted as lost (all senders)",
+                    Unit::Count,
+                    false,
+                ),
+                rss.row("peak RSS", Unit::MiB, true),
+                cpu.row("receiver CPU", Unit::Percent, false),
+                attack.row("attack frames sent", Unit::Rate, false),
+            ],
         })
     }
 }
