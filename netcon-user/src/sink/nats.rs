@@ -28,7 +28,7 @@
 //! queued; what is left is counted as dropped.
 
 use std::collections::VecDeque;
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -694,14 +694,48 @@ impl Sink for NatsForwarder {
         NatsForwarder::close(self);
     }
 
-    fn stats(&self, out: &mut String) {
-        let s = self.counters();
-        let _ = write!(
-            out,
-            " nats_sent={} nats_duplicates={} nats_dropped={} nats_queued={} nats_retries={} \
-             nats_errors={}",
-            s.sent, s.duplicates, s.dropped, s.queued, s.retries, s.errors
-        );
+    fn counters(&self, out: &mut Vec<super::SinkCounter>) {
+        use super::SinkCounter;
+        let s = NatsForwarder::counters(self);
+        let url = self.url.to_string();
+        out.extend([
+            SinkCounter::total(
+                "nats_sent",
+                "NATS messages the server took (JetStream: acknowledged, duplicates included).",
+                s.sent,
+            )
+            .of("url", url.clone()),
+            SinkCounter::total(
+                "nats_duplicates",
+                "NATS messages the stream acknowledged as duplicates (another collector's copy came first).",
+                s.duplicates,
+            )
+            .of("url", url.clone()),
+            SinkCounter::total(
+                "nats_dropped",
+                "NATS messages that will never be sent (queue or memory budget full, shutdown).",
+                s.dropped,
+            )
+            .of("url", url.clone()),
+            SinkCounter::gauge(
+                "nats_queued",
+                "NATS messages queued or waiting for their acknowledgement.",
+                s.queued,
+            )
+            .of("url", url.clone()),
+            SinkCounter::total(
+                "nats_retries",
+                "NATS publishes made again after a missing or failed acknowledgement.",
+                s.retries,
+            )
+            .of("url", url.clone()),
+            SinkCounter::total(
+                "nats_errors",
+                "NATS errors (failed publishes, missing acknowledgements, stream set-up failures).",
+                s.errors,
+            )
+            .of("url", url),
+        ]);
     }
 }
 
