@@ -24,6 +24,9 @@ use crate::netconsole::{
     Caller, ContFlag, Event, Flags, Format, Incomplete, LossKind, Lost, PanicKind, PanicMark,
     Priority, Rebooted, Record, Sysdata,
 };
+use crate::notice::{
+    CaptureLost, ForwardLost, HookNotice, HookOutcome, LossReason, Notice, SkipReason,
+};
 use crate::sink::escape::escape_into;
 use crate::sink::nats::{NatsUrl, sender_token};
 use crate::sink::text;
@@ -350,36 +353,94 @@ pub fn write_text(value: &Value, out: &mut String) {
         text::write_event(&event, out);
         return;
     }
-    let kind = value["type"].as_str().unwrap_or("unknown");
-    let received = time(&value["received"]);
-    match (kind, received, sender(&value["sender"])) {
-        ("malformed", Some(received), Some(sender)) => {
-            text::write_prefix(received, sender, out);
-            let _ = write!(
-                out,
-                "-- MALFORMED ({}): ",
-                value["error"].as_str().unwrap_or_default()
-            );
-            escape_into(&text_bytes(value, "payload"), out);
-            out.push('\n');
+    if let Some(notice) = notice_from_json(value) {
+        // The collector's notice line, and which collector it was.
+        text::write_notice(&notice, out);
+        if let Some(collector) = value["collector"].as_str() {
+            out.pop();
+            out.push_str(" [collector ");
+            escape_into(collector.as_bytes(), out);
+            out.push_str("]\n");
         }
-        ("forward_lost", Some(received), _) => {
-            let _ = write!(
-                out,
-                "{} collector {} -- FORWARD LOST {} messages (its NATS queue was full since {})",
-                received.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                value["collector"].as_str().unwrap_or("?"),
-                value["count"].as_u64().unwrap_or_default(),
-                value["first_dropped"].as_str().unwrap_or("?"),
-            );
-            out.push('\n');
-        }
-        _ => {
-            let mut escaped = String::new();
-            escape_into(value.to_string().as_bytes(), &mut escaped);
-            let _ = writeln!(out, "-- {} {escaped}", kind.to_uppercase());
-        }
+        return;
     }
+    let kind = value["type"].as_str().unwrap_or("unknown");
+    if let ("malformed", Some(received), Some(sender)) =
+        (kind, time(&value["received"]), sender(&value["sender"]))
+    {
+        text::write_prefix(received, sender, out);
+        let _ = write!(
+            out,
+            "-- MALFORMED ({}): ",
+            value["error"].as_str().unwrap_or_default()
+        );
+        escape_into(&text_bytes(value, "payload"), out);
+        out.push('\n');
+    } else {
+        let mut escaped = String::new();
+        escape_into(value.to_string().as_bytes(), &mut escaped);
+        let _ = writeln!(out, "-- {} {escaped}", kind.to_uppercase());
+    }
+}
+
+/// One of a collector's own notices (`capture_lost`, `hook_*`, `forward_lost`), as its JSON sink
+/// wrote it.
+fn notice_from_json(value: &Value) -> Option<Notice> {
+    let number = |key: &str| value[key].as_u64();
+    let kind = value["type"].as_str()?;
+    Some(match kind {
+        "capture_lost" => {
+            let reason = value["reason"].as_str()?;
+            Notice::CaptureLost(CaptureLost {
+                noticed: time(&value["noticed"])?,
+                interface: value["interface"].as_str()?.to_owned(),
+                reason: [
+                    LossReason::RingFull,
+                    LossReason::CopyFailed,
+                    LossReason::Socket,
+                    LossReason::QueueFull,
+                    LossReason::Interface,
+                ]
+                .into_iter()
+                .find(|r| r.as_str() == reason)?,
+                frames: number("frames")?,
+            })
+        }
+        "forward_lost" => Notice::ForwardLost(ForwardLost {
+            noticed: time(&value["noticed"])?,
+            url: value["url"].as_str()?.to_owned(),
+            messages: number("messages")?,
+            first_dropped: time(&value["first_dropped"])?,
+        }),
+        "hook_skipped" | "hook_late" | "hook_timeout" => {
+            let outcome = match kind {
+                "hook_skipped" => {
+                    let reason = value["reason"].as_str()?;
+                    HookOutcome::Skipped(
+                        [
+                            SkipReason::RateLimited,
+                            SkipReason::QueueFull,
+                            SkipReason::Memory,
+                        ]
+                        .into_iter()
+                        .find(|r| r.as_str() == reason)?,
+                    )
+                }
+                "hook_late" => HookOutcome::Late {
+                    waited: Duration::from_millis(number("waited_ms")?),
+                },
+                _ => HookOutcome::TimedOut {
+                    after: Duration::from_secs(number("after_s")?),
+                },
+            };
+            Notice::Hook(HookNotice {
+                at: time(&value["at"])?,
+                sender: sender(&value["sender"])?,
+                outcome,
+            })
+        }
+        _ => return None,
+    })
 }
 
 fn time(value: &Value) -> Option<DateTime<Utc>> {
@@ -558,6 +619,57 @@ mod tests {
             }
         }
         (direct, via_json)
+    }
+
+    #[test]
+    fn collector_notices_print_as_on_the_collector_with_its_name() {
+        let at = DateTime::parse_from_rfc3339("2026-11-27T21:53:56.123456Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let notices = [
+            Notice::CaptureLost(CaptureLost {
+                noticed: at,
+                interface: "eth1".to_owned(),
+                reason: LossReason::Interface,
+                frames: 7,
+            }),
+            Notice::ForwardLost(ForwardLost {
+                noticed: at,
+                url: "syslog+tcp://10.1.0.9:514".to_owned(),
+                messages: 12,
+                first_dropped: at,
+            }),
+            Notice::Hook(HookNotice {
+                at,
+                sender: "10.1.0.7:6665".parse().unwrap(),
+                outcome: HookOutcome::Skipped(SkipReason::QueueFull),
+            }),
+            Notice::Hook(HookNotice {
+                at,
+                sender: "10.1.0.7:6665".parse().unwrap(),
+                outcome: HookOutcome::Late {
+                    waited: Duration::from_millis(2504),
+                },
+            }),
+            Notice::Hook(HookNotice {
+                at,
+                sender: "[fd00:1::7]:6665".parse().unwrap(),
+                outcome: HookOutcome::TimedOut {
+                    after: Duration::from_mins(1),
+                },
+            }),
+        ];
+        for notice in &notices {
+            let payload = crate::sink::nats::notice_payload(notice, "col\u{1b}1");
+            let mut printed = String::new();
+            write_text(&serde_json::from_str(&payload).unwrap(), &mut printed);
+            let local = text::format_notice(notice);
+            assert_eq!(
+                printed,
+                format!("{} [collector col\\u{{1b}}1]\n", local.trim_end()),
+                "{payload}"
+            );
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! get every decoded event as well.
 
 pub mod color;
+pub mod drops;
 pub mod escape;
 pub mod files;
 pub mod hook;

@@ -17,11 +17,19 @@
 //!   message leaves the queue only when the stream acknowledged it, and is published again
 //!   (same id, so stored once) when the acknowledgement does not come. Without it, messages are
 //!   published with core NATS: whoever subscribes at that moment gets them, nobody else.
+//! - The collector's own notices go out as their `--format json` object with a `collector` field
+//!   ([`notice_payload`]), on [`notice_subject`]: `capture_lost` and `forward_lost` on
+//!   `PREFIX.collector.<host>`, panic hook notices on the sender's `PREFIX.events.<sender>`.
+//!   Their id is unique to this collector and run (`HOST/START.PID/KIND/N`), not computed from
+//!   a datagram: each collector loses its own frames and runs its own hooks, so two redundant
+//!   collectors' notices are different facts and both are stored; a retried publish still is
+//!   stored once.
 //!
 //! Delivery never slows capture: [`NatsForwarder::event`] clones the event and `try_send`s it
 //! into a bounded queue ([`QUEUE_MESSAGES`], and every queued byte charged to the collector's
-//! [`MemoryBudget`]; the worker formats it); what does not fit is dropped and counted, and once there is room again a
-//! `forward_lost` event saying how many were dropped goes out on `PREFIX.collector.<host>`. A
+//! [`MemoryBudget`]; the worker formats it); what does not fit is dropped and counted, told in
+//! `forward_lost` notices in the collector's output ([`super::drops`]), and once there is room
+//! again a `forward_lost` event for the whole gap goes out on `PREFIX.collector.<host>`. A
 //! worker thread with its own small tokio runtime ([`super::worker`]) owns the connection: the client reconnects on its own, with backoff ([`RECONNECT_MIN`] to
 //! [`RECONNECT_MAX`]), to any server of the list, and the worker holds messages in the queue
 //! while no server is connected. At exit the worker gets [`SHUTDOWN_GRACE`] to deliver what is
@@ -33,17 +41,20 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use futures_util::{FutureExt as _, StreamExt as _, future::BoxFuture, stream::FuturesUnordered};
 use tokio::sync::mpsc;
 
 use super::Sink;
+use super::drops::ForwardDrops;
 use super::worker::WorkerThread;
 use crate::budget::MemoryBudget;
 use crate::netconsole::{Event, Format, LossKind};
+use crate::notice::{HookOutcome, Notice};
 
 /// The port when the URL gives none: 4222, NATS's client port.
 pub const DEFAULT_PORT: u16 = 4222;
@@ -344,6 +355,50 @@ fn host_name() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
+/// The subject of one of the collector's own notices: `PREFIX.events.<sender>` for a panic
+/// hook's (it is about that sender's report, and `tail --sender` shows it), else
+/// `PREFIX.collector.<host>` (frames lost before anyone knew their sender, messages a forwarder
+/// dropped).
+#[must_use]
+pub fn notice_subject(prefix: &str, host: &str, notice: &Notice) -> String {
+    match notice {
+        Notice::Hook(hook) => format!("{prefix}.events.{}", sender_token(hook.sender.ip())),
+        Notice::CaptureLost(_) | Notice::ForwardLost(_) => format!(
+            "{prefix}.collector.{}",
+            host.replace(['.', ':', ' ', '*', '>'], "_")
+        ),
+    }
+}
+
+/// The JSON `type` of a notice, for its id.
+fn notice_kind(notice: &Notice) -> &'static str {
+    match notice {
+        Notice::CaptureLost(_) => "capture_lost",
+        Notice::ForwardLost(_) => "forward_lost",
+        Notice::Hook(hook) => match hook.outcome {
+            HookOutcome::Skipped(_) => "hook_skipped",
+            HookOutcome::Late { .. } => "hook_late",
+            HookOutcome::TimedOut { .. } => "hook_timeout",
+        },
+    }
+}
+
+/// The notice's `--format json` object with the collector's name added (`"collector":HOST`):
+/// in the fleet, which collector noticed it is the point.
+#[must_use]
+pub fn notice_payload(notice: &Notice, host: &str) -> String {
+    let mut line = String::new();
+    super::json::write_notice(notice, &mut line);
+    let object = line.trim_end();
+    match object.strip_suffix('}') {
+        Some(open) if open.starts_with('{') => {
+            let host = serde_json::Value::from(host);
+            format!("{open},\"collector\":{host}}}")
+        }
+        _ => object.to_owned(),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Delivery
 // ---------------------------------------------------------------------------------------------
@@ -461,13 +516,6 @@ struct Worker {
     thread: WorkerThread,
 }
 
-/// Messages dropped since the last `forward_lost` event went out.
-#[derive(Debug, Default)]
-struct Unreported {
-    count: u64,
-    first: Option<chrono::DateTime<chrono::Utc>>,
-}
-
 /// Forwards events to one NATS cluster from a worker thread (see the module documentation).
 pub struct NatsForwarder {
     url: NatsUrl,
@@ -480,12 +528,15 @@ pub struct NatsForwarder {
     refused: u64,
     /// Messages still queued when the worker was given up on at close.
     abandoned: u64,
-    /// Drops not yet reported in a `forward_lost` event.
-    unreported: Unreported,
-    /// This machine's name, for `forward_lost` events.
+    /// Drops not yet told in a `forward_lost` notice or report.
+    drops: ForwardDrops,
+    /// This machine's name, for the collector's own messages.
     host: String,
-    /// Counts this collector's own events, for their ids.
-    own_events: u64,
+    /// This run of this forwarder (start time in microseconds and process id), for the ids of
+    /// the collector's own messages.
+    run: String,
+    /// Counts this collector's own messages, for their ids.
+    own_messages: u64,
 }
 
 impl NatsForwarder {
@@ -535,9 +586,14 @@ impl NatsForwarder {
             accepted: 0,
             refused: 0,
             abandoned: 0,
-            unreported: Unreported::default(),
+            drops: ForwardDrops::new(url.to_string()),
             host: host_name(),
-            own_events: 0,
+            run: format!(
+                "{}.{}",
+                chrono::Utc::now().timestamp_micros(),
+                std::process::id()
+            ),
+            own_messages: 0,
         })
     }
 
@@ -578,53 +634,65 @@ impl NatsForwarder {
         }
     }
 
-    /// Queues a `forward_lost` event for the drops not yet reported, if there is room now.
+    /// Queues the `forward_lost` report of the drops so far, if there is room now.
     fn report_drops(&mut self) {
-        let Some(first) = self.unreported.first else {
+        let Some(report) = self.drops.report() else {
             return;
         };
-        let now = chrono::Utc::now();
-        let time = |t: chrono::DateTime<chrono::Utc>| {
-            t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-        };
-        let payload = serde_json::json!({
-            "type": "forward_lost",
-            "received": time(now),
-            "collector": self.host,
-            "first_dropped": time(first),
-            "count": self.unreported.count,
-        })
-        .to_string();
-        self.own_events += 1;
-        // Unique to this collector and run: its losses are its own, never merged.
+        if self.enqueue_notice(&report) {
+            if let Notice::ForwardLost(lost) = &report {
+                tracing::info!(
+                    url = %self.url,
+                    dropped = lost.messages,
+                    "NATS forwarding queue has room again"
+                );
+            }
+            self.drops.reported();
+        }
+    }
+
+    /// Queues one of the collector's own notices (see [`notice_subject`]); `false` when it
+    /// does not fit.
+    fn enqueue_notice(&mut self, notice: &Notice) -> bool {
+        let payload = notice_payload(notice, &self.host);
+        let subject = notice_subject(&self.url.prefix, &self.host, notice);
+        self.own_messages += 1;
+        // Unique to this collector and run: what it noticed is its own, never merged with
+        // another collector's (each loses its own frames and runs its own hooks).
         let id = format!(
-            "{}/{}/{}/forward_lost/{}",
+            "{}/{}/{}/{}",
             self.host,
-            std::process::id(),
-            first.timestamp_micros(),
-            self.own_events
-        );
-        let subject = format!(
-            "{}.collector.{}",
-            self.url.prefix,
-            self.host.replace(['.', ':', ' ', '*', '>'], "_")
+            self.run,
+            notice_kind(notice),
+            self.own_messages
         );
         let bytes = payload.len() + subject.len() + id.len() + QUEUED_OVERHEAD;
-        let queued = self.enqueue(bytes, |charge| {
+        self.enqueue(bytes, |charge| {
             Outgoing::Message(Queued {
                 subject,
                 id: Some(id),
                 payload: Bytes::from(payload),
                 _charge: charge,
             })
-        });
-        if queued {
-            tracing::info!(
-                url = %self.url,
-                dropped = self.unreported.count,
-                "NATS forwarding queue has room again"
-            );
-            self.unreported = Unreported::default();
+        })
+    }
+
+    /// Queues what `queue` queues, unless drops wait for their report and it does not fit
+    /// first; counts a drop otherwise. The report thus comes right after the gap.
+    fn offer(&mut self, dropped_at: DateTime<Utc>, queue: impl FnOnce(&mut Self) -> bool) {
+        if self.drops.reporting() {
+            self.report_drops();
+        }
+        if self.drops.reporting() || !queue(self) {
+            self.refused += 1;
+            if !self.drops.reporting() {
+                tracing::warn!(
+                    url = %self.url,
+                    queue = QUEUE_MESSAGES,
+                    "dropping messages to forward to NATS: the queue is full"
+                );
+            }
+            self.drops.dropped(dropped_at);
         }
     }
 
@@ -639,6 +707,7 @@ impl NatsForwarder {
         drop(worker.queue);
         worker.thread.stop();
         self.abandoned = self.counters().queued;
+        self.drops.closed(self.abandoned);
         let stats = self.counters();
         if stats.dropped > 0 {
             tracing::warn!(
@@ -665,29 +734,32 @@ impl Sink for NatsForwarder {
         if matches!(event, Event::Duplicate(_)) {
             return;
         }
-        if self.unreported.first.is_some() {
-            self.report_drops();
-        }
-        // A drop is reported only once the report itself fits, so it comes after the gap.
-        if self.unreported.first.is_some()
-            || !self.enqueue(queued_event_bytes(event), |charge| {
+        let dropped_at = match event {
+            Event::Record(r) => r.received,
+            _ => Utc::now(),
+        };
+        self.offer(dropped_at, |this| {
+            this.enqueue(queued_event_bytes(event), |charge| {
                 Outgoing::Event(Box::new(event.clone()), charge)
             })
-        {
-            self.refused += 1;
-            if self.unreported.first.is_none() {
-                tracing::warn!(
-                    url = %self.url,
-                    queue = QUEUE_MESSAGES,
-                    "dropping messages to forward to NATS: the queue is full"
-                );
-            }
-            self.unreported.count += 1;
-            self.unreported.first.get_or_insert_with(|| match event {
-                Event::Record(r) => r.received,
-                _ => chrono::Utc::now(),
-            });
+        });
+    }
+
+    fn notice(&mut self, notice: &Notice) {
+        // Its own drops it reports once there is room again (see `offer`); after close there
+        // is nowhere to publish.
+        if self.drops.is_own(notice) || self.worker.is_none() {
+            return;
         }
+        self.offer(Utc::now(), |this| this.enqueue_notice(notice));
+    }
+
+    fn take_notices(&mut self, out: &mut Vec<Notice>) {
+        self.drops.take_notice(Instant::now(), out);
+    }
+
+    fn poll_at(&self) -> Option<Instant> {
+        self.drops.poll_at()
     }
 
     fn close(&mut self) {
@@ -1070,6 +1142,79 @@ async fn wait_connected(client: &async_nats::Client) {
 mod tests {
     use super::*;
     use crate::netconsole::Record;
+
+    #[test]
+    fn notices_go_to_the_collector_or_the_sender_subject() {
+        let at = chrono::Utc::now();
+        let lost = Notice::ForwardLost(crate::notice::ForwardLost {
+            noticed: at,
+            url: "syslog+udp://10.1.0.9:514".to_owned(),
+            messages: 3,
+            first_dropped: at,
+        });
+        assert_eq!(
+            notice_subject("netcon", "log.host", &lost),
+            "netcon.collector.log_host"
+        );
+        let hook = Notice::Hook(crate::notice::HookNotice {
+            at,
+            sender: "10.1.0.7:6665".parse().unwrap(),
+            outcome: HookOutcome::Late {
+                waited: Duration::from_secs(1),
+            },
+        });
+        assert_eq!(
+            notice_subject("netcon", "h", &hook),
+            "netcon.events.10_1_0_7"
+        );
+        let payload: serde_json::Value =
+            serde_json::from_str(&notice_payload(&lost, "a\"b")).unwrap();
+        assert_eq!(payload["type"], "forward_lost");
+        assert_eq!(payload["messages"], 3);
+        assert_eq!(payload["collector"], "a\"b");
+    }
+
+    #[test]
+    fn own_drops_become_notices_and_other_notices_are_published() {
+        // A server nobody runs: everything stays queued, the queue holds 2.
+        let url: NatsUrl = "nats://127.0.0.1:9".parse().unwrap();
+        let budget = MemoryBudget::new(1 << 20);
+        let mut forwarder =
+            NatsForwarder::start_with(&url, None, budget, 2, Duration::from_millis(100)).unwrap();
+        let hook = Notice::Hook(crate::notice::HookNotice {
+            at: chrono::Utc::now(),
+            sender: "10.1.0.7:6665".parse().unwrap(),
+            outcome: HookOutcome::Skipped(crate::notice::SkipReason::Memory),
+        });
+        forwarder.notice(&hook);
+        for _ in 0..4 {
+            forwarder.event(&Event::Record(Record::example(b"x")));
+        }
+        let mut notices = Vec::new();
+        forwarder.take_notices(&mut notices);
+        let [Notice::ForwardLost(lost)] = &notices[..] else {
+            panic!("{notices:?}");
+        };
+        assert_eq!(lost.url, url.to_string());
+        // The worker may hold one message besides the two queued.
+        let dropped = forwarder.counters().dropped;
+        assert!((2..=3).contains(&dropped), "{dropped}");
+        assert_eq!(lost.messages, dropped);
+        // Its own notice, handed back by the pipeline, is not published (nor dropped again).
+        forwarder.notice(&notices[0]);
+        assert_eq!(forwarder.counters().dropped, dropped);
+        forwarder.close();
+        notices.clear();
+        forwarder.take_notices(&mut notices);
+        let [Notice::ForwardLost(lost)] = &notices[..] else {
+            panic!("{notices:?}");
+        };
+        assert_eq!(
+            lost.messages,
+            5 - dropped,
+            "left queued at close: told at once"
+        );
+    }
 
     #[test]
     fn url_defaults_and_clusters() {
