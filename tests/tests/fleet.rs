@@ -20,16 +20,28 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_mins(1);
 /// Deadline for a collector's stdout to show a record.
 const LINE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The extended netconsole payload of record `seq`: level 6, kernel time `seq` ms.
-fn payload(seq: u64) -> Vec<u8> {
-    format!("6,{seq},{},-;fleet record {seq}\n", seq * 1000).into_bytes()
+/// The extended netconsole payload of record `seq`: level 6, kernel time `seq` × 10 ms plus
+/// `quiet_us`.
+///
+/// 10 ms per record is more than any pace used here takes on the wall clock, and `quiet_us`
+/// is the wall time that passed without records: a sender's kernel clock that falls behind the
+/// wall clock by more than a second implies a later boot, and the decoder rightly reports a
+/// reboot (an event that would be published too).
+fn payload(seq: u64, quiet_us: u64) -> Vec<u8> {
+    format!("6,{seq},{},-;fleet record {seq}\n", seq * 10_000 + quiet_us).into_bytes()
 }
 
 /// Broadcast frames to an address nobody owns (what netconsole sends by default when the log
 /// host is not on the segment), records `seqs`.
 fn frames(link: &Link, seqs: impl Iterator<Item = u64>) -> Vec<Vec<u8>> {
+    frames_after(link, seqs, Duration::ZERO)
+}
+
+/// [`frames`] of a sender whose kernel clock went on for `quiet` without records.
+fn frames_after(link: &Link, seqs: impl Iterator<Item = u64>, quiet: Duration) -> Vec<Vec<u8>> {
+    let quiet_us = u64::try_from(quiet.as_micros()).expect("a short pause");
     seqs.map(|seq| {
-        UdpFrame::v4(link, payload(seq))
+        UdpFrame::v4(link, payload(seq, quiet_us))
             .dst_mac(BROADCAST_MAC)
             .dst_ip(link.foreign_v4())
             .build()
@@ -322,6 +334,7 @@ fn nats_down_at_start_bounds_the_queue_and_resumes() {
     );
     let mut sender = topo.sender(&link);
     sender.send_paced(&frames(&link, 1..=WHILE_DOWN), Duration::from_micros(100));
+    let quiet = std::time::Instant::now();
     collector.expect_line_containing(&format!("fleet record {WHILE_DOWN}"), LINE_TIMEOUT);
     let printed = collector
         .stdout_lines()
@@ -352,7 +365,7 @@ fn nats_down_at_start_bounds_the_queue_and_resumes() {
     server.wait_stream_messages(ns, STREAM, queued, DELIVERY_TIMEOUT);
     // The next records come after a report of the gap.
     sender.send_paced(
-        &frames(&link, WHILE_DOWN + 1..=WHILE_DOWN + AFTER),
+        &frames_after(&link, WHILE_DOWN + 1..=WHILE_DOWN + AFTER, quiet.elapsed()),
         Duration::from_millis(1),
     );
     server.wait_stream_messages(ns, STREAM, queued + 1 + AFTER, DELIVERY_TIMEOUT);
@@ -360,6 +373,18 @@ fn nats_down_at_start_bounds_the_queue_and_resumes() {
     assert_eq!(stat(&exit, "nats_dropped"), dropped, "{exit}");
     assert_eq!(stat(&exit, "nats_queued"), 0, "{exit}");
     assert_eq!(stat(&exit, "nats_sent"), queued + 1 + AFTER, "{exit}");
+    // The collector's own output says so too, in notices that add up to the drops.
+    let noticed: u64 = collector
+        .stdout_lines()
+        .iter()
+        .filter_map(|l| {
+            let rest = l.split_once(" -- FORWARD LOST ")?.1;
+            let (n, url) = rest.split_once(" messages ")?;
+            assert_eq!(url, "(nats://127.0.0.1:4222/netcon)", "{l}");
+            n.parse::<u64>().ok()
+        })
+        .sum();
+    assert_eq!(noticed, dropped, "FORWARD LOST notices on stdout");
 
     let lines = tail(ns, &["nats://127.0.0.1", "--stream", STREAM]);
     let lost: Vec<&String> = lines
