@@ -42,6 +42,9 @@ pub enum Command {
     /// Print the netconsole configuration for this machine to send to a collector: run it on
     /// the machine to be logged.
     SenderConfig(crate::sender_config::SenderConfigArgs),
+    /// Print what collectors forward to NATS (--forward nats://), the whole fleet in the
+    /// format of a local capture: `netcon-sniff tail nats://HOST/PREFIX --stream NAME`.
+    Tail(crate::tail::TailArgs),
     /// Print shell completions or the man page, generated from this very command line
     /// definition (e.g. `netcon-sniff generate man > netcon-sniff.1`).
     Generate {
@@ -182,9 +185,26 @@ pub struct SniffArgs {
     pub fsync: bool,
 
     /// Forward records to a syslog server: `syslog+udp://HOST:PORT` or `syslog+tcp://HOST:PORT`
-    /// (RFC 5424; TCP framed by octet counting, RFC 6587). Repeat for several.
+    /// (RFC 5424; TCP framed by octet counting, RFC 6587); or to NATS:
+    /// `nats://HOST[:PORT][,HOST[:PORT]...][/PREFIX]` (the servers of one cluster, default port
+    /// 4222, default prefix `netcon`; `tls://` for TLS), each record as its JSON object on
+    /// PREFIX.records.SENDER and each event on PREFIX.events.SENDER. Repeat for several.
     #[arg(long, value_name = "URL", help_heading = "Outputs")]
-    pub forward: Vec<crate::sink::syslog::ForwardUrl>,
+    pub forward: Vec<crate::sink::ForwardTarget>,
+
+    /// Publish to NATS into the JetStream stream NAME, with acknowledgements: created over
+    /// PREFIX.> when missing, with a 2-minute duplicate window, so that what two collectors
+    /// both heard is stored once. Without it, --forward nats:// publishes with core NATS (only
+    /// current subscribers get the messages).
+    #[arg(long, value_name = "NAME", help_heading = "Outputs",
+          value_parser = |s: &str| crate::sink::nats::parse_stream_name(s).map_err(|e| e.to_string()))]
+    pub nats_stream: Option<String>,
+
+    /// Replicas of the --nats-stream stream when netcon-sniff creates it (up to the cluster's
+    /// size, at most 5).
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "nats_stream",
+          help_heading = "Outputs", value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub nats_replicas: u8,
 
     /// Run CMD (no shell; split on whitespace) once for each kernel panic or oops, with
     /// NETCON_SENDER, NETCON_TEXT and NETCON_TIME in its environment.

@@ -17,6 +17,7 @@ pub mod run;
 pub mod sender_config;
 pub mod sink;
 pub mod systemd;
+pub mod tail;
 pub mod wire;
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //!
 //! A loss the reader of a log cannot see is worse than the loss: someone reading one machine's
 //! file must be able to tell that a gap may be there. So frames lost before decoding and panic
-//! hooks that were skipped, delayed or killed are [`Notice`]s, written to stdout (text and JSON)
+//! hooks that were skipped, delayed or killed, and messages a forwarder dropped are [`Notice`]s, written to stdout (text and JSON)
 //! and handed to every sink (files, syslog), not only counted on the stats line.
 
 use std::{net::SocketAddr, time::Duration};
@@ -125,6 +125,20 @@ pub struct HookNotice {
     pub outcome: HookOutcome,
 }
 
+/// Messages a forwarder (`--forward`) dropped: its queue or the memory budget was full while
+/// the server was slow or away, or they were still queued when the shutdown grace ran out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardLost {
+    /// When the drops were noticed.
+    pub noticed: DateTime<Utc>,
+    /// The forwarder's URL.
+    pub url: String,
+    /// How many messages were dropped since the previous notice of this forwarder.
+    pub messages: u64,
+    /// When the first of them was dropped.
+    pub first_dropped: DateTime<Utc>,
+}
+
 /// One notice of netcon-sniff's own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
@@ -132,4 +146,6 @@ pub enum Notice {
     CaptureLost(CaptureLost),
     /// A panic hook skipped, late or killed.
     Hook(HookNotice),
+    /// Messages a forwarder dropped.
+    ForwardLost(ForwardLost),
 }

@@ -41,6 +41,9 @@ pub enum RunError {
     /// --forward cannot be used.
     #[error(transparent)]
     Forward(#[from] sink::syslog::SyslogError),
+    /// --forward nats:// cannot be used.
+    #[error(transparent)]
+    Nats(#[from] sink::nats::NatsError),
     /// --metrics cannot serve.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
@@ -195,11 +198,29 @@ impl<'c> Pipeline<'c> {
         self.sinks.push(sink);
     }
 
-    /// Lets every sink deliver what it has queued (at exit), before the counters are read.
-    pub fn close(&mut self) {
+    /// Lets every sink deliver what it has queued (at exit), before the counters are read;
+    /// then writes the notices closing gave rise to (messages a forwarder could not deliver in
+    /// its grace period) to the output only, the sinks being closed.
+    ///
+    /// # Errors
+    /// The writer's error.
+    pub fn close(&mut self, out: &mut impl Write) -> Result<(), RunError> {
         for sink in &mut self.sinks {
             sink.close();
         }
+        self.line.clear();
+        for sink in &mut self.sinks {
+            sink.take_notices(&mut self.notices);
+        }
+        for notice in self.notices.drain(..) {
+            write_notice(self.config.format, &notice, &mut self.line);
+        }
+        if self.line.is_empty() {
+            return Ok(());
+        }
+        out.write_all(self.line.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|source| RunError::Output { source })
     }
 
     /// Asks every sink to reopen its files.
@@ -269,10 +290,7 @@ impl<'c> Pipeline<'c> {
             for sink in &mut self.sinks {
                 sink.notice(&notice);
             }
-            match self.config.format {
-                Format::Json => sink::json::write_notice(&notice, &mut self.line),
-                Format::Text | Format::Raw => sink::text::write_notice(&notice, &mut self.line),
-            }
+            write_notice(self.config.format, &notice, &mut self.line);
         }
     }
 
@@ -607,6 +625,13 @@ fn add_sinks(config: &Config, pipeline: &mut Pipeline<'_>) -> Result<(), RunErro
     for url in &config.forward {
         pipeline.add_sink(Box::new(sink::syslog::Forwarder::start(url)?));
     }
+    for url in &config.nats.urls {
+        pipeline.add_sink(Box::new(sink::nats::NatsForwarder::start(
+            url,
+            config.nats.stream.as_ref(),
+            config.budget.clone(),
+        )?));
+    }
     if let Some(options) = &config.on_panic {
         pipeline.add_sink(Box::new(sink::hook::PanicHook::new(
             options.clone(),
@@ -719,13 +744,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     }
     keep_going(losses.check(&mut backend, &mut pipeline, &mut out).await);
     keep_going(pipeline.finish(&mut out));
-    pipeline.close();
+    keep_going(pipeline.close(&mut out));
     ended?;
     if let Some(source) = out.error {
         return Err(RunError::Output { source });
     }
     let counters = losses.final_counters(&mut backend)?;
     Ok(pipeline.summary(counters))
+}
+
+/// Appends the output line of one of netcon-sniff's own notices in `format`.
+fn write_notice(format: Format, notice: &Notice, line: &mut String) {
+    match format {
+        Format::Json => sink::json::write_notice(notice, line),
+        Format::Text | Format::Raw => sink::text::write_notice(notice, line),
+    }
 }
 
 /// The pipeline with every output `config` asks for, files opened (still privileged).
@@ -1019,6 +1052,7 @@ mod tests {
             stats_interval: None,
             user: None,
             forward: Vec::new(),
+            nats: crate::sink::nats::NatsForwarding::default(),
             on_panic: None,
             budget: crate::budget::MemoryBudget::default(),
             stats_format: StatsFormat::Text,

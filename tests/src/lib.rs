@@ -16,6 +16,7 @@
 
 pub mod files;
 pub mod frame;
+pub mod nats;
 pub mod netns;
 pub mod outputs;
 pub mod pcap;

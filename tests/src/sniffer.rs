@@ -342,6 +342,32 @@ impl Sniffer {
         }
     }
 
+    /// The first stderr line (consumed or not: stderr has no cursor) after the first `skip`
+    /// that contains `needle`, waiting for it.
+    ///
+    /// # Panics
+    /// If none arrives within `timeout`.
+    pub fn expect_stderr_containing(
+        &mut self,
+        needle: &str,
+        skip: usize,
+        timeout: Duration,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.stderr.iter().skip(skip).find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            let progressed = self.pump(deadline);
+            assert!(
+                progressed,
+                "no stderr line containing {needle:?} from `{}` within {timeout:?}; stderr:\n{}",
+                self.command,
+                self.stderr_text()
+            );
+        }
+    }
+
     /// Collects output for `quiet` and then asserts that no stdout line printed so far (consumed
     /// or not) contains `needle`.
     ///

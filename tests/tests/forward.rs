@@ -362,6 +362,20 @@ fn dead_tcp_server_does_not_stop_capture_or_other_forwarders() {
             && closing.contains(&format!(" dropped={records} ")),
         "{closing}"
     );
+    // What the dead server never got is a notice in the output stream, not only a counter.
+    let noticed: u64 = stdout
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split_once(" -- FORWARD LOST ")?.1;
+            let (n, url) = rest.split_once(" messages ")?;
+            assert_eq!(url, format!("({dead_url})"), "{l}");
+            n.parse::<u64>().ok()
+        })
+        .sum();
+    assert_eq!(
+        noticed, records,
+        "FORWARD LOST notices on stdout:\n{stdout}"
+    );
     // The live forwarder delivered everything regardless.
     let records = usize::try_from(records).expect("count");
     let got = rsyslog.wait_for(Rsyslog::udp_lines, |l| l.len() >= records, DELIVERY_TIMEOUT);

@@ -69,7 +69,8 @@ fn metrics_pass_promtool_and_count_what_was_sent() {
     let link = topo.link();
     let iface = link.collector_if.as_str();
     let logs = TempDir::new("metrics-logs");
-    // Sinks too, so that their families (with a `url` label) go through promtool as well.
+    // Sinks too, so that their families (with a `url` label) go through promtool as well; no
+    // NATS server is there, its families are exposed all the same.
     let mut s = Sniffer::start_ready(
         &topo.collector,
         &[
@@ -80,6 +81,8 @@ fn metrics_pass_promtool_and_count_what_was_sent() {
             "--metrics-per-sender",
             "--forward",
             "syslog+udp://127.0.0.1:9",
+            "--forward",
+            "nats://127.0.0.1:9/metrics",
             "--log-dir",
             logs.path().to_str().expect("UTF-8 path"),
             "--on-panic",
@@ -132,6 +135,8 @@ fn metrics_pass_promtool_and_count_what_was_sent() {
         "netcon_capture_lost_total{backend=\"",
         "# TYPE netcon_forward_sent_total counter",
         "netcon_forward_queued{url=\"syslog+udp://127.0.0.1:9\"} ",
+        "# TYPE netcon_nats_sent_total counter",
+        "netcon_nats_queued{url=\"nats://127.0.0.1:9/metrics\"} ",
         "# TYPE netcon_files_written_total counter",
         "# TYPE netcon_hooks_skipped_total counter",
         "# TYPE netcon_hooks_timed_out_total counter",

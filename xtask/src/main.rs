@@ -105,8 +105,9 @@ fn run(command: &mut Command) -> Result<()> {
 }
 
 /// Debian packages the end-to-end tests run: tcpdump opens the pcap files netcon writes;
-/// rsyslog receives what `--forward` sends; prometheus (with promtool) scrapes `--metrics`.
-const TEST_PACKAGES: &[&str] = &["tcpdump", "rsyslog", "prometheus"];
+/// rsyslog receives what `--forward` sends; prometheus (with promtool) scrapes `--metrics`;
+/// `nats-server` (`JetStream`) receives what `--forward nats://` sends.
+const TEST_PACKAGES: &[&str] = &["tcpdump", "rsyslog", "prometheus", "nats-server"];
 
 /// Installs the Debian packages that are missing, idempotently: silent when all are present.
 ///

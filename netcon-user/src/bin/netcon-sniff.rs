@@ -51,6 +51,7 @@ fn main() -> ExitCode {
                 Err(error) => fail(&error),
             };
         }
+        Some(Command::Tail(args)) => return tail(&args),
         Some(Command::Generate { what }) => {
             return match what.write(&mut io::stdout().lock()) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -96,6 +97,30 @@ fn main() -> ExitCode {
         }
         // A closed pipe (`netcon-sniff | head`) is a normal way to stop.
         Ok(Err(RunError::Output { source })) if source.kind() == io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
+        Ok(Err(error)) => fail(&error),
+    }
+}
+
+/// `netcon-sniff tail`: until SIGINT or SIGTERM (or the end of the stream with --no-follow).
+fn tail(args: &netcon::tail::TailArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(&error),
+    };
+    match runtime.block_on(async {
+        let shutdown = shutdown_signal()?;
+        Ok::<_, io::Error>(netcon::tail::run(args, shutdown).await)
+    }) {
+        Err(error) => fail(&error),
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(netcon::tail::TailError::Output { source }))
+            if source.kind() == io::ErrorKind::BrokenPipe =>
+        {
             ExitCode::SUCCESS
         }
         Ok(Err(error)) => fail(&error),

@@ -754,6 +754,8 @@ impl Sink for LogDir {
                 self.touch(ip);
                 self.deliver(ip);
             }
+            // Nothing a sender's file misses: the messages were for another destination.
+            Notice::ForwardLost(_) => {}
         }
     }
 

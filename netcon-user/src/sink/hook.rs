@@ -730,7 +730,7 @@ mod tests {
         out.into_iter()
             .map(|n| match n {
                 Notice::Hook(h) => h.outcome,
-                Notice::CaptureLost(_) => panic!("a hook reports no capture loss"),
+                other => panic!("a hook reports only hook notices: {other:?}"),
             })
             .collect()
     }

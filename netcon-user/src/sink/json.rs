@@ -244,7 +244,8 @@ pub fn write_event(event: &Event, out: &mut String) {
 
 /// Appends the JSON line for one of netcon-sniff's own notices, ending in `\n`:
 /// `{"type":"capture_lost","noticed":...,"interface":"eth1","reason":"ring_full","frames":N}`,
-/// or `{"type":"hook_skipped"|"hook_late"|"hook_timeout","at":...,"sender":...,...}`.
+/// `{"type":"hook_skipped"|"hook_late"|"hook_timeout","at":...,"sender":...,...}`, or
+/// `{"type":"forward_lost","noticed":...,"url":...,"messages":N,"first_dropped":...}`.
 pub fn write_notice(notice: &Notice, out: &mut String) {
     let written = match notice {
         Notice::CaptureLost(lost) => serde_json::to_string(&CaptureLostJson {
@@ -276,6 +277,13 @@ pub fn write_notice(notice: &Notice, out: &mut String) {
                 after_s,
             })
         }
+        Notice::ForwardLost(lost) => serde_json::to_string(&ForwardLostJson {
+            kind: "forward_lost",
+            noticed: time(lost.noticed),
+            url: &lost.url,
+            messages: lost.messages,
+            first_dropped: time(lost.first_dropped),
+        }),
     };
     push_line(written, out);
 }
@@ -288,6 +296,16 @@ struct CaptureLostJson<'a> {
     interface: &'a str,
     reason: &'static str,
     frames: u64,
+}
+
+#[derive(Serialize)]
+struct ForwardLostJson<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    noticed: String,
+    url: &'a str,
+    messages: u64,
+    first_dropped: String,
 }
 
 #[derive(Serialize)]
@@ -464,6 +482,21 @@ mod tests {
         assert_eq!(v[1]["type"], "hook_skipped");
         assert_eq!(v[1]["sender"], "10.77.0.10:6665");
         assert_eq!(v[1]["reason"], "queue_full");
+        out.clear();
+        write_notice(
+            &Notice::ForwardLost(crate::notice::ForwardLost {
+                noticed: DateTime::from_timestamp(1_764_280_437, 0).unwrap(),
+                url: "nats://10.1.0.5:4222/netcon".into(),
+                messages: 120,
+                first_dropped: DateTime::from_timestamp(1_764_280_436, 0).unwrap(),
+            }),
+            &mut out,
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["type"], "forward_lost");
+        assert_eq!(v["url"], "nats://10.1.0.5:4222/netcon");
+        assert_eq!(v["messages"], 120);
+        assert_eq!(v["first_dropped"], "2025-11-27T21:53:56.000000Z");
     }
 
     #[test]

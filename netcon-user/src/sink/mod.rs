@@ -5,12 +5,15 @@
 //! get every decoded event as well.
 
 pub mod color;
+pub mod drops;
 pub mod files;
 pub mod hook;
 pub mod json;
+pub mod nats;
 pub mod raw;
 pub mod syslog;
 pub mod text;
+pub mod worker;
 
 // Escaping serves records as well as sinks, so it lives below both; this keeps `sink::escape`.
 pub use crate::escape;
@@ -110,5 +113,36 @@ impl SinkCounter {
     pub fn of(mut self, label: &'static str, value: impl Into<String>) -> Self {
         self.instance = Some((label, value.into()));
         self
+    }
+}
+
+/// A `--forward` destination: a syslog server or a NATS cluster, told apart by the scheme.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForwardTarget {
+    /// `syslog+udp://` or `syslog+tcp://`.
+    Syslog(syslog::ForwardUrl),
+    /// `nats://` or `tls://`.
+    Nats(nats::NatsUrl),
+}
+
+impl std::str::FromStr for ForwardTarget {
+    type Err = String;
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+        if scheme.eq_ignore_ascii_case("nats") || scheme.eq_ignore_ascii_case("tls") {
+            return url
+                .parse()
+                .map(Self::Nats)
+                .map_err(|e: nats::NatsError| e.to_string());
+        }
+        url.parse()
+            .map(Self::Syslog)
+            .map_err(|e: syslog::SyslogError| {
+                if scheme.to_ascii_lowercase().starts_with("syslog") {
+                    e.to_string()
+                } else {
+                    format!("{e}; or nats://HOST[:PORT][,HOST[:PORT]...][/PREFIX] for NATS")
+                }
+            })
     }
 }

@@ -45,7 +45,9 @@
 //!   (warning, notice, warning). Duplicates are not (they are counted in the stats).
 //!
 //! Delivery never blocks capture: [`Forwarder::event`] formats and `try_send`s into a bounded
-//! queue ([`QUEUE_MESSAGES`]) and counts what does not fit. A worker thread of its own, running a
+//! queue ([`QUEUE_MESSAGES`]) and counts what does not fit; the drops become `forward_lost`
+//! notices in the collector's output and, once there is room again, one `forward_lost` message
+//! to the server ahead of what follows the gap ([`super::drops`]). A worker thread of its own, running a
 //! small tokio runtime, owns the socket. It is a thread rather than a task on the caller's
 //! runtime because that runtime is current-thread: while a capture file is read it never
 //! yields, and when `run` returns it drops its tasks with their queues. With a thread, messages
@@ -63,14 +65,15 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs as _};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Datelike as _, Utc};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpStream, UdpSocket};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::Sink;
+use super::worker::WorkerThread;
 use crate::netconsole::{Event, LossKind, Lost, Malformed, Priority, Rebooted, Record};
 use crate::notice::{HookOutcome, Notice};
 
@@ -326,21 +329,12 @@ pub fn format_event(event: &Event) -> Option<String> {
 
 /// The RFC 5424 message for one of netcon-sniff's own notices: APP-NAME `netcon`, facility
 /// `daemon`, level warning; MSGID `capture_lost` (HOSTNAME `-`: the lost frames' senders are
-/// unknown) or `hook` (HOSTNAME the sender whose panic it was).
+/// unknown), `forward_lost` (HOSTNAME `-`) or `hook` (HOSTNAME the sender whose panic it was).
 #[must_use]
 pub fn format_notice(notice: &Notice) -> String {
     match notice {
         Notice::CaptureLost(lost) => {
-            let mut m = Message {
-                pri: u16::from(FACILITY_DAEMON) * 8 + u16::from(LEVEL_WARNING),
-                time: Some(lost.noticed),
-                host: "-".to_owned(),
-                app: OWN_APP_NAME,
-                msgid: "capture_lost",
-                params: Vec::new(),
-                fields: Vec::new(),
-                msg: String::new(),
-            };
+            let mut m = collector_message(lost.noticed, "capture_lost");
             m.param("interface", &lost.interface);
             m.param("reason", lost.reason.as_str());
             m.param("frames", lost.frames);
@@ -350,6 +344,17 @@ pub fn format_notice(notice: &Notice) -> String {
                 lost.frames,
                 lost.interface,
                 lost.reason.describe()
+            );
+            m.finish()
+        }
+        Notice::ForwardLost(lost) => {
+            let mut m = collector_message(lost.noticed, "forward_lost");
+            m.param("url", &lost.url);
+            m.param("messages", lost.messages);
+            let _ = write!(
+                m.msg,
+                "forwarding lost {} messages ({})",
+                lost.messages, lost.url
             );
             m.finish()
         }
@@ -382,6 +387,20 @@ pub fn format_notice(notice: &Notice) -> String {
             }
             m.finish()
         }
+    }
+}
+
+/// A message about the collector itself (HOSTNAME `-`), level warning.
+fn collector_message(time: DateTime<Utc>, msgid: &'static str) -> Message {
+    Message {
+        pri: u16::from(FACILITY_DAEMON) * 8 + u16::from(LEVEL_WARNING),
+        time: Some(time),
+        host: "-".to_owned(),
+        app: OWN_APP_NAME,
+        msgid,
+        params: Vec::new(),
+        fields: Vec::new(),
+        msg: String::new(),
     }
 }
 
@@ -718,12 +737,10 @@ pub struct ForwardStats {
     pub errors: u64,
 }
 
-/// The worker's end of the forwarder: the thread is done when `done` says so (or hangs up).
+/// The worker's end of the forwarder.
 struct Worker {
     queue: mpsc::Sender<String>,
-    /// Dropped to tell the worker that the grace period starts.
-    stop: oneshot::Sender<()>,
-    done: std::sync::mpsc::Receiver<()>,
+    thread: WorkerThread,
 }
 
 /// Forwards events to one syslog server from a worker thread (see the module documentation).
@@ -737,10 +754,8 @@ pub struct Forwarder {
     refused: u64,
     /// Messages still queued when the worker was given up on at close.
     abandoned: u64,
-    /// Refusing since the last accepted message: log only the first refusal of a run.
-    refusing: bool,
-    /// [`SHUTDOWN_GRACE`], shorter in tests.
-    grace: Duration,
+    /// Drops not yet told in a `forward_lost` notice or report.
+    drops: super::drops::ForwardDrops,
 }
 
 impl Forwarder {
@@ -759,56 +774,30 @@ impl Forwarder {
             source,
         };
         let (queue_tx, queue_rx) = mpsc::channel(queue);
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
         let counters = Arc::new(Counters::default());
         let task = Task {
             url: url.to_string(),
             transport: url.transport,
             addrs,
             counters: Arc::clone(&counters),
-            grace,
         };
-        // The runtime is built (and dropped) on the worker thread: dropping a runtime on the
-        // caller's, which may be inside another runtime, would panic.
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("netcon-forward".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_io()
-                    .enable_time()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        let _ = ready_tx.send(Err(error));
-                        return;
-                    }
-                };
-                let _ = ready_tx.send(Ok(()));
-                runtime.block_on(task.run(queue_rx, stop_rx));
-                let _ = done_tx.send(());
-            })
-            .map_err(worker_error)?;
-        ready_rx
-            .recv()
-            .unwrap_or_else(|_| Err(io::Error::other("the forwarding thread ended at start")))
-            .map_err(worker_error)?;
+        let thread = WorkerThread::spawn("netcon-forward", grace, move || async move {
+            let mut queue = queue_rx;
+            task.serve(&mut queue).await;
+        })
+        .map_err(worker_error)?;
         tracing::debug!(url = %url, "forwarding");
         Ok(Self {
             url: url.clone(),
             worker: Some(Worker {
                 queue: queue_tx,
-                stop: stop_tx,
-                done: done_rx,
+                thread,
             }),
             counters,
             accepted: 0,
             refused: 0,
             abandoned: 0,
-            refusing: false,
-            grace,
+            drops: super::drops::ForwardDrops::new(url.to_string()),
         })
     }
 
@@ -832,16 +821,12 @@ impl Forwarder {
         let Some(worker) = self.worker.take() else {
             return;
         };
-        // Closing the queue lets the worker finish as soon as it is empty; dropping `stop`
-        // starts its grace period.
+        // Closing the queue lets the worker finish as soon as it is empty.
         drop(worker.queue);
-        drop(worker.stop);
-        // The worker bounds itself by the grace period; the margin covers its last steps.
-        let _ = worker
-            .done
-            .recv_timeout(self.grace + Duration::from_millis(500));
+        worker.thread.stop();
         let stats = self.counters();
         self.abandoned = stats.queued;
+        self.drops.closed(self.abandoned);
         let stats = self.counters();
         if stats.dropped > 0 {
             tracing::warn!(
@@ -875,7 +860,18 @@ impl Sink for Forwarder {
     }
 
     fn notice(&mut self, notice: &Notice) {
-        self.enqueue(format_notice(notice));
+        // Its own drops it reports once there is room again (see `enqueue`).
+        if !self.drops.is_own(notice) {
+            self.enqueue(format_notice(notice));
+        }
+    }
+
+    fn take_notices(&mut self, out: &mut Vec<Notice>) {
+        self.drops.take_notice(Instant::now(), out);
+    }
+
+    fn poll_at(&self) -> Option<Instant> {
+        self.drops.poll_at()
     }
 
     fn counters(&self, out: &mut Vec<super::SinkCounter>) {
@@ -912,40 +908,53 @@ impl Sink for Forwarder {
 }
 
 impl Forwarder {
-    /// Queues one message for the worker, or counts it as refused.
+    /// Queues one message for the worker, or counts it as dropped. While drops wait for their
+    /// report, the report goes first (and nothing else until it fits), so that it follows the
+    /// gap in the server's log.
     fn enqueue(&mut self, message: String) {
-        let Some(worker) = &self.worker else {
+        if self.drops.reporting() {
+            self.queue_report();
+        }
+        if self.drops.reporting() || !self.try_queue(message) {
             self.refused += 1;
+            if !self.drops.reporting() {
+                tracing::warn!(
+                    url = %self.url,
+                    queue = QUEUE_MESSAGES,
+                    "dropping messages to forward: the queue is full (or the forwarding thread is gone)"
+                );
+            }
+            self.drops.dropped(Utc::now());
+        }
+    }
+
+    /// Queues the report of the drops so far, if it fits.
+    fn queue_report(&mut self) {
+        let Some(report) = self.drops.report() else {
             return;
         };
-        match worker.queue.try_send(message) {
-            Ok(()) => {
-                self.accepted += 1;
-                if self.refusing {
-                    self.refusing = false;
-                    tracing::info!(
-                        url = %self.url,
-                        dropped = self.refused,
-                        "forwarding queue has room again"
-                    );
-                }
+        if self.try_queue(format_notice(&report)) {
+            if let Notice::ForwardLost(lost) = &report {
+                tracing::info!(
+                    url = %self.url,
+                    dropped = lost.messages,
+                    "forwarding queue has room again"
+                );
             }
-            Err(error) => {
-                self.refused += 1;
-                if !self.refusing {
-                    self.refusing = true;
-                    let why = match error {
-                        mpsc::error::TrySendError::Full(_) => "the queue is full",
-                        mpsc::error::TrySendError::Closed(_) => "the forwarding thread is gone",
-                    };
-                    tracing::warn!(
-                        url = %self.url,
-                        queue = QUEUE_MESSAGES,
-                        "dropping messages to forward: {why}"
-                    );
-                }
-            }
+            self.drops.reported();
         }
+    }
+
+    /// Hands one message to the worker; `false` when the queue is full or the worker gone.
+    fn try_queue(&mut self, message: String) -> bool {
+        let queued = self
+            .worker
+            .as_ref()
+            .is_some_and(|worker| worker.queue.try_send(message).is_ok());
+        if queued {
+            self.accepted += 1;
+        }
+        queued
     }
 }
 
@@ -1016,26 +1025,9 @@ struct Task {
     transport: Transport,
     addrs: Vec<SocketAddr>,
     counters: Arc<Counters>,
-    grace: Duration,
 }
 
 impl Task {
-    /// Delivers until the queue is closed and empty, or until the grace period
-    /// ([`SHUTDOWN_GRACE`]) after `stop`.
-    async fn run(self, mut queue: mpsc::Receiver<String>, stop: oneshot::Receiver<()>) {
-        let grace = async {
-            // Either a send (never done) or the sender dropped: both mean "shutting down".
-            let _ = stop.await;
-            tokio::time::sleep(self.grace).await;
-        };
-        tokio::select! {
-            () = self.serve(&mut queue) => {}
-            () = grace => {
-                tracing::debug!(url = %self.url, "shutdown grace period over");
-            }
-        }
-    }
-
     /// Connects (again and again, with backoff) and delivers until the queue is closed and
     /// empty.
     async fn serve(&self, queue: &mut mpsc::Receiver<String>) {
@@ -1454,6 +1446,18 @@ mod tests {
             hook.contains(r#"action="skipped" reason="queue_full""#),
             "{hook}"
         );
+        let forward = format_notice(&Notice::ForwardLost(crate::notice::ForwardLost {
+            noticed: at,
+            url: "nats://10.1.0.5:4222/netcon".into(),
+            messages: 7,
+            first_dropped: at,
+        }));
+        assert_eq!(
+            forward,
+            "<28>1 2025-11-27T21:53:56.000000Z - netcon - forward_lost \
+             [netcon@32473 url=\"nats://10.1.0.5:4222/netcon\" messages=\"7\"] \
+             forwarding lost 7 messages (nats://10.1.0.5:4222/netcon)"
+        );
     }
 
     #[test]
@@ -1728,11 +1732,28 @@ mod tests {
                 s.errors
             )
         );
+        let lost = |f: &mut Forwarder| {
+            let mut notices = Vec::new();
+            f.take_notices(&mut notices);
+            notices
+                .iter()
+                .map(|n| match n {
+                    Notice::ForwardLost(l) => l.messages,
+                    other => panic!("{other:?}"),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            lost(&mut f),
+            [6],
+            "the drops are a notice in the output stream"
+        );
         let started = Instant::now();
         f.close();
         assert!(started.elapsed() < SHORT_GRACE + Duration::from_secs(2));
         let s = f.counters();
         assert_eq!((s.sent, s.dropped, s.queued), (0, 10, 0), "{s:?}");
+        assert_eq!(lost(&mut f), [4], "and what was left at close, at once");
         assert!(s.errors >= 1, "{s:?}");
         // Closed: further events are counted, not queued.
         f.event(&Event::Record(record(b"late")));

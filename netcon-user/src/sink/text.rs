@@ -76,6 +76,7 @@ pub fn write_event(event: &Event, out: &mut String) {
 /// ```text
 /// 2026-11-27T21:53:56.123456Z -- CAPTURE LOST 15631 frames on eth1 (ring buffer full)
 /// 2026-11-27T21:53:57.000001Z 10.77.0.10 -- PANIC HOOK LATE (waited 2.504 s for a slot)
+/// 2026-11-27T21:53:58.000002Z -- FORWARD LOST 120 messages (nats://10.1.0.5:4222/netcon)
 /// ```
 pub fn write_notice(notice: &Notice, out: &mut String) {
     match notice {
@@ -106,6 +107,14 @@ pub fn write_notice(notice: &Notice, out: &mut String) {
                     after.as_secs()
                 ),
             };
+        }
+        Notice::ForwardLost(lost) => {
+            write_time(lost.noticed, out);
+            let _ = writeln!(
+                out,
+                " -- FORWARD LOST {} messages ({})",
+                lost.messages, lost.url
+            );
         }
     }
 }
@@ -176,7 +185,8 @@ fn write_record(r: &Record, out: &mut String) {
     out.push('\n');
 }
 
-fn write_prefix(received: DateTime<Utc>, sender: SocketAddr, out: &mut String) {
+/// Appends `RECEIVED SENDER ` (the start of every line).
+pub fn write_prefix(received: DateTime<Utc>, sender: SocketAddr, out: &mut String) {
     write_time(received, out);
     let _ = write!(out, " {} ", sender.ip());
 }
@@ -354,6 +364,16 @@ mod tests {
                 after: std::time::Duration::from_mins(1)
             })
             .ends_with("-- PANIC HOOK TIMED OUT (still running after 60 s; killed)\n")
+        );
+        let forward = Notice::ForwardLost(crate::notice::ForwardLost {
+            noticed: at(),
+            url: "nats://10.1.0.5:4222/netcon".into(),
+            messages: 120,
+            first_dropped: at(),
+        });
+        assert_eq!(
+            format_notice(&forward),
+            "2026-11-27T22:13:56.123456Z -- FORWARD LOST 120 messages (nats://10.1.0.5:4222/netcon)\n"
         );
     }
 

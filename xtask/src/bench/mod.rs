@@ -45,7 +45,7 @@ pub struct BenchArgs {
     #[arg(long)]
     no_criterion: bool,
     /// Run only these scenarios (comma-separated: ceiling, zero-loss, burst, latency,
-    /// fragmented, xdp-cost, memory, hostile).
+    /// fragmented, xdp-cost, memory, hostile, nats).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     only: Vec<String>,
     /// Run only these receivers (comma-separated: xdp, raw, socat; default all). Their columns
@@ -54,7 +54,7 @@ pub struct BenchArgs {
     receivers: Vec<procs::Rx>,
 }
 
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 9] = [
     "ceiling",
     "zero-loss",
     "burst",
@@ -63,6 +63,7 @@ const SCENARIOS: [&str; 8] = [
     "xdp-cost",
     "memory",
     "hostile",
+    "nats",
 ];
 
 pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
@@ -80,6 +81,9 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|s| s == name);
     let started = Instant::now();
     crate::apt_install(&["socat"])?;
+    if wanted("nats") {
+        crate::apt_install(&["nats-server"])?;
+    }
     let target = target_dir(root)?;
     eprintln!(
         "xtask bench: building release binaries into {}",
@@ -197,6 +201,9 @@ fn scenarios(
     }
     if wanted("hostile") {
         sections.push(bench.hostile()?);
+    }
+    if wanted("nats") {
+        sections.push(bench.nats()?);
     }
     Ok(sections)
 }

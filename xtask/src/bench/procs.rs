@@ -37,6 +37,9 @@ pub enum Rx {
     Raw,
     /// `socat -u UDP-RECV:6666 -`, the kernel documentation's suggestion.
     Socat,
+    /// `netcon-sniff --backend xdp` forwarding to a local `nats-server -js`
+    /// (`--forward nats://127.0.0.1 --nats-stream BENCH`, one replica): the NATS scenario only.
+    XdpNats,
 }
 
 impl Rx {
@@ -49,6 +52,7 @@ impl Rx {
             Rx::Xdp => "netcon xdp",
             Rx::Raw => "netcon raw",
             Rx::Socat => "socat (baseline)",
+            Rx::XdpNats => "netcon xdp + NATS JetStream",
         }
     }
 
@@ -58,6 +62,7 @@ impl Rx {
             Rx::Xdp => "xdp",
             Rx::Raw => "raw",
             Rx::Socat => "socat",
+            Rx::XdpNats => "xdp-nats",
         }
     }
 }
@@ -113,6 +118,61 @@ impl std::fmt::Debug for Receiver {
     }
 }
 
+/// Where [`Rx::XdpNats`] forwards to: the [`NatsServer`] in the receiver namespace.
+pub const NATS_URL: &str = "nats://127.0.0.1:4222/bench";
+/// The stream [`Rx::XdpNats`] publishes into.
+pub const NATS_STREAM: &str = "BENCH";
+
+/// `nats-server -js` in the receiver namespace, its store on disk (not tmpfs: a confirming run
+/// at 100k records/s stores a few hundred MB), stopped and removed on drop.
+pub struct NatsServer {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl NatsServer {
+    /// Starts it and waits until it is ready.
+    pub fn start(topo: &Topology) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("netcon-bench-nats-{}", monotonic_ns()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let log = dir.join("nats.log");
+        let mut command = Command::new("nats-server");
+        command
+            .args(["-js", "-a", "127.0.0.1", "-p", "4222", "-sd"])
+            .arg(dir.join("store"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log)?);
+        let ns = topo.receiver.file()?;
+        in_netns(&mut command, &ns);
+        let child = command
+            .spawn()
+            .context("starting nats-server (apt-get install nats-server)")?;
+        let server = Self { child, dir };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("Server is ready")
+        {
+            ensure!(
+                Instant::now() < deadline,
+                "nats-server not ready within {START_TIMEOUT:?}: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(server)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A command that enters `ns` (an open `/run/netns` file) between fork and exec.
 fn in_netns(command: &mut Command, ns: &File) {
     let raw = ns.as_raw_fd();
@@ -147,6 +207,14 @@ impl Receiver {
                 c.args(["--backend", kind.short(), "-i", RX_IF, "-p"])
                     .arg(PORT.to_string())
                     .args(["--format", "text"]);
+                c
+            }
+            Rx::XdpNats => {
+                let mut c = Command::new(&paths.sniff);
+                c.args(["--backend", "xdp", "-i", RX_IF, "-p"])
+                    .arg(PORT.to_string())
+                    .args(["--format", "text", "--forward", NATS_URL])
+                    .args(["--nats-stream", NATS_STREAM]);
                 c
             }
             Rx::Socat => {
@@ -238,7 +306,7 @@ impl Receiver {
                 );
             }
             let ready = match self.kind {
-                Rx::Xdp | Rx::Raw => self.stderr().contains("listening on"),
+                Rx::Xdp | Rx::Raw | Rx::XdpNats => self.stderr().contains("listening on"),
                 Rx::Socat => udp_bound(topo, ipv6)?,
             };
             if ready {
@@ -322,7 +390,7 @@ impl Receiver {
     /// or the kernel's drops on its packet sockets), socat's socket `RcvbufErrors`.
     pub fn drops(&mut self, topo: &Topology) -> Result<u64> {
         match self.kind {
-            Rx::Xdp | Rx::Raw => {
+            Rx::Xdp | Rx::Raw | Rx::XdpNats => {
                 let before = self.stderr().matches("netcon-sniff: stats:").count();
                 let pid = self.pid().context("receiver already stopped")?;
                 kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGUSR1)?;

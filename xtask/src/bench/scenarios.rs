@@ -27,6 +27,8 @@ pub const LATENCY_RATE: f64 = 10_000.0;
 pub const COST_RATE: f64 = 100_000.0;
 /// A UDP port nothing listens on (netcon's program passes these on after the port check).
 pub const OTHER_PORT: u16 = 7777;
+/// The rate at which forwarding to NATS must cost capture nothing, records/s.
+pub const NATS_GOAL_RATE: f64 = 100_000.0;
 /// Lowest rate the zero-loss search reports, records/s.
 const MIN_RATE: f64 = 1000.0;
 /// A trial ends when the receiver printed everything, or printed nothing new for this long
@@ -131,6 +133,8 @@ struct ZeroLoss {
     flat_loss: f64,
     /// Whether the confirming run stayed under the limit.
     confirmed: bool,
+    /// The receiver's exit stats line (netcon only).
+    exit_stats: String,
 }
 
 /// The scenarios, with the state they share.
@@ -311,14 +315,22 @@ impl<'a> Bench<'a> {
                 flat_rate,
                 flat_loss: flat.loss(),
                 confirmed,
+                exit_stats: String::new(),
             });
             if confirmed {
                 break;
             }
             offered = Some((offered.unwrap_or(t.load.rate()) * 0.85).max(MIN_RATE));
         }
-        s.rx.stop()?;
-        last.context("no confirming run")
+        let stderr = s.rx.stop()?;
+        let exit_stats = stderr
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("netcon-sniff: stats:"))
+            .unwrap_or_default()
+            .to_owned();
+        last.map(|z| ZeroLoss { exit_stats, ..z })
+            .context("no confirming run")
     }
 
     /// Scenario 1 (and 4 with `fragments` > 1): the zero-loss rate of every receiver.
@@ -389,6 +401,88 @@ impl<'a> Bench<'a> {
             title: title.to_owned(),
             about,
             rows,
+        })
+    }
+
+    /// Scenario 7: the zero-loss rate of the XDP receiver without and with `--forward
+    /// nats://` (`JetStream`, one replica, a local `nats-server`), in the same repeat.
+    pub fn nats(&mut self) -> Result<Section> {
+        let base = LoadSpec {
+            size: 200,
+            ..LoadSpec::flat(1, self.settings.probe)
+        };
+        let mut at_goal = Values::default();
+        let (mut rate, mut loss, mut flat_rate, mut dropped, mut errors) = (
+            Values::default(),
+            Values::default(),
+            Values::default(),
+            Values::default(),
+            Values::default(),
+        );
+        let mut hints: BTreeMap<Rx, f64> = BTreeMap::new();
+        for rep in 0..self.settings.repeats {
+            log(&format!("7. NATS forwarding, repeat {}", rep + 1));
+            for kind in [Rx::Xdp, Rx::XdpNats] {
+                let server = (kind == Rx::XdpNats)
+                    .then(|| procs::NatsServer::start(self.topo))
+                    .transpose()?;
+                let z = self.zero_loss(kind, &base, hints.get(&kind).copied())?;
+                // The goal's own question: is 100k records/s lossless, for as long as a
+                // confirming run?
+                let mut s = self.session(kind, Output::File, false)?;
+                let spec = LoadSpec {
+                    rate: Some(NATS_GOAL_RATE),
+                    duration: self.settings.confirm,
+                    ..base.clone()
+                };
+                let t = self.trial(&mut s, &spec, false)?;
+                s.rx.stop()?;
+                log(&format!(
+                    "  {}: {NATS_GOAL_RATE:.0}/s offered, sent {:.0}/s, loss {:.4}%",
+                    kind.short(),
+                    t.load.rate(),
+                    t.loss() * 100.0
+                ));
+                at_goal.push(kind, t.loss() * 100.0);
+                drop(server);
+                hints.insert(kind, z.rate);
+                rate.push(kind, z.rate);
+                loss.push(kind, z.loss * 100.0);
+                flat_rate.push(kind, z.flat_rate);
+                if kind == Rx::XdpNats {
+                    let field = |name| {
+                        #[expect(clippy::cast_precision_loss, reason = "counts for a table")]
+                        procs::field(&z.exit_stats, name).map(|v| v as f64)
+                    };
+                    log(&format!("  xdp-nats: {}", z.exit_stats));
+                    dropped.push(kind, field("nats_dropped=").unwrap_or(f64::NAN));
+                    errors.push(kind, field("nats_retries=").unwrap_or(f64::NAN));
+                }
+            }
+        }
+        Ok(Section {
+            title: "7. Forwarding to NATS JetStream (1 replica), one sender, 200-byte records"
+                .to_owned(),
+            about: "The zero-loss search of scenario 1 for netcon-sniff --backend xdp without \
+                    and with `--forward nats://127.0.0.1/bench --nats-stream BENCH` (a local \
+                    Debian `nats-server -js`, file store, one replica; every record published \
+                    with an acknowledgement), in the same repeat. Loss is counted in the \
+                    capture's own output: the question is whether forwarding slows capture. \
+                    The forwarder's own drops (its queue full because the stream could not keep \
+                    up) are the counts over the whole search, probes included."
+                .to_owned(),
+            rows: vec![
+                rate.row("zero-loss rate", Unit::Rate, false),
+                loss.row("  loss at that rate", Unit::Percent, false),
+                flat_rate.row(
+                    "sender's rate flat out, this receiver running",
+                    Unit::Rate,
+                    false,
+                ),
+                at_goal.row("loss at 100k records/s offered", Unit::Percent, false),
+                dropped.row("NATS forwarder: records dropped", Unit::Count, false),
+                errors.row("NATS forwarder: publishes retried", Unit::Count, false),
+            ],
         })
     }
 
