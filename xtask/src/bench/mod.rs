@@ -7,6 +7,7 @@
 
 mod calibrate;
 mod criterion;
+mod plot;
 mod procs;
 mod report;
 mod scenarios;
@@ -43,17 +44,26 @@ pub struct BenchArgs {
     /// Skip the criterion decoder benchmarks.
     #[arg(long)]
     no_criterion: bool,
-    /// Run only these scenarios (comma-separated: ceiling, zero-loss, burst, latency,
-    /// fragmented, xdp-cost, memory).
+    /// Run only these scenarios (comma-separated: ceiling, zero-loss, flat-out, loss-curve,
+    /// burst, latency, lone-record, fragmented, xdp-cost, memory).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     only: Vec<String>,
+    /// Trials of the lone-record latency scenario, per receiver (default 50; --quick 5).
+    #[arg(long, value_name = "N")]
+    lone_trials: Option<usize>,
+    /// Silence before each lone record, seconds (default 10; --quick 1).
+    #[arg(long, value_name = "SECONDS")]
+    lone_silence: Option<f64>,
 }
 
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 10] = [
     "ceiling",
     "zero-loss",
+    "flat-out",
+    "loss-curve",
     "burst",
     "latency",
+    "lone-record",
     "fragmented",
     "xdp-cost",
     "memory",
@@ -73,7 +83,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     }
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|s| s == name);
     let started = Instant::now();
-    crate::apt_install(&["socat"])?;
+    crate::apt_install(&["socat", "tcpdump"])?;
     let target = target_dir(root)?;
     eprintln!(
         "xtask bench: building release binaries into {}",
@@ -101,16 +111,23 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
         criterion::run(root, args.quick)?
     };
 
-    let settings = Settings::new(args.quick);
+    let mut settings = Settings::new(args.quick);
+    if let Some(n) = args.lone_trials {
+        settings.lone_trials = n.max(1);
+    }
+    if let Some(secs) = args.lone_silence {
+        settings.lone_silence = std::time::Duration::try_from_secs_f64(secs)
+            .context("--lone-silence: a number of seconds")?;
+    }
     let repeats = settings.repeats;
     let topo = Topology::new()?;
     let mut bench = Bench::new(&topo, &paths, settings);
-    let ceiling = if wanted("ceiling") || wanted("zero-loss") {
+    let ceiling = if wanted("ceiling") || wanted("zero-loss") || wanted("loss-curve") {
         bench.ceiling()?
     } else {
         BTreeMap::new()
     };
-    let sections = scenarios(&mut bench, &ceiling, &wanted)?;
+    let (sections, curves) = scenarios(&mut bench, &ceiling, &wanted)?;
     drop(topo);
 
     machine.load_after = report::uptime();
@@ -128,6 +145,17 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
         None if args.quick => target.join("bench-quick.md"),
         None => root.join("BENCHMARKS.md"),
     };
+    if !curves.is_empty() {
+        // Beside the report, named as the report links it.
+        let svg = out.with_file_name(format!(
+            "{}-loss.svg",
+            out.file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("BENCHMARKS")
+        ));
+        plot::loss_curves(&curves, &svg)?;
+        eprintln!("xtask bench: wrote {}", svg.display());
+    }
     std::fs::write(&out, report::render(&results))
         .with_context(|| format!("writing {}", out.display()))?;
     eprintln!(
@@ -138,13 +166,14 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Scenarios 1 to 6, those `wanted`.
+/// Scenarios 1 to 6, those `wanted`, and the loss curves if that one is.
 fn scenarios(
     bench: &mut Bench<'_>,
     ceiling: &BTreeMap<u32, Vec<f64>>,
     wanted: &dyn Fn(&str) -> bool,
-) -> Result<Vec<Section>> {
+) -> Result<(Vec<Section>, scenarios::Curves)> {
     let mut sections = Vec::new();
+    let mut curves = scenarios::Curves::new();
     if wanted("zero-loss") {
         for (label, h) in [("1a", SENDER_COUNTS[0]), ("1b", SENDER_COUNTS[1])] {
             let title = format!(
@@ -160,11 +189,26 @@ fn scenarios(
             sections.push(bench.zero_loss_section(&title, about, h, 1, c)?);
         }
     }
+    if wanted("flat-out") {
+        sections.push(bench.flat_out()?);
+    }
+    if wanted("loss-curve") {
+        let c = ceiling
+            .get(&SENDER_COUNTS[0])
+            .and_then(|v| report::median(v))
+            .context("the loss curve needs the sender's ceiling")?;
+        let (section, c) = bench.loss_curve(c)?;
+        sections.push(section);
+        curves = c;
+    }
     if wanted("burst") {
         sections.push(bench.burst()?);
     }
     if wanted("latency") {
         sections.push(bench.latency()?);
+    }
+    if wanted("lone-record") {
+        sections.push(bench.lone_record()?);
     }
     if wanted("fragmented") {
         let about = "Records of ~3 KB sent as 4 ncfrag fragments (three full 1000-byte \
@@ -186,7 +230,7 @@ fn scenarios(
     if wanted("memory") {
         sections.push(bench.memory()?);
     }
-    Ok(sections)
+    Ok((sections, curves))
 }
 
 /// The target directory cargo uses here (honours `CARGO_TARGET_DIR`).
