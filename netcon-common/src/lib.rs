@@ -59,22 +59,28 @@ pub mod counter {
 /// userspace, read by the program for every record it writes).
 ///
 /// The program writes records without waking the reader (`BPF_RB_NO_WAKEUP`): while traffic
-/// flows the reader drains the ring on its own short timer. It wakes the reader only when the
-/// reader has said it is parked (it found the ring empty and sleeps until woken), or when the
-/// ring holds more than `wake_threshold` bytes.
+/// flows the reader drains the ring on its own short timer. It wakes the reader when the reader
+/// has said it is parked (it found the ring empty and sleeps until woken), or when the ring
+/// holds more than `wake_threshold` bytes; and each CPU wakes it at most once per
+/// [`generation`](Self::generation), so a reader that the scheduler keeps off the CPU does not
+/// turn every packet into an interrupt.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReaderState {
-    /// [`READER_PARKED`] while the reader sleeps until woken; 0 while it drains on its timer.
-    /// Written only by the reader.
-    pub parked: u32,
-    /// Unread bytes in the ring buffer above which every record wakes the reader. Written by
-    /// the reader before it attaches the program.
+    /// Bumped by [`GENERATION_STEP`] each time the reader drains or parks; its lowest bit is
+    /// [`READER_PARKED`] while the reader sleeps until woken. One word, so the program reads
+    /// both at once. Written only by the reader.
+    pub generation: u32,
+    /// Unread bytes in the ring buffer above which a record wakes the reader. Written by the
+    /// reader before it attaches the program.
     pub wake_threshold: u32,
 }
 
-/// [`ReaderState::parked`]: the reader sleeps until the program wakes it.
+/// [`ReaderState::generation`] bit: the reader sleeps until the program wakes it.
 pub const READER_PARKED: u32 = 1;
+
+/// What [`ReaderState::generation`] advances by (the parked bit stays free).
+pub const GENERATION_STEP: u32 = 2;
 
 #[cfg(feature = "user")]
 // SAFETY: RecordHeader is repr(C), Copy, has no padding (u64 + 4 * u32) and every bit pattern is valid.

@@ -38,6 +38,11 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 #[map]
 static READER: Array<ReaderState> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
+/// The reader generation this CPU last woke the reader in: at most one wake-up per CPU per
+/// generation.
+#[map]
+static WOKEN: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
 /// Where a record is assembled before `bpf_ringbuf_output`, so the record can be exactly as long
 /// as the frame (a ring buffer reservation must have a constant size).
 #[repr(C, align(8))]
@@ -197,11 +202,11 @@ fn try_netcon(ctx: &XdpContext) -> Result<(), ()> {
     output(bytes.as_mut_ptr(), record_len)
 }
 
-/// Whether the reader has announced that it sleeps until woken.
+/// The reader's generation word (see `ReaderState`).
 #[inline(always)]
-fn reader_parked(reader: *const ReaderState) -> bool {
+fn reader_generation(reader: *const ReaderState) -> u32 {
     // SAFETY: a pointer into the READER map; volatile, because userspace writes it at any time.
-    unsafe { core::ptr::read_volatile(&raw const (*reader).parked) == READER_PARKED }
+    unsafe { core::ptr::read_volatile(&raw const (*reader).generation) }
 }
 
 /// Writes `len` bytes at `record` into the ring buffer, waking the reader only when it needs
@@ -213,13 +218,19 @@ fn reader_parked(reader: *const ReaderState) -> bool {
 /// for nearly every record at moderate rates. So records go out with `BPF_RB_NO_WAKEUP`, the
 /// reader drains on its own short timer while traffic flows, and the program wakes it only when
 /// it is parked (it found the ring empty and sleeps until woken) or has fallen behind by more
-/// than the threshold it set.
+/// than the threshold it set; once per CPU and reader generation, so that a reader kept off the
+/// CPU does not cost an interrupt per packet.
 #[inline(always)]
 fn output(record: *mut u8, len: u64) -> Result<(), ()> {
     let reader = READER.get_ptr(0).ok_or(())?;
+    let woken = WOKEN.get_ptr_mut(0).ok_or(())?;
     // SAFETY: wake_threshold is written once, before the program is attached.
     let threshold = u64::from(unsafe { (*reader).wake_threshold });
-    let wake = reader_parked(reader) || EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= threshold;
+    let generation = reader_generation(reader);
+    // SAFETY: a per-CPU slot, only this CPU touches it while this program runs.
+    let wake = unsafe { *woken } != generation
+        && (generation & READER_PARKED != 0
+            || EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= threshold);
     let flags = if wake {
         BPF_RB_FORCE_WAKEUP
     } else {
@@ -239,14 +250,22 @@ fn output(record: *mut u8, len: u64) -> Result<(), ()> {
         return Err(());
     }
     if wake {
+        // SAFETY: as above.
+        unsafe { *woken = generation };
         bump(counter::WAKEUPS);
-    } else if reader_parked(reader) {
-        // The reader parked between the first look and the commit. The commit's xchg on the
-        // record header is a full barrier, and the reader sets `parked` before its own full
-        // barrier and its last look at the producer position: either it saw this record and
-        // stays awake, or this load sees it parked. Wake it with an empty record discarded.
+        return Ok(());
+    }
+    // The reader may have parked between the first look and the commit. The commit's xchg on
+    // the record header is a full barrier, and the reader sets the parked bit before its own
+    // full barrier and its last look at the producer position: either it saw this record and
+    // stays awake, or this load sees it parked. Wake it with an empty record discarded.
+    let now = reader_generation(reader);
+    // SAFETY: as above.
+    if now & READER_PARKED != 0 && unsafe { *woken } != now {
         if let Some(entry) = EVENTS.reserve::<u64>(0) {
             entry.discard(u64::from(BPF_RB_FORCE_WAKEUP));
+            // SAFETY: as above.
+            unsafe { *woken = now };
             bump(counter::WAKEUPS);
         }
     }

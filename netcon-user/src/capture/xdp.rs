@@ -19,7 +19,9 @@ use aya::{
 };
 use bytes::BytesMut;
 use chrono::{DateTime, Utc};
-use netcon_common::{READER_PARKED, RECORD_HEADER_LEN, ReaderState, RecordHeader, counter};
+use netcon_common::{
+    GENERATION_STEP, READER_PARKED, RECORD_HEADER_LEN, ReaderState, RecordHeader, counter,
+};
 use tokio::io::unix::AsyncFd;
 
 use super::{Captured, LinkType, XdpCounters};
@@ -271,6 +273,8 @@ impl XdpCapture {
     /// [`XdpError::Read`] when the ring buffer or the timer cannot be polled.
     pub async fn recv(&mut self, out: &mut Vec<Captured>) -> Result<(), XdpError> {
         loop {
+            // A new generation per drain: the program may wake us once more if we fall behind.
+            self.reader.set_parked(false);
             if self.read(out) > 0 {
                 self.empty_drains = 0;
                 return Ok(());
@@ -282,8 +286,8 @@ impl XdpCapture {
             }
             // Park: announce it, then look once more. The full barrier pairs with the one in
             // the program's commit (kernel/bpf/ringbuf.c: xchg on the record header) before it
-            // reads `parked`: either this look sees its record, or the program sees us parked
-            // and wakes us.
+            // reads the parked bit: either this look sees its record, or the program sees us
+            // parked and wakes us.
             self.reader.set_parked(true);
             if self.read(out) > 0 {
                 self.reader.set_parked(false);
@@ -299,7 +303,6 @@ impl XdpCapture {
             // marks the ring readable again.
             guard.clear_ready();
             drop(guard);
-            self.reader.set_parked(false);
             self.empty_drains = 0;
         }
     }
@@ -380,6 +383,8 @@ impl XdpCapture {
 struct ReaderMap {
     state: std::ptr::NonNull<ReaderState>,
     len: usize,
+    /// What we last wrote to `generation`.
+    generation: u32,
     // The mapping keeps the map alive by itself; the fd is kept to say whose it is.
     _map: MapData,
 }
@@ -423,6 +428,7 @@ impl ReaderMap {
         let reader = Self {
             state,
             len,
+            generation: 0,
             _map: map,
         };
         // SAFETY: the mapping is page-aligned, writable and at least one entry long.
@@ -430,7 +436,7 @@ impl ReaderMap {
             std::ptr::write_volatile(
                 reader.state.as_ptr(),
                 ReaderState {
-                    parked: 0,
+                    generation: 0,
                     wake_threshold,
                 },
             );
@@ -438,19 +444,20 @@ impl ReaderMap {
         Ok(reader)
     }
 
-    /// Tells the program whether we sleep until woken; then a full barrier, so that what we
-    /// read next from the ring comes after the program can see it.
-    fn set_parked(&self, parked: bool) {
+    /// Starts a new generation, parked (we sleep until woken) or not; then a full barrier, so
+    /// that what we read next from the ring comes after the program can see it.
+    fn set_parked(&mut self, parked: bool) {
+        let next = self.generation.wrapping_add(GENERATION_STEP) & !READER_PARKED;
+        self.generation = if parked { next | READER_PARKED } else { next };
         // SAFETY: a live, aligned u32 in our mapping; the program only reads it. A u32
         // atomic, because the kernel reads it concurrently.
-        let flag = unsafe {
-            std::sync::atomic::AtomicU32::from_ptr(&raw mut (*self.state.as_ptr()).parked)
+        let word = unsafe {
+            std::sync::atomic::AtomicU32::from_ptr(&raw mut (*self.state.as_ptr()).generation)
         };
-        flag.store(
-            if parked { READER_PARKED } else { 0 },
-            std::sync::atomic::Ordering::SeqCst,
-        );
-        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        word.store(self.generation, std::sync::atomic::Ordering::SeqCst);
+        if parked {
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        }
     }
 }
 

@@ -48,6 +48,9 @@ pub struct BenchArgs {
     /// burst, latency, lone-record, fragmented, xdp-cost, memory).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     only: Vec<String>,
+    /// Repeats of every figure (default 3; --quick 1).
+    #[arg(long, value_name = "N")]
+    repeats: Option<usize>,
     /// Trials of the lone-record latency scenario, per receiver (default 50; --quick 5).
     #[arg(long, value_name = "N")]
     lone_trials: Option<usize>,
@@ -112,6 +115,9 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     };
 
     let mut settings = Settings::new(args.quick);
+    if let Some(n) = args.repeats {
+        settings.repeats = n.max(1);
+    }
     if let Some(n) = args.lone_trials {
         settings.lone_trials = n.max(1);
     }
