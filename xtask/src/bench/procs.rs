@@ -544,12 +544,17 @@ fn spawn_pipe_reader(
             };
             // The moment the line is read: that is the latency's end.
             let now = monotonic_ns();
-            if let Some(v) = shared
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .as_mut()
-            {
-                feed(v, pcap.as_mut(), &buf[..n], now);
+            let mut verifier = shared.lock().unwrap_or_else(PoisonError::into_inner);
+            match (pcap.as_mut(), verifier.as_mut()) {
+                // The pcap stream is read whole, trial or not: its global header comes first,
+                // before any trial.
+                (Some(p), mut v) => p.feed(&buf[..n], |payload| {
+                    if let Some(v) = v.as_deref_mut() {
+                        v.feed(payload, now);
+                    }
+                }),
+                (None, Some(v)) => v.feed(&buf[..n], now),
+                (None, None) => {}
             }
         }
     })
