@@ -549,6 +549,7 @@ fn reading(r: &Results) -> String {
     let mut out = String::new();
     let ceiling1 = r.ceiling.get(&1).and_then(|v| median(v));
     rate_reading(r, &mut out);
+    fastpath_reading(r, &mut out);
     if let Some(frag) = r.row("4.", "zero-loss rate") {
         let _ = writeln!(
             out,
@@ -670,6 +671,53 @@ fn rate_reading(r: &Results, out: &mut String) {
              attached every matching packet costs {} there (scenario 5); netcon-sniff itself \
              is not the limit: it lost nothing.",
             Unit::Nanos.format(m)
+        );
+    }
+}
+
+/// The flat-out, loss-curve and lone-record part of the reading.
+fn fastpath_reading(r: &Results, out: &mut String) {
+    for pinned in ["unpinned", "pinned"] {
+        for h in super::scenarios::SENDER_COUNTS {
+            let what = format!("{h} sender{}, {pinned}", if h == 1 { "" } else { "s" });
+            let (Some(rate), Some(loss)) = (
+                r.row("1c.", &format!("sender's rate, {what}")),
+                r.row("1c.", &format!("loss, {what}")),
+            ) else {
+                continue;
+            };
+            let _ = write!(out, "- **Flat out, {what}**: the sender reached");
+            for rx in Rx::ALL {
+                let _ = write!(
+                    out,
+                    " {} with {} ({} lost){}",
+                    fmt_or(rate.median(rx), Unit::Rate),
+                    rx.label(),
+                    fmt_or(loss.median(rx), Unit::Percent),
+                    if rx == Rx::Socat { "." } else { "," }
+                );
+            }
+            out.push('\n');
+        }
+    }
+    if let Some(lone) = r.row("3b.", "p99") {
+        let p50 = r.row("3b.", "p50");
+        let _ = write!(out, "- **A lone record** after the silence, p50 / p99:");
+        for rx in Rx::ALL {
+            let _ = write!(
+                out,
+                " {} / {} ({}){}",
+                fmt_or(p50.and_then(|p| p.median(rx)), Unit::Micros),
+                fmt_or(lone.median(rx), Unit::Micros),
+                rx.label(),
+                if rx == Rx::Socat { "." } else { ";" }
+            );
+        }
+        let _ = writeln!(
+            out,
+            " netcon xdp's reader is parked then, and the program wakes it for the record; \
+             tcpdump holds packets until its capture buffer's timeout (1 s, no \
+             `--immediate-mode`) and then writes them."
         );
     }
 }
