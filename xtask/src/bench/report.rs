@@ -739,7 +739,7 @@ fn xdp_reading(r: &Results, out: &mut String) {
              reader is woken for {} of the packets at {:.0}/s and {} flat out (the program's \
              own count; the machine-wide IRQ-work interrupts, {} and {}, include other work): \
              records go out with `BPF_RB_NO_WAKEUP` while netcon-sniff drains the ring on its \
-             100 µs timer, and only a parked reader or a ring a quarter full is woken.",
+             500 µs timer, and only a parked reader or a ring a quarter full is woken.",
             Unit::Nanos.format(other),
             Unit::Nanos.format(floor),
             Unit::Nanos.format(other - floor),
