@@ -139,7 +139,10 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     machine.load_after = report::uptime();
     let results = Results {
         machine,
-        quick: args.quick,
+        flags: std::env::args()
+            .skip_while(|a| a != "bench")
+            .skip(1)
+            .fold(String::new(), |flags, a| flags + " " + &a),
         repeats,
         criterion,
         ceiling,

@@ -219,8 +219,8 @@ impl Machine {
 pub struct Results {
     /// Machine and commit.
     pub machine: Machine,
-    /// `--quick`.
-    pub quick: bool,
+    /// The command line's options after `bench` (with a leading space), as run.
+    pub flags: String,
     /// Repeats per figure.
     pub repeats: usize,
     /// Criterion's decoder figures.
@@ -268,10 +268,10 @@ pub fn render(r: &Results) -> String {
     let _ = writeln!(md, "# Benchmarks\n");
     let _ = writeln!(
         md,
-        "Written by `cargo xtask bench{}` (issue 7); do not edit by hand, run it again. \
-         Every figure is min / **median** / max of {} repeat{} unless it says otherwise; \
-         ratios are medians over the socket baseline's median measured in the same run.\n",
-        if r.quick { " --quick" } else { "" },
+        "Written by `cargo xtask bench{}`; do not edit by hand, run it again. Every figure \
+         is min / **median** / max of {} repeat{} unless it says otherwise; ratios are \
+         netcon xdp's median over another receiver's median measured in the same run.\n",
+        r.flags,
         r.repeats,
         if r.repeats == 1 { "" } else { "s" }
     );
