@@ -12,8 +12,7 @@ use std::{
     process::Command,
 };
 
-/// Must match xtask's `BPF_LINKER_VERSION`.
-const BPF_LINKER_VERSION: &str = "0.13.0";
+include!("../xtask/src/bpf_linker_version.rs");
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));

@@ -133,6 +133,10 @@ pub enum Format {
     Extended,
     /// `[    t.tttttt] text\n`.
     Plain,
+    /// A hostile sender's continuation chain: `<pri>,<seq>,<ts_usec>,c;<token>\n \n \n...`, an
+    /// extended record flagged as continued whose body is empty dictionary lines up to the size,
+    /// each of which a naive decoder holds as a field while it waits for the chain to end.
+    Continuation,
 }
 
 /// The shape of the records a load sends.
@@ -157,7 +161,7 @@ impl RecordShape {
         if self.fragments == 0 {
             return Err("fragments must be at least 1".into());
         }
-        if self.fragments > 1 && self.format == Format::Plain {
+        if self.fragments > 1 && self.format != Format::Extended {
             return Err("ncfrag fragments exist only in the extended format".into());
         }
         if self.fragments > 8 {
@@ -216,6 +220,19 @@ impl RecordBuilder {
                 push_padded(&mut self.scratch, ts_us % 1_000_000, 6);
                 self.scratch.extend_from_slice(b"] ");
                 finish_chunk(&mut self.scratch, token, self.shape.size, true);
+                emit(&self.scratch);
+            }
+            (Format::Continuation, _) => {
+                self.scratch.clear();
+                write_header(&mut self.scratch, token.seq, ts_us);
+                // The flag `c`: a continuation the kernel would join with the next record.
+                self.scratch.pop();
+                self.scratch.extend_from_slice(b"c;");
+                token.write(&mut self.scratch);
+                self.scratch.push(b'\n');
+                while self.scratch.len() + 2 <= self.shape.size.max(self.scratch.len()) {
+                    self.scratch.extend_from_slice(b" \n");
+                }
                 emit(&self.scratch);
             }
             (Format::Extended, 1) => {
@@ -390,6 +407,27 @@ mod tests {
     }
 
     #[test]
+    fn continuation_record_is_empty_dictionary_lines_up_to_size() {
+        let shape = RecordShape {
+            format: Format::Continuation,
+            size: 1000,
+            fragments: 1,
+        };
+        let out = payloads(shape, token(7), 42);
+        assert_eq!(out.len(), 1);
+        let p = &out[0];
+        assert!(p.starts_with(b"6,7,42,c;@nb:"), "{}", p.escape_ascii());
+        assert!(p.len() <= 1000 && p.len() >= 998, "{}", p.len());
+        let body = &p[p.iter().position(|&b| b == b'\n').unwrap() + 1..];
+        assert!(
+            body.chunks(2).all(|c| c == b" \n"),
+            "{}",
+            body.escape_ascii()
+        );
+        assert!(body.len() / 2 > 400);
+    }
+
+    #[test]
     fn extended_record_is_padded_to_size() {
         let shape = RecordShape {
             format: Format::Extended,
@@ -471,6 +509,15 @@ mod tests {
             .is_err()
         );
         assert!(RecordShape { fragments: 0, ..ok }.validate().is_err());
+        assert!(
+            RecordShape {
+                format: Format::Continuation,
+                fragments: 2,
+                ..ok
+            }
+            .validate()
+            .is_err()
+        );
         assert!(RecordShape { size: 1001, ..ok }.validate().is_err());
     }
 

@@ -1,7 +1,8 @@
 //! Drives the netconsole decoder with arbitrary payloads from a few senders, arbitrary time
-//! steps, polls and flushes; small bounds so that every eviction path is reached. Besides "no
-//! panic", it checks that bounds hold, timers are consistent and the text sink never writes a
-//! control character.
+//! steps, polls and flushes; small bounds (and a small memory budget) so that every eviction
+//! path is reached. Besides "no panic", it checks after every step that the memory budget
+//! holds (charged bytes within the limit, and equal to what the decoder says it holds), that
+//! bounds hold, timers are consistent and the text sink never writes a control character.
 
 #![no_main]
 
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use arbitrary::Arbitrary;
 use chrono::DateTime;
 use libfuzzer_sys::fuzz_target;
+use netcon::budget::MemoryBudget;
 use netcon::netconsole::{Decoder, DecoderConfig, Event, Incoming};
 use netcon::sink::text::write_event;
 
@@ -24,17 +26,21 @@ enum Op {
         payload: Vec<u8>,
     },
     /// An extended header the fuzzer can vary field by field, so that it reaches reassembly,
-    /// sequence tracking and continuation joining.
+    /// sequence tracking, reboot detection and continuation joining.
     Extended {
         sender: u8,
         advance_ms: u16,
         release: bool,
         pri: u16,
-        seq: u8,
+        seq: Seq,
         ts: u32,
         flag: u8,
         frag: Option<(u16, u16)>,
         body: Vec<u8>,
+        /// Empty dictionary lines after the body (`\n \n ...`): the continuation flood.
+        dict_lines: u16,
+        /// A sysdata msgid line.
+        msgid: Option<u32>,
     },
     Poll {
         advance_ms: u16,
@@ -42,7 +48,17 @@ enum Op {
     Flush,
 }
 
+/// A sequence number: near the sender's last one (the common case: next, gaps, late, the
+/// same again), or anywhere in the 64-bit range (forged jumps, reboots).
+#[derive(Arbitrary, Debug)]
+enum Seq {
+    Step(i8),
+    Any(u64),
+}
+
 const MAX_SENDERS: usize = 3;
+/// Small enough that a few held chains or fragment entries fill it.
+const BUDGET_BYTES: usize = 24 * 1024;
 
 fn config() -> DecoderConfig {
     DecoderConfig {
@@ -60,6 +76,15 @@ fn config() -> DecoderConfig {
 }
 
 fn check(decoder: &Decoder, events: &mut Vec<Event>, text: &mut String) {
+    let budget = decoder.budget();
+    assert!(
+        budget.used() <= budget.limit(),
+        "{} > {}",
+        budget.used(),
+        budget.limit()
+    );
+    assert_eq!(budget.used(), decoder.held_bytes());
+    assert_eq!(decoder.stats().held_bytes, budget.used() as u64);
     for e in events.drain(..) {
         if let Event::Record(r) = &e
             && let Some(inc) = r.flags.incomplete
@@ -80,7 +105,8 @@ fn check(decoder: &Decoder, events: &mut Vec<Event>, text: &mut String) {
 }
 
 fuzz_target!(|ops: Vec<Op>| {
-    let mut decoder = Decoder::new(config());
+    let mut decoder = Decoder::with_budget(config(), MemoryBudget::new(BUDGET_BYTES));
+    let mut last_seq = [0u64; 5];
     let base = Instant::now();
     let epoch = DateTime::from_timestamp(1_795_817_754, 0).unwrap_or_default();
     let mut ms = 0u64;
@@ -115,8 +141,16 @@ fuzz_target!(|ops: Vec<Op>| {
                 flag,
                 frag,
                 body,
+                dict_lines,
+                msgid,
                 ..
             } => {
+                let last = &mut last_seq[usize::from(sender % 5)];
+                let seq = match seq {
+                    Seq::Step(d) => last.wrapping_add_signed(i64::from(d)),
+                    Seq::Any(n) => n,
+                };
+                *last = seq;
                 payload.clear();
                 if release {
                     payload.extend_from_slice(b"6.12.95+deb12-amd64,");
@@ -129,6 +163,12 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
                 payload.push(b';');
                 payload.extend_from_slice(&body);
+                for _ in 0..dict_lines % 700 {
+                    payload.extend_from_slice(b"\n ");
+                }
+                if let Some(id) = msgid {
+                    payload.extend_from_slice(format!("\n msgid={id}\n").as_bytes());
+                }
             }
             Op::Poll { .. } => {
                 decoder.poll(now, &mut events);

@@ -30,7 +30,8 @@ pub const FLAG_TRUNCATED: u32 = 1;
 
 /// Most frame bytes copied into one record. Netconsole payloads are at most 1000 bytes
 /// (`MAX_PRINT_CHUNK`, drivers/net/netconsole.c), so 2 KiB holds any netconsole frame with two
-/// VLAN tags and an IPv6 header. A power of two, so the eBPF side can bound lengths with a mask.
+/// VLAN tags and an IPv6 header. A power of two, so the eBPF side can bound the copy length as
+/// `((len - 1) & (MAX_CAPTURE - 1)) + 1`, a range the verifier sees as 1..=`MAX_CAPTURE`.
 pub const MAX_CAPTURE: usize = 2048;
 
 /// Destination ports are a bitmap of 65536 bits in an array map of `u32` words.

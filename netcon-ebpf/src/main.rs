@@ -61,6 +61,9 @@ const ETH_P_8021AD: u16 = 0x88a8;
 const IPPROTO_UDP: u8 = 17;
 const IPV6_HLEN: usize = 40;
 
+// The copy length is bounded with a mask (see `try_netcon`).
+const _: () = assert!(MAX_CAPTURE.is_power_of_two());
+
 #[xdp]
 pub fn netcon(ctx: XdpContext) -> u32 {
     bump(counter::SEEN);
@@ -168,6 +171,16 @@ fn try_netcon(ctx: &XdpContext) -> Result<(), ()> {
         flags |= FLAG_TRUNCATED;
         bump(counter::TRUNCATED);
     }
+    // The verifier must see `cap_len` in 1..=MAX_CAPTURE on the very register passed to
+    // `bpf_xdp_load_bytes` (its length is `ARG_CONST_SIZE`: zero is refused). An
+    // `if cap_len == 0 { return }` test is not enough: 6.1's verifier learns nothing from
+    // `!= 0` about a range 0..=MAX (6.12's raises the minimum to 1), so it refuses the call
+    // ("R3 min value is outside of the allowed memory range"). A mask then an add give every
+    // verifier the range on one register: ((len - 1) & (MAX - 1)) + 1 lies in 1..=MAX for any
+    // len and equals len for len in 1..=MAX; LLVM cannot fold it away, as it turns 0 into MAX.
+    // `pkt_len` is never 0 here (a whole UDP header was read). Compiled (llvm-objdump -d):
+    // `r7 += -1; r7 &= 2047; ...; r4 = r7; r4 += 1; ...; call bpf_xdp_load_bytes`.
+    let cap_len = (cap_len.wrapping_sub(1) & (MAX_CAPTURE as u64 - 1)) + 1;
     let scratch = SCRATCH.get_ptr_mut(0).ok_or(())?;
     // SAFETY: the per-CPU scratch slot is ours for the duration of this program run.
     let bytes = unsafe { &mut (*scratch).bytes };
@@ -182,9 +195,6 @@ fn try_netcon(ctx: &XdpContext) -> Result<(), ()> {
     // SAFETY: the scratch buffer is 8-aligned and longer than the header.
     unsafe { core::ptr::write(bytes.as_mut_ptr().cast::<RecordHeader>(), header) };
 
-    if cap_len == 0 || cap_len > MAX_CAPTURE as u64 {
-        return Err(());
-    }
     // SAFETY: cap_len is in 1..=MAX_CAPTURE and the destination has MAX_CAPTURE bytes after the header.
     let copied = unsafe {
         bpf_xdp_load_bytes(

@@ -1,5 +1,5 @@
 //! Records decoded per second on one core: small (~100 byte) extended records, and records
-//! sent as four `ncfrag` fragments. Goal (issue 3): at least 2 million small records/s/core.
+//! sent as four `ncfrag` fragments. Goal: at least 2 million small records/s/core.
 //!
 //! `cargo bench -p netcon-user --bench decode`
 

@@ -42,6 +42,9 @@ pub enum Command {
     /// Print the netconsole configuration for this machine to send to a collector: run it on
     /// the machine to be logged.
     SenderConfig(crate::sender_config::SenderConfigArgs),
+    /// Print what collectors forward to NATS (--forward nats://), the whole fleet in the
+    /// format of a local capture: `netcon-sniff tail nats://HOST/PREFIX --stream NAME`.
+    Tail(crate::tail::TailArgs),
     /// Print shell completions or the man page, generated from this very command line
     /// definition (e.g. `netcon-sniff generate man > netcon-sniff.1`).
     Generate {
@@ -85,6 +88,10 @@ impl Generated {
 
 /// Capture options (the default command).
 #[derive(Debug, clap::Args)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "each bool is an independent command-line switch"
+)]
 pub struct SniffArgs {
     /// Interface to capture on; repeat for several. Default: every interface that is up,
     /// except loopback (name `lo` to capture there).
@@ -155,7 +162,9 @@ pub struct SniffArgs {
     pub stats: Option<u64>,
 
     /// Once capture is set up (XDP attached, sockets and files open), drop root: switch to USER
-    /// and its group, with no capabilities left. Capture keeps working.
+    /// and its group, with no capabilities left. Capture keeps working, and so does every
+    /// output: a --log-dir netcon-sniff creates is given to USER; an existing one USER cannot
+    /// write is refused at start, with the fix.
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
 
@@ -165,7 +174,8 @@ pub struct SniffArgs {
     #[arg(long, value_name = "DIR", help_heading = "Outputs")]
     pub log_dir: Option<std::path::PathBuf>,
 
-    /// Name --log-dir files by the sender's host name (reverse DNS, looked up once per sender).
+    /// Name --log-dir files by the sender's host name (reverse DNS, looked up once per sender,
+    /// never on the packet path: records go to the address-named file until the name is known).
     #[arg(long, requires = "log_dir", help_heading = "Outputs")]
     pub resolve: bool,
 
@@ -175,9 +185,26 @@ pub struct SniffArgs {
     pub fsync: bool,
 
     /// Forward records to a syslog server: `syslog+udp://HOST:PORT` or `syslog+tcp://HOST:PORT`
-    /// (RFC 5424; TCP framed by octet counting, RFC 6587). Repeat for several.
+    /// (RFC 5424; TCP framed by octet counting, RFC 6587); or to NATS:
+    /// `nats://HOST[:PORT][,HOST[:PORT]...][/PREFIX]` (the servers of one cluster, default port
+    /// 4222, default prefix `netcon`; `tls://` for TLS), each record as its JSON object on
+    /// PREFIX.records.SENDER and each event on PREFIX.events.SENDER. Repeat for several.
     #[arg(long, value_name = "URL", help_heading = "Outputs")]
-    pub forward: Vec<crate::sink::syslog::ForwardUrl>,
+    pub forward: Vec<crate::sink::ForwardTarget>,
+
+    /// Publish to NATS into the JetStream stream NAME, with acknowledgements: created over
+    /// PREFIX.> when missing, with a 2-minute duplicate window, so that what two collectors
+    /// both heard is stored once. Without it, --forward nats:// publishes with core NATS (only
+    /// current subscribers get the messages).
+    #[arg(long, value_name = "NAME", help_heading = "Outputs",
+          value_parser = |s: &str| crate::sink::nats::parse_stream_name(s).map_err(|e| e.to_string()))]
+    pub nats_stream: Option<String>,
+
+    /// Replicas of the --nats-stream stream when netcon-sniff creates it (up to the cluster's
+    /// size, at most 5).
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "nats_stream",
+          help_heading = "Outputs", value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub nats_replicas: u8,
 
     /// Run CMD (no shell; split on whitespace) once for each kernel panic or oops, with
     /// NETCON_SENDER, NETCON_TEXT and NETCON_TIME in its environment.
@@ -194,10 +221,42 @@ pub struct SniffArgs {
     )]
     pub on_panic_interval: u64,
 
+    /// How the --stats, SIGUSR1 and exit summaries are written on stderr: `text`, one line of
+    /// `name=value` pairs; `json`, one JSON object per line (for scripts).
+    #[arg(long, value_enum, default_value_t = StatsFormat::Text, value_name = "FORMAT")]
+    pub stats_format: StatsFormat,
+
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (e.g. 127.0.0.1:9469, [::]:9469):
+    /// every counter of the stats line, the number of senders and the memory budget.
+    #[arg(long, value_name = "ADDR:PORT", help_heading = "Monitoring")]
+    pub metrics: Option<std::net::SocketAddr>,
+
+    /// With --metrics, also one series per tracked sender (records, losses, panics, last
+    /// heard), removed when the sender is evicted: up to 5 series for each of the up to 10,000
+    /// senders tracked.
+    #[arg(long, requires = "metrics", help_heading = "Monitoring")]
+    pub metrics_per_sender: bool,
+
+    /// Kill an --on-panic command (with every process it started) still running after this
+    /// many seconds, so that hung or slow commands free their slots. At most 16 run at once, one
+    /// per sender; a panic that finds every slot busy waits (up to 256 of them) and runs as one
+    /// frees. Skipped, late and killed runs show in the output.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..=86_400),
+        requires = "on_panic",
+        help_heading = "Outputs"
+    )]
+    pub on_panic_timeout: u64,
+
     /// Memory budget for everything held on behalf of senders, in MiB: partial lines,
     /// continuation chains, pending fragments, per-sender state, open files, queued hooks and
     /// forwards. When it is full, the oldest held state is written out (marked partial or
-    /// incomplete) and counted, so that no sender can exhaust the collector.
+    /// incomplete) and counted, so that no sender can exhaust the collector. With the default
+    /// of 24 and the process's fixed cost (about 32 MiB with the default ring buffer), peak
+    /// RSS stays under 64 MiB whatever arrives.
     #[arg(long, value_name = "MIB", default_value_t = crate::budget::DEFAULT_MAX_MEMORY_MIB,
           value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_memory_mib: u32,
@@ -234,6 +293,15 @@ pub enum ColorChoice {
     Always,
     /// Never.
     Never,
+}
+
+/// Format of the stats summaries on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatsFormat {
+    /// One line of `name=value` pairs.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Output format of records on stdout.

@@ -3,7 +3,7 @@
 use std::{collections::BTreeSet, ffi::CString, path::PathBuf};
 
 use crate::cli::SniffArgs;
-pub use crate::cli::{BackendChoice, Format, XdpModeChoice};
+pub use crate::cli::{BackendChoice, Format, StatsFormat, XdpModeChoice};
 
 /// Why the command line could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -73,10 +73,18 @@ pub struct Config {
     pub log_dir: Option<crate::sink::files::LogDirOptions>,
     /// Syslog servers to forward to.
     pub forward: Vec<crate::sink::syslog::ForwardUrl>,
+    /// NATS clusters to forward to.
+    pub nats: crate::sink::nats::NatsForwarding,
     /// The panic hook.
     pub on_panic: Option<crate::sink::hook::PanicHookOptions>,
     /// The one budget for all state held on behalf of senders.
     pub budget: crate::budget::MemoryBudget,
+    /// How stats summaries are written.
+    pub stats_format: StatsFormat,
+    /// Where to serve Prometheus metrics.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Per-sender metric series.
+    pub metrics_per_sender: bool,
 }
 
 impl Config {
@@ -100,6 +108,22 @@ impl Config {
                 interfaces.push(Interface { name, ifindex });
             }
         }
+        let (mut forward, mut nats_urls) = (Vec::new(), Vec::new());
+        for target in cli.forward {
+            match target {
+                crate::sink::ForwardTarget::Syslog(url) => forward.push(url),
+                crate::sink::ForwardTarget::Nats(url) => nats_urls.push(url),
+            }
+        }
+        let nats = crate::sink::nats::NatsForwarding {
+            urls: nats_urls,
+            stream: cli
+                .nats_stream
+                .map(|name| crate::sink::nats::StreamOptions {
+                    name,
+                    replicas: usize::from(cli.nats_replicas),
+                }),
+        };
         let mut ports = cli.ports;
         ports.sort_unstable();
         ports.dedup();
@@ -131,14 +155,19 @@ impl Config {
                 resolve: cli.resolve,
                 fsync: cli.fsync,
             }),
-            forward: cli.forward,
+            forward,
+            nats,
             on_panic: cli
                 .on_panic
                 .map(|command| crate::sink::hook::PanicHookOptions {
                     command: command.split_whitespace().map(str::to_owned).collect(),
                     min_interval: std::time::Duration::from_secs(cli.on_panic_interval),
+                    timeout: std::time::Duration::from_secs(cli.on_panic_timeout),
                 }),
             budget: crate::budget::MemoryBudget::from_mib(cli.max_memory_mib),
+            stats_format: cli.stats_format,
+            metrics: cli.metrics,
+            metrics_per_sender: cli.metrics_per_sender,
         })
     }
 
@@ -194,6 +223,38 @@ mod tests {
         );
         assert_eq!(config.ports, vec![7]);
         assert_eq!(config.ring_bytes, 8 << 20);
+    }
+
+    #[test]
+    fn forward_splits_syslog_and_nats() {
+        let cli = Cli::parse_from([
+            "netcon-sniff",
+            "-i",
+            "lo",
+            "--forward",
+            "nats://a,b:4223/site1",
+            "--forward",
+            "syslog+udp://127.0.0.1",
+            "--nats-stream",
+            "NETCON",
+            "--nats-replicas",
+            "3",
+        ]);
+        let config = Config::from_cli(cli.sniff).unwrap();
+        assert_eq!(config.forward.len(), 1);
+        assert_eq!(config.nats.urls.len(), 1);
+        assert_eq!(config.nats.urls[0].servers, vec!["a:4222", "b:4223"]);
+        assert_eq!(
+            config.nats.stream,
+            Some(crate::sink::nats::StreamOptions {
+                name: "NETCON".into(),
+                replicas: 3
+            })
+        );
+        let error = Cli::try_parse_from(["netcon-sniff", "--forward", "http://x"]).unwrap_err();
+        assert!(error.to_string().contains("nats://"), "{error}");
+        assert!(Cli::try_parse_from(["netcon-sniff", "--nats-replicas", "3"]).is_err());
+        assert!(Cli::try_parse_from(["netcon-sniff", "--nats-stream", "a.b"]).is_err());
     }
 
     #[test]

@@ -36,19 +36,27 @@ pub enum PrivilegeError {
     StillRoot { user: String },
 }
 
-/// Switches the whole process (every thread: glibc's set*id calls apply to all) to `user`.
+/// The user database entry of `user`, for setting up what it must own before the switch.
 ///
 /// # Errors
-/// [`PrivilegeError`] when the user is unknown or a switch fails.
-pub fn drop_to(user: &str) -> Result<(), PrivilegeError> {
-    let entry = User::from_name(user)
+/// [`PrivilegeError`] when the user is unknown or cannot be looked up.
+pub fn lookup(user: &str) -> Result<User, PrivilegeError> {
+    User::from_name(user)
         .map_err(|source| PrivilegeError::Lookup {
             user: user.to_owned(),
             source,
         })?
         .ok_or_else(|| PrivilegeError::NoSuchUser {
             user: user.to_owned(),
-        })?;
+        })
+}
+
+/// Switches the whole process (every thread: glibc's set*id calls apply to all) to `user`.
+///
+/// # Errors
+/// [`PrivilegeError`] when the user is unknown or a switch fails.
+pub fn drop_to(user: &str) -> Result<(), PrivilegeError> {
+    let entry = lookup(user)?;
     let switch = |call, result: nix::Result<()>| {
         result.map_err(|source| PrivilegeError::Switch {
             user: user.to_owned(),

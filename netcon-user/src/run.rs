@@ -1,9 +1,10 @@
 //! The pipeline: capture → wire → sink, and its async shell.
 
 use std::{
+    collections::BTreeMap,
     future::Future,
     io::{self, Write},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use chrono::{DateTime, Utc};
@@ -16,9 +17,12 @@ use crate::{
         raw::RawCapture,
         xdp::XdpCapture,
     },
-    config::{BackendChoice, Config, Format, Source},
+    config::{BackendChoice, Config, Format, Source, StatsFormat},
+    metrics::{MetricsServer, ScrapeRequest, Snapshot},
     netconsole::{Decoder, DecoderConfig, DecoderStats, Event, Incoming},
+    notice::{CaptureLost, LossReason, Notice},
     sink::{self, Sink},
+    systemd::Systemd,
     wire::Datagram,
 };
 
@@ -37,6 +41,12 @@ pub enum RunError {
     /// --forward cannot be used.
     #[error(transparent)]
     Forward(#[from] sink::syslog::SyslogError),
+    /// --forward nats:// cannot be used.
+    #[error(transparent)]
+    Nats(#[from] sink::nats::NatsError),
+    /// --metrics cannot serve.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// Dropping root failed.
     #[error(transparent)]
     Privileges(#[from] crate::privileges::PrivilegeError),
@@ -77,12 +87,16 @@ pub struct Summary {
     pub decoder: DecoderStats,
     /// The stats line (as printed on SIGUSR1), for the exit summary.
     pub stats_line: String,
+    /// Every counter, for `--stats-format json`.
+    pub snapshot: Snapshot,
 }
 
 /// Counts kept by the pipeline.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct PipelineCounts {
     datagrams: u64,
+    /// Datagrams by interface index (see [`crate::metrics::count_datagram`]).
+    interfaces: Vec<(u32, u64)>,
     malformed: u64,
     other_ports: u64,
     denied: u64,
@@ -128,7 +142,28 @@ pub struct Pipeline<'c> {
     clock: Clock,
     /// Decoder time of the last frame, for timers while reading a file.
     last_now: Option<Instant>,
+    /// Notices to write with the next output.
+    notices: Vec<Notice>,
+    /// Each loss counter (by reason and interface) as last turned into notices.
+    losses_seen: BTreeMap<(LossReason, String), LossTally>,
+    /// Frames lost before decoding, all reasons, as reported in notices.
+    capture_lost: u64,
+    /// The first `-w` write error: saving stopped there, every other output went on.
+    pcap_error: Option<PcapFileError>,
 }
+
+/// One loss counter (a reason on an interface), as the pipeline follows it.
+#[derive(Debug, Clone, Copy, Default)]
+struct LossTally {
+    /// The counter's value when last read.
+    counter: u64,
+    /// Frames reported lost in notices since capture started.
+    reported: u64,
+}
+
+/// How often capture loss counters are read, so that a loss shows in the output within about
+/// this long of happening: 1 s.
+pub const LOSS_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 impl<'c> Pipeline<'c> {
     /// A pipeline for `config`, saving matched frames to `pcap` if given.
@@ -140,7 +175,7 @@ impl<'c> Pipeline<'c> {
             scratch: String::new(),
             pcap,
             counts: PipelineCounts::default(),
-            decoder: Decoder::new(DecoderConfig::default()),
+            decoder: Decoder::with_budget(DecoderConfig::default(), config.budget.clone()),
             events: Vec::new(),
             sinks: Vec::new(),
             clock: match config.source {
@@ -151,6 +186,10 @@ impl<'c> Pipeline<'c> {
                 },
             },
             last_now: None,
+            notices: Vec::new(),
+            losses_seen: BTreeMap::new(),
+            capture_lost: 0,
+            pcap_error: None,
         }
     }
 
@@ -159,11 +198,29 @@ impl<'c> Pipeline<'c> {
         self.sinks.push(sink);
     }
 
-    /// Lets every sink deliver what it has queued (at exit), before the counters are read.
-    pub fn close(&mut self) {
+    /// Lets every sink deliver what it has queued (at exit), before the counters are read;
+    /// then writes the notices closing gave rise to (messages a forwarder could not deliver in
+    /// its grace period) to the output only, the sinks being closed.
+    ///
+    /// # Errors
+    /// The writer's error.
+    pub fn close(&mut self, out: &mut impl Write) -> Result<(), RunError> {
         for sink in &mut self.sinks {
             sink.close();
         }
+        self.line.clear();
+        for sink in &mut self.sinks {
+            sink.take_notices(&mut self.notices);
+        }
+        for notice in self.notices.drain(..) {
+            write_notice(self.config.format, &notice, &mut self.line);
+        }
+        if self.line.is_empty() {
+            return Ok(());
+        }
+        out.write_all(self.line.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|source| RunError::Output { source })
     }
 
     /// Asks every sink to reopen its files.
@@ -177,9 +234,63 @@ impl<'c> Pipeline<'c> {
     /// advances with its frames).
     #[must_use]
     pub fn poll_at(&self) -> Option<Instant> {
-        match self.clock {
+        let decoder = match self.clock {
             Clock::Live => self.decoder.poll_at(),
             Clock::File { .. } => None,
+        };
+        // Sinks with work waiting (a queued hook) get flushed even while no frame arrives.
+        self.sinks
+            .iter()
+            .filter_map(|sink| sink.poll_at())
+            .chain(decoder)
+            .min()
+    }
+
+    /// Turns the growth of loss counters into `capture_lost` notices and writes them.
+    /// `losses` are `(reason, interface, frames lost since capture started)`; a counter seen for
+    /// the first time counts from zero.
+    ///
+    /// # Errors
+    /// The writer's error.
+    pub fn capture_losses(
+        &mut self,
+        losses: impl IntoIterator<Item = (LossReason, String, u64)>,
+        out: &mut impl Write,
+    ) -> Result<(), RunError> {
+        self.line.clear();
+        let noticed = chrono::Utc::now();
+        for (reason, interface, total) in losses {
+            let seen = self
+                .losses_seen
+                .entry((reason, interface.clone()))
+                .or_default();
+            // A counter that went backwards (a reset) starts over without a notice.
+            let frames = total.saturating_sub(seen.counter);
+            seen.counter = total;
+            if frames > 0 {
+                seen.reported = seen.reported.saturating_add(frames);
+                self.capture_lost = self.capture_lost.saturating_add(frames);
+                self.notices.push(Notice::CaptureLost(CaptureLost {
+                    noticed,
+                    interface,
+                    reason,
+                    frames,
+                }));
+            }
+        }
+        self.write_out(out)
+    }
+
+    /// Writes the pending notices: to every sink, and to the output line.
+    fn write_notices(&mut self) {
+        for sink in &mut self.sinks {
+            sink.take_notices(&mut self.notices);
+        }
+        for notice in self.notices.drain(..) {
+            for sink in &mut self.sinks {
+                sink.notice(&notice);
+            }
+            write_notice(self.config.format, &notice, &mut self.line);
         }
     }
 
@@ -189,7 +300,11 @@ impl<'c> Pipeline<'c> {
     /// The writer's error.
     pub fn tick(&mut self, out: &mut impl Write) -> Result<(), RunError> {
         self.line.clear();
-        self.decoder.poll(Instant::now(), &mut self.events);
+        // A file's decoder runs on the file's clock, which only its frames move on; the tick
+        // may still be due for a sink (a queued hook).
+        if matches!(self.clock, Clock::Live) {
+            self.decoder.poll(Instant::now(), &mut self.events);
+        }
         self.write_events();
         self.write_out(out)
     }
@@ -229,6 +344,8 @@ impl<'c> Pipeline<'c> {
         for sink in &mut self.sinks {
             sink.flush();
         }
+        // After the flush: a hook that found its slot there says so now, not a batch later.
+        self.write_notices();
         let written = if self.line.is_empty() {
             Ok(())
         } else {
@@ -270,30 +387,19 @@ impl<'c> Pipeline<'c> {
                 self.counts.denied += 1;
                 continue;
             }
-            if let Some(pcap) = &mut self.pcap {
-                pcap.write(frame)?;
+            if let Some(pcap) = &mut self.pcap
+                && let Err(error) = pcap.write(frame)
+            {
+                // Every other output goes on with this frame and the rest; the error ends the
+                // run once they have had them.
+                self.pcap = None;
+                self.pcap_error.get_or_insert(error);
             }
             self.counts.datagrams += 1;
+            crate::metrics::count_datagram(&mut self.counts.interfaces, frame.ifindex);
             if self.config.format == Format::Raw {
-                // A file has no interface names: its frames are `file` (or `file:N` for the
-                // Nth interface of a pcapng file).
-                let label;
-                let interface = match (
-                    self.config.interface_name(frame.ifindex),
-                    &self.config.source,
-                ) {
-                    (Some(name), _) => name,
-                    (None, Source::File(_)) if frame.ifindex == 0 => "file",
-                    (None, Source::File(_)) => {
-                        label = format!("file:{}", frame.ifindex);
-                        &label
-                    }
-                    (None, Source::Live) => {
-                        label = frame.ifindex.to_string();
-                        &label
-                    }
-                };
-                sink::raw::write_datagram(frame.ts, interface, &datagram, &mut self.line);
+                let interface = interface_label(self.config, frame.ifindex);
+                sink::raw::write_datagram(frame.ts, &interface, &datagram, &mut self.line);
             }
             // With --format raw the decoder still runs when other sinks want records.
             if self.config.format != Format::Raw || !self.sinks.is_empty() {
@@ -316,10 +422,17 @@ impl<'c> Pipeline<'c> {
                 self.write_events();
             }
         }
-        if let Some(pcap) = &mut self.pcap {
-            pcap.flush()?;
+        if let Some(pcap) = &mut self.pcap
+            && let Err(error) = pcap.flush()
+        {
+            self.pcap = None;
+            self.pcap_error.get_or_insert(error);
         }
-        self.write_out(out)
+        self.write_out(out)?;
+        match self.pcap_error.take() {
+            Some(error) => Err(error.into()),
+            None => Ok(()),
+        }
     }
 
     fn summary(&self, capture: CaptureCounters) -> Summary {
@@ -331,6 +444,61 @@ impl<'c> Pipeline<'c> {
             denied: self.counts.denied,
             decoder: self.decoder.stats().clone(),
             stats_line: self.stats_line(&capture),
+            snapshot: self.snapshot(capture),
+        }
+    }
+
+    /// Every counter now, with the per-sender ones if `--metrics-per-sender` asks for them.
+    #[must_use]
+    pub fn snapshot(&self, capture: CaptureCounters) -> Snapshot {
+        let mut sinks = Vec::new();
+        for sink in &self.sinks {
+            sink.counters(&mut sinks);
+        }
+        Snapshot {
+            time: chrono::Utc::now(),
+            capture,
+            datagrams: self
+                .counts
+                .interfaces
+                .iter()
+                .map(|&(ifindex, n)| (interface_label(self.config, ifindex).into_owned(), n))
+                .collect(),
+            malformed_frames: self.counts.malformed,
+            other_ports: self.counts.other_ports,
+            denied: self.counts.denied,
+            decoder: self.decoder.stats().clone(),
+            sinks,
+            memory: crate::metrics::Memory::of(&self.config.budget),
+            capture_lost: self
+                .losses_seen
+                .iter()
+                .map(|((reason, interface), tally)| crate::metrics::CaptureLoss {
+                    reason: *reason,
+                    interface: interface.clone(),
+                    frames: tally.reported,
+                })
+                .collect(),
+            senders: if self.config.metrics_per_sender {
+                self.decoder
+                    .senders()
+                    .map(|(sender, tally)| crate::metrics::SenderSample {
+                        sender,
+                        tally: *tally,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// The stats summary for stderr (`--stats`, SIGUSR1) in the `--stats-format` asked for.
+    #[must_use]
+    pub fn stats_report(&self, capture: CaptureCounters) -> String {
+        match self.config.stats_format {
+            StatsFormat::Text => format!("netcon-sniff: stats: {}", self.stats_line(&capture)),
+            StatsFormat::Json => self.snapshot(capture).to_json("stats"),
         }
     }
 
@@ -342,10 +510,13 @@ impl<'c> Pipeline<'c> {
         let mut line = String::with_capacity(256);
         let _ = write!(
             line,
-            "{capture} lost={} | datagrams={} malformed_frames={} other_ports={} denied={} | \
+            "{capture} lost={} capture_lost={} | datagrams={} malformed_frames={} other_ports={} \
+             denied={} | \
              records={} senders={} fragments={} reassembled={} incomplete={} partial={} \
-             records_lost={} msgid_lost={} reboots={} duplicates={} malformed={} panics={}",
+             records_lost={} msgid_lost={} reboots={} duplicates={} malformed={} panics={} \
+             suspicious={} senders_evicted={} continuations_cut={} budget_shed={} held_bytes={}",
             capture.lost(),
+            self.capture_lost,
             self.counts.datagrams,
             self.counts.malformed,
             self.counts.other_ports,
@@ -362,11 +533,29 @@ impl<'c> Pipeline<'c> {
             d.duplicates,
             d.malformed,
             d.panics,
+            d.suspicious,
+            d.senders_evicted,
+            d.continuations_cut,
+            d.budget_shed,
+            d.held_bytes,
         );
         for sink in &self.sinks {
             sink.stats(&mut line);
         }
         line
+    }
+}
+
+/// How an interface is named in the raw output and the `interface` label. A file has no
+/// interface names: its frames are `file` (or `file:N` for the Nth interface of a pcapng
+/// file). [`crate::metrics::OTHER_INTERFACES`] stands for those beyond the count's bound.
+fn interface_label(config: &Config, ifindex: u32) -> std::borrow::Cow<'_, str> {
+    match (config.interface_name(ifindex), &config.source) {
+        (Some(name), _) => name.into(),
+        (None, _) if ifindex == crate::metrics::OTHER_INTERFACES => "other".into(),
+        (None, Source::File(_)) if ifindex == 0 => "file".into(),
+        (None, Source::File(_)) => format!("file:{ifindex}").into(),
+        (None, Source::Live) => ifindex.to_string().into(),
     }
 }
 
@@ -418,52 +607,68 @@ fn open_backend(config: &Config) -> Result<Backend, RunError> {
     Ok(Backend::Raw(capture))
 }
 
+/// Adds the configured outputs besides stdout. Runs as root, before any drop.
+fn add_sinks(config: &Config, pipeline: &mut Pipeline<'_>) -> Result<(), RunError> {
+    if let Some(options) = &config.log_dir {
+        // Before the drop: what the user will need is created for it, or refused now.
+        let user = config
+            .user
+            .as_deref()
+            .map(crate::privileges::lookup)
+            .transpose()?;
+        pipeline.add_sink(Box::new(sink::files::LogDir::open_as(
+            options.clone(),
+            user.as_ref(),
+            config.budget.clone(),
+        )?));
+    }
+    for url in &config.forward {
+        pipeline.add_sink(Box::new(sink::syslog::Forwarder::start(url)?));
+    }
+    for url in &config.nats.urls {
+        pipeline.add_sink(Box::new(sink::nats::NatsForwarder::start(
+            url,
+            config.nats.stream.as_ref(),
+            config.budget.clone(),
+        )?));
+    }
+    if let Some(options) = &config.on_panic {
+        pipeline.add_sink(Box::new(sink::hook::PanicHook::new(
+            options.clone(),
+            config.budget.clone(),
+        )));
+    }
+    Ok(())
+}
+
 /// Captures from `config`'s source and writes records to stdout until `shutdown` completes
 /// (or a capture file ends); then drains what is already captured and returns the summary.
 ///
 /// # Errors
 /// [`RunError`] when capture cannot start or fails, or output cannot be written.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<Summary, RunError> {
-    let _promisc: Vec<PromiscGuard> = if config.promisc {
-        config
-            .interfaces
-            .iter()
-            .map(|i| PromiscGuard::new(&i.name, i.ifindex))
-            .collect::<Result<_, _>>()?
-    } else {
-        Vec::new()
-    };
+    let _promisc = promisc_guards(&config)?;
     let mut backend = open_backend(&config)?;
-    let pcap = config
-        .write
-        .as_deref()
-        .map(PcapFileWriter::create)
-        .transpose()?;
-    let mut pipeline = Pipeline::new(&config, pcap);
-    if let Some(options) = &config.log_dir {
-        pipeline.add_sink(Box::new(sink::files::LogDir::open(options.clone())?));
-    }
-    for url in &config.forward {
-        pipeline.add_sink(Box::new(sink::syslog::Forwarder::start(url)?));
-    }
-    if let Some(options) = &config.on_panic {
-        pipeline.add_sink(Box::new(sink::hook::PanicHook::new(options.clone())));
-    }
+    let mut pipeline = open_pipeline(&config)?;
+    // Bound before root is dropped: the port may be privileged.
+    let mut metrics = config.metrics.map(MetricsServer::start).transpose()?;
     let mut signals = Signals::new().map_err(|source| RunError::Signals { source })?;
+    // Still privileged: the first read of the counters works even where reading BPF maps
+    // will need CAP_BPF once root is dropped.
+    let mut losses = LossWatch::start(&config, &mut backend).await;
     // Everything privileged is done: the descriptors keep working without root.
     if let Some(user) = &config.user {
         crate::privileges::drop_to(user)?;
     }
-    let mut stats_timer = config.stats_interval.map(|every| {
-        let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        timer
-    });
+    let mut stats_timer = config.stats_interval.map(interval_from_now);
+
+    let mut systemd = Systemd::from_env();
+    systemd.ready(&ready_status(&config, metrics.as_ref()));
 
     let stdout = io::stdout();
     let mut batch = Vec::with_capacity(crate::capture::xdp::MAX_BATCH);
     tokio::pin!(shutdown);
-    loop {
+    let ended: Result<(), RunError> = loop {
         batch.clear();
         let timer = pipeline.poll_at();
         // The select only says what woke us; the work happens below, free of its borrows.
@@ -473,40 +678,273 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
             _ = signals.hangup.recv() => Wake::Hangup,
             _ = signals.user1.recv() => Wake::Stats,
             () = tick(stats_timer.as_mut()) => Wake::Stats,
+            () = systemd.watchdog_due() => Wake::Watchdog,
+            reply = scrape_request(metrics.as_mut()) => Wake::Scrape(reply),
+            // Ahead of frames: a flood that loses frames must not delay saying so.
+            () = tick(losses.timer.as_mut()) => Wake::Losses,
             () = sleep_until(timer) => Wake::Timer,
             more = backend.recv(&mut batch) => match more {
                 Ok(more) => Wake::Frames { more },
                 Err(error) => Wake::Failed(error),
             },
         };
-        match wake {
-            Wake::Shutdown => break,
-            Wake::Hangup => pipeline.reopen(),
-            Wake::Stats => eprintln!(
-                "netcon-sniff: stats: {}",
-                pipeline.stats_line(&backend.counters()?)
-            ),
-            Wake::Timer => pipeline.tick(&mut stdout.lock())?,
+        let done = match wake {
+            Wake::Shutdown => break Ok(()),
+            Wake::Hangup => {
+                pipeline.reopen();
+                Ok(())
+            }
+            Wake::Stats => {
+                with_counters(&mut backend, "no stats line", |counters| {
+                    eprintln!("{}", pipeline.stats_report(counters));
+                });
+                Ok(())
+            }
+            Wake::Watchdog => {
+                systemd.watchdog();
+                Ok(())
+            }
+            Wake::Scrape(reply) => {
+                // The scrape may have given up waiting: nothing to do then.
+                with_counters(&mut backend, "scrape not answered", |counters| {
+                    drop(reply.send(pipeline.snapshot(counters)));
+                });
+                Ok(())
+            }
+            Wake::Losses => {
+                losses
+                    .check(&mut backend, &mut pipeline, &mut stdout.lock())
+                    .await
+            }
+            Wake::Timer => pipeline.tick(&mut stdout.lock()),
             Wake::Frames { more } => {
-                pipeline.process(&batch, &mut stdout.lock())?;
-                if !more {
-                    break;
+                let done = pipeline.process(&batch, &mut stdout.lock());
+                if done.is_ok() && !more {
+                    break Ok(());
                 }
+                done
             }
-            Wake::Failed(error) => {
-                // What was decoded so far still goes out before the error is reported.
-                pipeline.finish(&mut stdout.lock())?;
-                return Err(error.into());
-            }
+            Wake::Failed(error) => break Err(error.into()),
+        };
+        if let Err(error) = done {
+            break Err(error);
+        }
+    };
+    systemd.stopping();
+    drop(metrics);
+    // Whatever ended the loop, what is captured and held still goes to every output that works:
+    // a closed stdout or a failed -w must not cost the files, syslog or the hook their records.
+    let mut out = FirstError::new(stdout.lock());
+    if ended.is_ok() {
+        batch.clear();
+        if let Err(error) = backend.drain(&mut batch) {
+            tracing::warn!(%error, "cannot read what was left in the capture buffer");
+        }
+        keep_going(pipeline.process(&batch, &mut out));
+    }
+    keep_going(losses.check(&mut backend, &mut pipeline, &mut out).await);
+    keep_going(pipeline.finish(&mut out));
+    keep_going(pipeline.close(&mut out));
+    ended?;
+    if let Some(source) = out.error {
+        return Err(RunError::Output { source });
+    }
+    let counters = losses.final_counters(&mut backend)?;
+    Ok(pipeline.summary(counters))
+}
+
+/// Appends the output line of one of netcon-sniff's own notices in `format`.
+fn write_notice(format: Format, notice: &Notice, line: &mut String) {
+    match format {
+        Format::Json => sink::json::write_notice(notice, line),
+        Format::Text | Format::Raw => sink::text::write_notice(notice, line),
+    }
+}
+
+/// The pipeline with every output `config` asks for, files opened (still privileged).
+fn open_pipeline(config: &Config) -> Result<Pipeline<'_>, RunError> {
+    let pcap = config
+        .write
+        .as_deref()
+        .map(PcapFileWriter::create)
+        .transpose()?;
+    let mut pipeline = Pipeline::new(config, pcap);
+    add_sinks(config, &mut pipeline)?;
+    Ok(pipeline)
+}
+
+/// A timer that first fires `every` from now, then every `every`, never catching up in bursts.
+fn interval_from_now(every: Duration) -> tokio::time::Interval {
+    let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    timer
+}
+
+/// Puts the interfaces in promiscuous mode if asked, for as long as the guards live.
+fn promisc_guards(config: &Config) -> Result<Vec<PromiscGuard>, RunError> {
+    if !config.promisc {
+        return Ok(Vec::new());
+    }
+    let guards = config
+        .interfaces
+        .iter()
+        .map(|i| PromiscGuard::new(&i.name, i.ifindex))
+        .collect::<Result<_, _>>()?;
+    Ok(guards)
+}
+
+/// Hands the backend's counters to `report`. A report is not worth the run: counters that cannot
+/// be read (BPF maps after --user where reading them needs `CAP_BPF`) are only logged, and a
+/// scrape left unanswered fails with 503.
+fn with_counters(backend: &mut Backend, what: &'static str, report: impl FnOnce(CaptureCounters)) {
+    match backend.counters() {
+        Ok(counters) => report(counters),
+        Err(error) => tracing::warn!(%error, "{what}"),
+    }
+}
+
+/// Logs an error met while finishing (the run's own error, if any, is the one reported).
+fn keep_going(result: Result<(), RunError>) {
+    if let Err(error) = result {
+        tracing::debug!(%error, "while finishing");
+    }
+}
+
+/// A writer that keeps its first error and swallows every write after it, so that finishing can
+/// go on to the other outputs.
+struct FirstError<W> {
+    inner: W,
+    error: Option<io::Error>,
+}
+
+impl<W: Write> FirstError<W> {
+    fn new(inner: W) -> Self {
+        Self { inner, error: None }
+    }
+}
+
+impl<W: Write> Write for FirstError<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.error.is_none()
+            && let Err(error) = self.inner.write_all(buf)
+        {
+            self.error = Some(error);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.error.is_none()
+            && let Err(error) = self.inner.flush()
+        {
+            self.error = Some(error);
+        }
+        Ok(())
+    }
+}
+
+/// Reads the loss counters (the backend's and the interfaces') every [`LOSS_POLL_INTERVAL`]
+/// while capturing live, and hands them to the pipeline, which turns growth into notices.
+struct LossWatch {
+    timer: Option<tokio::time::Interval>,
+    interfaces: Option<crate::capture::ifstats::InterfaceDrops>,
+    /// What the backend's counters cover: its interfaces' names, comma-separated.
+    label: String,
+    /// The backend's counters could not be read last time (and that was logged).
+    unreadable: bool,
+    /// The backend's counters as last read.
+    last: Option<CaptureCounters>,
+}
+
+impl LossWatch {
+    async fn start(config: &Config, backend: &mut Backend) -> Self {
+        if matches!(backend, Backend::File(_)) {
+            return Self {
+                timer: None,
+                interfaces: None,
+                label: String::new(),
+                unreadable: false,
+                last: None,
+            };
+        }
+        let interfaces =
+            match crate::capture::ifstats::InterfaceDrops::open(&config.interfaces).await {
+                Ok(reader) => Some(reader),
+                Err(error) => {
+                    tracing::warn!(%error, "frames the interfaces drop will not be reported");
+                    None
+                }
+            };
+        Self {
+            timer: Some(interval_from_now(LOSS_POLL_INTERVAL)),
+            interfaces,
+            label: config
+                .interfaces
+                .iter()
+                .map(|i| i.name.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            unreadable: false,
+            last: backend.counters().ok(),
         }
     }
-    batch.clear();
-    backend.drain(&mut batch)?;
-    pipeline.process(&batch, &mut stdout.lock())?;
-    pipeline.finish(&mut stdout.lock())?;
-    pipeline.close();
-    let counters = backend.counters()?;
-    Ok(pipeline.summary(counters))
+
+    /// The counters for the exit summary: read now, else (unreadable after `--user`) the last
+    /// ones read, since everything went out already.
+    fn final_counters(&self, backend: &mut Backend) -> Result<CaptureCounters, RunError> {
+        match (backend.counters(), self.last) {
+            (Ok(counters), _) => Ok(counters),
+            (Err(error), Some(last)) => {
+                tracing::warn!(
+                    %error,
+                    "capture counters unreadable at exit; the summary shows the last ones read"
+                );
+                Ok(last)
+            }
+            (Err(error), None) => Err(error.into()),
+        }
+    }
+
+    async fn check(
+        &mut self,
+        backend: &mut Backend,
+        pipeline: &mut Pipeline<'_>,
+        out: &mut impl Write,
+    ) -> Result<(), RunError> {
+        if self.timer.is_none() {
+            return Ok(());
+        }
+        // Counters that cannot be read (BPF maps after --user where reading them needs CAP_BPF)
+        // cost the loss notices, never the run.
+        let mut losses: Vec<(LossReason, String, u64)> = match backend.counters() {
+            Ok(counters) => {
+                self.unreadable = false;
+                self.last = Some(counters);
+                counters
+                    .losses()
+                    .into_iter()
+                    .map(|(reason, frames)| (reason, self.label.clone(), frames))
+                    .collect()
+            }
+            Err(error) => {
+                if !self.unreadable {
+                    self.unreadable = true;
+                    tracing::warn!(%error, "capture counters unreadable: losses are not reported");
+                }
+                Vec::new()
+            }
+        };
+        if let Some(interfaces) = &mut self.interfaces {
+            losses.extend(
+                interfaces
+                    .read()
+                    .await
+                    .into_iter()
+                    .map(|(name, frames)| (LossReason::Interface, name.to_owned(), frames)),
+            );
+        }
+        pipeline.capture_losses(losses, out)
+    }
 }
 
 /// What woke the main loop.
@@ -514,7 +952,10 @@ enum Wake {
     Shutdown,
     Hangup,
     Stats,
+    Watchdog,
+    Scrape(ScrapeRequest),
     Timer,
+    Losses,
     Frames { more: bool },
     Failed(CaptureError),
 }
@@ -545,6 +986,34 @@ async fn tick(timer: Option<&mut tokio::time::Interval>) {
         }
         None => std::future::pending().await,
     }
+}
+
+/// The next scrape to answer, or never without `--metrics`.
+async fn scrape_request(server: Option<&mut MetricsServer>) -> ScrapeRequest {
+    match server {
+        Some(server) => server.request().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The status systemd shows once capture is attached.
+fn ready_status(config: &Config, metrics: Option<&MetricsServer>) -> String {
+    let mut status = match &config.source {
+        Source::File(path) => format!("reading {}", path.display()),
+        Source::Live => {
+            let names: Vec<&str> = config.interfaces.iter().map(|i| i.name.as_str()).collect();
+            format!("capturing on {}", names.join(", "))
+        }
+    };
+    if let Some(server) = metrics {
+        use std::fmt::Write as _;
+        let _ = write!(
+            status,
+            "; metrics at http://{}/metrics",
+            server.local_addr()
+        );
+    }
+    status
 }
 
 /// Sleeps until `deadline`, or forever without one.
@@ -583,8 +1052,12 @@ mod tests {
             stats_interval: None,
             user: None,
             forward: Vec::new(),
+            nats: crate::sink::nats::NatsForwarding::default(),
             on_panic: None,
             budget: crate::budget::MemoryBudget::default(),
+            stats_format: StatsFormat::Text,
+            metrics: None,
+            metrics_per_sender: false,
         }
     }
 
@@ -634,5 +1107,96 @@ mod tests {
         );
         assert_eq!(pipeline.counts.datagrams, 2);
         assert_eq!(pipeline.counts.malformed, 1);
+    }
+
+    /// A sink that keeps the notices it is handed.
+    struct Notices(std::rc::Rc<std::cell::RefCell<Vec<Notice>>>);
+
+    impl Sink for Notices {
+        fn event(&mut self, _event: &Event) {}
+        fn notice(&mut self, notice: &Notice) {
+            self.0.borrow_mut().push(notice.clone());
+        }
+    }
+
+    #[test]
+    fn loss_counter_growth_becomes_one_notice_per_reason_and_interface() {
+        let config = Config {
+            format: Format::Json,
+            ..config()
+        };
+        let mut pipeline = Pipeline::new(&config, None);
+        let seen = std::rc::Rc::default();
+        pipeline.add_sink(Box::new(Notices(std::rc::Rc::clone(&seen))));
+        let mut out = Vec::new();
+        let ring = |n| (LossReason::RingFull, "c0".to_owned(), n);
+        let iface = |n| (LossReason::Interface, "c0".to_owned(), n);
+        pipeline
+            .capture_losses([ring(0), iface(0)], &mut out)
+            .unwrap();
+        assert!(out.is_empty());
+        pipeline
+            .capture_losses([ring(15), iface(0)], &mut out)
+            .unwrap();
+        pipeline
+            .capture_losses([ring(15), iface(2)], &mut out)
+            .unwrap();
+        // No growth, no notice; a counter that went back (a reset) starts over silently.
+        pipeline
+            .capture_losses([ring(15), iface(1)], &mut out)
+            .unwrap();
+        pipeline
+            .capture_losses([ring(20), iface(1)], &mut out)
+            .unwrap();
+        let lines: Vec<serde_json::Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let got: Vec<(String, u64)> = lines
+            .iter()
+            .map(|l| {
+                assert_eq!(l["type"], "capture_lost");
+                assert_eq!(l["interface"], "c0");
+                (
+                    l["reason"].as_str().unwrap().to_owned(),
+                    l["frames"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("ring_full".to_owned(), 15),
+                ("interface".to_owned(), 2),
+                ("ring_full".to_owned(), 5)
+            ]
+        );
+        assert_eq!(seen.borrow().len(), 3, "every sink gets the notices");
+        assert!(
+            pipeline
+                .stats_line(&CaptureCounters::File(
+                    crate::capture::FileCounters::default()
+                ))
+                .contains(" capture_lost=22 ")
+        );
+    }
+
+    #[test]
+    fn first_error_keeps_the_error_and_lets_finishing_go_on() {
+        struct Broken;
+        impl Write for Broken {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut out = FirstError::new(Broken);
+        assert!(out.write_all(b"one").is_ok());
+        assert!(out.write_all(b"two").is_ok());
+        assert!(out.flush().is_ok());
+        assert_eq!(out.error.map(|e| e.kind()), Some(io::ErrorKind::BrokenPipe));
     }
 }

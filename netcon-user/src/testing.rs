@@ -26,3 +26,27 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The events of `payloads` from sender `10.77.0.10:6665`, decoded at one instant, then
+/// flushed.
+pub(crate) fn decode_events(payloads: &[&[u8]]) -> Vec<crate::netconsole::Event> {
+    use crate::netconsole::{Decoder, DecoderConfig, Incoming};
+    let mut decoder = Decoder::new(DecoderConfig::default());
+    let mut events = Vec::new();
+    let now = std::time::Instant::now();
+    for payload in payloads {
+        decoder.push(
+            now,
+            Incoming {
+                received: chrono::DateTime::from_timestamp(1_764_280_436, 123_456_000)
+                    .unwrap_or_default(),
+                ifindex: 3,
+                src: std::net::SocketAddr::from(([10, 77, 0, 10], 6665)),
+                payload,
+            },
+            &mut events,
+        );
+    }
+    decoder.flush(&mut events);
+    events
+}

@@ -7,7 +7,16 @@ use std::net::{IpAddr, SocketAddr};
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 
-use crate::capture::LinkType;
+/// What a frame starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkType {
+    /// An Ethernet II header (live capture, most files).
+    Ethernet,
+    /// Linux cooked capture v1 (`tcpdump -i any`).
+    LinuxSll,
+    /// Linux cooked capture v2.
+    LinuxSll2,
+}
 
 /// Why a frame is not a UDP datagram we can decode.
 #[derive(Debug, thiserror::Error)]
@@ -127,7 +136,7 @@ mod tests {
         out
     }
 
-    /// Shaped like the frames of the real 6.1 capture (../shared/fixtures/ext.pcap): broadcast
+    /// Shaped like the frames of the real 6.1 capture (`tests/data/ext.pcap`): broadcast
     /// MAC, 10.77.0.10:6665 -> 10.77.0.1:6666, padded by the NIC to the 60-byte Ethernet minimum.
     const REAL_FRAME: &[u8] = b"\xff\xff\xff\xff\xff\xff\x52\x54\x00\x77\x00\x10\x08\x00\
 \x45\x00\x00\x24\x00\x00\x00\x00\x40\x11\x66\x25\x0a\x4d\x00\x0a\x0a\x4d\x00\x01\

@@ -1,8 +1,9 @@
 //! Test data files, scratch directories, and running helper programs with a deadline.
 
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -106,6 +107,48 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Output {
         stdout: out.join().expect("stdout reader"),
         stderr: err.join().expect("stderr reader"),
     }
+}
+
+/// Spawns `cmd` (a server a test starts: rsyslogd, prometheus) so that the kernel kills it
+/// when the test process dies without running destructors (SIGKILL, `PR_SET_PDEATHSIG`).
+///
+/// # Panics
+/// If it cannot be started.
+#[must_use]
+pub fn spawn_tied(cmd: &mut Command) -> Child {
+    // SAFETY: prctl is async-signal-safe, the only call between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
+}
+
+/// Stops `child` unless it already exited: SIGTERM, then SIGKILL after `timeout`; reaps it.
+pub fn stop_child(child: &mut Child, timeout: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Writes `bytes` to a new file `path`.

@@ -16,9 +16,11 @@
 
 pub mod files;
 pub mod frame;
+pub mod nats;
 pub mod netns;
 pub mod outputs;
 pub mod pcap;
+pub mod prometheus;
 pub mod route;
 pub mod rsyslog;
 pub mod sender;

@@ -5,20 +5,18 @@
 //! the test's temporary directory, no `/dev/log`. It listens with imudp and imtcp on two
 //! loopback ports picked free at start, and writes what each input receives to its own file
 //! ([`Rsyslog::udp_lines`], [`Rsyslog::tcp_lines`]), one line per message in the form
-//! [`TEMPLATE`] gives.
+//! [`TEMPLATE`] gives. Messages with structured data are also parsed by `mmpstrucdata` and
+//! written as one JSON object each ([`Rsyslog::udp_sd_lines`], [`Rsyslog::tcp_sd_lines`]), the
+//! way an operator reads SD parameters back in rsyslog.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-
-use crate::files::TempDir;
+use crate::files::{TempDir, spawn_tied, stop_child};
 
 /// How long rsyslogd may take to start listening (a failure deadline only).
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -34,6 +32,10 @@ const POLL: Duration = Duration::from_millis(50);
 /// `#012`, TAB `#011`).
 pub const TEMPLATE: &str =
     "%HOSTNAME% %syslogfacility-text%.%syslogseverity-text% %structured-data% %msg%\\n";
+
+/// What rsyslog writes per message with structured data, after `mmpstrucdata` (with
+/// `sd_name.lowercase="off"`) parsed it into `$!rfc5424-sd`.
+pub const SD_TEMPLATE: &str = "%$!rfc5424-sd%\\n";
 
 /// Where rsyslogd is: `$RSYSLOGD`, else `/usr/sbin/rsyslogd`.
 ///
@@ -85,19 +87,7 @@ impl Rsyslog {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log);
-        // If the test process is SIGKILLed no destructor runs: have the kernel stop rsyslogd.
-        // SAFETY: prctl is async-signal-safe, the only call between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let child = spawn_tied(&mut cmd);
         let mut rsyslog = Rsyslog {
             child,
             udp_port,
@@ -130,6 +120,20 @@ impl Rsyslog {
     #[must_use]
     pub fn tcp_lines(&self) -> Vec<String> {
         read_lines(&self.dir.join("tcp.log"))
+    }
+
+    /// The structured data of every message received over UDP that has some, as `mmpstrucdata`
+    /// parses it: one JSON object per line, `{"SD-ID": {"NAME": "value", ...}, ...}` (the
+    /// [`SD_TEMPLATE`]).
+    #[must_use]
+    pub fn udp_sd_lines(&self) -> Vec<String> {
+        read_lines(&self.dir.join("udp.sd.log"))
+    }
+
+    /// As [`Rsyslog::udp_sd_lines`], for TCP.
+    #[must_use]
+    pub fn tcp_sd_lines(&self) -> Vec<String> {
+        read_lines(&self.dir.join("tcp.sd.log"))
     }
 
     /// Polls `lines` (e.g. [`Rsyslog::udp_lines`]) until `done` holds for them, and returns
@@ -219,21 +223,7 @@ impl Rsyslog {
 
 impl Drop for Rsyslog {
     fn drop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(POLL);
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_child(&mut self.child, STOP_TIMEOUT);
     }
 }
 
@@ -248,6 +238,11 @@ fn config(dir: &Path, udp_port: u16, tcp_port: u16) -> String {
     let _ = writeln!(conf, "global(workDirectory=\"{dir}\")");
     let _ = writeln!(conf, "module(load=\"imudp\")");
     let _ = writeln!(conf, "module(load=\"imtcp\")");
+    let _ = writeln!(conf, "module(load=\"mmpstrucdata\")");
+    let _ = writeln!(
+        conf,
+        "template(name=\"netcon_sd\" type=\"string\" string=\"{SD_TEMPLATE}\")"
+    );
     let _ = writeln!(
         conf,
         "template(name=\"netcon\" type=\"string\" string=\"{TEMPLATE}\")"
@@ -256,7 +251,9 @@ fn config(dir: &Path, udp_port: u16, tcp_port: u16) -> String {
         let _ = writeln!(
             conf,
             "ruleset(name=\"{proto}\") {{ action(type=\"omfile\" file=\"{dir}/{proto}.log\" \
-             template=\"netcon\") }}"
+             template=\"netcon\") if $structured-data != \"-\" then {{ \
+             action(type=\"mmpstrucdata\" sd_name.lowercase=\"off\") \
+             action(type=\"omfile\" file=\"{dir}/{proto}.sd.log\" template=\"netcon_sd\") }} }}"
         );
         // A capture file is forwarded as fast as it is read: give UDP a receive buffer that
         // holds a whole boot log while rsyslog writes (the default drops datagrams then).

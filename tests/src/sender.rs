@@ -41,25 +41,60 @@ impl FrameSender {
         }
     }
 
+    /// Opens a raw packet socket on `ifname` inside the namespace named `ns_name`
+    /// (`/run/netns/<ns_name>`), one this crate did not make (xtask's vm-test makes its own).
+    ///
+    /// # Errors
+    /// When the namespace cannot be entered, the interface does not exist or the socket cannot
+    /// be created.
+    pub fn open_named(ns_name: &str, ifname: &str) -> io::Result<FrameSender> {
+        let path = format!("/run/netns/{ns_name}");
+        let fd = std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = std::fs::File::open(&path)?;
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                open_bound(ifname)
+            })
+            .join()
+            .unwrap_or_else(|payload| std::panic::resume_unwind(payload))
+        })?;
+        Ok(FrameSender {
+            fd,
+            ifname: ifname.to_owned(),
+            sent: 0,
+        })
+    }
+
     /// Sends one frame.
     ///
     /// # Panics
     /// If the kernel refuses it.
     pub fn send(&mut self, frame: &[u8]) {
+        if let Err(err) = self.try_send(frame) {
+            panic!(
+                "send of a {}-byte frame on {} failed: {err}",
+                frame.len(),
+                self.ifname
+            );
+        }
+    }
+
+    /// Sends one frame, retrying a while when the interface's queue is full (`ENOBUFS`).
+    ///
+    /// # Errors
+    /// When the kernel refuses it, or sends only part of it.
+    pub fn try_send(&mut self, frame: &[u8]) -> io::Result<()> {
         let mut retries = 0;
         loop {
             // SAFETY: `frame` is a valid slice for the duration of the call; the fd is open.
             let n =
                 unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
             if n >= 0 {
-                assert_eq!(
-                    usize::try_from(n).ok(),
-                    Some(frame.len()),
-                    "short send on {}",
-                    self.ifname
-                );
+                if usize::try_from(n).ok() != Some(frame.len()) {
+                    return Err(io::Error::other(format!("short send on {}", self.ifname)));
+                }
                 self.sent += 1;
-                return;
+                return Ok(());
             }
             let err = io::Error::last_os_error();
             if err.raw_os_error() == Some(libc::ENOBUFS) && retries < ENOBUFS_RETRIES {
@@ -67,11 +102,7 @@ impl FrameSender {
                 std::thread::sleep(Duration::from_millis(1));
                 continue;
             }
-            panic!(
-                "send of a {}-byte frame on {} failed: {err}",
-                frame.len(),
-                self.ifname
-            );
+            return Err(err);
         }
     }
 

@@ -81,7 +81,7 @@ impl Sniffer {
     /// If not root, the binary is missing, or the process cannot be started.
     #[must_use]
     pub fn start(ns: &Netns, args: &[&str]) -> Sniffer {
-        Sniffer::spawn(&Launch::InNetns(ns), args, None)
+        Sniffer::spawn(&Launch::InNetns(ns), args, None, &[])
     }
 
     /// Starts `netcon-sniff ARGS...` directly, in the test's own namespace, for work that touches
@@ -92,7 +92,7 @@ impl Sniffer {
     /// If the binary is missing or cannot be started.
     #[must_use]
     pub fn start_offline(args: &[&str], stdin: Option<Vec<u8>>) -> Sniffer {
-        Sniffer::spawn(&Launch::Offline, args, stdin)
+        Sniffer::spawn(&Launch::Offline, args, stdin, &[])
     }
 
     /// As [`Sniffer::start_offline`], but inside `ns` and with no capabilities at all: before
@@ -105,10 +105,24 @@ impl Sniffer {
     /// If not root, the binary is missing, or the process cannot be started.
     #[must_use]
     pub fn start_unprivileged(ns: &Netns, args: &[&str], stdin: Option<Vec<u8>>) -> Sniffer {
-        Sniffer::spawn(&Launch::Unprivileged(ns), args, stdin)
+        Sniffer::spawn(&Launch::Unprivileged(ns), args, stdin, &[])
     }
 
-    fn spawn(launch: &Launch<'_>, args: &[&str], stdin: Option<Vec<u8>>) -> Sniffer {
+    /// As [`Sniffer::start`], with `env` added to its environment (`NOTIFY_SOCKET`, ...).
+    ///
+    /// # Panics
+    /// As [`Sniffer::start`].
+    #[must_use]
+    pub fn start_with_env(ns: &Netns, args: &[&str], env: &[(&str, &str)]) -> Sniffer {
+        Sniffer::spawn(&Launch::InNetns(ns), args, None, env)
+    }
+
+    fn spawn(
+        launch: &Launch<'_>,
+        args: &[&str],
+        stdin: Option<Vec<u8>>,
+        env: &[(&str, &str)],
+    ) -> Sniffer {
         let bin = sniff_binary();
         let mut netns_file = None;
         let (mut cmd, command) = match launch {
@@ -131,6 +145,7 @@ impl Sniffer {
         };
         let command = format!("{command} {}", args.join(" "));
         cmd.args(args)
+            .envs(env.iter().copied())
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -303,15 +318,18 @@ impl Sniffer {
     /// If none arrives within `timeout`.
     pub fn expect_line_containing(&mut self, needle: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
+        // Each line is looked at once: a burst of thousands before the match stays linear.
+        let mut checked = self.cursor;
         loop {
-            if let Some(i) = self.stdout[self.cursor..]
+            if let Some(i) = self.stdout[checked..]
                 .iter()
                 .position(|l| l.contains(needle))
             {
-                let line = self.stdout[self.cursor + i].clone();
-                self.cursor += i + 1;
+                let line = self.stdout[checked + i].clone();
+                self.cursor = checked + i + 1;
                 return line;
             }
+            checked = self.stdout.len();
             let progressed = self.pump(deadline);
             assert!(
                 progressed,
@@ -319,6 +337,32 @@ impl Sniffer {
                      last lines: {:#?}\nstderr:\n{}",
                 self.command,
                 self.tail(5),
+                self.stderr_text()
+            );
+        }
+    }
+
+    /// The first stderr line (consumed or not: stderr has no cursor) after the first `skip`
+    /// that contains `needle`, waiting for it.
+    ///
+    /// # Panics
+    /// If none arrives within `timeout`.
+    pub fn expect_stderr_containing(
+        &mut self,
+        needle: &str,
+        skip: usize,
+        timeout: Duration,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.stderr.iter().skip(skip).find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            let progressed = self.pump(deadline);
+            assert!(
+                progressed,
+                "no stderr line containing {needle:?} from `{}` within {timeout:?}; stderr:\n{}",
+                self.command,
                 self.stderr_text()
             );
         }
@@ -824,7 +868,7 @@ pub fn without_stats(lines: &[String]) -> Vec<String> {
 pub enum CaptureBackend {
     /// `xdp counters: seen= matched= ringbuf_full= truncated= copy_failed=`
     Xdp,
-    /// `raw counters: received= kernel_received= kernel_dropped= truncated=`
+    /// `raw counters: received= kernel_received= kernel_dropped= truncated= queue_full=`
     Raw,
     /// `file counters: read= skipped=`
     File,
@@ -853,7 +897,13 @@ impl CaptureBackend {
                 "copy_failed",
                 "wakeups",
             ],
-            CaptureBackend::Raw => &["received", "kernel_received", "kernel_dropped", "truncated"],
+            CaptureBackend::Raw => &[
+                "received",
+                "kernel_received",
+                "kernel_dropped",
+                "truncated",
+                "queue_full",
+            ],
             CaptureBackend::File => &["read", "skipped"],
         }
     }
@@ -897,6 +947,8 @@ pub struct RawCounters {
     pub kernel_dropped: u64,
     /// Frames cut to the read buffer.
     pub truncated: u64,
+    /// Frames read but dropped because the queue to the pipeline was full.
+    pub queue_full: u64,
 }
 
 /// Counters of a capture file (`-r`).
@@ -1038,6 +1090,7 @@ impl Summary {
             kernel_received: self.counter("kernel_received"),
             kernel_dropped: self.counter("kernel_dropped"),
             truncated: self.counter("truncated"),
+            queue_full: self.counter("queue_full"),
         }
     }
 
@@ -1180,7 +1233,7 @@ mod tests {
     #[test]
     fn parses_raw_summary() {
         let s = Summary::parse(
-            "netcon-sniff: raw counters: received=5 kernel_received=6 kernel_dropped=1 truncated=0\nnetcon-sniff: printed 5 datagrams\n",
+            "netcon-sniff: raw counters: received=5 kernel_received=6 kernel_dropped=1 truncated=0 queue_full=2\nnetcon-sniff: printed 3 datagrams\n",
         );
         assert_eq!(s.backend, CaptureBackend::Raw);
         assert_eq!(
@@ -1190,9 +1243,10 @@ mod tests {
                 kernel_received: 6,
                 kernel_dropped: 1,
                 truncated: 0,
+                queue_full: 2,
             }
         );
-        assert_eq!(s.printed, 5);
+        assert_eq!(s.printed, 3);
     }
 
     #[test]
@@ -1240,7 +1294,7 @@ mod tests {
     #[should_panic(expected = "unknown raw counter \"seen\"")]
     fn summary_rejects_foreign_counters() {
         let _ = Summary::parse(
-            "netcon-sniff: raw counters: received=1 kernel_received=1 kernel_dropped=0 truncated=0 seen=1\nnetcon-sniff: printed 1 datagrams\n",
+            "netcon-sniff: raw counters: received=1 kernel_received=1 kernel_dropped=0 truncated=0 queue_full=0 seen=1\nnetcon-sniff: printed 1 datagrams\n",
         );
     }
 

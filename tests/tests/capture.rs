@@ -12,9 +12,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use netcon_tests::{
-    ALL_NODES_MAC, BROADCAST_MAC, CaptureBackend, LINE_TIMEOUT, LINKTYPE_ETHERNET, Link, PcapFile,
-    RawLine, Sniffer, Summary, TempDir, Topology, UdpFrame, Vlan, VlanTag, fixture, rfc3339_micros,
-    tcpdump_read, without_stats,
+    ALL_NODES_MAC, BROADCAST_MAC, CaptureBackend, FrameSender, LINE_TIMEOUT, LINKTYPE_ETHERNET,
+    Link, PcapFile, RawLine, Sniffer, Summary, TempDir, Topology, UdpFrame, Vlan, VlanTag, fixture,
+    rfc3339_micros, tcpdump_read, without_stats,
 };
 
 /// How long to keep listening before concluding that a line will not come. Only used after a
@@ -333,6 +333,28 @@ fn ports_listed(mode: Mode) {
     );
 }
 
+// 6c. Frames this host sends out of the interface (its own netconsole, say) are not traffic heard
+// on the wire: one the collector sends is never printed, the peer's next one is.
+fn own_frames_skipped(mode: Mode) {
+    let topo = Topology::new();
+    let link = topo.link();
+    let mut s = sniff1(&topo, mode, &[]);
+    FrameSender::open(&topo.collector, &link.collector_if).send(
+        &UdpFrame::v4(link, b"NCT own frame\n".to_vec())
+            .dst_mac(BROADCAST_MAC)
+            .build(),
+    );
+    let peer = UdpFrame::v4(link, b"NCT peer frame\n".to_vec());
+    send_and_expect(&topo, link, &mut s, &peer, "NCT peer frame");
+    s.assert_no_line_containing("NCT own frame", QUIET);
+    let summary = stop(&mut s, mode);
+    assert_eq!(
+        (mode.matched(&summary), summary.printed),
+        (1, 1),
+        "{summary:?}"
+    );
+}
+
 // 6b. The default port is 6666 only.
 fn ports_default(mode: Mode) {
     let topo = Topology::new();
@@ -444,6 +466,10 @@ fn sigterm_counters(mode: Mode) {
                 "kernel_received == received + kernel_dropped: {summary:?}"
             );
             assert_eq!(r.kernel_dropped, 0, "no drops at this rate: {summary:?}");
+            assert_eq!(
+                r.queue_full, 0,
+                "no queue overflow at this rate: {summary:?}"
+            );
             assert_eq!(r.truncated, 0, "{summary:?}");
         }
     }
@@ -782,14 +808,17 @@ macro_rules! per_mode {
 }
 
 per_mode!(native => Native: addressed_to_collector, broadcast_foreign_ip, promisc_foreign_mac,
-    ipv6, vlan_tags, ports_listed, ports_default, two_interfaces, sigkill_detaches,
-    sigterm_counters, lone_record_after_silence, escaping, write_pcap, replay_plain, replay_ext);
+    ipv6, vlan_tags, ports_listed, ports_default, own_frames_skipped, two_interfaces,
+    sigkill_detaches, sigterm_counters, lone_record_after_silence, escaping, write_pcap,
+    replay_plain, replay_ext);
 per_mode!(skb => Skb: addressed_to_collector, broadcast_foreign_ip, promisc_foreign_mac,
-    ipv6, vlan_tags, ports_listed, ports_default, two_interfaces, sigkill_detaches,
-    sigterm_counters, lone_record_after_silence, escaping, write_pcap, replay_plain, replay_ext);
+    ipv6, vlan_tags, ports_listed, ports_default, own_frames_skipped, two_interfaces,
+    sigkill_detaches, sigterm_counters, lone_record_after_silence, escaping, write_pcap,
+    replay_plain, replay_ext);
 per_mode!(raw => Raw: addressed_to_collector, broadcast_foreign_ip, promisc_foreign_mac,
-    ipv6, vlan_tags, ports_listed, ports_default, two_interfaces, sigkill_detaches,
-    sigterm_counters, lone_record_after_silence, escaping, write_pcap, replay_plain, replay_ext);
+    ipv6, vlan_tags, ports_listed, ports_default, own_frames_skipped, two_interfaces,
+    sigkill_detaches, sigterm_counters, lone_record_after_silence, escaping, write_pcap,
+    replay_plain, replay_ext);
 
 // 13. Errors: exit code 2, no panic, a message that names the culprit; returns stderr.
 fn assert_clean_error(args: &[&str], mention: &str) -> String {

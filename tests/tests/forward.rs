@@ -1,4 +1,4 @@
-//! `--forward` (issue 5) against a real rsyslog: the real `netcon-sniff -r` on the real kernel
+//! `--forward` against a real rsyslog: the real `netcon-sniff -r` on the real kernel
 //! capture `ext.pcap` forwards over UDP and TCP to Debian's rsyslogd on loopback, and the tests
 //! check what rsyslog wrote. Expectations come from `ext.expected.json` (what the guest wrote),
 //! not from the binary's own decoding.
@@ -361,6 +361,20 @@ fn dead_tcp_server_does_not_stop_capture_or_other_forwarders() {
             && closing.contains(" sent=0 ")
             && closing.contains(&format!(" dropped={records} ")),
         "{closing}"
+    );
+    // What the dead server never got is a notice in the output stream, not only a counter.
+    let noticed: u64 = stdout
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split_once(" -- FORWARD LOST ")?.1;
+            let (n, url) = rest.split_once(" messages ")?;
+            assert_eq!(url, format!("({dead_url})"), "{l}");
+            n.parse::<u64>().ok()
+        })
+        .sum();
+    assert_eq!(
+        noticed, records,
+        "FORWARD LOST notices on stdout:\n{stdout}"
     );
     // The live forwarder delivered everything regardless.
     let records = usize::try_from(records).expect("count");

@@ -27,8 +27,8 @@ fn recv(sock: &UdpSocket) -> (Vec<u8>, SocketAddr) {
 }
 
 /// A crafted frame addressed to the collector's MAC and IP reaches a plain UDP socket there, and
-/// (netconsole-format.md, "Transport") a broadcast-MAC frame to an IP the collector does not own
-/// does not: it is sent first, so were it delivered it would be what `recv` returns.
+/// a broadcast-MAC frame (netconsole's default with no target MAC,
+/// `Documentation/networking/netconsole.rst`) to an IP the collector does not own does not: it is sent first, so were it delivered it would be what `recv` returns.
 #[test]
 fn harness_delivers_to_udp_socket() {
     let topo = Topology::new();

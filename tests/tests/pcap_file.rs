@@ -1,4 +1,4 @@
-//! `netcon-sniff -r FILE` (issue 4) on the real kernel captures in `netcon-user/tests/data/` (a
+//! `netcon-sniff -r FILE` on the real kernel captures in `netcon-user/tests/data/` (a
 //! Debian 6.1 kernel's netconsole, plain and extended), from a path and
 //! from standard input, without privileges, and its errors on files that are not captures.
 //!

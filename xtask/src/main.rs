@@ -19,8 +19,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod vm;
 
-/// Must match `BPF_LINKER_VERSION` in netcon-user/build.rs.
-const BPF_LINKER_VERSION: &str = "0.13.0";
+include!("bpf_linker_version.rs");
 
 /// netcon's build tasks.
 #[derive(Parser)]
@@ -106,8 +105,9 @@ fn run(command: &mut Command) -> Result<()> {
 }
 
 /// Debian packages the end-to-end tests run: tcpdump opens the pcap files netcon writes;
-/// rsyslog receives what `--forward` sends.
-const TEST_PACKAGES: &[&str] = &["tcpdump", "rsyslog"];
+/// rsyslog receives what `--forward` sends; prometheus (with promtool) scrapes `--metrics`;
+/// `nats-server` (`JetStream`) receives what `--forward nats://` sends.
+const TEST_PACKAGES: &[&str] = &["tcpdump", "rsyslog", "prometheus", "nats-server"];
 
 /// Installs the Debian packages that are missing, idempotently: silent when all are present.
 ///

@@ -90,6 +90,9 @@ enum FormatArg {
     Extended,
     /// `[    t.tttttt] text`.
     Plain,
+    /// Hostile: `<pri>,<seq>,<ts>,c;` continuation records whose body is empty dictionary
+    /// lines (` \n`) up to --size.
+    Continuation,
 }
 
 fn main() -> ExitCode {
@@ -131,6 +134,7 @@ fn run(cli: &Cli) -> Result<()> {
             format: match cli.format {
                 FormatArg::Extended => Format::Extended,
                 FormatArg::Plain => Format::Plain,
+                FormatArg::Continuation => Format::Continuation,
             },
             size: cli.size,
             fragments: cli.fragments,

@@ -5,7 +5,7 @@ use std::{io, process::ExitCode};
 use clap::Parser as _;
 use netcon::{
     Config,
-    cli::{Cli, Command},
+    cli::{Cli, Command, StatsFormat},
     run::RunError,
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -14,8 +14,10 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(io::stderr)
         .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+        // NETCON_LOG, else the usual RUST_LOG (`RUST_LOG=debug` shows a verifier's whole log).
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("NETCON_LOG")
+                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
                 Err(error) => fail(&error),
             };
         }
+        Some(Command::Tail(args)) => return tail(&args),
         Some(Command::Generate { what }) => {
             return match what.write(&mut io::stdout().lock()) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(error) => return fail(&error),
     };
+    let stats_format = config.stats_format;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -75,9 +79,14 @@ fn main() -> ExitCode {
     }) {
         Err(error) => fail(&error),
         Ok(Ok(summary)) => {
-            eprintln!("netcon-sniff: {}", summary.capture);
-            eprintln!("netcon-sniff: printed {} datagrams", summary.datagrams);
-            eprintln!("netcon-sniff: stats: {}", summary.stats_line);
+            match stats_format {
+                StatsFormat::Text => {
+                    eprintln!("netcon-sniff: {}", summary.capture);
+                    eprintln!("netcon-sniff: printed {} datagrams", summary.datagrams);
+                    eprintln!("netcon-sniff: stats: {}", summary.stats_line);
+                }
+                StatsFormat::Json => eprintln!("{}", summary.snapshot.to_json("summary")),
+            }
             let lost = summary.capture.lost();
             if lost > 0 {
                 eprintln!(
@@ -88,6 +97,30 @@ fn main() -> ExitCode {
         }
         // A closed pipe (`netcon-sniff | head`) is a normal way to stop.
         Ok(Err(RunError::Output { source })) if source.kind() == io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
+        Ok(Err(error)) => fail(&error),
+    }
+}
+
+/// `netcon-sniff tail`: until SIGINT or SIGTERM (or the end of the stream with --no-follow).
+fn tail(args: &netcon::tail::TailArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(&error),
+    };
+    match runtime.block_on(async {
+        let shutdown = shutdown_signal()?;
+        Ok::<_, io::Error>(netcon::tail::run(args, shutdown).await)
+    }) {
+        Err(error) => fail(&error),
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(netcon::tail::TailError::Output { source }))
+            if source.kind() == io::ErrorKind::BrokenPipe =>
+        {
             ExitCode::SUCCESS
         }
         Ok(Err(error)) => fail(&error),

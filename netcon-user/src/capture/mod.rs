@@ -1,9 +1,10 @@
 //! Frame capture: backends yield [`Captured`] frames and do not parse them.
 //!
 //! - [`xdp`]: the XDP program and its ring buffer (the fast path);
-//! - [`raw`]: `AF_PACKET` sockets with a kernel filter (where XDP cannot load);
+//! - [`raw`]: pnet over `AF_PACKET` sockets with a kernel filter (where XDP cannot load);
 //! - [`pcap`]: a capture file, offline.
 
+pub mod ifstats;
 pub mod pcap;
 pub mod promisc;
 pub mod raw;
@@ -13,6 +14,10 @@ use std::{fmt, io, os::fd::RawFd};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+
+use crate::notice::LossReason;
+// What a frame starts with is a wire fact; kept nameable here for the backends that tag frames.
+pub use crate::wire::LinkType;
 
 /// `setsockopt(2)` with a typed value.
 pub(crate) fn setsockopt<T>(fd: RawFd, level: i32, name: i32, value: &T) -> io::Result<()> {
@@ -31,17 +36,6 @@ pub(crate) fn setsockopt<T>(fd: RawFd, level: i32, name: i32, value: &T) -> io::
     } else {
         Err(io::Error::last_os_error())
     }
-}
-
-/// What a frame starts with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LinkType {
-    /// An Ethernet II header (live capture, most files).
-    Ethernet,
-    /// Linux cooked capture v1 (`tcpdump -i any`).
-    LinuxSll,
-    /// Linux cooked capture v2.
-    LinuxSll2,
 }
 
 /// One frame as it came off an interface.
@@ -79,7 +73,7 @@ pub struct XdpCounters {
 /// Counters of the raw backend's sockets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RawCounters {
-    /// Frames read from the sockets.
+    /// Frames read from the sockets (those then lost to a full queue included).
     pub received: u64,
     /// Frames the kernel queued for the sockets (`PACKET_STATISTICS` `tp_packets`).
     pub kernel_received: u64,
@@ -87,6 +81,10 @@ pub struct RawCounters {
     pub kernel_dropped: u64,
     /// Frames longer than the read buffer, delivered cut.
     pub truncated: u64,
+    /// Frames read but never handed to the pipeline: the queue from the receive threads stayed
+    /// full until the pipeline was gone. (While the pipeline runs, a full queue makes the threads
+    /// wait and frames wait in the socket buffer, whose overflow is `kernel_dropped`.)
+    pub queue_full: u64,
 }
 
 impl RawCounters {
@@ -95,6 +93,7 @@ impl RawCounters {
         self.kernel_received += other.kernel_received;
         self.kernel_dropped += other.kernel_dropped;
         self.truncated += other.truncated;
+        self.queue_full += other.queue_full;
     }
 }
 
@@ -124,8 +123,26 @@ impl CaptureCounters {
     pub fn lost(&self) -> u64 {
         match self {
             Self::Xdp(c) => c.ringbuf_full + c.copy_failed,
-            Self::Raw(c) => c.kernel_dropped,
+            Self::Raw(c) => c.kernel_dropped + c.queue_full,
             Self::File(_) => 0,
+        }
+    }
+
+    /// Every counter of frames lost before decoding, by reason, cumulative since capture
+    /// started: the pipeline turns their growth into `capture_lost` notices. A backend with a
+    /// new kind of loss adds its counter here.
+    #[must_use]
+    pub fn losses(&self) -> Vec<(LossReason, u64)> {
+        match self {
+            Self::Xdp(c) => vec![
+                (LossReason::RingFull, c.ringbuf_full),
+                (LossReason::CopyFailed, c.copy_failed),
+            ],
+            Self::Raw(c) => vec![
+                (LossReason::Socket, c.kernel_dropped),
+                (LossReason::QueueFull, c.queue_full),
+            ],
+            Self::File(_) => Vec::new(),
         }
     }
 }
@@ -141,8 +158,9 @@ impl fmt::Display for CaptureCounters {
             ),
             Self::Raw(c) => write!(
                 f,
-                "raw counters: received={} kernel_received={} kernel_dropped={} truncated={}",
-                c.received, c.kernel_received, c.kernel_dropped, c.truncated
+                "raw counters: received={} kernel_received={} kernel_dropped={} truncated={} \
+                 queue_full={}",
+                c.received, c.kernel_received, c.kernel_dropped, c.truncated, c.queue_full
             ),
             Self::File(c) => write!(f, "file counters: read={} skipped={}", c.read, c.skipped),
         }
@@ -215,5 +233,27 @@ impl Backend {
                 skipped: c.skipped,
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_raw_loss_counter_is_a_reason() {
+        let counters = CaptureCounters::Raw(RawCounters {
+            kernel_dropped: 3,
+            queue_full: 4,
+            ..RawCounters::default()
+        });
+        assert_eq!(
+            counters.losses(),
+            vec![(LossReason::Socket, 3), (LossReason::QueueFull, 4)]
+        );
+        assert_eq!(
+            counters.lost(),
+            counters.losses().iter().map(|(_, n)| n).sum::<u64>()
+        );
     }
 }

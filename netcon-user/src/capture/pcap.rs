@@ -46,6 +46,12 @@ pub enum PcapFileError {
         #[source]
         source: PcapError,
     },
+    /// `-w` names a symbolic link and netcon-sniff runs as root.
+    #[error(
+        "-w {path} is a symbolic link; as root netcon-sniff does not follow one (another user \
+         could point it at any file): give the real path, or remove the link"
+    )]
+    Symlink { path: PathBuf },
     /// Writing the output file failed.
     #[error("writing {path}: {source}")]
     Write {
@@ -302,6 +308,30 @@ impl Write for SharedBuffer {
     }
 }
 
+/// Creates (or truncates) `path` for `-w`. As root, a symbolic link at `path` is refused
+/// (`O_NOFOLLOW`): in a directory others can write, such as /tmp, a link planted under the name
+/// would have root truncate whatever it points at.
+fn create_output(path: &Path) -> Result<File, PcapFileError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    if nix::unistd::geteuid().is_root() {
+        options.custom_flags(libc::O_NOFOLLOW);
+    }
+    options.open(path).map_err(|source| {
+        if source.raw_os_error() == Some(libc::ELOOP) {
+            PcapFileError::Symlink {
+                path: path.to_owned(),
+            }
+        } else {
+            PcapFileError::Open {
+                path: path.to_owned(),
+                source,
+            }
+        }
+    })
+}
+
 /// Writes matched frames to a classic pcap file (link type Ethernet, nanosecond timestamps).
 pub struct PcapFileWriter {
     path: PathBuf,
@@ -319,10 +349,7 @@ impl PcapFileWriter {
         let file: Box<dyn Write> = if path == Path::new("-") {
             Box::new(io::stdout())
         } else {
-            Box::new(File::create(path).map_err(|source| PcapFileError::Open {
-                path: path.to_owned(),
-                source,
-            })?)
+            Box::new(create_output(path)?)
         };
         let buffer = SharedBuffer::default();
         let header = PcapHeader {
@@ -445,6 +472,26 @@ mod tests {
             reader.read_batch(&mut out),
             Err(PcapFileError::Format { .. })
         ));
+    }
+
+    #[test]
+    fn a_symlink_is_not_followed_as_root() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = TempDir::new("pcap-link");
+        let target = dir.0.join("precious");
+        std::fs::write(&target, b"keep me").unwrap();
+        let link = dir.0.join("out.pcap");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let error = PcapFileWriter::create(&link).err().map(|e| e.to_string());
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|e| e.contains("symbolic link")),
+            "{error:?}"
+        );
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
     }
 
     #[test]

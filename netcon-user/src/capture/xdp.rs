@@ -5,6 +5,7 @@
 //! closes it and the program is detached. Nothing is left on the interface.
 
 use std::{
+    cell::Cell,
     error::Error as StdError,
     io,
     os::fd::{AsFd as _, AsRawFd},
@@ -69,6 +70,16 @@ pub enum XdpError {
     /// The running kernel is older than [`MIN_KERNEL`].
     #[error("kernel {found} is too old for the XDP backend: it needs {}.{} or later (BPF ring buffer, XDP links, bpf_xdp_load_bytes)", MIN_KERNEL.0, MIN_KERNEL.1)]
     KernelTooOld { found: String },
+    /// The kernel's verifier refused the program. Its whole log went to the debug log.
+    #[error(
+        "the kernel's verifier rejected the XDP program on {kernel}: {reason}; run with RUST_LOG=debug for the whole log"
+    )]
+    Rejected {
+        /// `uname -r`.
+        kernel: String,
+        /// The verifier's last message that says what is wrong.
+        reason: String,
+    },
     /// Loading the object or the program failed.
     #[error("cannot load the XDP program{}: {source}", hint(source.as_ref()))]
     Load {
@@ -101,25 +112,20 @@ pub enum XdpError {
     },
 }
 
-/// What a person can do about an error, from the errno at its root.
+/// What a person can do about an error, from the errno at its root. A verifier rejection
+/// (`EACCES` with a log) never gets here: it is [`XdpError::Rejected`], so `EACCES` means the
+/// kernel refused before verifying.
 fn hint(error: &(dyn StdError + 'static)) -> &'static str {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            return match io.raw_os_error() {
-                Some(libc::EPERM | libc::EACCES) => {
-                    " (needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)"
-                }
-                Some(libc::EBUSY | libc::EEXIST) => {
-                    " (another XDP program is attached: see `ip link show`; detach it first)"
-                }
-                Some(libc::EOPNOTSUPP | libc::EINVAL) => " (try --xdp-mode skb)",
-                _ => "",
-            };
+    match root_errno(error) {
+        Some(libc::EPERM | libc::EACCES) => {
+            " (needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)"
         }
-        current = e.source();
+        Some(libc::EBUSY | libc::EEXIST) => {
+            " (another XDP program is attached: see `ip link show`; detach it first)"
+        }
+        Some(libc::EOPNOTSUPP | libc::EINVAL) => " (try --xdp-mode skb)",
+        _ => "",
     }
-    ""
 }
 
 /// The mode an interface ended up attached in.
@@ -158,6 +164,10 @@ pub struct XdpCapture {
     /// `CLOCK_REALTIME - CLOCK_MONOTONIC`, to turn `bpf_ktime_get_ns` into wall time.
     mono_to_wall_ns: i128,
     attached: Vec<(String, AttachedMode)>,
+    /// The counters as last read, shown once they cannot be read any more.
+    last_counters: Cell<XdpCounters>,
+    /// Reading them failed once (and was reported): they are not tried again.
+    counters_unavailable: Cell<bool>,
     _ebpf: Ebpf,
 }
 
@@ -212,9 +222,7 @@ impl XdpCapture {
             })?
             .try_into()
             .map_err(|e: aya::programs::ProgramError| XdpError::Load { source: e.into() })?;
-        program
-            .load()
-            .map_err(|e| XdpError::Load { source: e.into() })?;
+        program.load().map_err(load_error)?;
         let mut attached = Vec::with_capacity(interfaces.len());
         for interface in interfaces {
             attached.push((interface.name.clone(), attach(program, interface, mode)?));
@@ -253,6 +261,8 @@ impl XdpCapture {
             arena: BytesMut::new(),
             mono_to_wall_ns: mono_to_wall_ns(),
             attached,
+            last_counters: Cell::new(XdpCounters::default()),
+            counters_unavailable: Cell::new(false),
             _ebpf: ebpf,
         })
     }
@@ -349,11 +359,40 @@ impl XdpCapture {
         {}
     }
 
-    /// The program's counters, summed over CPUs.
+    /// The program's counters, summed over CPUs. Where they cannot be read (after `--user` on
+    /// a kernel that lets only `CAP_BPF` use `bpf(2)` at all while
+    /// `kernel.unprivileged_bpf_disabled` is set, as Debian sets it: 5.18, as map access through
+    /// a descriptor is allowed from 5.19 on; or where an LSM refuses it), says so once on stderr
+    /// and gives the last values read from then on: capture and output go on without them.
     ///
     /// # Errors
-    /// [`XdpError::Map`] when the counter map cannot be read.
+    /// None at present; kept for callers that treat counters as fallible.
     pub fn counters(&self) -> Result<XdpCounters, XdpError> {
+        if self.counters_unavailable.get() {
+            return Ok(self.last_counters.get());
+        }
+        match self.read_counters() {
+            Ok(counters) => {
+                self.last_counters.set(counters);
+                Ok(counters)
+            }
+            Err(error) => {
+                self.counters_unavailable.set(true);
+                let why = if root_errno(&error) == Some(libc::EPERM) {
+                    " (this kernel lets only CAP_BPF read BPF maps, see kernel.unprivileged_bpf_disabled, and it was dropped)"
+                } else {
+                    ""
+                };
+                eprintln!(
+                    "netcon-sniff: XDP counters unavailable from now on: reading them failed ({}){why}; the stats show the last values read",
+                    root_cause(&error)
+                );
+                Ok(self.last_counters.get())
+            }
+        }
+    }
+
+    fn read_counters(&self) -> Result<XdpCounters, XdpError> {
         let sum = |index: u32| -> Result<u64, XdpError> {
             let values = self
                 .counters
@@ -530,6 +569,72 @@ impl AsRawFd for DrainTimer {
     }
 }
 
+/// [`XdpError::Rejected`] when the verifier ran and said no (its log is not empty), with the
+/// whole log at debug level; otherwise [`XdpError::Load`].
+fn load_error(error: aya::programs::ProgramError) -> XdpError {
+    if let aya::programs::ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    } = &error
+    {
+        let log = verifier_log.to_string();
+        if let Some(rejected) = verifier_rejection(&log) {
+            tracing::debug!(error = %io_error, "the verifier's log:\n{}", log.trim_end());
+            return rejected;
+        }
+    }
+    XdpError::Load {
+        source: error.into(),
+    }
+}
+
+/// [`XdpError::Rejected`] for a non-empty verifier log.
+fn verifier_rejection(log: &str) -> Option<XdpError> {
+    last_verifier_message(log).map(|reason| XdpError::Rejected {
+        kernel: kernel_release(),
+        reason: reason.to_owned(),
+    })
+}
+
+/// The running kernel's `uname -r`.
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(
+        |_| KernelVersion::current().map_or_else(|_| "this kernel".to_owned(), |v| v.to_string()),
+        |release| release.trim().to_owned(),
+    )
+}
+
+/// The line of a verifier log that says why it refused: the last one that is neither an
+/// instruction (`166: (85) call bpf_xdp_load_bytes#189`), a register state (`R1=ctx() ...`,
+/// `from 12 to 40: ...`), a source line (`; let x = ...`) nor a statistic (`processed 165
+/// insns ...`, `verification time ...`, `stack depth ...`). `None` for an empty log.
+fn last_verifier_message(log: &str) -> Option<&str> {
+    let mut last_nonempty = None;
+    for line in log.lines().rev().map(str::trim).filter(|l| !l.is_empty()) {
+        last_nonempty.get_or_insert(line);
+        let first = line.split_whitespace().next().unwrap_or_default();
+        let numbered = first
+            .strip_suffix(':')
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        let register_state = first.starts_with('R')
+            && first[1..].starts_with(|c: char| c.is_ascii_digit())
+            && first.contains('=');
+        let noise = numbered
+            || register_state
+            || line.starts_with(';')
+            || line.starts_with("from ")
+            || line.starts_with("processed ")
+            || line.starts_with("verification time")
+            || line.starts_with("stack depth")
+            || line.starts_with("func#")
+            || line.starts_with("-- ");
+        if !noise {
+            return Some(line);
+        }
+    }
+    last_nonempty
+}
+
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, XdpError> {
     ebpf.take_map(name).ok_or(XdpError::Map {
         name,
@@ -580,10 +685,7 @@ fn attach(
             let skb = try_mode(program, AttachedMode::Skb)?;
             // The root cause alone (e.g. "Operation not supported"): the full error carries a
             // hint to use skb mode, which is what happens next.
-            let mut cause: &(dyn StdError + 'static) = &native;
-            while let Some(source) = cause.source() {
-                cause = source;
-            }
+            let cause = root_cause(&native);
             eprintln!(
                 "netcon-sniff: native XDP unavailable on {} ({cause}); using generic (skb) mode",
                 interface.name
@@ -593,16 +695,31 @@ fn attach(
     }
 }
 
-/// Whether attaching in native mode failed because the driver cannot do it.
-fn native_unsupported(error: &XdpError) -> bool {
-    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
+/// The errno of the first `io::Error` in `error`'s chain; `None` when there is none (an
+/// `io::Error` without an errno gives `None` too).
+fn root_errno(error: &(dyn StdError + 'static)) -> Option<i32> {
+    let mut current = Some(error);
     while let Some(e) = current {
         if let Some(io) = e.downcast_ref::<io::Error>() {
-            return matches!(io.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL));
+            return io.raw_os_error();
         }
         current = e.source();
     }
-    true
+    None
+}
+
+/// The innermost error of `error`'s chain (e.g. `Operation not permitted (os error 1)`).
+fn root_cause<'a>(error: &'a (dyn StdError + 'static)) -> &'a (dyn StdError + 'static) {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause
+}
+
+/// Whether attaching in native mode failed because the driver cannot do it.
+fn native_unsupported(error: &XdpError) -> bool {
+    root_errno(error).is_none_or(|errno| matches!(errno, libc::EOPNOTSUPP | libc::EINVAL))
 }
 
 /// The `PORTS` map contents: `(word index, bits)` for each word with a port in it.
@@ -709,6 +826,65 @@ mod tests {
     fn rejects_short_records() {
         assert!(parse_record(&[0; RECORD_HEADER_LEN - 1]).is_none());
         assert!(parse_record(&record(6, b"abc")).is_none());
+    }
+
+    /// The end of 6.1's log for a length the verifier could not bound (real output).
+    const REJECTED_6_1: &str = "func#0 @0
+0: R1=ctx(off=0,imm=0) R10=fp0
+; pub fn netcon(ctx: XdpContext) -> u32 {
+0: (bf) r6 = r1                       ; R1=ctx(off=0,imm=0) R6_w=ctx(off=0,imm=0)
+165: (bf) r3 = r8                     ; R3_w=scalar(umax=2048,var_off=(0x0; 0xfff))
+166: (85) call bpf_xdp_load_bytes#189
+invalid access to map value, value_size=2072 off=24 size=0
+R3 min value is outside of the allowed memory range
+processed 166 insns (limit 1000000) max_states_per_insn 0 total_states 10 peak_states 10 mark_read 6
+";
+
+    #[test]
+    fn verifier_reason_is_its_last_message() {
+        assert_eq!(
+            last_verifier_message(REJECTED_6_1),
+            Some("R3 min value is outside of the allowed memory range")
+        );
+        assert_eq!(
+            last_verifier_message("processed 3 insns\nverification time 12 usec\n"),
+            Some("verification time 12 usec"),
+            "a log of noise only still gives its last line"
+        );
+        assert_eq!(last_verifier_message(" \n"), None);
+    }
+
+    #[test]
+    fn rejection_is_one_line_without_the_log() {
+        let text = verifier_rejection(REJECTED_6_1).unwrap().to_string();
+        assert!(
+            text.starts_with("the kernel's verifier rejected the XDP program on "),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                ": R3 min value is outside of the allowed memory range; run with RUST_LOG=debug"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains('\n') && !text.contains("processed"),
+            "{text}"
+        );
+        assert!(!text.contains("CAP_BPF"), "no privilege hint: {text}");
+    }
+
+    #[test]
+    fn privilege_hint_only_before_verification() {
+        assert!(verifier_rejection("").is_none());
+        let denied = XdpError::Load {
+            source: Box::new(io::Error::from_raw_os_error(libc::EPERM)),
+        };
+        assert!(denied.to_string().contains("CAP_BPF"), "{denied}");
+        let invalid = XdpError::Load {
+            source: Box::new(io::Error::from_raw_os_error(libc::EINVAL)),
+        };
+        assert!(!invalid.to_string().contains("CAP_BPF"), "{invalid}");
     }
 
     #[test]

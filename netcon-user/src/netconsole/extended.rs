@@ -124,7 +124,8 @@ pub struct Payload<'a> {
 
 /// Whether `payload` starts like an extended header: an optional release token (starting with a
 /// digit, printable ASCII without `;`, at most 64 bytes) and `,`, then decimal `<pri>`, `,` and a
-/// digit. Everything else is plain text (`netconsole-format.md`, "Telling the formats apart").
+/// digit (`Documentation/networking/netconsole.rst`, "Extended console"; the release token is
+/// its "release prepend"). Everything else is plain text.
 ///
 /// Deliberately loose after that point: a payload that starts like this but does not parse is
 /// reported as malformed rather than shown as plain text, so header damage is visible.
@@ -243,15 +244,25 @@ pub fn parse_body(body: &[u8], text: &mut Vec<u8>, fields: &mut Vec<Field>) -> u
     };
     text.reserve(escaped_text.len());
     let mut bad = unescape_into(escaped_text, text);
-    for line in rest.split(|&b| b == b'\n') {
+    // A hostile sender fills a datagram with hundreds of empty lines: find lines with memchr,
+    // make room for them all at once, and touch no buffer for an empty key or value.
+    fields.reserve(memchr::memchr_iter(b'\n', rest).count() + 1);
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', rest).chain(std::iter::once(rest.len())) {
+        let line = rest.get(start..end).unwrap_or_default();
+        start = end + 1;
         if line.is_empty() {
             continue;
         }
         let mut field = Field::default();
         if let Some(pair) = line.strip_prefix(b" ") {
             let (key, value) = split_once(pair, b'=').unwrap_or((pair, &[]));
-            bad += unescape_into(key, &mut field.key);
-            bad += unescape_into(value, &mut field.value);
+            if !key.is_empty() {
+                bad += unescape_into(key, &mut field.key);
+            }
+            if !value.is_empty() {
+                bad += unescape_into(value, &mut field.value);
+            }
         } else {
             bad += unescape_into(line, &mut field.value);
         }
@@ -316,7 +327,7 @@ fn hex_value(digit: u8) -> u8 {
 }
 
 fn split_once(s: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
-    let i = s.iter().position(|&b| b == sep)?;
+    let i = memchr::memchr(sep, s)?;
     let (a, b) = s.split_at(i);
     Some((a, b.get(1..).unwrap_or_default()))
 }
@@ -367,7 +378,60 @@ mod tests {
         }
     }
 
-    // Captured from Debian 6.1 (fixtures/ext.pcap, frame 220).
+    /// The body's lines split the plain way: the reference `parse_body` must agree with.
+    fn reference_fields(rest: &[u8]) -> (Vec<Field>, usize) {
+        let mut bad = 0;
+        let mut fields = Vec::new();
+        for line in rest.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let mut f = Field::default();
+            if let Some(pair) = line.strip_prefix(b" ") {
+                let i = pair.iter().position(|&b| b == b'=').unwrap_or(pair.len());
+                bad += unescape_into(&pair[..i], &mut f.key);
+                bad += unescape_into(pair.get(i + 1..).unwrap_or_default(), &mut f.value);
+            } else {
+                bad += unescape_into(line, &mut f.value);
+            }
+            fields.push(f);
+        }
+        (fields, bad)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fields_are_the_body_lines(
+            text in proptest::collection::vec(proptest::sample::select(b"ab=\\x4 ".to_vec()), 0..8),
+            rest in proptest::collection::vec(
+                proptest::sample::select(b"\n\n  ==ab\\x41z".to_vec()), 0..200),
+        ) {
+            let mut input = text.clone();
+            input.retain(|&b| b != b'\n');
+            input.push(b'\n');
+            input.extend_from_slice(&rest);
+            let (_, fields, bad) = body(&input);
+            let (want, want_bad) = reference_fields(&rest);
+            let text_bad = unescape_into(&input[..input.len() - rest.len() - 1], &mut Vec::new());
+            proptest::prop_assert_eq!(fields, want);
+            proptest::prop_assert_eq!(bad, want_bad + text_bad);
+        }
+    }
+
+    #[test]
+    fn empty_dictionary_lines_are_empty_fields() {
+        let (text, fields, bad) = body(b"t\n \n \n\n \n=x");
+        assert_eq!(text, b"t");
+        assert_eq!(
+            fields,
+            [
+                field(b"", b""),
+                field(b"", b""),
+                field(b"", b""),
+                field(b"", b"=x")
+            ]
+        );
+        assert_eq!(bad, 0);
+    }
+
+    // Captured from Debian 6.1 (tests/data/ext.pcap, frame 220).
     const DICT: &[u8] = b"6,220,1477760,-;pci_bus 0000:00: root bus resource [io  0x0d00-0xffff window]\n SUBSYSTEM=pci_bus\n DEVICE=+pci_bus:0000:00\n";
 
     #[test]
@@ -402,7 +466,7 @@ mod tests {
 
     #[test]
     fn real_record_with_escapes_is_unescaped() {
-        // fixtures/ext.pcap, frame 377: UTF-8, a TAB and a raw 0xff byte, all escaped.
+        // tests/data/ext.pcap, frame 377: UTF-8, a TAB and a raw 0xff byte, all escaped.
         let p = parse(b"14,377,4373204,-;NCT-202a75 UTF8 h\\xc3\\xa9llo w\\xc3\\xb6rld \\xe2\\x9c\\x93 \\xe6\\x97\\xa5\\xe6\\x9c\\xac\\xe8\\xaa\\x9e tab[\\x09] raw-ff[\\xff]\n").unwrap();
         assert_eq!(
             p.header.priority,
@@ -507,7 +571,7 @@ mod tests {
         }
     }
 
-    // One test per malformed case (issue 3).
+    // One test per malformed case.
 
     #[test]
     fn malformed_bad_number() {

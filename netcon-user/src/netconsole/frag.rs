@@ -146,12 +146,24 @@ struct Entry {
     /// Received byte ranges, `start..end`, sorted, neither overlapping nor touching.
     ranges: Vec<(usize, usize)>,
     deadline: Instant,
+    /// When its first fragment arrived.
+    since: Instant,
     /// Creation order, for evicting the oldest.
     order: u64,
     fragments: u32,
+    /// What [`Entry::held_bytes`] said when last counted into [`Assembler::held_bytes`].
+    charged: usize,
 }
 
 impl Entry {
+    /// Bytes this entry holds: the struct, the body buffer, the ranges, the record skeleton.
+    fn held_bytes(&self) -> usize {
+        size_of::<Self>()
+            + self.buf.capacity()
+            + self.ranges.capacity() * size_of::<(usize, usize)>()
+            + self.head.held_bytes()
+    }
+
     fn received(&self) -> usize {
         self.ranges.iter().map(|(s, e)| e - s).sum()
     }
@@ -233,6 +245,8 @@ impl Entry {
 pub struct Assembler {
     entries: Vec<Entry>,
     bytes: usize,
+    /// Sum of the entries' [`Entry::held_bytes`].
+    held: usize,
     next_order: u64,
 }
 
@@ -259,6 +273,18 @@ impl Assembler {
     #[must_use]
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Bytes held by pending entries, bookkeeping included (for the memory budget).
+    #[must_use]
+    pub fn held_bytes(&self) -> usize {
+        self.held
+    }
+
+    /// When the oldest pending entry's first fragment arrived.
+    #[must_use]
+    pub fn oldest_since(&self) -> Option<Instant> {
+        self.entries.iter().map(|e| e.since).min()
     }
 
     /// Checks a fragment against its header alone, before any state is touched.
@@ -347,8 +373,10 @@ impl Assembler {
                     buf: vec![0; frag.total],
                     ranges: Vec::new(),
                     deadline: now + limits.timeout,
+                    since: now,
                     order,
                     fragments: 0,
+                    charged: 0,
                 });
                 self.bytes += frag.total;
                 self.entries.len() - 1
@@ -365,6 +393,9 @@ impl Assembler {
             }
             return Err(e);
         }
+        let entry_bytes = entry.held_bytes();
+        self.held = self.held - entry.charged + entry_bytes;
+        entry.charged = entry_bytes;
         if entry.is_complete() {
             return Ok(self.remove(pos).map(Entry::into_reassembled));
         }
@@ -403,11 +434,13 @@ impl Assembler {
         gone.sort_by_key(|e| e.order);
         for e in gone {
             self.bytes = self.bytes.saturating_sub(e.buf.len());
+            self.held = self.held.saturating_sub(e.charged);
             out.push(e.into_reassembled());
         }
     }
 
-    fn evict_oldest(&mut self) -> Option<Reassembled> {
+    /// Removes the oldest entry, to make room.
+    pub fn evict_oldest(&mut self) -> Option<Reassembled> {
         let pos = self
             .entries
             .iter()
@@ -423,6 +456,7 @@ impl Assembler {
         }
         let e = self.entries.swap_remove(pos);
         self.bytes = self.bytes.saturating_sub(e.buf.len());
+        self.held = self.held.saturating_sub(e.charged);
         Some(e)
     }
 }
@@ -503,7 +537,10 @@ mod tests {
     fn in_order() {
         let (mut a, now) = (Assembler::new(), Instant::now());
         assert_eq!(add(&mut a, now, 1, 0, 10, b"hello"), Ok(None));
+        assert!(a.held_bytes() >= 10 + size_of::<Record>());
+        assert_eq!(a.oldest_since(), Some(now));
         let done = add(&mut a, now, 1, 5, 10, b"world").unwrap().unwrap();
+        assert_eq!(a.held_bytes(), 0);
         assert_eq!(done.body, b"helloworld");
         assert_eq!((done.missing, done.total, done.fragments), (0, 10, 2));
         assert!(a.is_empty());

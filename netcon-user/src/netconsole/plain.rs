@@ -30,7 +30,7 @@ pub struct Lines {
 #[derive(Debug, Default)]
 pub struct LineAssembler {
     buf: Vec<u8>,
-    start: Option<(DateTime<Utc>, u32)>,
+    start: Option<(DateTime<Utc>, u32, Instant)>,
     deadline: Option<Instant>,
 }
 
@@ -45,6 +45,20 @@ impl LineAssembler {
     #[must_use]
     pub fn pending(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Bytes held (the buffer at its capacity).
+    #[must_use]
+    pub fn held_bytes(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// When the pending bytes began to arrive, if any are pending.
+    #[must_use]
+    pub fn started(&self) -> Option<Instant> {
+        self.start
+            .map(|(_, _, at)| at)
+            .filter(|_| !self.buf.is_empty())
     }
 
     /// Adds a payload. Complete lines are returned through `out`; a tail without `\n` waits for
@@ -67,7 +81,7 @@ impl LineAssembler {
             self.take(true, out);
         }
         if self.buf.is_empty() {
-            self.start = Some((received, ifindex));
+            self.start = Some((received, ifindex, now));
         }
         self.buf.extend_from_slice(payload);
         if self.buf.last() == Some(&b'\n') {
@@ -105,7 +119,10 @@ impl LineAssembler {
 
     fn take(&mut self, partial: bool, out: &mut Vec<Lines>) {
         self.deadline = None;
-        let (received, ifindex) = self.start.take().unwrap_or((DateTime::UNIX_EPOCH, 0));
+        let Some((received, ifindex, _)) = self.start.take() else {
+            self.buf.clear();
+            return;
+        };
         if self.buf.is_empty() {
             return;
         }
@@ -291,7 +308,7 @@ mod tests {
 
     #[test]
     fn multi_line_record_loses_every_prefix() {
-        // fixtures/plain.pcap, frame 376.
+        // tests/data/plain.pcap, frame 376.
         let t = parse_lines(b"[    4.599528] NCT-5d3ac7 MULTI line-1/3\n[    4.599528] NCT-5d3ac7 MULTI line-2/3\n[    4.599528] NCT-5d3ac7 MULTI line-3/3");
         assert_eq!(t.timestamp_us, Some(4_599_528));
         assert_eq!(
@@ -320,7 +337,7 @@ mod tests {
 
     #[test]
     fn a_record_cut_at_1000_bytes_continues_in_the_next_payload() {
-        // fixtures/plain.pcap, frames 586 and 587: 1000 bytes ending `LONG-EN`, then `D\n`.
+        // tests/data/plain.pcap, frames 586 and 587: 1000 bytes ending `LONG-EN`, then `D\n`.
         let mut first = b"[    6.626239] NCT-5d3ac7 LONG-BEGIN ".to_vec();
         first.resize(993, b'x');
         first.extend_from_slice(b"LONG-EN");

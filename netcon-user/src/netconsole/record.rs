@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use chrono::{DateTime, Utc};
 
 use super::DecodeError;
-use crate::sink::escape::escape_into;
+use crate::escape::escape_into;
 
 /// Which netconsole output format a payload used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -339,7 +339,7 @@ pub struct Record {
 }
 
 impl Record {
-    /// A lossless, terminal-safe view of the text (see [`crate::sink::escape::escape_into`]).
+    /// A lossless, terminal-safe view of the text (see [`crate::escape::escape_into`]).
     #[must_use]
     pub fn text_display(&self) -> Escaped<'_> {
         Escaped(&self.text)
@@ -348,6 +348,46 @@ impl Record {
     /// The lines of the text.
     pub fn lines(&self) -> impl Iterator<Item = &[u8]> {
         self.text.split(|&b| b == b'\n')
+    }
+
+    /// Bytes this record holds, for the memory budget: the struct and every buffer at its
+    /// capacity.
+    #[must_use]
+    pub fn held_bytes(&self) -> usize {
+        let caller = match &self.caller {
+            Some(Caller::Unknown(s)) => s.capacity(),
+            _ => 0,
+        };
+        size_of::<Self>()
+            + self.text.capacity()
+            + self.fields.capacity() * size_of::<Field>()
+            + self
+                .fields
+                .iter()
+                .map(|f| f.key.capacity() + f.value.capacity())
+                .sum::<usize>()
+            + self.release.as_ref().map_or(0, String::capacity)
+            + caller
+            + self.header_extra.capacity() * size_of::<String>()
+            + self
+                .header_extra
+                .iter()
+                .map(String::capacity)
+                .sum::<usize>()
+            + self.sysdata.taskname.as_ref().map_or(0, Vec::capacity)
+            + self.sysdata.release.as_ref().map_or(0, String::capacity)
+    }
+
+    /// Bytes of content: the text and every field's key and value, as the bound on a
+    /// continuation chain counts them.
+    #[must_use]
+    pub fn content_len(&self) -> usize {
+        self.text.len()
+            + self
+                .fields
+                .iter()
+                .map(|f| f.key.len() + f.value.len())
+                .sum::<usize>()
     }
 
     /// The value of the first field named `key`.

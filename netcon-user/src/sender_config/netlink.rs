@@ -12,6 +12,7 @@ use nix::sys::socket::{setsockopt, sockopt};
 use rtnetlink::Handle;
 use rtnetlink::packet_route::{
     AddressFamily,
+    address::AddressAttribute,
     link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState as Nud},
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteType, RouteVia},
@@ -89,6 +90,13 @@ async fn gather_with(
         kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .ok()
             .map(|s| s.trim().to_owned()),
+        kernel_panic: std::fs::read_to_string("/proc/sys/kernel/panic")
+            .ok()
+            .and_then(|s| s.trim().parse().ok()),
+        netconsole_nbcon: std::fs::read_to_string("/proc/consoles")
+            .ok()
+            .and_then(|s| netconsole_nbcon(&s)),
+        addresses: addresses(handle).await?,
         route,
     };
     // Resolve only where planning will want a MAC: a unicast route out an Ethernet device.
@@ -160,6 +168,46 @@ fn nudge(next_hop: IpAddr, oif: u32, dev: Option<&str>) {
     if let Err(error) = sent {
         tracing::debug!(%to, %error, "resolution datagram not sent");
     }
+}
+
+/// Whether `/proc/consoles` (`fs/proc/consoles.c`) lists a netconsole console (`netcon0`,
+/// `netcon_ext0`) with the nbcon flag `N` among its flags (`netcon_ext0  -W- (EN)`); `None` when
+/// netconsole is not registered.
+fn netconsole_nbcon(consoles: &str) -> Option<bool> {
+    consoles
+        .lines()
+        .filter(|line| line.starts_with("netcon"))
+        .map(|line| {
+            line.rsplit_once('(')
+                .and_then(|(_, flags)| flags.split_once(')'))
+                .is_some_and(|(flags, _)| flags.contains('N'))
+        })
+        .reduce(|a, b| a || b)
+}
+
+async fn addresses(handle: &Handle) -> Result<Vec<(u32, IpAddr)>, SenderConfigError> {
+    let mut stream = handle.address().get().execute();
+    let mut addresses = Vec::new();
+    while let Some(message) = stream
+        .try_next()
+        .await
+        .map_err(|e| netlink_error("cannot list the interface addresses", e))?
+    {
+        // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer's on a
+        // point-to-point link and the same as IFA_LOCAL otherwise (IPv6 sends only it).
+        let local = message.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(ip) => Some(*ip),
+            _ => None,
+        });
+        let address = message.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        });
+        if let Some(ip) = local.or(address) {
+            addresses.push((message.header.index, ip));
+        }
+    }
+    Ok(addresses)
 }
 
 async fn links(handle: &Handle) -> Result<Vec<Link>, SenderConfigError> {
@@ -331,4 +379,22 @@ fn neighbour_from(message: &NeighbourMessage) -> Neighbour {
         _ => None,
     });
     Neighbour { state, mac }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::netconsole_nbcon;
+
+    #[test]
+    fn reads_the_nbcon_flag_from_proc_consoles() {
+        // 7.2 (nbcon; `E` no longer shown), 6.12 (legacy), and no netconsole at all.
+        let v7 = "ttyS0                -W- (ECp  a)    4:64\nnetcon_ext0          -W- (EN)\n";
+        let v6 = "ttyS0                -W- (EC   a)    4:64\nnetcon0              -W- (E)\n";
+        assert_eq!(netconsole_nbcon(v7), Some(true));
+        assert_eq!(netconsole_nbcon(v6), Some(false));
+        assert_eq!(
+            netconsole_nbcon("ttyS0                -W- (ECN  a)    4:64\n"),
+            None
+        );
+    }
 }

@@ -12,6 +12,18 @@
 //!   bond, bridge, team or VLAN device, so it can only name a device the kernel finds by itself.
 //! - `r` (prepend the release) is accepted only after `+` (`drivers/net/netconsole.c`), and
 //!   only by kernels 6.6 and later.
+//! - From 7.0 on netconsole is an nbcon console (`drivers/net/netconsole.c`: `CON_NBCON |
+//!   CON_NBCON_ATOMIC_UNSAFE`). During a panic such a console is written only by
+//!   `nbcon_atomic_flush_unsafe()` (`kernel/printk/nbcon.c`; `console_is_usable()` in
+//!   `include/linux/console.h` refuses its `write_atomic()` anywhere else), and `panic()`
+//!   (`kernel/panic.c`) calls that only at its very end, after `emergency_restart()` for any
+//!   `kernel.panic` other than 0. So with `kernel.panic` -1 or N > 0, however many seconds N is
+//!   (the countdown only waits), the report never leaves the machine; with 0 the machine halts
+//!   and the whole report goes out at the end, in one burst. `cargo xtask vm-test` crashes real
+//!   kernels to show it: 6.1 and 6.12 (legacy consoles, printed as the report is written)
+//!   deliver it with `kernel.panic` 1 and 0; 7.x delivers nothing with 3, everything with 0.
+//!   With -1 a legacy console's last lines can be lost too: the reset comes the instant they
+//!   are written, while they are still in the network card's queue (6.12: the last 7 to 10 lines in 2 runs of 5).
 
 use std::fmt;
 use std::net::IpAddr;
@@ -236,6 +248,14 @@ pub struct Facts {
     pub waited_ms: u64,
     /// This kernel's release (`/proc/sys/kernel/osrelease`), when known.
     pub kernel_release: Option<String>,
+    /// `kernel.panic` (`/proc/sys/kernel/panic`): 0 halts on panic, N > 0 reboots after N
+    /// seconds, N < 0 at once.
+    pub kernel_panic: Option<i64>,
+    /// Whether the registered netconsole console is an nbcon one (its `/proc/consoles` flags
+    /// hold `N`); `None` when netconsole is not loaded, so the release decides.
+    pub netconsole_nbcon: Option<bool>,
+    /// Every interface address, as (interface index, address) (RTM_GETADDR).
+    pub addresses: Vec<(u32, IpAddr)>,
 }
 
 /// What a warning is about; stable names for scripts (`--format json`).
@@ -248,14 +268,21 @@ pub enum WarningKind {
     AggregateDevice,
     /// The output device is a VLAN device.
     VlanDevice,
-    /// The output device is enslaved to a bond, bridge or team: netpoll refuses it.
-    EnslavedDevice,
+    /// The source address belongs to another device than the output device (a VLAN on top
+    /// of it, say): the frames would leave untagged, onto another segment.
+    SourceOnOtherDevice,
     /// The target is an IPv6 link-local address and the device was picked by the route lookup.
     LinkLocalTarget,
     /// The output device is down.
     DeviceDown,
-    /// `--release` and a kernel older than 6.6.
+    /// `--release` and a kernel older than 6.6: the line leaves `r` out.
     ReleaseUnsupported,
+    /// An nbcon netconsole (7.0 and later) and a `kernel.panic` that reboots: the crash report
+    /// never leaves the machine.
+    CrashReportLost,
+    /// `kernel.panic` below 0 on a legacy netconsole: the reset can drop the report's last
+    /// lines from the network card's queue.
+    CrashReportCut,
     /// The device name cannot be written in the `netconsole=` string.
     DeviceNameUnsafe,
 }
@@ -360,6 +387,21 @@ pub enum PlanError {
         /// Its `ARPHRD_*` type.
         link_type: u16,
     },
+    /// The output device is a port of a bond, bridge or team.
+    #[error(
+        "{dev} is enslaved to {master}: netpoll refuses a port (\"{dev} is a slave device, \
+         aborting\"; 6.1 then fails to load netconsole with EBUSY, 6.12 and later load it but log \
+         \"Netpoll setup failed\" and send nothing), and the next hop's MAC is in {master}'s \
+         neighbour table, not {dev}'s: name the master, --dev {master_name}"
+    )]
+    EnslavedDevice {
+        /// The port.
+        dev: String,
+        /// `bond bond0`, as said.
+        master: String,
+        /// `bond0`.
+        master_name: String,
+    },
     /// No source address.
     #[error(
         "the route to {target} via {dev} has no source address: give {dev} an address of the \
@@ -416,7 +458,9 @@ fn device_warnings(dev: &Link, links: &[Link], warnings: &mut Vec<Warning>) {
                     "output device {dev} is a {noun} with {ports_text}: name {dev} itself, as \
                      below (the kernel refuses an enslaved port as netconsole's device: \"is a \
                      slave device, aborting\"); netconsole then sends through the ports and works \
-                     only if each supports netpoll (check dmesg for \"network logging started\"). \
+                     only if each supports netpoll: check dmesg for \"Netpoll setup failed\" or \
+                     \"Not enabling netconsole\", which say it did not (6.12 and later print \
+                     \"network logging started\" even when the only target failed). \
                      The kernel command-line form cannot work: {dev} does not exist yet when \
                      netconsole starts at boot; use modprobe or configfs once {dev} is up. To log \
                      independently of the {noun}, route the target over an interface that is not \
@@ -446,25 +490,6 @@ fn device_warnings(dev: &Link, links: &[Link], warnings: &mut Vec<Warning>) {
         }
         _ => {}
     }
-    if let Some(master_index) = dev.master {
-        let master = by_index(master_index).map_or_else(
-            || format!("interface index {master_index}"),
-            |m| {
-                m.kind
-                    .as_ref()
-                    .map_or_else(|| m.name.clone(), |k| format!("{} {}", k.noun(), m.name))
-            },
-        );
-        warnings.push(Warning {
-            kind: WarningKind::EnslavedDevice,
-            message: format!(
-                "output device {dev} is enslaved to {master}: the kernel refuses it (\"{dev} is a \
-                 slave device, aborting\"). Move the address and routes of {dev} to the master and \
-                 name the master, or use an interface that is not enslaved.",
-                dev = dev.name
-            ),
-        });
-    }
     if !dev.up {
         warnings.push(Warning {
             kind: WarningKind::DeviceDown,
@@ -487,6 +512,147 @@ fn device_warnings(dev: &Link, links: &[Link], warnings: &mut Vec<Warning>) {
             ),
         });
     }
+}
+
+/// netpoll refuses a port of a bond, bridge or team (`netpoll_setup()`, `net/core/netpoll.c`).
+fn refuse_enslaved(dev: &Link, links: &[Link]) -> Result<(), PlanError> {
+    if let Some(master_index) = dev.master {
+        let master = links.iter().find(|l| l.index == master_index);
+        return Err(PlanError::EnslavedDevice {
+            dev: dev.name.clone(),
+            master: master.map_or_else(
+                || format!("interface index {master_index}"),
+                |m| {
+                    m.kind
+                        .as_ref()
+                        .map_or_else(|| m.name.clone(), |k| format!("{} {}", k.noun(), m.name))
+                },
+            ),
+            master_name: master.map_or_else(|| "MASTER".to_owned(), |m| m.name.clone()),
+        });
+    }
+    Ok(())
+}
+
+/// Whether `r` can stay: not on a kernel older than 6.6, which rejects it (a warning says so).
+fn release_warning(request: &Request, facts: &Facts, warnings: &mut Vec<Warning>) -> bool {
+    let release_supported = !(request.release
+        && facts
+            .kernel_release
+            .as_deref()
+            .and_then(kernel_version)
+            .is_some_and(|v| v < (6, 6)));
+    if !release_supported {
+        warnings.push(Warning {
+            kind: WarningKind::ReleaseUnsupported,
+            message: format!(
+                "--release needs Linux 6.6 or later; this kernel is {} and rejects the `r` flag \
+                 (and has no configfs `release` file), so the lines below leave it out: the \
+                 records will not carry the release.",
+                facts.kernel_release.as_deref().unwrap_or_default()
+            ),
+        });
+    }
+    release_supported
+}
+
+/// Warns when `src_ip` is not an address of `dev`: netconsole sends from `dev` whatever the
+/// source address says, so an address of a VLAN on top of it sends untagged frames onto the
+/// other segment.
+fn source_warning(dev: &Link, src_ip: IpAddr, facts: &Facts, warnings: &mut Vec<Warning>) {
+    if facts.addresses.is_empty()
+        || facts
+            .addresses
+            .iter()
+            .any(|&(index, ip)| index == dev.index && ip == src_ip)
+    {
+        return;
+    }
+    let Some(owner) = facts
+        .addresses
+        .iter()
+        .find(|&&(_, ip)| ip == src_ip)
+        .and_then(|&(index, _)| facts.links.iter().find(|l| l.index == index))
+    else {
+        return;
+    };
+    let vlan_on_dev = owner.kind == Some(LinkKind::Vlan) && owner.lower == Some(dev.index);
+    let message = if vlan_on_dev {
+        format!(
+            "the source address {src_ip} belongs to {owner}, a VLAN on {dev}, but netconsole would \
+             send through {dev} itself: its frames would leave untagged, onto another segment \
+             than {owner}'s, where the collector does not see them. Use --dev {owner} (or leave \
+             --dev out).",
+            owner = owner.name,
+            dev = dev.name
+        )
+    } else {
+        format!(
+            "the source address {src_ip} belongs to {owner}, not to {dev}, which netconsole \
+             would send through: the frames leave {dev} with {owner}'s address, and replies to \
+             it (and the next hop's MAC) are {owner}'s. Use --dev {owner}, or give {dev} an \
+             address on the collector's network.",
+            owner = owner.name,
+            dev = dev.name
+        )
+    };
+    warnings.push(Warning {
+        kind: WarningKind::SourceOnOtherDevice,
+        message,
+    });
+}
+
+/// Whether this kernel's netconsole is an nbcon console: `/proc/consoles` says so when it is
+/// loaded; otherwise the release does (7.0 made it one, `drivers/net/netconsole.c`).
+fn netconsole_is_nbcon(facts: &Facts) -> Option<bool> {
+    facts.netconsole_nbcon.or_else(|| {
+        facts
+            .kernel_release
+            .as_deref()
+            .and_then(kernel_version)
+            .map(|v| v >= (7, 0))
+    })
+}
+
+/// Warns when a panic would reboot before an nbcon netconsole sends the report (see the module
+/// documentation for the kernel's order of events).
+fn crash_warning(facts: &Facts, warnings: &mut Vec<Warning>) {
+    let Some(panic) = facts.kernel_panic.filter(|&p| p != 0) else {
+        return;
+    };
+    if netconsole_is_nbcon(facts) != Some(true) {
+        if panic < 0 {
+            warnings.push(Warning {
+                kind: WarningKind::CrashReportCut,
+                message: format!(
+                    "kernel.panic is {panic}: a panic resets the machine the instant its report \
+                     is written, and the report's last lines can still be in the network card's \
+                     queue (vm-test on 6.12: the last 7 to 10 lines lost in 2 runs of 5). Set \
+                     kernel.panic to a few seconds (`sysctl -w kernel.panic=5`): netconsole sends \
+                     the report as it is written, and the reset waits."
+                ),
+            });
+        }
+        return;
+    }
+    let release = facts.kernel_release.as_deref().unwrap_or("this kernel");
+    let reboot = if panic < 0 {
+        "reboots at once".to_owned()
+    } else {
+        format!("reboots after {panic} s")
+    };
+    warnings.push(Warning {
+        kind: WarningKind::CrashReportLost,
+        message: format!(
+            "kernel.panic is {panic}: a panic {reboot}, and on {release} that loses the crash \
+             report. netconsole is an nbcon console from Linux 7.0 on, and panic() sends its \
+             report only at the very end, after the reboot (kernel/panic.c, \
+             nbcon_atomic_flush_unsafe() in kernel/printk/nbcon.c); waiting longer does not help. \
+             Set kernel.panic=0 (`sysctl -w kernel.panic=0`, and panic=0 on the kernel command \
+             line): the whole report is then sent, and the machine stays halted until a watchdog \
+             or a person resets it."
+        ),
+    });
 }
 
 /// Decides the netconsole target for `request` from the kernel's `facts`.
@@ -522,6 +688,7 @@ pub fn plan(request: &Request, facts: &Facts) -> Result<SenderConfig, PlanError>
             link_type: dev.link_type,
         });
     }
+    refuse_enslaved(dev, &facts.links)?;
     let src_ip = facts.route.source.ok_or_else(|| PlanError::NoSource {
         target,
         dev: dev.name.clone(),
@@ -564,23 +731,14 @@ pub fn plan(request: &Request, facts: &Facts) -> Result<SenderConfig, PlanError>
             ),
         });
     }
-    if request.release
-        && let Some(release) = facts.kernel_release.as_deref()
-        && kernel_version(release).is_some_and(|v| v < (6, 6))
-    {
-        warnings.push(Warning {
-            kind: WarningKind::ReleaseUnsupported,
-            message: format!(
-                "--release needs Linux 6.6 or later; this kernel is {release} and rejects the \
-                 `r` flag and the configfs `release` file: drop --release."
-            ),
-        });
-    }
+    source_warning(dev, src_ip, facts, &mut warnings);
+    let release_supported = release_warning(request, facts, &mut warnings);
+    crash_warning(facts, &mut warnings);
 
     Ok(SenderConfig {
         name: request.name.clone(),
         extended: request.extended,
-        release: request.release,
+        release: request.release && release_supported,
         src_ip,
         src_port: request.src_port,
         dev: dev.name.clone(),
@@ -643,6 +801,9 @@ mod tests {
             }),
             waited_ms: 0,
             kernel_release: Some("6.18.0".into()),
+            kernel_panic: Some(0),
+            netconsole_nbcon: None,
+            addresses: Vec::new(),
         }
     }
 
@@ -734,18 +895,30 @@ mod tests {
     }
 
     #[test]
-    fn release_on_an_old_kernel_warns() {
+    fn release_on_an_old_kernel_is_left_out_of_the_line() {
         let mut f = facts("10.60.0.10", None, vec![eth(2, "eth0")]);
         f.kernel_release = Some("6.1.0-56-amd64".into());
         let mut r = request("10.60.0.1");
         r.extended = true;
         r.release = true;
-        assert_eq!(
-            kinds(&plan(&r, &f).unwrap()),
-            [WarningKind::ReleaseUnsupported]
+        let c = plan(&r, &f).unwrap();
+        assert_eq!(kinds(&c), [WarningKind::ReleaseUnsupported]);
+        assert!(c.warnings[0].message.contains("leave it out"));
+        // The line 6.1 gets is one it accepts: `+` without `r`, no configfs `release`.
+        assert!(c.extended && !c.release);
+        assert!(
+            c.netconsole_param().starts_with("+6665@"),
+            "{}",
+            c.netconsole_param()
         );
+        assert!(!c.configfs_commands().iter().any(|l| l.contains("/release")));
         f.kernel_release = Some("6.12.95+deb12-amd64".into());
-        assert!(plan(&r, &f).unwrap().warnings.is_empty());
+        let c = plan(&r, &f).unwrap();
+        assert!(c.warnings.is_empty());
+        assert!(c.netconsole_param().starts_with("+r6665@"));
+        // An unknown release keeps what was asked for.
+        f.kernel_release = None;
+        assert!(plan(&r, &f).unwrap().release);
         assert_eq!(kernel_version("5.15.0"), Some((5, 15)));
         assert_eq!(kernel_version("garbage"), None);
     }
@@ -766,6 +939,11 @@ mod tests {
         assert!(m.contains("bridge with ports eth1, eth2:"), "{m}");
         assert!(!m.contains("eth3"), "{m}");
         assert!(m.contains("slave device"), "{m}");
+        // The sign that holds on every kernel, not "network logging started".
+        assert!(
+            m.contains("check dmesg for \"Netpoll setup failed\""),
+            "{m}"
+        );
     }
 
     #[test]
@@ -802,18 +980,113 @@ mod tests {
     }
 
     #[test]
-    fn enslaved_device_names_its_master() {
+    fn enslaved_device_is_refused_naming_its_master() {
         let mut port = eth(6, "eth1");
         port.master = Some(5);
-        let mut br = eth(5, "br0");
-        br.kind = Some(LinkKind::Bridge);
-        let c = plan(
-            &request("10.60.0.1"),
-            &facts("10.60.0.10", None, vec![port, br]),
-        )
-        .unwrap();
-        assert_eq!(kinds(&c), [WarningKind::EnslavedDevice]);
-        assert!(c.warnings[0].message.contains("enslaved to bridge br0"));
+        let mut bond = eth(5, "bond0");
+        bond.kind = Some(LinkKind::Bond);
+        // The ARP reply went to bond0: eth1's own neighbour entry stays unresolved, which must
+        // not read as "the collector looks unreachable".
+        let mut f = facts("10.60.0.10", None, vec![port, bond]);
+        f.neighbour = None;
+        let e = plan(&request("10.60.0.1"), &f).unwrap_err();
+        assert_eq!(
+            e,
+            PlanError::EnslavedDevice {
+                dev: "eth1".into(),
+                master: "bond bond0".into(),
+                master_name: "bond0".into(),
+            }
+        );
+        let m = e.to_string();
+        assert!(m.starts_with("eth1 is enslaved to bond bond0:"), "{m}");
+        assert!(m.ends_with("--dev bond0"), "{m}");
+        assert!(
+            m.contains("Netpoll setup failed") && m.contains("EBUSY"),
+            "{m}"
+        );
+        assert!(!m.contains("unreachable"), "{m}");
+    }
+
+    #[test]
+    fn source_address_of_a_vlan_on_the_device_warns_untagged() {
+        let mut vlan = eth(5, "eth0.100");
+        vlan.kind = Some(LinkKind::Vlan);
+        vlan.lower = Some(2);
+        let mut f = facts(
+            "10.60.0.10",
+            None,
+            vec![eth(2, "eth0"), vlan, eth(7, "eth1")],
+        );
+        f.addresses = vec![
+            (2, "10.59.0.10".parse().unwrap()),
+            (5, "10.60.0.10".parse().unwrap()),
+        ];
+        let mut r = request("10.60.0.1");
+        r.dev = Some("eth0".into());
+        let c = plan(&r, &f).unwrap();
+        assert_eq!(kinds(&c), [WarningKind::SourceOnOtherDevice]);
+        let m = &c.warnings[0].message;
+        assert!(m.contains("belongs to eth0.100, a VLAN on eth0"), "{m}");
+        assert!(m.contains("untagged"), "{m}");
+        assert!(m.contains("--dev eth0.100"), "{m}");
+        // Another device, not a VLAN on this one: said differently.
+        f.addresses = vec![(7, "10.60.0.10".parse().unwrap())];
+        let c = plan(&r, &f).unwrap();
+        assert_eq!(kinds(&c), [WarningKind::SourceOnOtherDevice]);
+        assert!(
+            c.warnings[0]
+                .message
+                .contains("belongs to eth1, not to eth0")
+        );
+        // The device's own address: nothing to say.
+        f.addresses = vec![(2, "10.60.0.10".parse().unwrap())];
+        assert!(plan(&r, &f).unwrap().warnings.is_empty());
+    }
+
+    #[test]
+    fn a_rebooting_panic_on_an_nbcon_kernel_warns() {
+        let mut f = facts("10.60.0.10", None, vec![eth(2, "eth0")]);
+        f.kernel_release = Some("7.2.13+deb14-amd64".into());
+        let r = request("10.60.0.1");
+        for (panic, says) in [
+            (-1, "reboots at once"),
+            (1, "reboots after 1 s"),
+            (30, "after 30 s"),
+        ] {
+            f.kernel_panic = Some(panic);
+            let c = plan(&r, &f).unwrap();
+            assert_eq!(kinds(&c), [WarningKind::CrashReportLost], "{panic}");
+            let m = &c.warnings[0].message;
+            assert!(m.contains(says), "{m}");
+            assert!(m.contains("Set kernel.panic=0"), "{m}");
+            assert!(m.contains("7.2.13+deb14-amd64"), "{m}");
+        }
+        // Halting keeps the report; an unknown setting says nothing.
+        for panic in [Some(0), None] {
+            f.kernel_panic = panic;
+            assert!(plan(&r, &f).unwrap().warnings.is_empty());
+        }
+        // Legacy consoles (before 7.0) send the report as it is written; only an immediate
+        // reset (-1) can cut its end off in the NIC's queue.
+        for release in ["6.1.0-56-amd64", "6.12.95+deb12-amd64", "6.19.1"] {
+            f.kernel_release = Some(release.into());
+            f.kernel_panic = Some(10);
+            assert!(plan(&r, &f).unwrap().warnings.is_empty(), "{release}");
+            f.kernel_panic = Some(-1);
+            let c = plan(&r, &f).unwrap();
+            assert_eq!(kinds(&c), [WarningKind::CrashReportCut], "{release}");
+            assert!(c.warnings[0].message.contains("kernel.panic=5"));
+        }
+        // /proc/consoles, when netconsole is loaded, wins over the release.
+        f.netconsole_nbcon = Some(true);
+        assert_eq!(
+            kinds(&plan(&r, &f).unwrap()),
+            [WarningKind::CrashReportLost]
+        );
+        f.kernel_release = Some("7.2.13+deb14-amd64".into());
+        f.netconsole_nbcon = Some(false);
+        assert_eq!(kinds(&plan(&r, &f).unwrap()), [WarningKind::CrashReportCut]);
     }
 
     #[test]

@@ -14,6 +14,14 @@ pub const CONFIGFS_ROOT: &str = "/sys/kernel/config/netconsole";
 /// The two lines that make a sender log everything and show that it works.
 pub const TEST_COMMANDS: [&str; 2] = ["dmesg -n 8", "echo '<6>netcon test' > /dev/kmsg"];
 
+/// How to tell that the target did not start. Not `network logging started`: 6.12 and later
+/// print it even when the only target failed (`drivers/net/netconsole.c`); these lines are the
+/// failure itself, on every kernel.
+pub const DMESG_CHECK: &str = "\
+# If nothing arrives: `dmesg | grep -E 'Netpoll setup failed|Not enabling netconsole|netpoll'`
+# names what went wrong (6.12 and later print \"network logging started\" even when it failed).
+";
+
 /// Width that warning comments are wrapped to, in columns.
 const WRAP_COLUMNS: usize = 100;
 
@@ -169,6 +177,7 @@ impl SenderConfig {
         for command in TEST_COMMANDS {
             let _ = writeln!(out, "{command}");
         }
+        out.push_str(DMESG_CHECK);
         out
     }
 
@@ -384,7 +393,10 @@ mod tests {
         for command in c.configfs_commands() {
             assert!(text.contains(&format!("\n{command}\n")), "{command}");
         }
-        assert!(text.ends_with("dmesg -n 8\necho '<6>netcon test' > /dev/kmsg\n"));
+        assert!(text.ends_with(&format!(
+            "dmesg -n 8\necho '<6>netcon test' > /dev/kmsg\n{DMESG_CHECK}"
+        )));
+        assert!(text.contains("Netpoll setup failed|Not enabling netconsole"));
         assert!(text.contains("# warning: word word"));
         for line in text.lines() {
             assert!(

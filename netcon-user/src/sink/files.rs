@@ -14,12 +14,12 @@
 //! A host name that reads as an IP address is refused, so that a sender controlling its own
 //! reverse zone cannot write into another sender's address-named file.
 //!
-//! **Lookups block.** `getnameinfo` has no timeout of its own (the resolver's, from
-//! `resolv.conf`, can add up to tens of seconds), and the pipeline is single-threaded. So a
-//! lookup runs on a thread of its own and the pipeline waits for it at most [`RESOLVE_TIMEOUT`],
-//! once per new sender; while [`MAX_PENDING_LOOKUPS`] earlier lookups are still running (a DNS
-//! server that stopped answering), new senders are named by address without waiting. The cost:
-//! a sender whose lookup timed out keeps its address-named file until it leaves the table.
+//! **Lookups never block.** `getnameinfo` has no timeout of its own (the resolver's, from
+//! `resolv.conf`, can add up to tens of seconds), and the pipeline must never wait on the
+//! network. So a lookup runs on a thread of its own, and the sender's events go to its
+//! address-named file until the answer arrives; from then on they go to the host-named file.
+//! At most [`MAX_PENDING_LOOKUPS`] lookups run at once (a DNS server that stopped answering, or
+//! a flood of new addresses); a sender that finds them all busy is looked up at a later event.
 //!
 //! **Durability.** Files are opened `O_APPEND|O_CREAT` (mode [`FILE_MODE`], less the umask),
 //! never truncated, with `O_NOFOLLOW` and only if they are regular files (a symlink or FIFO
@@ -29,14 +29,23 @@
 //! losing power too.
 //!
 //! **Rotation.** [`Sink::reopen`] (SIGHUP) closes every file; the next event for a sender opens
-//! its name again, creating a new file after logrotate moved the old one away. Files are opened
-//! when first needed, so with `--user` they are created (and reopened) after root is dropped:
-//! the directory must be writable by that user.
+//! its name again, creating a new file after logrotate moved the old one away.
+//!
+//! **Privileges.** The directory is opened when netcon-sniff starts, and every file is opened
+//! relative to that descriptor (`openat`), so the directory cannot be swapped for another (a
+//! symlink) while running. With `--user`, files are created after root is dropped, so the user
+//! must be able to write the directory: one netcon-sniff creates is given to that user (mode
+//! 0750); an existing one the user cannot write, or holding a `.log` file the user cannot
+//! append to, is refused at start with the fix (`chown`), rather than losing every record.
+//!
+//! **Loss notices.** Frames lost before decoding (`capture_lost`) could have come from any
+//! sender, so the notice line goes to every remembered sender's file; a panic hook's notice goes
+//! to its sender's file.
 //!
 //! **Bounds.** At most [`DEFAULT_MAX_OPEN_FILES`] files are open; the least recently written is
 //! closed when another must open, and reopened by name when its sender speaks again. At most
-//! [`DEFAULT_MAX_SENDERS`] senders (with their names) are remembered; the least recently heard
-//! is forgotten first. Each sender address creates a file, and the source address of UDP can be
+//! [`DEFAULT_MAX_SENDERS`] senders (with their names) are remembered, each charged to the memory
+//! budget; the least recently heard is forgotten first, also when the budget is full. Each sender address creates a file, and the source address of UDP can be
 //! forged: restrict senders (`--allow`) when the collector's network is not trusted.
 //!
 //! **Failures** (disk full, permissions) never stop the collector: each failed event is counted
@@ -46,22 +55,22 @@
 use std::{
     collections::{BTreeMap, HashMap},
     ffi::CStr,
-    fmt::Write as _,
-    fs::{File, OpenOptions},
+    fs::File,
     io::{self, Write as _},
     net::{IpAddr, SocketAddr},
-    os::unix::fs::OpenOptionsExt as _,
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
         mpsc,
     },
-    time::Duration,
 };
 
 use super::{Sink, text};
+use crate::budget::MemoryBudget;
 use crate::netconsole::Event;
+use crate::notice::Notice;
 
 /// Files open at once, at most: 256. Well below the usual soft limit of 1024 descriptors, which
 /// capture and the other sinks share. Past it, the least recently written file is closed.
@@ -77,11 +86,14 @@ pub const FILE_SUFFIX: &str = ".log";
 /// Permissions of a new file, before the umask: `rw-r-----`. Kernel logs can hold addresses
 /// and secrets; the group (`adm` by convention) may read them, others may not.
 pub const FILE_MODE: u32 = 0o640;
-/// How long the pipeline waits for one reverse DNS lookup (`--resolve`): 2 s.
-pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Lookups that may still be running after their wait ran out: 4. Past it, new senders are named
-/// by address without waiting, so an unresponsive DNS server costs at most this many waits.
+/// Reverse DNS lookups (`--resolve`) running at once, at most: 4. A new sender that finds them
+/// all busy keeps its address-named file and is looked up at a later event.
 pub const MAX_PENDING_LOOKUPS: usize = 4;
+/// Bytes charged to the budget per remembered sender, besides its file name: the table entries,
+/// the open file's bookkeeping, and a share of the kernel's file structure (about 1 KiB).
+pub const SENDER_STATE_BYTES: usize = 1024;
+/// Permissions of a log directory netcon-sniff creates for `--user`: `rwxr-x---`.
+pub const DIR_MODE: u32 = 0o750;
 
 /// What `--log-dir`, `--resolve` and `--fsync` asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +133,18 @@ pub enum FilesError {
         dir: PathBuf,
         #[source]
         source: io::Error,
+    },
+    /// `--user` could not write there: refused at start rather than losing every record.
+    #[error(
+        "--log-dir {path} is not writable by --user {user}; fix it with `chown -R {user} {dir}` \
+         (or give a directory {user} owns, or one netcon-sniff may create)",
+        dir = dir.display(), path = path.display()
+    )]
+    NotWritableBy {
+        dir: PathBuf,
+        /// The directory, or the file in it, the user cannot write.
+        path: PathBuf,
+        user: String,
     },
     /// A sender's file cannot be opened (or created).
     #[error("cannot open {path}: {source}")]
@@ -191,60 +215,56 @@ pub fn safe_stem(name: &str) -> String {
 /// A reverse DNS lookup, `None` when there is no name.
 type LookupFn = fn(IpAddr) -> Option<String>;
 
-/// Reverse DNS with a bounded wait (see the module documentation).
+/// Reverse DNS off the pipeline (see the module documentation).
 struct Resolver {
     lookup: LookupFn,
-    timeout: Duration,
     max_pending: usize,
     /// Lookup threads still running, counted down by each thread when it ends.
     pending: Arc<AtomicUsize>,
+    answers_tx: mpsc::Sender<(IpAddr, Option<String>)>,
+    answers: mpsc::Receiver<(IpAddr, Option<String>)>,
 }
 
 impl Resolver {
-    fn new(lookup: LookupFn, timeout: Duration, max_pending: usize) -> Self {
+    fn new(lookup: LookupFn, max_pending: usize) -> Self {
+        let (answers_tx, answers) = mpsc::channel();
         Self {
             lookup,
-            timeout,
             max_pending,
             pending: Arc::new(AtomicUsize::new(0)),
+            answers_tx,
+            answers,
         }
     }
 
-    /// The host name of `ip`, if one arrives within the timeout.
-    fn resolve(&self, ip: IpAddr) -> Option<String> {
+    /// Starts looking `ip` up; `false` when too many lookups are running (or no thread
+    /// starts): try again later.
+    fn start(&self, ip: IpAddr) -> bool {
         if self.pending.load(Ordering::Acquire) >= self.max_pending {
-            tracing::debug!(
-                %ip,
-                "reverse DNS lookups are not answering; naming the file by address"
-            );
-            return None;
+            return false;
         }
-        let (tx, rx) = mpsc::sync_channel(1);
         let pending = Arc::clone(&self.pending);
+        let answers = self.answers_tx.clone();
         let lookup = self.lookup;
         pending.fetch_add(1, Ordering::AcqRel);
         let spawned = std::thread::Builder::new()
             .name("netcon-resolve".into())
             .spawn(move || {
-                // Sent before the count goes down; the receiver may be gone (timed out).
-                let _ = tx.send(lookup(ip));
+                // Sent before the count goes down; the receiver may be gone (exiting).
+                let _ = answers.send((ip, lookup(ip)));
                 pending.fetch_sub(1, Ordering::AcqRel);
             });
         if let Err(error) = spawned {
             self.pending.fetch_sub(1, Ordering::AcqRel);
             tracing::warn!(%ip, %error, "cannot start a reverse DNS lookup; naming the file by address");
-            return None;
+            return false;
         }
-        if let Ok(name) = rx.recv_timeout(self.timeout) {
-            name
-        } else {
-            tracing::warn!(
-                %ip,
-                timeout = ?self.timeout,
-                "reverse DNS lookup did not answer in time; naming the file by address"
-            );
-            None
-        }
+        true
+    }
+
+    /// The answers that arrived, without waiting.
+    fn answers(&self) -> Vec<(IpAddr, Option<String>)> {
+        self.answers.try_iter().collect()
     }
 }
 
@@ -280,10 +300,27 @@ fn reverse_dns(ip: IpAddr) -> Option<String> {
     (!name.is_empty()).then_some(name)
 }
 
+/// Where a sender's reverse DNS lookup is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// Done, or not asked for.
+    Settled,
+    /// Running.
+    Pending,
+    /// Every lookup slot was busy: try at a later event.
+    NotStarted,
+}
+
 /// One remembered sender.
 struct SenderFile {
-    /// The file's path (directory and name).
+    /// The file's name in the directory.
+    name: String,
+    /// The file's path (directory and name), for messages.
     path: PathBuf,
+    /// Its reverse DNS lookup.
+    lookup: Lookup,
+    /// Bytes charged to the budget for it.
+    charged: usize,
     /// Open while it is among the most recently written.
     file: Option<File>,
     /// Tick of its last event: its key in [`LogDir::by_use`] (and [`LogDir::open_by_use`]).
@@ -297,6 +334,9 @@ pub struct LogDir {
     options: LogDirOptions,
     limits: LogDirLimits,
     resolver: Resolver,
+    /// The directory, opened at start: files are opened relative to it.
+    dir: OwnedFd,
+    budget: MemoryBudget,
     senders: HashMap<IpAddr, SenderFile>,
     /// Every remembered sender by last use, oldest first.
     by_use: BTreeMap<u64, IpAddr>,
@@ -329,7 +369,29 @@ impl LogDir {
         Self::build(
             options,
             limits,
-            Resolver::new(reverse_dns, RESOLVE_TIMEOUT, MAX_PENDING_LOOKUPS),
+            Resolver::new(reverse_dns, MAX_PENDING_LOOKUPS),
+            None,
+            MemoryBudget::default(),
+        )
+    }
+
+    /// [`LogDir::open`] for a collector that will drop root to `user` (`--user`), charging its
+    /// per-sender state to `budget`. Called as root, before the drop: a directory it creates is
+    /// given to `user`, and one `user` could not write is refused now.
+    ///
+    /// # Errors
+    /// [`FilesError`] when the directory cannot be created, or `user` cannot write it.
+    pub fn open_as(
+        options: LogDirOptions,
+        user: Option<&nix::unistd::User>,
+        budget: MemoryBudget,
+    ) -> Result<Self, FilesError> {
+        Self::build(
+            options,
+            LogDirLimits::default(),
+            Resolver::new(reverse_dns, MAX_PENDING_LOOKUPS),
+            user,
+            budget,
         )
     }
 
@@ -337,16 +399,41 @@ impl LogDir {
         options: LogDirOptions,
         limits: LogDirLimits,
         resolver: Resolver,
+        user: Option<&nix::unistd::User>,
+        budget: MemoryBudget,
     ) -> Result<Self, FilesError> {
         let dir_error = |source| FilesError::Dir {
             dir: options.dir.clone(),
             source,
         };
+        let existed = options.dir.is_dir();
         std::fs::create_dir_all(&options.dir).map_err(dir_error)?;
-        // `create_dir_all` accepts an existing directory without looking at it: say now, not at
-        // the first record, when files cannot be created there.
-        nix::unistd::access(&options.dir, nix::unistd::AccessFlags::W_OK)
-            .map_err(|errno| dir_error(io::Error::from(errno)))?;
+        let dir = nix::fcntl::open(
+            &options.dir,
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|errno| dir_error(io::Error::from(errno)))?;
+        match user {
+            Some(user) if !existed => {
+                // Ours: give it to the user the collector is about to become.
+                nix::unistd::fchown(&dir, Some(user.uid), Some(user.gid))
+                    .and_then(|()| {
+                        nix::sys::stat::fchmod(
+                            &dir,
+                            nix::sys::stat::Mode::from_bits_truncate(DIR_MODE),
+                        )
+                    })
+                    .map_err(|errno| dir_error(io::Error::from(errno)))?;
+            }
+            Some(user) => check_writable_by(&options.dir, &dir, user)?,
+            // `create_dir_all` accepts an existing directory without looking at it: say now,
+            // not at the first record, when files cannot be created there.
+            None => nix::unistd::access(&options.dir, nix::unistd::AccessFlags::W_OK)
+                .map_err(|errno| dir_error(io::Error::from(errno)))?,
+        }
         Ok(Self {
             limits: LogDirLimits {
                 max_open_files: limits.max_open_files.max(1),
@@ -354,6 +441,8 @@ impl LogDir {
             },
             options,
             resolver,
+            dir,
+            budget,
             senders: HashMap::new(),
             by_use: BTreeMap::new(),
             open_by_use: BTreeMap::new(),
@@ -389,32 +478,82 @@ impl LogDir {
             self.by_use.insert(tick, ip);
             return;
         }
-        while self.senders.len() >= self.limits.max_senders {
-            let Some((_, oldest)) = self.by_use.pop_first() else {
+        while self.senders.len() >= self.limits.max_senders && self.forget_oldest() {}
+        let mut name = stem_for(ip, None);
+        name.push_str(FILE_SUFFIX);
+        let charged = SENDER_STATE_BYTES + 2 * name.len() + self.options.dir.as_os_str().len();
+        // A full budget costs the least recently heard senders their place (their files are
+        // reopened by name if they speak again), never this sender its record.
+        while !self.budget.try_charge(charged) {
+            if !self.forget_oldest() {
+                self.budget.force_charge(charged);
                 break;
-            };
-            if let Some(gone) = self.senders.remove(&oldest) {
-                self.open_by_use.remove(&gone.last_use);
             }
         }
-        let resolved = if self.options.resolve {
-            self.resolver.resolve(ip)
+        let lookup = if !self.options.resolve {
+            Lookup::Settled
+        } else if self.resolver.start(ip) {
+            Lookup::Pending
         } else {
-            None
+            Lookup::NotStarted
         };
-        let mut name = stem_for(ip, resolved.as_deref());
-        name.push_str(FILE_SUFFIX);
         tracing::debug!(sender = %ip, file = %name, "new sender");
         self.senders.insert(
             ip,
             SenderFile {
-                path: self.options.dir.join(name),
+                path: self.options.dir.join(&name),
+                name,
+                lookup,
+                charged,
                 file: None,
                 last_use: tick,
                 warned: false,
             },
         );
         self.by_use.insert(tick, ip);
+    }
+
+    /// Forgets the least recently heard sender; `false` when none is left.
+    fn forget_oldest(&mut self) -> bool {
+        let Some((_, oldest)) = self.by_use.pop_first() else {
+            return false;
+        };
+        if let Some(gone) = self.senders.remove(&oldest) {
+            self.open_by_use.remove(&gone.last_use);
+            self.budget.release(gone.charged);
+        }
+        true
+    }
+
+    /// Takes the reverse DNS answers that arrived: a sender with a usable name writes to the
+    /// host-named file from now on. Retries lookups that found every slot busy for `ip`.
+    fn settle_lookups(&mut self, ip: Option<IpAddr>) {
+        if !self.options.resolve {
+            return;
+        }
+        for (answered, host) in self.resolver.answers() {
+            let Some(sender) = self.senders.get_mut(&answered) else {
+                continue;
+            };
+            sender.lookup = Lookup::Settled;
+            let mut name = stem_for(answered, host.as_deref());
+            name.push_str(FILE_SUFFIX);
+            if name != sender.name {
+                tracing::debug!(sender = %answered, file = %name, "named by reverse DNS");
+                sender.path = self.options.dir.join(&name);
+                sender.name = name;
+                if sender.file.take().is_some() {
+                    self.open_by_use.remove(&sender.last_use);
+                }
+            }
+        }
+        if let Some(ip) = ip
+            && let Some(sender) = self.senders.get_mut(&ip)
+            && sender.lookup == Lookup::NotStarted
+            && self.resolver.start(ip)
+        {
+            sender.lookup = Lookup::Pending;
+        }
     }
 
     /// Writes [`LogDir::line`] to `ip`'s file, opening it if needed. `ip` was just touched.
@@ -435,7 +574,7 @@ impl LogDir {
             return Ok(());
         };
         if needs_open {
-            sender.file = Some(open_append(&sender.path)?);
+            sender.file = Some(open_append(&self.dir, &sender.name, &sender.path)?);
             self.open_by_use.insert(sender.last_use, ip);
         }
         let Some(file) = &mut sender.file else {
@@ -465,21 +604,29 @@ impl LogDir {
     }
 }
 
-/// Opens `path` for appending, creating it with [`FILE_MODE`]; refuses symlinks and anything
-/// that is not a regular file.
-fn open_append(path: &Path) -> Result<File, FilesError> {
-    let file = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(FILE_MODE)
-        // O_NONBLOCK: opening a FIFO planted under the name must fail rather than wait for a
-        // reader; on a regular file it changes nothing.
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|source| FilesError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
+/// Opens `name` in `dir` for appending, creating it with [`FILE_MODE`]; refuses symlinks and
+/// anything that is not a regular file. `path` is for messages.
+fn open_append(dir: &OwnedFd, name: &str, path: &Path) -> Result<File, FilesError> {
+    use nix::fcntl::OFlag;
+    let open_error = |errno: nix::Error| FilesError::Open {
+        path: path.to_owned(),
+        source: io::Error::from(errno),
+    };
+    let fd = nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_WRONLY
+            | OFlag::O_APPEND
+            | OFlag::O_CREAT
+            | OFlag::O_CLOEXEC
+            | OFlag::O_NOFOLLOW
+            // A FIFO planted under the name must fail to open rather than wait for a reader;
+            // on a regular file it changes nothing.
+            | OFlag::O_NONBLOCK,
+        nix::sys::stat::Mode::from_bits_truncate(FILE_MODE),
+    )
+    .map_err(open_error)?;
+    let file = File::from(fd);
     let meta = file.metadata().map_err(|source| FilesError::Open {
         path: path.to_owned(),
         source,
@@ -492,16 +639,64 @@ fn open_append(path: &Path) -> Result<File, FilesError> {
     Ok(file)
 }
 
-impl Sink for LogDir {
-    fn event(&mut self, event: &Event) {
-        self.line.clear();
-        text::write_event(event, &mut self.line);
-        if self.line.is_empty() {
-            // A duplicate: nothing to write.
-            return;
+/// Whether `user` (its uid and primary group: all `--user` keeps) may do `want` (a mask of
+/// `rwx` bits as for "other") on a file of `stat`. Root may do anything; ACLs are not read.
+fn permits(stat: &nix::sys::stat::FileStat, user: &nix::unistd::User, want: u32) -> bool {
+    let mode = stat.st_mode;
+    let bits = if user.uid.is_root() {
+        return true;
+    } else if stat.st_uid == user.uid.as_raw() {
+        mode >> 6
+    } else if stat.st_gid == user.gid.as_raw() {
+        mode >> 3
+    } else {
+        mode
+    };
+    bits & want == want
+}
+
+/// Refuses an existing directory (open as `fd`) that `user` could not create files in, or that
+/// holds a `.log` file `user` could not append to.
+fn check_writable_by(dir: &Path, fd: &OwnedFd, user: &nix::unistd::User) -> Result<(), FilesError> {
+    let refuse = |path: PathBuf| FilesError::NotWritableBy {
+        dir: dir.to_owned(),
+        path,
+        user: user.name.clone(),
+    };
+    let stat = nix::sys::stat::fstat(fd).map_err(|errno| FilesError::Dir {
+        dir: dir.to_owned(),
+        source: io::Error::from(errno),
+    })?;
+    // Write and search: to create a file in it.
+    if !permits(&stat, user, 0o3) {
+        return Err(refuse(dir.to_owned()));
+    }
+    let entries = std::fs::read_dir(dir).map_err(|source| FilesError::Dir {
+        dir: dir.to_owned(),
+        source,
+    })?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path
+            .extension()
+            .is_none_or(|e| e != FILE_SUFFIX.trim_start_matches('.'))
+        {
+            continue;
         }
-        let ip = event.sender().ip();
-        self.touch(ip);
+        if let Ok(stat) = nix::sys::stat::lstat(&path)
+            && stat.st_mode & libc::S_IFMT == libc::S_IFREG
+            && !permits(&stat, user, 0o2)
+        {
+            return Err(refuse(path));
+        }
+    }
+    Ok(())
+}
+
+impl LogDir {
+    /// Writes [`LogDir::line`] to `ip`'s file, counting the outcome and warning once per
+    /// failing file.
+    fn deliver(&mut self, ip: IpAddr) {
         match self.write_line(ip) {
             Ok(()) => {
                 self.written += 1;
@@ -526,6 +721,47 @@ impl Sink for LogDir {
             }
         }
     }
+}
+
+impl Sink for LogDir {
+    fn event(&mut self, event: &Event) {
+        self.line.clear();
+        text::write_event(event, &mut self.line);
+        if self.line.is_empty() {
+            // A duplicate: nothing to write.
+            return;
+        }
+        let ip = event.sender().ip();
+        self.settle_lookups(Some(ip));
+        self.touch(ip);
+        self.deliver(ip);
+    }
+
+    fn notice(&mut self, notice: &Notice) {
+        self.line.clear();
+        text::write_notice(notice, &mut self.line);
+        match notice {
+            // Any sender's frames may be among those lost: every file gets the line, without
+            // refreshing anyone's place in the table.
+            Notice::CaptureLost(_) => {
+                let senders: Vec<IpAddr> = self.by_use.values().copied().collect();
+                for ip in senders {
+                    self.deliver(ip);
+                }
+            }
+            Notice::Hook(hook) => {
+                let ip = hook.sender.ip();
+                self.touch(ip);
+                self.deliver(ip);
+            }
+            // Nothing a sender's file misses: the messages were for another destination.
+            Notice::ForwardLost(_) => {}
+        }
+    }
+
+    fn flush(&mut self) {
+        self.settle_lookups(None);
+    }
 
     fn reopen(&mut self) {
         for sender in self.senders.values_mut() {
@@ -536,12 +772,26 @@ impl Sink for LogDir {
         tracing::info!(dir = %self.options.dir.display(), "--log-dir: files closed, reopening by name");
     }
 
-    fn stats(&self, out: &mut String) {
-        let _ = write!(
-            out,
-            " files_written={} files_errors={}",
-            self.written, self.errors
-        );
+    fn counters(&self, out: &mut Vec<super::SinkCounter>) {
+        use super::SinkCounter;
+        out.push(SinkCounter::total(
+            "files_written",
+            "Records appended to --log-dir files.",
+            self.written,
+        ));
+        out.push(SinkCounter::total(
+            "files_errors",
+            "Records that could not be written to their --log-dir file.",
+            self.errors,
+        ));
+    }
+}
+
+impl Drop for LogDir {
+    fn drop(&mut self) {
+        for sender in self.senders.values() {
+            self.budget.release(sender.charged);
+        }
     }
 }
 
@@ -549,6 +799,8 @@ impl Sink for LogDir {
 mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
     use std::os::unix::fs::PermissionsExt as _;
+
+    use std::time::Duration;
 
     use chrono::DateTime;
 
@@ -827,8 +1079,20 @@ mod tests {
         }
     }
 
+    /// Flushes until every lookup has answered; bounded.
+    fn settle(sink: &mut LogDir) {
+        for _ in 0..500 {
+            sink.flush();
+            if sink.senders.values().all(|s| s.lookup != Lookup::Pending) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("lookups still pending after 5 s");
+    }
+
     #[test]
-    fn resolve_names_files_by_host_and_falls_back_to_the_address() {
+    fn resolve_names_files_by_host_once_known_and_falls_back_to_the_address() {
         let dir = TempDir::new("resolve");
         let mut sink = LogDir::build(
             LogDirOptions {
@@ -836,12 +1100,18 @@ mod tests {
                 ..options(&dir)
             },
             LogDirLimits::default(),
-            Resolver::new(fake_lookup, Duration::from_secs(5), 1),
+            Resolver::new(fake_lookup, 4),
+            None,
+            MemoryBudget::default(),
         )
         .unwrap();
         sink.event(&record(v4(10), "a"));
         sink.event(&record(v4(11), "b"));
         sink.event(&record(v4(12), "c"));
+        // Until the answer is in, the address names the file.
+        assert_eq!(read(&dir.0.join("10.41.0.10.log")).lines().count(), 1);
+        settle(&mut sink);
+        sink.event(&record(v4(10), "a2"));
         assert_eq!(
             sink.path_of(v4(10)),
             Some(dir.0.join("node10.example.log").as_path())
@@ -854,7 +1124,7 @@ mod tests {
             sink.path_of(v4(12)),
             Some(dir.0.join("10.41.0.12.log").as_path())
         );
-        assert!(dir.0.join("node10.example.log").is_file());
+        assert!(read(&dir.0.join("node10.example.log")).contains(" a2\n"));
     }
 
     #[expect(
@@ -862,33 +1132,164 @@ mod tests {
         reason = "it stands in for a lookup, which has this signature"
     )]
     fn slow_lookup(_: IpAddr) -> Option<String> {
-        std::thread::sleep(Duration::from_secs(3));
+        std::thread::sleep(Duration::from_secs(2));
         Some("slow.example".into())
     }
 
     #[test]
-    fn slow_lookups_are_bounded() {
-        let resolver = Resolver::new(slow_lookup, Duration::from_millis(200), 2);
+    fn lookups_never_block_and_are_capped() {
+        let dir = TempDir::new("resolve-slow");
+        let mut sink = LogDir::build(
+            LogDirOptions {
+                resolve: true,
+                ..options(&dir)
+            },
+            LogDirLimits::default(),
+            Resolver::new(slow_lookup, 2),
+            None,
+            MemoryBudget::default(),
+        )
+        .unwrap();
         let start = std::time::Instant::now();
         for last in 1..=10 {
-            assert_eq!(resolver.resolve(v4(last)), None);
+            sink.event(&record(v4(last), "x"));
         }
-        // Two waits ran out (0.4 s); the other eight did not wait at all (unbounded, the ten
-        // would have taken 2 s).
+        // Blocking, the ten would have taken 20 s; capped, two threads run.
         assert!(
-            start.elapsed() < Duration::from_millis(1500),
+            start.elapsed() < Duration::from_millis(500),
             "{:?}",
             start.elapsed()
         );
-        for _ in 0..200 {
-            if resolver.pending.load(Ordering::Acquire) == 0 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(sink.resolver.pending.load(Ordering::Acquire), 2);
+        let not_started = sink
+            .senders
+            .values()
+            .filter(|s| s.lookup == Lookup::NotStarted)
+            .count();
+        assert_eq!(not_started, 8);
+        for last in 1..=10 {
+            assert!(dir.0.join(format!("10.41.0.{last}.log")).is_file());
         }
-        assert_eq!(resolver.pending.load(Ordering::Acquire), 0);
-        let patient = Resolver::new(fake_lookup, Duration::from_secs(30), 2);
-        assert_eq!(patient.resolve(v4(10)).as_deref(), Some("Node10.example"));
+    }
+
+    #[test]
+    fn capture_lost_goes_to_every_file_and_hook_notices_to_the_sender() {
+        use crate::notice::{CaptureLost, HookNotice, HookOutcome, LossReason, SkipReason};
+        let dir = TempDir::new("notices");
+        let mut sink = LogDir::with_limits(
+            options(&dir),
+            LogDirLimits {
+                max_open_files: 1,
+                max_senders: 100,
+            },
+        )
+        .unwrap();
+        for last in 1..=3 {
+            sink.event(&record(v4(last), "x"));
+        }
+        let lost = Notice::CaptureLost(CaptureLost {
+            noticed: DateTime::from_timestamp(0, 0).unwrap_or_default(),
+            interface: "eth1".into(),
+            reason: LossReason::RingFull,
+            frames: 7,
+        });
+        sink.notice(&lost);
+        sink.notice(&Notice::Hook(HookNotice {
+            at: DateTime::from_timestamp(0, 0).unwrap_or_default(),
+            sender: SocketAddr::new(v4(2), 6665),
+            outcome: HookOutcome::Skipped(SkipReason::QueueFull),
+        }));
+        for last in 1..=3 {
+            let text = read(&dir.0.join(format!("10.41.0.{last}.log")));
+            assert!(
+                text.ends_with(&text::format_notice(&lost)) || last == 2,
+                "{text}"
+            );
+            assert!(text.contains("CAPTURE LOST 7 frames on eth1"), "{text}");
+        }
+        assert!(read(&dir.0.join("10.41.0.2.log")).contains("PANIC HOOK SKIPPED"));
+        assert!(sink.open_files() <= 1);
+    }
+
+    fn nobody() -> nix::unistd::User {
+        nix::unistd::User::from_name("nobody").unwrap().unwrap()
+    }
+
+    #[test]
+    fn a_new_directory_is_given_to_the_user() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = TempDir::new("user-new");
+        let new = dir.0.join("logs");
+        let _sink = LogDir::open_as(
+            LogDirOptions {
+                dir: new.clone(),
+                resolve: false,
+                fsync: false,
+            },
+            Some(&nobody()),
+            MemoryBudget::default(),
+        )
+        .unwrap();
+        let stat = nix::sys::stat::stat(&new).unwrap();
+        assert_eq!(stat.st_uid, nobody().uid.as_raw());
+        assert_eq!(stat.st_mode & 0o777, DIR_MODE);
+    }
+
+    #[test]
+    fn a_directory_the_user_cannot_write_is_refused_with_the_fix() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = TempDir::new("user-old");
+        let open = || {
+            LogDir::open_as(options(&dir), Some(&nobody()), MemoryBudget::default())
+                .err()
+                .map(|e| e.to_string())
+        };
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let error = open().unwrap_or_default();
+        assert!(
+            error.contains("not writable by --user nobody") && error.contains("chown -R nobody"),
+            "{error}"
+        );
+        // Writable by all, but a root-owned log file inside is not.
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        std::fs::write(dir.0.join("10.41.0.1.log"), "old\n").unwrap();
+        std::fs::set_permissions(
+            dir.0.join("10.41.0.1.log"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let error = open().unwrap_or_default();
+        assert!(error.contains("10.41.0.1.log"), "{error}");
+        std::fs::remove_file(dir.0.join("10.41.0.1.log")).unwrap();
+        assert_eq!(open(), None);
+    }
+
+    #[test]
+    fn sender_state_is_charged_to_the_budget_and_released() {
+        let dir = TempDir::new("budget");
+        let budget = MemoryBudget::new(3 * (SENDER_STATE_BYTES + 100));
+        let mut sink = LogDir::build(
+            options(&dir),
+            LogDirLimits::default(),
+            Resolver::new(fake_lookup, 1),
+            None,
+            budget.clone(),
+        )
+        .unwrap();
+        for last in 1..=10 {
+            sink.event(&record(v4(last), "x"));
+        }
+        // The budget holds three senders; the least recently heard were forgotten, and every
+        // record still reached its file.
+        assert!(sink.senders.len() <= 3, "{}", sink.senders.len());
+        assert!(budget.used() <= budget.limit());
+        assert_eq!(stats(&sink), " files_written=10 files_errors=0");
+        drop(sink);
+        assert_eq!(budget.used(), 0);
     }
 
     #[test]

@@ -18,27 +18,43 @@
 //! **Rate limit.** At most one run per sender (IP address, as for `--log-dir`) per
 //! `--on-panic-interval`: a dying kernel often oopses several times, and a flapping one would
 //! otherwise page someone every minute. Later reports in the interval are counted as
-//! `hooks_suppressed`. The decision is the sans-IO [`decide`]; the table of senders is bounded
-//! ([`DEFAULT_MAX_SENDERS`]); when it is full, entries whose interval has passed go first, then
-//! the oldest. Evicting can let a sender run again early, which is the safer way to be wrong: a
-//! flood of forged senders must not silence a real panic.
+//! `hooks_suppressed` and shown (`hook_skipped`, reason `rate_limited`). The decision is the
+//! sans-IO [`RateLimiter`]; its table of senders is bounded ([`DEFAULT_MAX_SENDERS`]); when it is
+//! full, entries whose interval has passed go first, then the oldest. Evicting can let a sender
+//! run again early, which is the safer way to be wrong: a flood of forged senders must not
+//! silence a real panic.
+//!
+//! **Slots and the queue.** At most [`DEFAULT_MAX_RUNNING`] commands run at once, and at most one
+//! per sender. A report that finds every slot busy (forged panics from many addresses running a
+//! slow pager, say) is not dropped: it waits in a queue and starts as soon as a slot frees (the
+//! sender heard from longest ago first, then first come first served); when it starts, a `hook_late` notice says how long it waited. The queue
+//! holds at most [`DEFAULT_MAX_QUEUED`] reports, each charged to the memory budget; beyond that
+//! a report is skipped, counted (`hooks_skipped`) and shown (`hook_skipped`, `queue_full`), never
+//! silently. A command still running after `--on-panic-timeout` ([`DEFAULT_RUN_TIMEOUT`]) is
+//! killed with its whole process group (it runs in a group of its own, so a shell's children go
+//! too), counted as failed and shown (`hook_timeout`): hung commands cannot hold the slots. So
+//! forged reports can delay a genuine one by at most the timeout. When the queue is full, the
+//! report of the sender heard from *most recently for the first time* gives way: a machine that
+//! has been logging for a while outranks addresses whose first datagram is a panic, which is
+//! what a spray of forged sources looks like ([`DEFAULT_MAX_KNOWN`] senders are remembered for
+//! this; beyond, newcomers count as heard just now). Only forged reports from addresses that
+//! were already heard before the real sender can still crowd it out; `--allow` closes that door.
 //!
 //! **Children.** The command is started and not waited for: the pipeline never blocks on it.
 //! Each event and each flush reaps the ones that ended (no zombies), logging and counting a
-//! non-zero exit as `hooks_failed`. At most [`DEFAULT_MAX_RUNNING`] run at once (more is
-//! suppressed, with a warning); one still running after [`DEFAULT_RUN_TIMEOUT`] is killed and
-//! counted as failed, so a hung command cannot use the slots up. Children still running when
-//! the collector exits are left to finish (init reaps them).
+//! non-zero exit as `hooks_failed`; while any runs or waits, the pipeline flushes this sink every
+//! [`HOUSEKEEPING_INTERVAL`] even when no record arrives. At exit, reports still queued are
+//! started at once (the slots protect a running collector, which is ending); children still
+//! running then are left to finish (init reaps them).
 //!
 //! A command that cannot be started (missing, not executable) is logged and counted as
 //! `hooks_failed`, never fatal.
 
 use std::{
-    collections::HashMap,
-    fmt::Write as _,
+    collections::{HashMap, VecDeque},
     io,
     net::{IpAddr, SocketAddr},
-    os::fd::AsFd as _,
+    os::{fd::AsFd as _, unix::process::CommandExt as _},
     process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
 };
@@ -46,27 +62,41 @@ use std::{
 use chrono::SecondsFormat;
 
 use super::{Sink, escape::escape_into};
+use crate::budget::MemoryBudget;
 use crate::netconsole::{Event, Record};
+use crate::notice::{HookNotice, HookOutcome, Notice, SkipReason};
 
 /// Senders whose last run is remembered for the rate limit, at most: 1024.
 pub const DEFAULT_MAX_SENDERS: usize = 1024;
-/// Commands running at once, at most: 16. A panic beyond it is suppressed.
+/// Commands running at once, at most: 16. A report beyond it waits in the queue.
 pub const DEFAULT_MAX_RUNNING: usize = 16;
-/// How long a command may run before it is killed: 10 minutes. Generous for anything that
-/// sends a page or collects a crash dump, short enough that hung commands free their slots.
-pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_mins(10);
+/// Reports waiting for a slot, at most: 256. A report beyond it is skipped, counted and shown.
+pub const DEFAULT_MAX_QUEUED: usize = 256;
+/// How long a command may run before its process group is killed (`--on-panic-timeout`): 60 s.
+/// Enough to send a page or copy a crash dump; short enough that commands hung (or kept busy
+/// by forged reports) free their slots for a genuine one.
+pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_mins(1);
+/// Senders whose first datagram's time is remembered, to rank queued reports when the queue is
+/// full: 4096. Once full, no more are added (a spray of new addresses cannot push out the
+/// machines heard before it).
+pub const DEFAULT_MAX_KNOWN: usize = 4096;
+/// How often running and queued commands are looked at while no event arrives: 100 ms, the
+/// longest a queued report waits after its slot freed.
+pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest `NETCON_TEXT`, bytes: 64 KiB. The kernel refuses an environment string over 128 KiB
 /// (`MAX_ARG_STRLEN`), and an escaped record can reach that (the decoder keeps records up to
 /// 32 KiB; escaping can quadruple them).
 pub const MAX_TEXT_ENV_BYTES: usize = 64 * 1024;
 
-/// What `--on-panic` and `--on-panic-interval` asked for.
+/// What `--on-panic`, `--on-panic-interval` and `--on-panic-timeout` asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PanicHookOptions {
     /// Program and arguments.
     pub command: Vec<String>,
     /// At most one run per sender in this interval.
     pub min_interval: Duration,
+    /// Kill a command (and its process group) still running after this long.
+    pub timeout: Duration,
 }
 
 /// The bounds of a [`PanicHook`].
@@ -76,8 +106,8 @@ pub struct HookLimits {
     pub max_senders: usize,
     /// Commands running at once ([`DEFAULT_MAX_RUNNING`]); at least 1 is used.
     pub max_running: usize,
-    /// Run time after which a command is killed ([`DEFAULT_RUN_TIMEOUT`]).
-    pub run_timeout: Duration,
+    /// Reports waiting for a slot ([`DEFAULT_MAX_QUEUED`]).
+    pub max_queued: usize,
 }
 
 impl Default for HookLimits {
@@ -85,7 +115,7 @@ impl Default for HookLimits {
         Self {
             max_senders: DEFAULT_MAX_SENDERS,
             max_running: DEFAULT_MAX_RUNNING,
-            run_timeout: DEFAULT_RUN_TIMEOUT,
+            max_queued: DEFAULT_MAX_QUEUED,
         }
     }
 }
@@ -107,7 +137,10 @@ pub enum HookError {
     #[error("--on-panic command {program:?} failed: {status}")]
     Failed { program: String, status: ExitStatus },
     /// It ran too long and was killed.
-    #[error("--on-panic command {program:?} still running after {after:?}; killed it")]
+    #[error(
+        "--on-panic command {program:?} still running after {after:?}; killed its process group \
+         (raise --on-panic-timeout if it needs longer)"
+    )]
     TimedOut { program: String, after: Duration },
     /// Its status could not be collected.
     #[error("cannot wait for --on-panic command {program:?}: {source}")]
@@ -116,17 +149,6 @@ pub enum HookError {
         #[source]
         source: io::Error,
     },
-}
-
-/// What to do about a panic report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// Run the command.
-    Run,
-    /// The sender's command ran less than the interval ago.
-    RateLimited,
-    /// Too many commands are still running.
-    Busy,
 }
 
 /// The per-sender rate limit: sans-IO, the time is passed in.
@@ -193,24 +215,6 @@ impl RateLimiter {
     }
 }
 
-/// Decides about a panic report from `sender` at `now`, with `running` commands still running
-/// out of `max_running`. A busy refusal does not use up the sender's interval.
-pub fn decide(
-    limiter: &mut RateLimiter,
-    running: usize,
-    max_running: usize,
-    sender: IpAddr,
-    now: Instant,
-) -> Decision {
-    if running >= max_running.max(1) {
-        Decision::Busy
-    } else if limiter.admit(sender, now) {
-        Decision::Run
-    } else {
-        Decision::RateLimited
-    }
-}
-
 /// The environment the command gets for `record` (see the module documentation).
 #[must_use]
 pub fn environment(record: &Record) -> Vec<(&'static str, String)> {
@@ -251,44 +255,83 @@ struct Running {
     killed: bool,
 }
 
+/// A report waiting for a slot.
+struct Waiting {
+    sender: SocketAddr,
+    env: Vec<(&'static str, String)>,
+    since: Instant,
+    /// Bytes charged to the budget for it.
+    charged: usize,
+}
+
 /// Runs the command.
 pub struct PanicHook {
     command: Vec<String>,
     limits: HookLimits,
+    timeout: Duration,
     limiter: RateLimiter,
     running: Vec<Running>,
+    waiting: VecDeque<Waiting>,
+    budget: MemoryBudget,
+    notices: Vec<Notice>,
+    /// When each sender was first heard (any event), at most [`DEFAULT_MAX_KNOWN`].
+    first_heard: HashMap<IpAddr, Instant>,
+    /// Before every first-heard time: the origin of [`PanicHook::newness`].
+    origin: Instant,
+    /// When running and waiting commands were last looked at.
+    last_look: Instant,
     /// Commands started.
     run: u64,
     /// Commands that could not start, exited unsuccessfully or were killed.
     failed: u64,
-    /// Reports that did not run the command (rate limit, too many running).
+    /// Reports that did not run the command because of the rate limit.
     suppressed: u64,
-    /// The "too many running" warning was given and no command started since.
-    busy_warned: bool,
+    /// Reports that did not run it because the queue (or the budget) was full.
+    skipped: u64,
+    /// Commands that started after waiting for a slot.
+    late: u64,
+    /// Commands killed for running past the timeout.
+    timed_out: u64,
 }
 
 impl PanicHook {
-    /// A hook for `options`.
+    /// A hook for `options`, charging what it queues to `budget`.
     #[must_use]
-    pub fn new(options: PanicHookOptions) -> Self {
-        Self::with_limits(options, HookLimits::default())
+    pub fn new(options: PanicHookOptions, budget: MemoryBudget) -> Self {
+        Self::with_limits(options, HookLimits::default(), budget)
     }
 
     /// [`PanicHook::new`] with other bounds.
     #[must_use]
-    pub fn with_limits(options: PanicHookOptions, limits: HookLimits) -> Self {
+    pub fn with_limits(
+        options: PanicHookOptions,
+        limits: HookLimits,
+        budget: MemoryBudget,
+    ) -> Self {
         if options.command.is_empty() {
             tracing::warn!("--on-panic command is empty: every panic will count as hooks_failed");
         }
         Self {
             limiter: RateLimiter::new(options.min_interval, limits.max_senders),
             command: options.command,
-            limits,
+            timeout: options.timeout,
+            limits: HookLimits {
+                max_running: limits.max_running.max(1),
+                ..limits
+            },
             running: Vec::new(),
+            waiting: VecDeque::new(),
+            budget,
+            notices: Vec::new(),
+            first_heard: HashMap::new(),
+            origin: Instant::now(),
+            last_look: Instant::now(),
             run: 0,
             failed: 0,
             suppressed: 0,
-            busy_warned: false,
+            skipped: 0,
+            late: 0,
+            timed_out: 0,
         }
     }
 
@@ -298,11 +341,25 @@ impl PanicHook {
         self.running.len()
     }
 
+    /// Reports waiting for a slot.
+    #[must_use]
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
     fn program(&self) -> String {
         self.command.first().cloned().unwrap_or_default()
     }
 
-    fn spawn(&self, record: &Record) -> Result<Child, HookError> {
+    fn notice(&mut self, sender: SocketAddr, outcome: HookOutcome) {
+        self.notices.push(Notice::Hook(HookNotice {
+            at: chrono::Utc::now(),
+            sender,
+            outcome,
+        }));
+    }
+
+    fn spawn(&self, env: &[(&'static str, String)]) -> Result<Child, HookError> {
         let Some((program, args)) = self.command.split_first() else {
             return Err(HookError::EmptyCommand);
         };
@@ -314,9 +371,11 @@ impl PanicHook {
             .map_or_else(|_| Stdio::null(), Stdio::from);
         Command::new(program)
             .args(args)
-            .envs(environment(record))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(stdout)
+            // A group of its own, so that the timeout kills what a shell script started too.
+            .process_group(0)
             .spawn()
             .map_err(|source| HookError::Spawn {
                 program: program.clone(),
@@ -325,65 +384,140 @@ impl PanicHook {
     }
 
     fn on_panic(&mut self, record: &Record, now: Instant) {
-        let decision = decide(
-            &mut self.limiter,
-            self.running.len(),
-            self.limits.max_running,
-            record.sender.ip(),
-            now,
+        if !self.limiter.admit(record.sender.ip(), now) {
+            self.suppressed += 1;
+            tracing::info!(
+                sender = %record.sender,
+                interval = ?self.limiter.min_interval,
+                "--on-panic: already ran for this sender within --on-panic-interval; suppressed"
+            );
+            self.notice(record.sender, HookOutcome::Skipped(SkipReason::RateLimited));
+            return;
+        }
+        if self.waiting.len() >= self.limits.max_queued && !self.make_room(record.sender.ip()) {
+            self.skip(record.sender, SkipReason::QueueFull);
+            return;
+        }
+        let env = environment(record);
+        let charged = size_of::<Waiting>()
+            + env
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + size_of::<(&str, String)>())
+                .sum::<usize>();
+        if !self.budget.try_charge(charged) {
+            self.skip(record.sender, SkipReason::Memory);
+            return;
+        }
+        self.waiting.push_back(Waiting {
+            sender: record.sender,
+            env,
+            since: now,
+            charged,
+        });
+        self.start_waiting(now, false);
+    }
+
+    /// How recently `ip` was first heard: larger is newer; never heard is newest.
+    fn newness(&self, ip: IpAddr) -> u128 {
+        self.first_heard.get(&ip).map_or(u128::MAX, |t| {
+            t.saturating_duration_since(self.origin).as_nanos()
+        })
+    }
+
+    /// With the queue full, skips the waiting report of the newest sender if `ip` was heard
+    /// before it; `false` (nothing skipped) otherwise.
+    fn make_room(&mut self, ip: IpAddr) -> bool {
+        let incoming = self.newness(ip);
+        let Some((at, newest)) = self
+            .waiting
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (i, self.newness(w.sender.ip())))
+            .max_by_key(|&(_, n)| n)
+        else {
+            return false;
+        };
+        if newest <= incoming {
+            return false;
+        }
+        if let Some(entry) = self.waiting.remove(at) {
+            self.budget.release(entry.charged);
+            self.skip(entry.sender, SkipReason::QueueFull);
+        }
+        true
+    }
+
+    fn skip(&mut self, sender: SocketAddr, why: SkipReason) {
+        self.skipped += 1;
+        tracing::warn!(
+            %sender,
+            running = self.running.len(),
+            waiting = self.waiting.len(),
+            "--on-panic: {}; report skipped",
+            why.describe()
         );
-        match decision {
-            Decision::RateLimited => {
-                self.suppressed += 1;
-                tracing::info!(
-                    sender = %record.sender,
-                    interval = ?self.limiter.min_interval,
-                    "--on-panic: already ran for this sender within --on-panic-interval; suppressed"
-                );
+        self.notice(sender, HookOutcome::Skipped(why));
+    }
+
+    /// Starts waiting reports while slots are free, the longest-known sender's first; a sender
+    /// whose command is still running waits for it. With `all`, ignores the slot limit (at exit).
+    fn start_waiting(&mut self, now: Instant, all: bool) {
+        while all || self.running.len() < self.limits.max_running {
+            // Of the reports whose sender runs nothing now, the longest-known sender's first
+            // (then the oldest report): forged newcomers queue behind a machine heard before.
+            let next = self
+                .waiting
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| {
+                    all || !self
+                        .running
+                        .iter()
+                        .any(|r| r.sender.ip() == w.sender.ip() && !r.killed)
+                })
+                .min_by_key(|&(i, w)| (self.newness(w.sender.ip()), i))
+                .map(|(i, _)| i);
+            let Some(entry) = next.and_then(|i| self.waiting.remove(i)) else {
+                break;
+            };
+            self.budget.release(entry.charged);
+            if entry.since != now {
+                let waited = now.saturating_duration_since(entry.since);
+                self.late += 1;
+                tracing::info!(sender = %entry.sender, ?waited, "--on-panic: started late");
+                self.notice(entry.sender, HookOutcome::Late { waited });
             }
-            Decision::Busy => {
-                self.suppressed += 1;
-                if !self.busy_warned {
-                    self.busy_warned = true;
-                    tracing::warn!(
-                        sender = %record.sender,
-                        running = self.running.len(),
-                        "--on-panic: too many commands still running; suppressing until one ends"
-                    );
-                }
-            }
-            Decision::Run => match self.spawn(record) {
+            match self.spawn(&entry.env) {
                 Ok(child) => {
                     self.run += 1;
-                    self.busy_warned = false;
                     tracing::info!(
-                        sender = %record.sender,
+                        sender = %entry.sender,
                         pid = child.id(),
                         "--on-panic: command started"
                     );
                     self.running.push(Running {
                         child,
                         started: now,
-                        sender: record.sender,
+                        sender: entry.sender,
                         killed: false,
                     });
                 }
                 Err(error) => {
                     self.failed += 1;
-                    tracing::warn!(sender = %record.sender, %error, "--on-panic: command not run");
+                    tracing::warn!(sender = %entry.sender, %error, "--on-panic: command not run");
                 }
-            },
+            }
         }
     }
 
     /// Collects the commands that ended, and kills those that ran too long.
     fn reap(&mut self, now: Instant) {
+        self.last_look = now;
         let program = self.program();
+        let timeout = self.timeout;
+        let mut timed_out = Vec::new();
         let Self {
-            running,
-            failed,
-            limits,
-            ..
+            running, failed, ..
         } = self;
         running.retain_mut(|r| {
             let error = match r.child.try_wait() {
@@ -393,18 +527,19 @@ impl PanicHook {
                     status,
                 }),
                 Ok(None) => {
-                    if r.killed || now.saturating_duration_since(r.started) < limits.run_timeout {
+                    if r.killed || now.saturating_duration_since(r.started) < timeout {
                         return true;
                     }
+                    kill_group(&mut r.child);
                     // Reaped at a later call, once the signal has taken effect.
-                    let _ = r.child.kill();
                     r.killed = true;
                     *failed += 1;
                     let error = HookError::TimedOut {
                         program: program.clone(),
-                        after: limits.run_timeout,
+                        after: timeout,
                     };
                     tracing::warn!(sender = %r.sender, pid = r.child.id(), %error, "--on-panic");
+                    timed_out.push(r.sender);
                     return true;
                 }
                 Err(source) => Some(HookError::Wait {
@@ -418,13 +553,39 @@ impl PanicHook {
             }
             false
         });
+        for sender in timed_out {
+            self.timed_out += 1;
+            self.notice(sender, HookOutcome::TimedOut { after: timeout });
+        }
+    }
+
+    /// Reaps, then starts what waits.
+    fn housekeeping(&mut self) {
+        let now = Instant::now();
+        self.reap(now);
+        self.start_waiting(now, false);
+    }
+}
+
+/// Kills `child`'s process group (it leads one: see [`PanicHook::spawn`]), and the child itself
+/// should the group be gone.
+fn kill_group(child: &mut Child) {
+    use nix::sys::signal::{Signal, killpg};
+    use nix::unistd::Pid;
+    let group = i32::try_from(child.id()).map(Pid::from_raw);
+    if group.is_err() || group.is_ok_and(|g| killpg(g, Signal::SIGKILL).is_err()) {
+        let _ = child.kill();
     }
 }
 
 impl Sink for PanicHook {
     fn event(&mut self, event: &Event) {
         let now = Instant::now();
+        if self.first_heard.len() < DEFAULT_MAX_KNOWN {
+            self.first_heard.entry(event.sender().ip()).or_insert(now);
+        }
         self.reap(now);
+        self.start_waiting(now, false);
         if let Some(record) = event.as_record()
             && record.flags.panic.is_some_and(|p| p.begins)
         {
@@ -433,15 +594,67 @@ impl Sink for PanicHook {
     }
 
     fn flush(&mut self) {
-        self.reap(Instant::now());
+        self.housekeeping();
     }
 
-    fn stats(&self, out: &mut String) {
-        let _ = write!(
-            out,
-            " hooks_run={} hooks_failed={} hooks_suppressed={}",
-            self.run, self.failed, self.suppressed
-        );
+    fn close(&mut self) {
+        let now = Instant::now();
+        self.reap(now);
+        if !self.waiting.is_empty() {
+            tracing::info!(
+                waiting = self.waiting.len(),
+                "--on-panic: exiting; starting the reports still queued"
+            );
+        }
+        self.start_waiting(now, true);
+    }
+
+    fn take_notices(&mut self, out: &mut Vec<Notice>) {
+        out.append(&mut self.notices);
+    }
+
+    fn poll_at(&self) -> Option<Instant> {
+        (!self.running.is_empty() || !self.waiting.is_empty())
+            .then(|| self.last_look + HOUSEKEEPING_INTERVAL)
+    }
+
+    fn counters(&self, out: &mut Vec<super::SinkCounter>) {
+        use super::SinkCounter;
+        out.push(SinkCounter::total(
+            "hooks_run",
+            "--on-panic commands started.",
+            self.run,
+        ));
+        out.push(SinkCounter::total(
+            "hooks_failed",
+            "--on-panic commands that could not start, exited with an error or were killed at --on-panic-timeout.",
+            self.failed,
+        ));
+        out.push(SinkCounter::total(
+            "hooks_suppressed",
+            "Crash reports for which --on-panic was not run: the sender's --on-panic-interval had not passed.",
+            self.suppressed,
+        ));
+        out.push(SinkCounter::total(
+            "hooks_skipped",
+            "Crash reports for which --on-panic was not run: the queue of reports waiting for a slot was full.",
+            self.skipped,
+        ));
+        out.push(SinkCounter::total(
+            "hooks_late",
+            "--on-panic commands that started late, after waiting for a free slot.",
+            self.late,
+        ));
+        out.push(SinkCounter::total(
+            "hooks_timed_out",
+            "--on-panic commands killed at --on-panic-timeout.",
+            self.timed_out,
+        ));
+        out.push(SinkCounter::gauge(
+            "hooks_waiting",
+            "Crash reports waiting for a free --on-panic slot.",
+            self.waiting.len() as u64,
+        ));
     }
 }
 
@@ -449,6 +662,9 @@ impl Drop for PanicHook {
     fn drop(&mut self) {
         // Collect what already ended; the rest finish on their own and init reaps them.
         self.reap(Instant::now());
+        for entry in self.waiting.drain(..) {
+            self.budget.release(entry.charged);
+        }
     }
 }
 
@@ -490,6 +706,33 @@ mod tests {
             b"Kernel panic - not syncing: test",
             true,
         ))
+    }
+
+    fn options(command: Vec<String>, min_interval: Duration) -> PanicHookOptions {
+        PanicHookOptions {
+            command,
+            min_interval,
+            timeout: DEFAULT_RUN_TIMEOUT,
+        }
+    }
+
+    fn hook(command: Vec<String>, min_interval: Duration) -> PanicHook {
+        PanicHook::new(options(command, min_interval), MemoryBudget::default())
+    }
+
+    fn sh(script: &str) -> Vec<String> {
+        vec!["sh".into(), "-c".into(), script.into()]
+    }
+
+    fn notices(hook: &mut PanicHook) -> Vec<HookOutcome> {
+        let mut out = Vec::new();
+        hook.take_notices(&mut out);
+        out.into_iter()
+            .map(|n| match n {
+                Notice::Hook(h) => h.outcome,
+                other => panic!("a hook reports only hook notices: {other:?}"),
+            })
+            .collect()
     }
 
     fn stats(hook: &PanicHook) -> String {
@@ -581,15 +824,6 @@ mod tests {
     }
 
     #[test]
-    fn busy_does_not_use_up_the_interval() {
-        let t0 = Instant::now();
-        let mut limiter = RateLimiter::new(Duration::from_mins(1), 10);
-        assert_eq!(decide(&mut limiter, 2, 2, ip(1), t0), Decision::Busy);
-        assert_eq!(decide(&mut limiter, 1, 2, ip(1), t0), Decision::Run);
-        assert_eq!(decide(&mut limiter, 0, 2, ip(1), t0), Decision::RateLimited);
-    }
-
-    #[test]
     fn environment_is_lossless_and_env_safe() {
         let sender = SocketAddr::new(
             IpAddr::V6(Ipv6Addr::new(0xfd00, 0x42, 0, 0, 0, 0, 0, 0x10)),
@@ -623,10 +857,7 @@ mod tests {
              \"$NETCON_KIND\" >> '{}'",
             out.display()
         );
-        let mut hook = PanicHook::new(PanicHookOptions {
-            command: vec!["sh".into(), "-c".into(), script],
-            min_interval: Duration::from_hours(1),
-        });
+        let mut hook = hook(sh(&script), Duration::from_hours(1));
         hook.event(&panic_event(10));
         hook.event(&panic_event(10));
         // Records inside the report do not run it.
@@ -642,77 +873,241 @@ mod tests {
         );
         assert_eq!(
             stats(&hook),
-            " hooks_run=1 hooks_failed=0 hooks_suppressed=1"
+            " hooks_run=1 hooks_failed=0 hooks_suppressed=1 hooks_skipped=0 hooks_late=0 \
+             hooks_timed_out=0 hooks_waiting=0"
+        );
+        assert_eq!(
+            notices(&mut hook),
+            [HookOutcome::Skipped(SkipReason::RateLimited)]
         );
     }
 
     #[test]
     fn missing_command_is_counted_not_fatal() {
-        let mut hook = PanicHook::new(PanicHookOptions {
-            command: vec!["/nonexistent/netcon-hook".into(), "arg".into()],
-            min_interval: Duration::ZERO,
-        });
+        let mut hook = hook(
+            vec!["/nonexistent/netcon-hook".into(), "arg".into()],
+            Duration::ZERO,
+        );
         hook.event(&panic_event(1));
         hook.event(&panic_event(2));
-        assert_eq!(
-            stats(&hook),
-            " hooks_run=0 hooks_failed=2 hooks_suppressed=0"
-        );
+        assert!(stats(&hook).starts_with(" hooks_run=0 hooks_failed=2 hooks_suppressed=0 "));
     }
 
     #[test]
     fn empty_command_is_counted_not_fatal() {
-        let mut hook = PanicHook::new(PanicHookOptions {
-            command: Vec::new(),
-            min_interval: Duration::ZERO,
-        });
+        let mut hook = hook(Vec::new(), Duration::ZERO);
         hook.event(&panic_event(1));
-        assert_eq!(
-            stats(&hook),
-            " hooks_run=0 hooks_failed=1 hooks_suppressed=0"
-        );
+        assert!(stats(&hook).starts_with(" hooks_run=0 hooks_failed=1 hooks_suppressed=0 "));
     }
 
     #[test]
     fn failing_command_is_reaped_and_counted() {
-        let mut hook = PanicHook::new(PanicHookOptions {
-            command: vec!["sh".into(), "-c".into(), "exit 3".into()],
-            min_interval: Duration::ZERO,
-        });
+        let mut hook = hook(sh("exit 3"), Duration::ZERO);
         hook.event(&panic_event(1));
         reap_all(&mut hook);
+        assert!(stats(&hook).starts_with(" hooks_run=1 hooks_failed=1 hooks_suppressed=0 "));
+    }
+
+    /// Reaps until `done` holds; bounded.
+    fn flush_until(hook: &mut PanicHook, done: impl Fn(&PanicHook) -> bool) {
+        for _ in 0..500 {
+            hook.flush();
+            if done(hook) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("not done after 10 s: {}", stats(hook));
+    }
+
+    #[test]
+    fn busy_slots_queue_the_report_and_it_runs_late_when_one_frees() {
+        let dir = TempDir::new("queue");
+        let out = dir.0.join("out");
+        // Forged reports hold both slots for a while; the genuine one waits, then runs.
+        let script = format!(
+            "case \"$NETCON_SENDER\" in 10.42.0.99:*) echo genuine >> '{}';; *) sleep 0.5;; esac",
+            out.display()
+        );
+        let mut hook = PanicHook::with_limits(
+            options(sh(&script), Duration::from_hours(1)),
+            HookLimits {
+                max_running: 2,
+                ..HookLimits::default()
+            },
+            MemoryBudget::default(),
+        );
+        for i in 1..=4 {
+            hook.event(&panic_event(i));
+        }
+        hook.event(&panic_event(99));
+        assert_eq!((hook.running(), hook.waiting()), (2, 3));
+        assert!(hook.poll_at().is_some(), "a queue needs housekeeping");
+        flush_until(&mut hook, |h| h.running() == 0 && h.waiting() == 0);
+        assert_eq!(wait_for_file(&out), "genuine\n");
+        let outcomes = notices(&mut hook);
+        assert_eq!(outcomes.len(), 3, "{outcomes:?}");
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, HookOutcome::Late { waited } if *waited >= Duration::from_millis(400))),
+            "{outcomes:?}"
+        );
+        assert!(stats(&hook).starts_with(
+            " hooks_run=5 hooks_failed=0 hooks_suppressed=0 hooks_skipped=0 hooks_late=3 "
+        ));
+        assert_eq!(hook.poll_at(), None);
+        assert_eq!(hook.budget.used(), 0, "the queue's charges are released");
+    }
+
+    #[test]
+    fn a_full_queue_gives_way_to_a_sender_heard_before_the_newcomers() {
+        let mut hook = PanicHook::with_limits(
+            options(vec!["sleep".into(), "30".into()], Duration::ZERO),
+            HookLimits {
+                max_senders: 100,
+                max_running: 1,
+                max_queued: 3,
+            },
+            MemoryBudget::default(),
+        );
+        // The real machine has been logging before anything else happened.
+        hook.event(&Event::Record(Record {
+            sender: SocketAddr::new(ip(99), 6665),
+            ..Record::example(b"eth0: link up")
+        }));
+        std::thread::sleep(Duration::from_millis(2));
+        // A spray of forged panics from new addresses fills the slot and the queue.
+        for i in 1..=4 {
+            hook.event(&panic_event(i));
+        }
+        assert_eq!((hook.running(), hook.waiting()), (1, 3));
+        let _ = notices(&mut hook);
+        hook.event(&panic_event(99));
+        assert!(
+            hook.waiting.iter().any(|w| w.sender.ip() == ip(99)),
+            "the genuine report waits"
+        );
+        assert_eq!(hook.waiting(), 3);
         assert_eq!(
-            stats(&hook),
-            " hooks_run=1 hooks_failed=1 hooks_suppressed=0"
+            notices(&mut hook),
+            [HookOutcome::Skipped(SkipReason::QueueFull)],
+            "a forged one gave way, and says so"
+        );
+        // Another newcomer does not push anyone out.
+        hook.event(&panic_event(50));
+        assert!(hook.waiting.iter().any(|w| w.sender.ip() == ip(99)));
+        assert!(
+            stats(&hook).contains(" hooks_skipped=2 "),
+            "{}",
+            stats(&hook)
+        );
+        for r in &mut hook.running {
+            kill_group(&mut r.child);
+        }
+    }
+
+    #[test]
+    fn one_command_per_sender_at_a_time() {
+        let mut hook = hook(vec!["sleep".into(), "0.3".into()], Duration::ZERO);
+        hook.event(&panic_event(1));
+        hook.event(&panic_event(1));
+        assert_eq!((hook.running(), hook.waiting()), (1, 1));
+        flush_until(&mut hook, |h| h.waiting() == 0);
+        assert_eq!(hook.running(), 1);
+        assert!(matches!(notices(&mut hook)[..], [HookOutcome::Late { .. }]));
+    }
+
+    #[test]
+    fn a_full_queue_or_budget_skips_and_says_so() {
+        let mut hook = PanicHook::with_limits(
+            options(vec!["sleep".into(), "30".into()], Duration::ZERO),
+            HookLimits {
+                max_senders: 100,
+                max_running: 1,
+                max_queued: 2,
+            },
+            MemoryBudget::default(),
+        );
+        for i in 1..=4 {
+            hook.event(&panic_event(i));
+        }
+        assert_eq!((hook.running(), hook.waiting()), (1, 2));
+        assert_eq!(
+            notices(&mut hook),
+            [HookOutcome::Skipped(SkipReason::QueueFull)]
+        );
+        assert!(
+            stats(&hook).contains(" hooks_skipped=1 "),
+            "{}",
+            stats(&hook)
+        );
+        hook.close();
+        assert_eq!(
+            (hook.running(), hook.waiting()),
+            (3, 0),
+            "exit starts what waits"
+        );
+        for r in &mut hook.running {
+            kill_group(&mut r.child);
+        }
+
+        let mut starved = PanicHook::new(
+            options(vec!["true".into()], Duration::ZERO),
+            MemoryBudget::new(10),
+        );
+        starved.event(&panic_event(1));
+        assert_eq!(
+            notices(&mut starved),
+            [HookOutcome::Skipped(SkipReason::Memory)]
         );
     }
 
     #[test]
-    fn running_commands_are_bounded_and_killed_after_the_timeout() {
-        let mut hook = PanicHook::with_limits(
+    fn a_command_past_the_timeout_is_killed_with_its_process_group() {
+        let dir = TempDir::new("timeout");
+        let pid_file = dir.0.join("pid");
+        // The shell starts a grandchild in the same group; the timeout must take it too.
+        let script = format!("sleep 30 & echo $! > '{}'; wait", pid_file.display());
+        let mut hook = PanicHook::new(
             PanicHookOptions {
-                command: vec!["sleep".into(), "30".into()],
+                command: sh(&script),
                 min_interval: Duration::ZERO,
+                timeout: Duration::from_millis(300),
             },
-            HookLimits {
-                max_senders: 10,
-                max_running: 2,
-                run_timeout: Duration::from_millis(200),
-            },
+            MemoryBudget::default(),
         );
-        for i in 0..5 {
-            hook.event(&panic_event(i));
-        }
-        assert_eq!(hook.running(), 2);
-        assert_eq!(
-            stats(&hook),
-            " hooks_run=2 hooks_failed=0 hooks_suppressed=3"
-        );
-        std::thread::sleep(Duration::from_millis(250));
+        hook.event(&panic_event(1));
+        let grandchild: i32 = wait_for_file(&pid_file).trim().parse().unwrap();
+        std::thread::sleep(Duration::from_millis(350));
         reap_all(&mut hook);
         assert_eq!(
-            stats(&hook),
-            " hooks_run=2 hooks_failed=2 hooks_suppressed=3"
+            notices(&mut hook),
+            [HookOutcome::TimedOut {
+                after: Duration::from_millis(300)
+            }]
         );
+        assert!(
+            stats(&hook).contains(" hooks_failed=1 "),
+            "{}",
+            stats(&hook)
+        );
+        assert!(
+            stats(&hook).contains(" hooks_timed_out=1 "),
+            "{}",
+            stats(&hook)
+        );
+        // The grandchild is gone too (a zombie until init reaps it counts as gone).
+        let mut gone = false;
+        for _ in 0..100 {
+            let state =
+                std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();
+            if state.is_empty() || state.split(' ').nth(2) == Some("Z") {
+                gone = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(gone, "the command's child survived the timeout");
     }
 }

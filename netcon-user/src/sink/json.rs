@@ -10,8 +10,9 @@ use std::{borrow::Cow, fmt::Write as _};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
-use super::escape::escape_into;
+use super::escape::{self, escape_into};
 use crate::netconsole::{Event, LossKind, Priority, Record};
+use crate::notice::{HookOutcome, Notice};
 
 fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
@@ -238,10 +239,110 @@ pub fn write_event(event: &Event, out: &mut String) {
         }
         Event::Duplicate(_) => return,
     };
-    // Serializing these plain structs into a Vec cannot fail; should it, say so in the stream
-    // rather than dropping the event silently.
+    push_line(written, out);
+}
+
+/// Appends the JSON line for one of netcon-sniff's own notices, ending in `\n`:
+/// `{"type":"capture_lost","noticed":...,"interface":"eth1","reason":"ring_full","frames":N}`,
+/// `{"type":"hook_skipped"|"hook_late"|"hook_timeout","at":...,"sender":...,...}`, or
+/// `{"type":"forward_lost","noticed":...,"url":...,"messages":N,"first_dropped":...}`.
+pub fn write_notice(notice: &Notice, out: &mut String) {
+    let written = match notice {
+        Notice::CaptureLost(lost) => serde_json::to_string(&CaptureLostJson {
+            kind: "capture_lost",
+            noticed: time(lost.noticed),
+            interface: &lost.interface,
+            reason: lost.reason.as_str(),
+            frames: lost.frames,
+        }),
+        Notice::Hook(hook) => {
+            let (kind, reason, waited_ms, after_s) = match hook.outcome {
+                HookOutcome::Skipped(why) => ("hook_skipped", Some(why.as_str()), None, None),
+                HookOutcome::Late { waited } => (
+                    "hook_late",
+                    None,
+                    Some(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX)),
+                    None,
+                ),
+                HookOutcome::TimedOut { after } => {
+                    ("hook_timeout", None, None, Some(after.as_secs()))
+                }
+            };
+            serde_json::to_string(&HookJson {
+                kind,
+                at: time(hook.at),
+                sender: hook.sender.to_string(),
+                reason,
+                waited_ms,
+                after_s,
+            })
+        }
+        Notice::ForwardLost(lost) => serde_json::to_string(&ForwardLostJson {
+            kind: "forward_lost",
+            noticed: time(lost.noticed),
+            url: &lost.url,
+            messages: lost.messages,
+            first_dropped: time(lost.first_dropped),
+        }),
+    };
+    push_line(written, out);
+}
+
+#[derive(Serialize)]
+struct CaptureLostJson<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    noticed: String,
+    interface: &'a str,
+    reason: &'static str,
+    frames: u64,
+}
+
+#[derive(Serialize)]
+struct ForwardLostJson<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    noticed: String,
+    url: &'a str,
+    messages: u64,
+    first_dropped: String,
+}
+
+#[derive(Serialize)]
+struct HookJson {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    at: String,
+    sender: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waited_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    after_s: Option<u64>,
+}
+
+/// Appends `line` with DEL, the C1 controls, bidirectional overrides and zero-width characters
+/// as `\uXXXX` escapes: `serde_json` escapes only C0, and the others can still drive a terminal
+/// (8-bit CSI, U+009B) or make text read differently from what it is (U+202E) when a JSON line
+/// is shown with `jq -r` or `less`. The escapes decode to the same characters: nothing is lost.
+fn push_escaped_json(line: &str, out: &mut String) {
+    let mut rest = line;
+    while let Some((at, c)) = rest.char_indices().find(|&(_, c)| {
+        c == '\u{7f}' || ('\u{80}'..='\u{9f}').contains(&c) || escape::is_invisible(c)
+    }) {
+        out.push_str(&rest[..at]);
+        let _ = write!(out, "\\u{:04x}", u32::from(c));
+        rest = &rest[at + c.len_utf8()..];
+    }
+    out.push_str(rest);
+}
+
+/// Appends a serialized line (see [`push_escaped_json`]) and its newline. Serializing these
+/// plain structs cannot fail; should it, the stream says so rather than dropping the line.
+fn push_line(written: serde_json::Result<String>, out: &mut String) {
     match written {
-        Ok(line) => out.push_str(&line),
+        Ok(line) => push_escaped_json(&line, out),
         Err(error) => {
             let mut message = String::new();
             escape_into(error.to_string().as_bytes(), &mut message);
@@ -321,6 +422,81 @@ mod tests {
             ),
             (Some(2), Some(4), Some(3))
         );
+    }
+
+    #[test]
+    fn c1_del_and_bidi_become_json_escapes_that_decode_to_the_same_text() {
+        let text = "a\u{7f}b\u{9b}2J\u{202e}gnp.exe\u{200b}\u{1b}[31m\u{e9}";
+        let lines = decode(&[format!("6,1,10,-;{text}\n").as_bytes()]);
+        assert_eq!(lines[0]["text"], text);
+        let mut out = String::new();
+        let mut events = Vec::new();
+        let mut decoder = Decoder::new(DecoderConfig::default());
+        decoder.push(
+            std::time::Instant::now(),
+            Incoming {
+                received: DateTime::from_timestamp(0, 0).unwrap(),
+                ifindex: 1,
+                src: "10.77.0.10:6665".parse().unwrap(),
+                payload: format!("6,1,10,-;{text}\n").as_bytes(),
+            },
+            &mut events,
+        );
+        write_event(&events[0], &mut out);
+        assert!(
+            out.contains(r"a\u007fb\u009b2J\u202egnp.exe\u200b\u001b[31mé"),
+            "{out}"
+        );
+        assert!(!out.trim_end().chars().any(char::is_control), "{out:?}");
+    }
+
+    #[test]
+    fn notices_are_json_objects() {
+        use crate::notice::{CaptureLost, HookNotice, LossReason, SkipReason};
+        let mut out = String::new();
+        write_notice(
+            &Notice::CaptureLost(CaptureLost {
+                noticed: DateTime::from_timestamp(1_764_280_436, 0).unwrap(),
+                interface: "eth1".into(),
+                reason: LossReason::RingFull,
+                frames: 15_631,
+            }),
+            &mut out,
+        );
+        write_notice(
+            &Notice::Hook(HookNotice {
+                at: DateTime::from_timestamp(1_764_280_436, 0).unwrap(),
+                sender: "10.77.0.10:6665".parse().unwrap(),
+                outcome: HookOutcome::Skipped(SkipReason::QueueFull),
+            }),
+            &mut out,
+        );
+        let v: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(v[0]["type"], "capture_lost");
+        assert_eq!(v[0]["frames"], 15_631);
+        assert_eq!(v[0]["interface"], "eth1");
+        assert_eq!(v[0]["reason"], "ring_full");
+        assert_eq!(v[1]["type"], "hook_skipped");
+        assert_eq!(v[1]["sender"], "10.77.0.10:6665");
+        assert_eq!(v[1]["reason"], "queue_full");
+        out.clear();
+        write_notice(
+            &Notice::ForwardLost(crate::notice::ForwardLost {
+                noticed: DateTime::from_timestamp(1_764_280_437, 0).unwrap(),
+                url: "nats://10.1.0.5:4222/netcon".into(),
+                messages: 120,
+                first_dropped: DateTime::from_timestamp(1_764_280_436, 0).unwrap(),
+            }),
+            &mut out,
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["type"], "forward_lost");
+        assert_eq!(v["url"], "nats://10.1.0.5:4222/netcon");
+        assert_eq!(v["messages"], 120);
+        assert_eq!(v["first_dropped"], "2025-11-27T21:53:56.000000Z");
     }
 
     #[test]

@@ -24,6 +24,15 @@
 //!   `partial`, `incomplete` (missing bytes), `facility`, `truncated` (original MSG length).
 //!   32473 is the private enterprise number IANA reserves for documentation (RFC 5612): netcon
 //!   has none of its own; [`SD_ID`] is the one place to change it.
+//! - What the record carries besides its text goes into the structured data as well, because
+//!   it is what operators filter on downstream: typed sysdata (kernel 6.14+) and the release in
+//!   the `netcon@32473` element under their own names (`cpu`, `taskname`, `msgid`, `release`),
+//!   and every other `KEY=value` field (userdata from configfs, the record's dictionary such as
+//!   `SUBSYSTEM` and `DEVICE`) in a second element, [`FIELDS_SD_ID`], in the order sent:
+//!   `[fields@32473 dc="lab-7" rack="r12" SUBSYSTEM="net"]`. Keys become valid SD-NAMEs (at
+//!   most 32 printable ASCII characters other than `=`, space, `]` and `"`; others are
+//!   replaced by `_`); values are escaped like MSG text and then as RFC 5424 §6.3.3 asks.
+//!   Fields beyond [`MAX_FIELDS_BYTES`] are left out and counted in `fields_dropped`.
 //! - MSG is the text as UTF-8 without a BOM. RFC 5424 wants a BOM to declare UTF-8, but rsyslog
 //!   keeps it as part of `%msg%` (three stray bytes in every file line), and receivers treat
 //!   MSG as UTF-8 anyway. Bytes that are not UTF-8 and control characters other than LF and TAB
@@ -36,7 +45,9 @@
 //!   (warning, notice, warning). Duplicates are not (they are counted in the stats).
 //!
 //! Delivery never blocks capture: [`Forwarder::event`] formats and `try_send`s into a bounded
-//! queue ([`QUEUE_MESSAGES`]) and counts what does not fit. A worker thread of its own, running a
+//! queue ([`QUEUE_MESSAGES`]) and counts what does not fit; the drops become `forward_lost`
+//! notices in the collector's output and, once there is room again, one `forward_lost` message
+//! to the server ahead of what follows the gap ([`super::drops`]). A worker thread of its own, running a
 //! small tokio runtime, owns the socket. It is a thread rather than a task on the caller's
 //! runtime because that runtime is current-thread: while a capture file is read it never
 //! yields, and when `run` returns it drops its tasks with their queues. With a thread, messages
@@ -54,15 +65,17 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs as _};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Datelike as _, Utc};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpStream, UdpSocket};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::Sink;
+use super::worker::WorkerThread;
 use crate::netconsole::{Event, LossKind, Lost, Malformed, Priority, Rebooted, Record};
+use crate::notice::{HookOutcome, Notice};
 
 /// The port when the URL gives none: 514, syslog's UDP port (RFC 5426). RFC 6587 assigns no TCP
 /// port, but 514/tcp is what rsyslog and syslog-ng listen on for plain TCP by convention (6514
@@ -91,6 +104,14 @@ pub const MAX_MESSAGE_BYTES: usize = 8192;
 pub const TCP_BATCH_BYTES: usize = 64 * 1024;
 /// The SD-ID of netcon's structured data element (see the module documentation).
 pub const SD_ID: &str = "netcon@32473";
+/// The SD-ID of the element that carries the record's `KEY=value` fields.
+pub const FIELDS_SD_ID: &str = "fields@32473";
+/// Bytes of `KEY=value` fields put into one message's structured data at most: 4 KiB (netconsole
+/// userdata is at most a few hundred bytes; this bounds what a forged datagram can make of a
+/// message, which stays under [`MAX_MESSAGE_BYTES`]).
+pub const MAX_FIELDS_BYTES: usize = 4096;
+/// Longest SD-NAME (RFC 5424 §6.3.3).
+const MAX_SD_NAME: usize = 32;
 /// APP-NAME of forwarded records.
 pub const APP_NAME: &str = "kernel";
 /// APP-NAME of netcon's own messages about a sender (loss, reboot, malformed datagrams).
@@ -306,6 +327,83 @@ pub fn format_event(event: &Event) -> Option<String> {
     Some(m.finish())
 }
 
+/// The RFC 5424 message for one of netcon-sniff's own notices: APP-NAME `netcon`, facility
+/// `daemon`, level warning; MSGID `capture_lost` (HOSTNAME `-`: the lost frames' senders are
+/// unknown), `forward_lost` (HOSTNAME `-`) or `hook` (HOSTNAME the sender whose panic it was).
+#[must_use]
+pub fn format_notice(notice: &Notice) -> String {
+    match notice {
+        Notice::CaptureLost(lost) => {
+            let mut m = collector_message(lost.noticed, "capture_lost");
+            m.param("interface", &lost.interface);
+            m.param("reason", lost.reason.as_str());
+            m.param("frames", lost.frames);
+            let _ = write!(
+                m.msg,
+                "capture lost {} frames on {} ({})",
+                lost.frames,
+                lost.interface,
+                lost.reason.describe()
+            );
+            m.finish()
+        }
+        Notice::ForwardLost(lost) => {
+            let mut m = collector_message(lost.noticed, "forward_lost");
+            m.param("url", &lost.url);
+            m.param("messages", lost.messages);
+            let _ = write!(
+                m.msg,
+                "forwarding lost {} messages ({})",
+                lost.messages, lost.url
+            );
+            m.finish()
+        }
+        Notice::Hook(hook) => {
+            let mut m = own_message(hook.at, hook.sender, LEVEL_WARNING, "hook");
+            match hook.outcome {
+                HookOutcome::Skipped(why) => {
+                    m.param("action", "skipped");
+                    m.param("reason", why.as_str());
+                    let _ = write!(m.msg, "panic hook skipped ({})", why.describe());
+                }
+                HookOutcome::Late { waited } => {
+                    m.param("action", "late");
+                    m.param("waited_ms", waited.as_millis());
+                    let _ = write!(
+                        m.msg,
+                        "panic hook late (waited {:.3} s for a slot)",
+                        waited.as_secs_f64()
+                    );
+                }
+                HookOutcome::TimedOut { after } => {
+                    m.param("action", "timeout");
+                    m.param("after_s", after.as_secs());
+                    let _ = write!(
+                        m.msg,
+                        "panic hook timed out after {} s; killed",
+                        after.as_secs()
+                    );
+                }
+            }
+            m.finish()
+        }
+    }
+}
+
+/// A message about the collector itself (HOSTNAME `-`), level warning.
+fn collector_message(time: DateTime<Utc>, msgid: &'static str) -> Message {
+    Message {
+        pri: u16::from(FACILITY_DAEMON) * 8 + u16::from(LEVEL_WARNING),
+        time: Some(time),
+        host: "-".to_owned(),
+        app: OWN_APP_NAME,
+        msgid,
+        params: Vec::new(),
+        fields: Vec::new(),
+        msg: String::new(),
+    }
+}
+
 /// Appends the RFC 6587 octet-counting frame of `message` (`LEN SP MSG`) to `out`.
 pub fn frame_octet_counted(message: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(message.len().to_string().as_bytes());
@@ -322,6 +420,8 @@ struct Message {
     app: &'static str,
     msgid: &'static str,
     params: Vec<(&'static str, String)>,
+    /// The record's `KEY=value` fields, names already valid SD-NAMEs.
+    fields: Vec<(String, String)>,
     msg: String,
 }
 
@@ -344,12 +444,12 @@ impl Message {
         }
         let _ = write!(out, " {} {} - {} ", self.host, self.app, self.msgid);
         let head = out.len();
-        write_sd(&self.params, &mut out);
+        write_sd(&self.params, &self.fields, &mut out);
         if !self.msg.is_empty() && out.len() + 1 + self.msg.len() > MAX_MESSAGE_BYTES {
             let original = self.msg.len();
             self.params.push(("truncated", original.to_string()));
             out.truncate(head);
-            write_sd(&self.params, &mut out);
+            write_sd(&self.params, &self.fields, &mut out);
             let room = MAX_MESSAGE_BYTES.saturating_sub(out.len() + 1);
             self.msg.truncate(self.msg.floor_char_boundary(room));
         }
@@ -361,23 +461,121 @@ impl Message {
     }
 }
 
-/// `[SD-ID name="value" ...]` with `"`, `\` and `]` escaped (RFC 5424 §6.3.3).
-fn write_sd(params: &[(&'static str, String)], out: &mut String) {
+/// `[netcon@32473 name="value" ...]`, then `[fields@32473 ...]` when there are fields.
+fn write_sd(params: &[(&'static str, String)], fields: &[(String, String)], out: &mut String) {
+    write_sd_element(SD_ID, params.iter().map(|(n, v)| (*n, v.as_str())), out);
+    if !fields.is_empty() {
+        write_sd_element(
+            FIELDS_SD_ID,
+            fields.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+            out,
+        );
+    }
+}
+
+/// `[SD-ID name="value" ...]`; names must already be valid SD-NAMEs, values are escaped by
+/// [`escape_sd_value`].
+fn write_sd_element<'a>(
+    id: &str,
+    params: impl Iterator<Item = (&'a str, &'a str)>,
+    out: &mut String,
+) {
     out.push('[');
-    out.push_str(SD_ID);
+    out.push_str(id);
     for (name, value) in params {
         out.push(' ');
         out.push_str(name);
         out.push_str("=\"");
-        for c in value.chars() {
-            if matches!(c, '"' | '\\' | ']') {
-                out.push('\\');
-            }
-            out.push(c);
-        }
+        escape_sd_value(value, out);
         out.push('"');
     }
     out.push(']');
+}
+
+/// A PARAM-VALUE, the one place SD values are escaped: `"`, `\` and `]` with a backslash (RFC
+/// 5424 §6.3.3), and control characters (NUL, ESC, CR, LF, C1) and invisible ones (bidi
+/// overrides, zero-width) shown as the text output shows them (`\r`, `\u{1b}`): a value such as
+/// `caller` or a userdata field comes off the network, and a raw NUL or CR would cut or forge the
+/// line in a receiver's file.
+fn escape_sd_value(value: &str, out: &mut String) {
+    for c in value.chars() {
+        match c {
+            '"' | '\\' | ']' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || super::escape::is_invisible(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+/// `key` as an SD-NAME: printable US-ASCII except `=`, space, `]` and `"` (others become `_`),
+/// at most 32 characters, never empty.
+fn sd_name(key: &[u8]) -> String {
+    let mut name: String = key
+        .iter()
+        .take(MAX_SD_NAME)
+        .map(|&b| match b {
+            b'=' | b' ' | b']' | b'"' => '_',
+            33..=126 => char::from(b),
+            _ => '_',
+        })
+        .collect();
+    if name.is_empty() {
+        name.push('_');
+    }
+    name
+}
+
+/// Puts the record's typed sysdata and release into the netcon element, its other fields into
+/// the fields element (see the module documentation).
+fn record_fields(r: &Record, m: &mut Message) {
+    if let Some(release) = &r.release {
+        m.param("release", release);
+    }
+    if let Some(cpu) = r.sysdata.cpu {
+        m.param("cpu", cpu);
+    }
+    if let Some(taskname) = &r.sysdata.taskname {
+        let mut value = String::new();
+        escape_msg_into(taskname, &mut value);
+        m.param("taskname", value);
+    }
+    if let Some(msgid) = r.sysdata.msgid {
+        m.param("msgid", msgid);
+    }
+    let typed = |key: &[u8]| match key {
+        b"cpu" => r.sysdata.cpu.is_some(),
+        b"taskname" => r.sysdata.taskname.is_some(),
+        b"msgid" => r.sysdata.msgid.is_some(),
+        b"release" => r.release.is_some(),
+        _ => false,
+    };
+    let mut bytes = 0;
+    let mut dropped = 0u64;
+    for field in r.fields.iter().filter(|f| !typed(&f.key)) {
+        let name = sd_name(&field.key);
+        let mut value = String::new();
+        escape_msg_into(&field.value, &mut value);
+        // Name, `="`, `"` and a space, and the value as `escape_sd_value` writes it: at worst
+        // three times as long (a three-byte invisible character becomes `\u{202e}`).
+        let cost = name.len() + 4 + 3 * value.len();
+        if bytes + cost > MAX_FIELDS_BYTES {
+            dropped += 1;
+            continue;
+        }
+        bytes += cost;
+        m.fields.push((name, value));
+    }
+    if dropped > 0 {
+        m.param("fields_dropped", dropped);
+    }
 }
 
 /// MSG text: UTF-8 with invalid bytes and control characters other than LF and TAB escaped the
@@ -447,6 +645,7 @@ fn record_message(r: &Record, m: &mut Message) {
     if let Some(incomplete) = r.flags.incomplete {
         m.param("incomplete", incomplete.missing_bytes);
     }
+    record_fields(r, m);
     escape_msg_into(&r.text, &mut m.msg);
 }
 
@@ -463,6 +662,7 @@ fn own_message(
         app: OWN_APP_NAME,
         msgid,
         params: vec![("sender", sender.to_string())],
+        fields: Vec::new(),
         msg: String::new(),
     }
 }
@@ -537,12 +737,10 @@ pub struct ForwardStats {
     pub errors: u64,
 }
 
-/// The worker's end of the forwarder: the thread is done when `done` says so (or hangs up).
+/// The worker's end of the forwarder.
 struct Worker {
     queue: mpsc::Sender<String>,
-    /// Dropped to tell the worker that the grace period starts.
-    stop: oneshot::Sender<()>,
-    done: std::sync::mpsc::Receiver<()>,
+    thread: WorkerThread,
 }
 
 /// Forwards events to one syslog server from a worker thread (see the module documentation).
@@ -556,10 +754,8 @@ pub struct Forwarder {
     refused: u64,
     /// Messages still queued when the worker was given up on at close.
     abandoned: u64,
-    /// Refusing since the last accepted message: log only the first refusal of a run.
-    refusing: bool,
-    /// [`SHUTDOWN_GRACE`], shorter in tests.
-    grace: Duration,
+    /// Drops not yet told in a `forward_lost` notice or report.
+    drops: super::drops::ForwardDrops,
 }
 
 impl Forwarder {
@@ -578,56 +774,30 @@ impl Forwarder {
             source,
         };
         let (queue_tx, queue_rx) = mpsc::channel(queue);
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
         let counters = Arc::new(Counters::default());
         let task = Task {
             url: url.to_string(),
             transport: url.transport,
             addrs,
             counters: Arc::clone(&counters),
-            grace,
         };
-        // The runtime is built (and dropped) on the worker thread: dropping a runtime on the
-        // caller's, which may be inside another runtime, would panic.
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("netcon-forward".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_io()
-                    .enable_time()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        let _ = ready_tx.send(Err(error));
-                        return;
-                    }
-                };
-                let _ = ready_tx.send(Ok(()));
-                runtime.block_on(task.run(queue_rx, stop_rx));
-                let _ = done_tx.send(());
-            })
-            .map_err(worker_error)?;
-        ready_rx
-            .recv()
-            .unwrap_or_else(|_| Err(io::Error::other("the forwarding thread ended at start")))
-            .map_err(worker_error)?;
+        let thread = WorkerThread::spawn("netcon-forward", grace, move || async move {
+            let mut queue = queue_rx;
+            task.serve(&mut queue).await;
+        })
+        .map_err(worker_error)?;
         tracing::debug!(url = %url, "forwarding");
         Ok(Self {
             url: url.clone(),
             worker: Some(Worker {
                 queue: queue_tx,
-                stop: stop_tx,
-                done: done_rx,
+                thread,
             }),
             counters,
             accepted: 0,
             refused: 0,
             abandoned: 0,
-            refusing: false,
-            grace,
+            drops: super::drops::ForwardDrops::new(url.to_string()),
         })
     }
 
@@ -651,16 +821,12 @@ impl Forwarder {
         let Some(worker) = self.worker.take() else {
             return;
         };
-        // Closing the queue lets the worker finish as soon as it is empty; dropping `stop`
-        // starts its grace period.
+        // Closing the queue lets the worker finish as soon as it is empty.
         drop(worker.queue);
-        drop(worker.stop);
-        // The worker bounds itself by the grace period; the margin covers its last steps.
-        let _ = worker
-            .done
-            .recv_timeout(self.grace + Duration::from_millis(500));
+        worker.thread.stop();
         let stats = self.counters();
         self.abandoned = stats.queued;
+        self.drops.closed(self.abandoned);
         let stats = self.counters();
         if stats.dropped > 0 {
             tracing::warn!(
@@ -688,50 +854,107 @@ impl Sink for Forwarder {
     }
 
     fn event(&mut self, event: &Event) {
-        let Some(message) = format_event(event) else {
-            return;
-        };
-        let Some(worker) = &self.worker else {
-            self.refused += 1;
-            return;
-        };
-        match worker.queue.try_send(message) {
-            Ok(()) => {
-                self.accepted += 1;
-                if self.refusing {
-                    self.refusing = false;
-                    tracing::info!(
-                        url = %self.url,
-                        dropped = self.refused,
-                        "forwarding queue has room again"
-                    );
-                }
-            }
-            Err(error) => {
-                self.refused += 1;
-                if !self.refusing {
-                    self.refusing = true;
-                    let why = match error {
-                        mpsc::error::TrySendError::Full(_) => "the queue is full",
-                        mpsc::error::TrySendError::Closed(_) => "the forwarding thread is gone",
-                    };
-                    tracing::warn!(
-                        url = %self.url,
-                        queue = QUEUE_MESSAGES,
-                        "dropping messages to forward: {why}"
-                    );
-                }
-            }
+        if let Some(message) = format_event(event) {
+            self.enqueue(message);
         }
     }
 
-    fn stats(&self, out: &mut String) {
-        let s = self.counters();
-        let _ = write!(
-            out,
-            " forward_sent={} forward_dropped={} forward_queued={} forward_errors={}",
-            s.sent, s.dropped, s.queued, s.errors
-        );
+    fn notice(&mut self, notice: &Notice) {
+        // Its own drops it reports once there is room again (see `enqueue`).
+        if !self.drops.is_own(notice) {
+            self.enqueue(format_notice(notice));
+        }
+    }
+
+    fn take_notices(&mut self, out: &mut Vec<Notice>) {
+        self.drops.take_notice(Instant::now(), out);
+    }
+
+    fn poll_at(&self) -> Option<Instant> {
+        self.drops.poll_at()
+    }
+
+    fn counters(&self, out: &mut Vec<super::SinkCounter>) {
+        use super::SinkCounter;
+        let s = Forwarder::counters(self);
+        let url = self.url.to_string();
+        out.extend([
+            SinkCounter::total(
+                "forward_sent",
+                "Syslog messages handed to the socket.",
+                s.sent,
+            )
+            .of("url", url.clone()),
+            SinkCounter::total(
+                "forward_dropped",
+                "Syslog messages that will never be sent (queue full, send failed, shutdown).",
+                s.dropped,
+            )
+            .of("url", url.clone()),
+            SinkCounter::gauge(
+                "forward_queued",
+                "Syslog messages waiting in the queue.",
+                s.queued,
+            )
+            .of("url", url.clone()),
+            SinkCounter::total(
+                "forward_errors",
+                "Syslog transport errors (failed connections and sends, lost connections).",
+                s.errors,
+            )
+            .of("url", url),
+        ]);
+    }
+}
+
+impl Forwarder {
+    /// Queues one message for the worker, or counts it as dropped. While drops wait for their
+    /// report, the report goes first (and nothing else until it fits), so that it follows the
+    /// gap in the server's log.
+    fn enqueue(&mut self, message: String) {
+        if self.drops.reporting() {
+            self.queue_report();
+        }
+        if self.drops.reporting() || !self.try_queue(message) {
+            self.refused += 1;
+            if !self.drops.reporting() {
+                tracing::warn!(
+                    url = %self.url,
+                    queue = QUEUE_MESSAGES,
+                    "dropping messages to forward: the queue is full (or the forwarding thread is gone)"
+                );
+            }
+            self.drops.dropped(Utc::now());
+        }
+    }
+
+    /// Queues the report of the drops so far, if it fits.
+    fn queue_report(&mut self) {
+        let Some(report) = self.drops.report() else {
+            return;
+        };
+        if self.try_queue(format_notice(&report)) {
+            if let Notice::ForwardLost(lost) = &report {
+                tracing::info!(
+                    url = %self.url,
+                    dropped = lost.messages,
+                    "forwarding queue has room again"
+                );
+            }
+            self.drops.reported();
+        }
+    }
+
+    /// Hands one message to the worker; `false` when the queue is full or the worker gone.
+    fn try_queue(&mut self, message: String) -> bool {
+        let queued = self
+            .worker
+            .as_ref()
+            .is_some_and(|worker| worker.queue.try_send(message).is_ok());
+        if queued {
+            self.accepted += 1;
+        }
+        queued
     }
 }
 
@@ -802,26 +1025,9 @@ struct Task {
     transport: Transport,
     addrs: Vec<SocketAddr>,
     counters: Arc<Counters>,
-    grace: Duration,
 }
 
 impl Task {
-    /// Delivers until the queue is closed and empty, or until the grace period
-    /// ([`SHUTDOWN_GRACE`]) after `stop`.
-    async fn run(self, mut queue: mpsc::Receiver<String>, stop: oneshot::Receiver<()>) {
-        let grace = async {
-            // Either a send (never done) or the sender dropped: both mean "shutting down".
-            let _ = stop.await;
-            tokio::time::sleep(self.grace).await;
-        };
-        tokio::select! {
-            () = self.serve(&mut queue) => {}
-            () = grace => {
-                tracing::debug!(url = %self.url, "shutdown grace period over");
-            }
-        }
-    }
-
     /// Connects (again and again, with backoff) and delivers until the queue is closed and
     /// empty.
     async fn serve(&self, queue: &mut mpsc::Receiver<String>) {
@@ -1041,6 +1247,93 @@ mod tests {
         );
     }
 
+    fn field(key: &[u8], value: &[u8]) -> crate::netconsole::Field {
+        crate::netconsole::Field {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        }
+    }
+
+    #[test]
+    fn fields_go_into_a_second_element_and_sysdata_under_its_own_names() {
+        let mut r = record(b"link up");
+        r.fields = vec![
+            field(b"SUBSYSTEM", b"net"),
+            field(b"dc", b"lab-7"),
+            field(b"rack", b"r12"),
+            field(b"cpu", b"3"),
+            field(b"taskname", b"kworker/3:1"),
+            field(b"release", b"7.2.0-nct"),
+            field(b"msgid", b"41"),
+        ];
+        r.sysdata = crate::netconsole::Sysdata::from_fields(&r.fields);
+        r.release = Some("7.2.0-nct".into());
+        assert_eq!(
+            format_record(r),
+            "<14>1 2026-11-27T22:15:54.753542Z 10.77.0.10 kernel - - \
+             [netcon@32473 seq=\"377\" ktime=\"4.373204\" sender=\"10.77.0.10:6665\" \
+             release=\"7.2.0-nct\" cpu=\"3\" taskname=\"kworker/3:1\" msgid=\"41\"]\
+             [fields@32473 SUBSYSTEM=\"net\" dc=\"lab-7\" rack=\"r12\"] link up"
+        );
+    }
+
+    #[test]
+    fn field_names_become_sd_names_and_values_are_escaped() {
+        let mut r = record(b"x");
+        r.fields = vec![
+            field(b"a b=c]d\"e\xff", b"q\"b\\s]e\xfe"),
+            field(b"", b"no key"),
+            field(&[b'k'; 40], b"long"),
+            field(b"ok", b""),
+        ];
+        let m = format_record(r);
+        let long = "k".repeat(32);
+        assert!(
+            m.ends_with(&format!(
+                "[fields@32473 a_b_c_d_e_=\"q\\\"b\\\\s\\]e\\\\xfe\" _=\"no key\" \
+                 {long}=\"long\" ok=\"\"] x"
+            )),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn field_values_escape_controls_and_invisibles_too() {
+        let mut r = record(b"x");
+        r.fields = vec![field(
+            b"dc",
+            "a\rb\nc\td\u{1b}[31m]\u{202e}e\u{200b}".as_bytes(),
+        )];
+        let m = format_record(r);
+        // One escaper for every SD value: no raw control or invisible character reaches the
+        // receiver, and RFC 5424's specials are escaped.
+        assert!(
+            !m.chars()
+                .any(|c| (c.is_control() && c != '\n') || crate::sink::escape::is_invisible(c)),
+            "{m:?}"
+        );
+        assert!(
+            m.contains(r#"[fields@32473 dc="a\\rb\nc\td\\u{1b}[31m\]\u{202e}e\u{200b}"]"#),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn fields_beyond_the_bound_are_counted_not_sent() {
+        let mut r = record(b"x");
+        r.fields = (0..100)
+            .map(|i| field(format!("k{i}").as_bytes(), &[b'v'; 100]))
+            .collect();
+        let m = format_record(r);
+        assert!(m.len() <= MAX_MESSAGE_BYTES, "{}", m.len());
+        let kept = m.matches("=\"vvvv").count();
+        assert!(kept > 10 && kept < 100, "{kept}");
+        assert!(
+            m.contains(&format!(" fields_dropped=\"{}\"]", 100 - kept)),
+            "{m}"
+        );
+    }
+
     #[test]
     fn pri_is_facility_times_eight_plus_level() {
         for (pri, expected) in [
@@ -1107,6 +1400,63 @@ mod tests {
             "<14>1 2026-11-27T22:15:54.753542Z fe80::1 kernel - - \
              [netcon@32473 seq=\"377\" ktime=\"4.373204\" sender=\"[fe80::1\\]:6665\" \
              caller=\"a\\\"b\\\\c\\]d\"] x"
+        );
+    }
+
+    #[test]
+    fn sd_values_escape_controls_and_invisible_characters() {
+        let mut r = record(b"x");
+        r.caller = Some(Caller::Unknown(
+            "a\0b\x1b[31mc\rd\ne\u{9b}f\u{202e}g".into(),
+        ));
+        let message = format_record(r);
+        assert!(
+            message.contains(r#"caller="a\u{0}b\u{1b}[31mc\rd\ne\u{9b}f\u{202e}g"]"#),
+            "{message}"
+        );
+        assert!(!message.chars().any(char::is_control), "{message:?}");
+    }
+
+    #[test]
+    fn notices_are_netcon_messages() {
+        use crate::notice::{CaptureLost, HookNotice, LossReason, SkipReason};
+        let at = DateTime::from_timestamp(1_764_280_436, 0).unwrap_or_default();
+        let lost = format_notice(&Notice::CaptureLost(CaptureLost {
+            noticed: at,
+            interface: "eth1".into(),
+            reason: LossReason::Socket,
+            frames: 12,
+        }));
+        assert_eq!(
+            lost,
+            "<28>1 2025-11-27T21:53:56.000000Z - netcon - capture_lost \
+             [netcon@32473 interface=\"eth1\" reason=\"socket\" frames=\"12\"] \
+             capture lost 12 frames on eth1 (socket buffer full)"
+        );
+        let hook = format_notice(&Notice::Hook(HookNotice {
+            at,
+            sender: "10.77.0.10:6665".parse().unwrap(),
+            outcome: HookOutcome::Skipped(SkipReason::QueueFull),
+        }));
+        assert!(
+            hook.starts_with("<28>1 2025-11-27T21:53:56.000000Z 10.77.0.10 netcon - hook "),
+            "{hook}"
+        );
+        assert!(
+            hook.contains(r#"action="skipped" reason="queue_full""#),
+            "{hook}"
+        );
+        let forward = format_notice(&Notice::ForwardLost(crate::notice::ForwardLost {
+            noticed: at,
+            url: "nats://10.1.0.5:4222/netcon".into(),
+            messages: 7,
+            first_dropped: at,
+        }));
+        assert_eq!(
+            forward,
+            "<28>1 2025-11-27T21:53:56.000000Z - netcon - forward_lost \
+             [netcon@32473 url=\"nats://10.1.0.5:4222/netcon\" messages=\"7\"] \
+             forwarding lost 7 messages (nats://10.1.0.5:4222/netcon)"
         );
     }
 
@@ -1382,11 +1732,28 @@ mod tests {
                 s.errors
             )
         );
+        let lost = |f: &mut Forwarder| {
+            let mut notices = Vec::new();
+            f.take_notices(&mut notices);
+            notices
+                .iter()
+                .map(|n| match n {
+                    Notice::ForwardLost(l) => l.messages,
+                    other => panic!("{other:?}"),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            lost(&mut f),
+            [6],
+            "the drops are a notice in the output stream"
+        );
         let started = Instant::now();
         f.close();
         assert!(started.elapsed() < SHORT_GRACE + Duration::from_secs(2));
         let s = f.counters();
         assert_eq!((s.sent, s.dropped, s.queued), (0, 10, 0), "{s:?}");
+        assert_eq!(lost(&mut f), [4], "and what was left at close, at once");
         assert!(s.errors >= 1, "{s:?}");
         // Closed: further events are counted, not queued.
         f.event(&Event::Record(record(b"late")));

@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 
 use super::escape::escape_into;
 use crate::netconsole::{Event, LossKind, Record};
+use crate::notice::{HookOutcome, Notice};
 
 /// Appends the line(s) for `event` to `out`, each ending in `\n` (none for a duplicate).
 pub fn write_event(event: &Event, out: &mut String) {
@@ -68,6 +69,62 @@ pub fn write_event(event: &Event, out: &mut String) {
         }
         Event::Duplicate(_) => {}
     }
+}
+
+/// Appends the line for one of netcon-sniff's own notices, ending in `\n`:
+///
+/// ```text
+/// 2026-11-27T21:53:56.123456Z -- CAPTURE LOST 15631 frames on eth1 (ring buffer full)
+/// 2026-11-27T21:53:57.000001Z 10.77.0.10 -- PANIC HOOK LATE (waited 2.504 s for a slot)
+/// 2026-11-27T21:53:58.000002Z -- FORWARD LOST 120 messages (nats://10.1.0.5:4222/netcon)
+/// ```
+pub fn write_notice(notice: &Notice, out: &mut String) {
+    match notice {
+        Notice::CaptureLost(lost) => {
+            write_time(lost.noticed, out);
+            let _ = writeln!(
+                out,
+                " -- CAPTURE LOST {} frames on {} ({})",
+                lost.frames,
+                lost.interface,
+                lost.reason.describe()
+            );
+        }
+        Notice::Hook(hook) => {
+            write_prefix(hook.at, hook.sender, out);
+            let _ = match hook.outcome {
+                HookOutcome::Skipped(why) => {
+                    writeln!(out, "-- PANIC HOOK SKIPPED ({})", why.describe())
+                }
+                HookOutcome::Late { waited } => writeln!(
+                    out,
+                    "-- PANIC HOOK LATE (waited {:.3} s for a slot)",
+                    waited.as_secs_f64()
+                ),
+                HookOutcome::TimedOut { after } => writeln!(
+                    out,
+                    "-- PANIC HOOK TIMED OUT (still running after {} s; killed)",
+                    after.as_secs()
+                ),
+            };
+        }
+        Notice::ForwardLost(lost) => {
+            write_time(lost.noticed, out);
+            let _ = writeln!(
+                out,
+                " -- FORWARD LOST {} messages ({})",
+                lost.messages, lost.url
+            );
+        }
+    }
+}
+
+/// [`write_notice`] into a new `String`.
+#[must_use]
+pub fn format_notice(notice: &Notice) -> String {
+    let mut out = String::new();
+    write_notice(notice, &mut out);
+    out
 }
 
 /// [`write_event`] into a new `String`.
@@ -128,7 +185,13 @@ fn write_record(r: &Record, out: &mut String) {
     out.push('\n');
 }
 
-fn write_prefix(received: DateTime<Utc>, sender: SocketAddr, out: &mut String) {
+/// Appends `RECEIVED SENDER ` (the start of every line).
+pub fn write_prefix(received: DateTime<Utc>, sender: SocketAddr, out: &mut String) {
+    write_time(received, out);
+    let _ = write!(out, " {} ", sender.ip());
+}
+
+fn write_time(received: DateTime<Utc>, out: &mut String) {
     use chrono::{Datelike as _, Timelike as _};
     // Field by field rather than `format("%Y-...")`, which parses its pattern for every record.
     // chrono keeps a leap second as second 59 with 1_000_000_000+ nanoseconds; print it as 60.
@@ -138,13 +201,12 @@ fn write_prefix(received: DateTime<Utc>, sender: SocketAddr, out: &mut String) {
     };
     let _ = write!(
         out,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{second:02}.{micros:06}Z {} ",
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{second:02}.{micros:06}Z",
         received.year(),
         received.month(),
         received.day(),
         received.hour(),
         received.minute(),
-        sender.ip()
     );
 }
 
@@ -263,6 +325,55 @@ mod tests {
                 "<OOPS #2> <INCOMPLETE: 120 of 3814 bytes missing> <partial line> partial text"
             ),
             "{line}"
+        );
+    }
+
+    #[test]
+    fn notices_have_their_own_lines() {
+        use crate::notice::{CaptureLost, HookNotice, LossReason, SkipReason};
+        let lost = Notice::CaptureLost(CaptureLost {
+            noticed: at(),
+            interface: "eth1".into(),
+            reason: LossReason::RingFull,
+            frames: 15_631,
+        });
+        assert_eq!(
+            format_notice(&lost),
+            "2026-11-27T22:13:56.123456Z -- CAPTURE LOST 15631 frames on eth1 (ring buffer full)\n"
+        );
+        let hook = |outcome| {
+            format_notice(&Notice::Hook(HookNotice {
+                at: at(),
+                sender: sender(),
+                outcome,
+            }))
+        };
+        assert!(
+            hook(HookOutcome::Skipped(SkipReason::QueueFull)).ends_with(
+                " 10.77.0.10 -- PANIC HOOK SKIPPED (every slot busy and the queue full)\n"
+            )
+        );
+        assert!(
+            hook(HookOutcome::Late {
+                waited: std::time::Duration::from_millis(2504)
+            })
+            .ends_with("-- PANIC HOOK LATE (waited 2.504 s for a slot)\n")
+        );
+        assert!(
+            hook(HookOutcome::TimedOut {
+                after: std::time::Duration::from_mins(1)
+            })
+            .ends_with("-- PANIC HOOK TIMED OUT (still running after 60 s; killed)\n")
+        );
+        let forward = Notice::ForwardLost(crate::notice::ForwardLost {
+            noticed: at(),
+            url: "nats://10.1.0.5:4222/netcon".into(),
+            messages: 120,
+            first_dropped: at(),
+        });
+        assert_eq!(
+            format_notice(&forward),
+            "2026-11-27T22:13:56.123456Z -- FORWARD LOST 120 messages (nats://10.1.0.5:4222/netcon)\n"
         );
     }
 

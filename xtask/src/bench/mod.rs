@@ -26,10 +26,13 @@ use topo::Topology;
 
 /// Benchmark netcon against the socket baseline; writes BENCHMARKS.md. Needs root.
 ///
-/// Scenarios (issue 7): the sender's own ceiling; the zero-loss rate (under 0.1% loss over
-/// 10 s) for 1 and 1,000 senders; a 5,000-record start-up burst; latency at 10,000 records/s;
-/// 4-fragment records; the XDP program's cost per packet; peak RSS with 10,000 and 100,000
-/// senders and 10,000 pending fragmented records. Every figure 3 times (min/median/max).
+/// Scenarios: the sender's own ceiling; the zero-loss rate (under 0.1% loss over 10 s) for 1
+/// and 1,000 senders; every receiver flat out, unpinned and pinned; loss against offered rate
+/// (drawn as SVG beside the report); a 5,000-record start-up burst; latency at 10,000
+/// records/s and of a lone record after a silence; 4-fragment records; the XDP program's cost
+/// per packet; peak RSS with 10,000 and 100,000 senders and 10,000 pending fragmented records;
+/// a victim sender's losses, peak RSS and CPU under a flood of continuation chains and fragment
+/// starts from spoofed sources; NATS forwarding. Every figure 3 times (min/median/max).
 /// About 12 minutes on 2 cores; --quick (one short repeat) about 2. Release binaries are built
 /// into the target directory in effect (`CARGO_TARGET_DIR`, else `target/`).
 #[derive(Debug, clap::Args)]
@@ -45,9 +48,13 @@ pub struct BenchArgs {
     #[arg(long)]
     no_criterion: bool,
     /// Run only these scenarios (comma-separated: ceiling, zero-loss, flat-out, loss-curve,
-    /// burst, latency, lone-record, fragmented, xdp-cost, memory).
+    /// burst, latency, lone-record, fragmented, xdp-cost, memory, hostile, nats).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     only: Vec<String>,
+    /// Run only these receivers (comma-separated: xdp, raw, tcpdump, socat; default all). Their
+    /// columns alone are filled in; for a ratio, keep socat in the list.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
+    receivers: Vec<procs::Rx>,
     /// Repeats of every figure (default 3; --quick 1).
     #[arg(long, value_name = "N")]
     repeats: Option<usize>,
@@ -59,7 +66,7 @@ pub struct BenchArgs {
     lone_silence: Option<f64>,
 }
 
-const SCENARIOS: [&str; 10] = [
+const SCENARIOS: [&str; 12] = [
     "ceiling",
     "zero-loss",
     "flat-out",
@@ -70,6 +77,8 @@ const SCENARIOS: [&str; 10] = [
     "fragmented",
     "xdp-cost",
     "memory",
+    "hostile",
+    "nats",
 ];
 
 pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
@@ -87,6 +96,9 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|s| s == name);
     let started = Instant::now();
     crate::apt_install(&["socat", "tcpdump"])?;
+    if wanted("nats") {
+        crate::apt_install(&["nats-server"])?;
+    }
     let target = target_dir(root)?;
     eprintln!(
         "xtask bench: building release binaries into {}",
@@ -114,17 +126,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
         criterion::run(root, args.quick)?
     };
 
-    let mut settings = Settings::new(args.quick);
-    if let Some(n) = args.repeats {
-        settings.repeats = n.max(1);
-    }
-    if let Some(n) = args.lone_trials {
-        settings.lone_trials = n.max(1);
-    }
-    if let Some(secs) = args.lone_silence {
-        settings.lone_silence = std::time::Duration::try_from_secs_f64(secs)
-            .context("--lone-silence: a number of seconds")?;
-    }
+    let settings = settings(args)?;
     let repeats = settings.repeats;
     let topo = Topology::new()?;
     let mut bench = Bench::new(&topo, &paths, settings);
@@ -175,7 +177,26 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Scenarios 1 to 6, those `wanted`, and the loss curves if that one is.
+/// The bench's settings: `--quick`'s or the full ones, with the command line's overrides.
+fn settings(args: &BenchArgs) -> Result<Settings> {
+    let mut settings = Settings::new(args.quick);
+    if let Some(n) = args.repeats {
+        settings.repeats = n.max(1);
+    }
+    if let Some(n) = args.lone_trials {
+        settings.lone_trials = n.max(1);
+    }
+    if let Some(secs) = args.lone_silence {
+        settings.lone_silence = std::time::Duration::try_from_secs_f64(secs)
+            .context("--lone-silence: a number of seconds")?;
+    }
+    if !args.receivers.is_empty() {
+        settings.receivers.clone_from(&args.receivers);
+    }
+    Ok(settings)
+}
+
+/// The scenarios `wanted`, and the loss curves if that one is.
 fn scenarios(
     bench: &mut Bench<'_>,
     ceiling: &BTreeMap<u32, Vec<f64>>,
@@ -238,6 +259,12 @@ fn scenarios(
     }
     if wanted("memory") {
         sections.push(bench.memory()?);
+    }
+    if wanted("hostile") {
+        sections.push(bench.hostile()?);
+    }
+    if wanted("nats") {
+        sections.push(bench.nats()?);
     }
     Ok((sections, curves))
 }

@@ -12,6 +12,7 @@ use super::scenarios::Curves;
 fn colour(rx: Rx) -> RGBColor {
     match rx {
         Rx::Xdp => RGBColor(0x1f, 0x77, 0xb4),
+        Rx::XdpNats => RGBColor(0x94, 0x67, 0xbd),
         Rx::Raw => RGBColor(0x2c, 0xa0, 0x2c),
         Rx::Tcpdump => RGBColor(0xff, 0x7f, 0x0e),
         Rx::Socat => RGBColor(0x7f, 0x7f, 0x7f),

@@ -30,7 +30,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A receiver under test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
 pub enum Rx {
     /// `netcon-sniff --backend xdp`.
     Xdp,
@@ -41,6 +41,9 @@ pub enum Rx {
     Tcpdump,
     /// `socat -u UDP-RECV:6666 -`, the kernel documentation's suggestion.
     Socat,
+    /// `netcon-sniff --backend xdp` forwarding to a local `nats-server -js`
+    /// (`--forward nats://127.0.0.1 --nats-stream BENCH`, one replica): the NATS scenario only.
+    XdpNats,
 }
 
 impl Rx {
@@ -54,6 +57,7 @@ impl Rx {
             Rx::Raw => "netcon raw",
             Rx::Tcpdump => "tcpdump -w",
             Rx::Socat => "socat (baseline)",
+            Rx::XdpNats => "netcon xdp + NATS JetStream",
         }
     }
 
@@ -64,6 +68,7 @@ impl Rx {
             Rx::Raw => "raw",
             Rx::Tcpdump => "tcpdump",
             Rx::Socat => "socat",
+            Rx::XdpNats => "xdp-nats",
         }
     }
 }
@@ -160,6 +165,61 @@ pub fn pin(command: &mut Command, cpu: Option<usize>) {
     }
 }
 
+/// Where [`Rx::XdpNats`] forwards to: the [`NatsServer`] in the receiver namespace.
+pub const NATS_URL: &str = "nats://127.0.0.1:4222/bench";
+/// The stream [`Rx::XdpNats`] publishes into.
+pub const NATS_STREAM: &str = "BENCH";
+
+/// `nats-server -js` in the receiver namespace, its store on disk (not tmpfs: a confirming run
+/// at 100k records/s stores a few hundred MB), stopped and removed on drop.
+pub struct NatsServer {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl NatsServer {
+    /// Starts it and waits until it is ready.
+    pub fn start(topo: &Topology) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("netcon-bench-nats-{}", monotonic_ns()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let log = dir.join("nats.log");
+        let mut command = Command::new("nats-server");
+        command
+            .args(["-js", "-a", "127.0.0.1", "-p", "4222", "-sd"])
+            .arg(dir.join("store"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log)?);
+        let ns = topo.receiver.file()?;
+        in_netns(&mut command, &ns);
+        let child = command
+            .spawn()
+            .context("starting nats-server (apt-get install nats-server)")?;
+        let server = Self { child, dir };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("Server is ready")
+        {
+            ensure!(
+                Instant::now() < deadline,
+                "nats-server not ready within {START_TIMEOUT:?}: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(server)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A command that enters `ns` (an open `/run/netns` file) between fork and exec.
 fn in_netns(command: &mut Command, ns: &File) {
     let raw = ns.as_raw_fd();
@@ -204,6 +264,14 @@ impl Receiver {
                     c.arg("-U");
                 }
                 c.args(["udp", "dst", "port", &port.to_string()]);
+                c
+            }
+            Rx::XdpNats => {
+                let mut c = Command::new(&paths.sniff);
+                c.args(["--backend", "xdp", "-i", RX_IF, "-p"])
+                    .arg(port.to_string())
+                    .args(["--format", "text", "--forward", NATS_URL])
+                    .args(["--nats-stream", NATS_STREAM]);
                 c
             }
             Rx::Socat => {
@@ -297,7 +365,9 @@ impl Receiver {
                 );
             }
             let ready = match self.kind {
-                Rx::Xdp | Rx::Raw | Rx::Tcpdump => self.stderr().contains("listening on"),
+                Rx::Xdp | Rx::Raw | Rx::Tcpdump | Rx::XdpNats => {
+                    self.stderr().contains("listening on")
+                }
                 Rx::Socat => udp_bound(topo, ipv6, port)?,
             };
             if ready {
@@ -397,7 +467,7 @@ impl Receiver {
     /// or the kernel's drops on its packet sockets), socat's socket `RcvbufErrors`.
     pub fn drops(&mut self, topo: &Topology) -> Result<u64> {
         match self.kind {
-            Rx::Xdp | Rx::Raw => self.netcon_counter("lost="),
+            Rx::Xdp | Rx::Raw | Rx::XdpNats => self.netcon_counter("lost="),
             // tcpdump reports its drops only when it exits.
             Rx::Tcpdump => Ok(0),
             Rx::Socat => {
@@ -418,7 +488,9 @@ impl Receiver {
         let before = self.stderr().matches("netcon-sniff: stats:").count();
         let pid = self.pid().context("receiver already stopped")?;
         kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGUSR1)?;
-        let deadline = Instant::now() + Duration::from_secs(5);
+        // A failure deadline: a receiver still working through a flood's backlog (the
+        // hostile scenario) answers between batches, late.
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let text = self.stderr();
             if text.matches("netcon-sniff: stats:").count() > before
@@ -437,6 +509,28 @@ impl Receiver {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// CPU time (user and system) the receiver used so far, seconds.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        let pid = self.pid().context("receiver already stopped")?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command name (which may hold spaces) in parentheses: utime and
+        // stime are the 14th and 15th of the line (proc_pid_stat(5)).
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .context("malformed stat")?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields
+            .get(11..13)
+            .context("short stat")?
+            .iter()
+            .map(|f| f.parse::<u64>().unwrap_or(0))
+            .sum();
+        // SAFETY: sysconf with a constant name only reads configuration.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+        Ok(netcon_bench::count_f64(ticks) / netcon_bench::count_f64(per_second.unsigned_abs()))
     }
 
     /// Peak resident set (`VmHWM`), KiB.
@@ -615,6 +709,11 @@ pub struct LoadSpec {
     pub port: u16,
     /// The CPU the sender runs on, if pinned.
     pub cpu: Option<usize>,
+    /// Hostile continuation chains (`c`-flagged records of empty dictionary lines) instead of
+    /// ordinary records.
+    pub continuation: bool,
+    /// Address of sender 0, instead of [`Topology::src_base`].
+    pub src_base: Option<std::net::IpAddr>,
 }
 
 impl LoadSpec {
@@ -631,6 +730,8 @@ impl LoadSpec {
             count: None,
             port: PORT,
             cpu: None,
+            continuation: false,
+            src_base: None,
         }
     }
 }
@@ -652,7 +753,13 @@ pub fn run_load(
     command
         .args(["--netns", topo.sender.name(), "-i", TX_IF, "--dst", &dst])
         .args(["--dst-mac", RX_MAC])
-        .args(["--src-base", &Topology::src_base(spec.ipv6).to_string()])
+        .args([
+            "--src-base",
+            &spec
+                .src_base
+                .unwrap_or_else(|| Topology::src_base(spec.ipv6))
+                .to_string(),
+        ])
         .args(["-H", &spec.senders.to_string()])
         .args(["--size", &spec.size.to_string()])
         .args(["--fragments", &spec.fragments.to_string()])
@@ -669,6 +776,9 @@ pub fn run_load(
         command.arg("--first-fragment-only");
     }
     pin(&mut command, spec.cpu);
+    if spec.continuation {
+        command.args(["--format", "continuation"]);
+    }
     let out = command
         .stdin(Stdio::null())
         .output()

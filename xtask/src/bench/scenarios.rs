@@ -37,6 +37,8 @@ pub const TX_CPU: usize = 0;
 pub const CURVE_STEPS: [f64; 6] = [0.15, 0.3, 0.45, 0.6, 0.75, 0.9];
 /// Longest wait for a lone record to come out.
 const LONE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The rate at which forwarding to NATS must cost capture nothing, records/s.
+pub const NATS_GOAL_RATE: f64 = 100_000.0;
 /// Lowest rate the zero-loss search reports, records/s.
 const MIN_RATE: f64 = 1000.0;
 /// A trial ends when the receiver printed everything, or printed nothing new for this long
@@ -70,6 +72,10 @@ pub struct Settings {
     pub lone_trials: usize,
     /// Silence before each lone record.
     pub lone_silence: Duration,
+    /// Length of the hostile scenario's victim run.
+    pub hostile: Duration,
+    /// The receivers each scenario runs, in table order.
+    pub receivers: Vec<Rx>,
 }
 
 impl Settings {
@@ -88,6 +94,8 @@ impl Settings {
                 curve: Duration::from_millis(500),
                 lone_trials: 5,
                 lone_silence: Duration::from_secs(1),
+                hostile: Duration::from_secs(3),
+                receivers: Rx::ALL.to_vec(),
             }
         } else {
             Self {
@@ -102,6 +110,8 @@ impl Settings {
                 curve: Duration::from_secs(1),
                 lone_trials: 50,
                 lone_silence: Duration::from_secs(10),
+                hostile: Duration::from_secs(10),
+                receivers: Rx::ALL.to_vec(),
             }
         }
     }
@@ -149,6 +159,8 @@ struct ZeroLoss {
     flat_loss: f64,
     /// Whether the confirming run stayed under the limit.
     confirmed: bool,
+    /// The receiver's exit stats line (netcon only).
+    exit_stats: String,
 }
 
 /// The scenarios, with the state they share.
@@ -341,14 +353,22 @@ impl<'a> Bench<'a> {
                 flat_rate,
                 flat_loss: flat.loss(),
                 confirmed,
+                exit_stats: String::new(),
             });
             if confirmed {
                 break;
             }
             offered = Some((offered.unwrap_or(t.load.rate()) * 0.85).max(MIN_RATE));
         }
-        s.rx.stop()?;
-        last.context("no confirming run")
+        let stderr = s.rx.stop()?;
+        let exit_stats = stderr
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("netcon-sniff: stats:"))
+            .unwrap_or_default()
+            .to_owned();
+        last.map(|z| ZeroLoss { exit_stats, ..z })
+            .context("no confirming run")
     }
 
     /// Scenario 1 (and 4 with `fragments` > 1): the zero-loss rate of every receiver.
@@ -377,7 +397,7 @@ impl<'a> Bench<'a> {
         let mut unconfirmed = Vec::new();
         for rep in 0..self.settings.repeats {
             log(&format!("{title}, repeat {}", rep + 1));
-            for kind in Rx::ALL {
+            for kind in self.settings.receivers.clone() {
                 let z = self.zero_loss(kind, &base, hints.get(&kind).copied())?;
                 hints.insert(kind, z.rate);
                 if !z.confirmed {
@@ -422,12 +442,94 @@ impl<'a> Bench<'a> {
         })
     }
 
+    /// Scenario 7: the zero-loss rate of the XDP receiver without and with `--forward
+    /// nats://` (`JetStream`, one replica, a local `nats-server`), in the same repeat.
+    pub fn nats(&mut self) -> Result<Section> {
+        let base = LoadSpec {
+            size: 200,
+            ..LoadSpec::flat(1, self.settings.probe)
+        };
+        let mut at_goal = Values::default();
+        let (mut rate, mut loss, mut flat_rate, mut dropped, mut errors) = (
+            Values::default(),
+            Values::default(),
+            Values::default(),
+            Values::default(),
+            Values::default(),
+        );
+        let mut hints: BTreeMap<Rx, f64> = BTreeMap::new();
+        for rep in 0..self.settings.repeats {
+            log(&format!("7. NATS forwarding, repeat {}", rep + 1));
+            for kind in [Rx::Xdp, Rx::XdpNats] {
+                let server = (kind == Rx::XdpNats)
+                    .then(|| procs::NatsServer::start(self.topo))
+                    .transpose()?;
+                let z = self.zero_loss(kind, &base, hints.get(&kind).copied())?;
+                // The goal's own question: is 100k records/s lossless, for as long as a
+                // confirming run?
+                let mut s = self.session(kind, Output::File, false)?;
+                let spec = LoadSpec {
+                    rate: Some(NATS_GOAL_RATE),
+                    duration: self.settings.confirm,
+                    ..base.clone()
+                };
+                let t = self.trial(&mut s, &spec, false)?;
+                s.rx.stop()?;
+                log(&format!(
+                    "  {}: {NATS_GOAL_RATE:.0}/s offered, sent {:.0}/s, loss {:.4}%",
+                    kind.short(),
+                    t.load.rate(),
+                    t.loss() * 100.0
+                ));
+                at_goal.push(kind, t.loss() * 100.0);
+                drop(server);
+                hints.insert(kind, z.rate);
+                rate.push(kind, z.rate);
+                loss.push(kind, z.loss * 100.0);
+                flat_rate.push(kind, z.flat_rate);
+                if kind == Rx::XdpNats {
+                    let field = |name| {
+                        #[expect(clippy::cast_precision_loss, reason = "counts for a table")]
+                        procs::field(&z.exit_stats, name).map(|v| v as f64)
+                    };
+                    log(&format!("  xdp-nats: {}", z.exit_stats));
+                    dropped.push(kind, field("nats_dropped=").unwrap_or(f64::NAN));
+                    errors.push(kind, field("nats_retries=").unwrap_or(f64::NAN));
+                }
+            }
+        }
+        Ok(Section {
+            title: "7. Forwarding to NATS JetStream (1 replica), one sender, 200-byte records"
+                .to_owned(),
+            about: "The zero-loss search of scenario 1 for netcon-sniff --backend xdp without \
+                    and with `--forward nats://127.0.0.1/bench --nats-stream BENCH` (a local \
+                    Debian `nats-server -js`, file store, one replica; every record published \
+                    with an acknowledgement), in the same repeat. Loss is counted in the \
+                    capture's own output: the question is whether forwarding slows capture. \
+                    The forwarder's own drops (its queue full because the stream could not keep \
+                    up) are the counts over the whole search, probes included."
+                .to_owned(),
+            rows: vec![
+                rate.row("zero-loss rate", Unit::Rate, false),
+                loss.row("  loss at that rate", Unit::Percent, false),
+                flat_rate.row(
+                    "sender's rate flat out, this receiver running",
+                    Unit::Rate,
+                    false,
+                ),
+                at_goal.row("loss at 100k records/s offered", Unit::Percent, false),
+                dropped.row("NATS forwarder: records dropped", Unit::Count, false),
+                errors.row("NATS forwarder: publishes retried", Unit::Count, false),
+            ],
+        })
+    }
+
     /// Scenario 2: one sender, [`BURST`] records as fast as it can.
     pub fn burst(&mut self) -> Result<Section> {
         let (mut lost, mut drops, mut rate) =
             (Values::default(), Values::default(), Values::default());
         for rep in 0..self.settings.repeats {
-            for kind in Rx::ALL {
+            for kind in self.settings.receivers.clone() {
                 let mut s = self.session(kind, Output::File, false)?;
                 let spec = LoadSpec {
                     count: Some(BURST),
@@ -473,7 +575,7 @@ impl<'a> Bench<'a> {
             Values::default(),
         );
         for rep in 0..self.settings.repeats {
-            for kind in Rx::ALL {
+            for kind in self.settings.receivers.clone() {
                 let mut s = self.session(kind, Output::Pipe, false)?;
                 let spec = LoadSpec {
                     rate: Some(LATENCY_RATE),
@@ -662,7 +764,7 @@ impl<'a> Bench<'a> {
         let mut rows: Vec<Values> = (0..loads.len()).map(|_| Values::default()).collect();
         let mut idle = Values::default();
         for rep in 0..self.settings.repeats {
-            for kind in Rx::ALL {
+            for kind in self.settings.receivers.clone() {
                 for (i, (name, spec)) in loads.iter().enumerate() {
                     let mut s = self.session(kind, Output::File, spec.ipv6)?;
                     if i == 0 {
@@ -709,7 +811,7 @@ impl Bench<'_> {
             for h in SENDER_COUNTS {
                 let (mut rate, mut loss) = (Values::default(), Values::default());
                 for rep in 0..self.settings.repeats {
-                    for kind in Rx::ALL {
+                    for kind in self.settings.receivers.clone() {
                         self.pinned = pinned;
                         let result = self.flat_trial(kind, h);
                         self.pinned = false;
@@ -763,7 +865,7 @@ impl Bench<'_> {
     /// the full silence between its records while the scenario takes the silence × trials.
     pub fn lone_record(&mut self) -> Result<Section> {
         let mut sessions = Vec::new();
-        for (kind, port) in Rx::ALL.into_iter().zip(PORT..) {
+        for (kind, port) in self.settings.receivers.clone().into_iter().zip(PORT..) {
             let options = RxOptions {
                 port,
                 ..RxOptions::new(Output::Pipe)
@@ -774,7 +876,7 @@ impl Bench<'_> {
         let gap = self.settings.lone_silence / u32::try_from(sessions.len()).unwrap_or(1);
         let mut latencies: BTreeMap<Rx, Vec<u64>> = BTreeMap::new();
         let mut lost = Values::default();
-        for kind in Rx::ALL {
+        for kind in self.settings.receivers.clone() {
             lost.push(kind, 0.0);
         }
         for trial in 0..self.settings.lone_trials {
@@ -887,7 +989,7 @@ impl Bench<'_> {
             })
             .collect();
         rows.push(("flat out".into(), Values::default()));
-        for kind in Rx::ALL {
+        for kind in self.settings.receivers.clone() {
             let mut s = self.session(kind, Output::File, false)?;
             let rates = CURVE_STEPS.iter().map(|f| Some(f * ceiling)).chain([None]);
             for ((_, values), rate) in rows.iter_mut().zip(rates) {
@@ -950,6 +1052,150 @@ fn xdp_cost_about() -> String {
          empty program, attached the same way (native, bpf_link) and measured the \
          same way, is the floor: dispatch plus the clock reads of the accounting."
     )
+}
+
+/// Rate of the hostile scenario's victim, records/s.
+pub const VICTIM_RATE: f64 = 1000.0;
+/// Spoofed senders of the continuation-chain attack.
+const CHAIN_ATTACKERS: u32 = 1000;
+/// Spoofed senders of the fragment-start attack (each opens a 4-fragment record).
+const FRAGMENT_ATTACKERS: u32 = 60_000;
+
+/// The hostile scenario's two floods, flat out for `length`, from spoofed IPv6 sources.
+fn floods(length: Duration) -> [LoadSpec; 2] {
+    [
+        LoadSpec {
+            ipv6: true,
+            continuation: true,
+            size: 1000,
+            ..LoadSpec::flat(CHAIN_ATTACKERS, length)
+        },
+        LoadSpec {
+            ipv6: true,
+            fragments: 4,
+            first_fragment_only: true,
+            // Apart from the chains' sources (`fd00:N::1:0` on).
+            src_base: Some(std::net::IpAddr::V6(std::net::Ipv6Addr::new(
+                0xfd00,
+                u16::from(super::topo::SUBNET),
+                0,
+                0,
+                0,
+                2,
+                0,
+                0,
+            ))),
+            ..LoadSpec::flat(FRAGMENT_ATTACKERS, length)
+        },
+    ]
+}
+
+impl Bench<'_> {
+    /// Scenario 7: one victim sender at [`VICTIM_RATE`] while two attackers flood flat out from
+    /// spoofed IPv6 sources: continuation chains (`c`-flagged records of ~500 empty dictionary
+    /// lines, [`CHAIN_ATTACKERS`] sources) and fragment starts (the first of 4 ncfrag fragments,
+    /// [`FRAGMENT_ATTACKERS`] sources). Victim records lost, peak RSS and CPU, for the two
+    /// netcon backends (socat keeps no state to attack).
+    pub fn hostile(&mut self) -> Result<Section> {
+        let (mut lost, mut counted, mut sent, mut rss, mut cpu, mut attack) = (
+            Values::default(),
+            Values::default(),
+            Values::default(),
+            Values::default(),
+            Values::default(),
+            Values::default(),
+        );
+        let length = self.settings.hostile;
+        for rep in 0..self.settings.repeats {
+            for kind in [Rx::Xdp, Rx::Raw] {
+                let mut s = self.session(kind, Output::File, false)?;
+                let attackers = floods(length + QUIET);
+                let victim = LoadSpec {
+                    rate: Some(VICTIM_RATE),
+                    ..LoadSpec::flat(1, length)
+                };
+                let cpu_before = s.rx.cpu_seconds()?;
+                let started = Instant::now();
+                let (paths, topo) = (self.paths, self.topo);
+                let first_run = self.next_run;
+                self.next_run += 2;
+                let (trial, reports) = std::thread::scope(|scope| {
+                    let floods: Vec<_> = attackers
+                        .iter()
+                        .zip(first_run..)
+                        .map(|(spec, run)| {
+                            scope.spawn(move || procs::run_load(paths, topo, spec, run, 0))
+                        })
+                        .collect();
+                    // The floods get going before the victim starts.
+                    std::thread::sleep(Duration::from_millis(200));
+                    let trial = self.trial(&mut s, &victim, false);
+                    let reports: Vec<Result<LoadReport>> = floods
+                        .into_iter()
+                        .map(|f| {
+                            f.join()
+                                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                        })
+                        .collect();
+                    (trial, reports)
+                });
+                let trial = trial?;
+                let wall = started.elapsed().as_secs_f64();
+                let busy = s.rx.cpu_seconds()? - cpu_before;
+                let peak = count_f64(s.rx.peak_rss_kib()?) / 1024.0;
+                let mut frames = 0;
+                for report in reports {
+                    frames += report?.frames;
+                }
+                s.rx.stop()?;
+                log(&format!(
+                    "hostile rep {} {}: victim lost {} of {}, receiver counted {} lost, peak RSS \
+                     {peak:.1} MiB, CPU {:.0}%, attack {:.0} frames/s",
+                    rep + 1,
+                    kind.short(),
+                    trial.lost(),
+                    trial.load.records,
+                    trial.rx_drops,
+                    busy / wall * 100.0,
+                    count_f64(frames) / wall
+                ));
+                lost.push(kind, count_f64(trial.lost()));
+                counted.push(kind, count_f64(trial.rx_drops));
+                sent.push(kind, count_f64(trial.load.records));
+                rss.push(kind, peak);
+                cpu.push(kind, busy / wall * 100.0);
+                attack.push(kind, count_f64(frames) / wall);
+            }
+        }
+        Ok(Section {
+            title: format!(
+                "7. Hostile segment: a victim at {VICTIM_RATE:.0} records/s under attack"
+            ),
+            about: format!(
+                "One victim sender (IPv4, extended records, {VICTIM_RATE:.0}/s) while two \
+                 attackers flood flat out from spoofed IPv6 sources: continuation chains \
+                 ({CHAIN_ATTACKERS} sources, `c`-flagged records of ~500 empty dictionary lines \
+                 each) and fragment starts ({FRAGMENT_ATTACKERS} sources, the first of 4 ncfrag \
+                 fragments, never completed). Victim records lost: missing or incomplete in the \
+                 receiver's output (goal 0). Peak RSS: VmHWM after the run (goal under 64 MiB). \
+                 CPU: the receiver's user and system time over the run's wall time (100% is one \
+                 core). Both machines share two cores with the attackers, so the attack rate is \
+                 what the sender managed next to the receiver."
+            ),
+            rows: vec![
+                lost.row("victim records lost", Unit::Count, false),
+                sent.row("  victim records sent", Unit::Count, false),
+                counted.row(
+                    "frames the receiver counted as lost (all senders)",
+                    Unit::Count,
+                    false,
+                ),
+                rss.row("peak RSS", Unit::MiB, true),
+                cpu.row("receiver CPU", Unit::Percent, false),
+                attack.row("attack frames sent", Unit::Rate, false),
+            ],
+        })
+    }
 }
 
 /// IRQ-work interrupts so far, all CPUs (`IWI:` in /proc/interrupts).

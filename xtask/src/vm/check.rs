@@ -50,6 +50,17 @@ pub struct Report {
     pub reboot_events: usize,
 }
 
+impl Report {
+    /// The sequence numbers seen, per boot: `0..=590 -`.
+    pub fn seq_summary(&self) -> String {
+        self.seq_ranges
+            .iter()
+            .map(|r| r.map_or_else(|| "-".to_owned(), |(a, b)| format!("{a}..={b}")))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
 /// At most this many failures are listed per receiver.
 const MAX_FAILURES: usize = 25;
 

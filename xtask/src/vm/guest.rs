@@ -37,10 +37,38 @@ pub struct Outcome {
     /// Record files whose write to /dev/kmsg failed (`NCT-REJECTED 0012`).
     pub rejected: Vec<String>,
     pub written: usize,
+    /// /init set kernel.panic and crashed the kernel (`NCT-CRASH`).
+    pub crashed: bool,
 }
 
 /// Boots `boot` in `ns` and waits for the guest to power off (killing it at the deadline).
 pub fn run(ns: &Netns, boot: &Boot<'_>) -> Result<Outcome> {
+    let (mut guard, started) = spawn(ns, boot, &[])?;
+    let Some(status) = guard.wait_until(started + boot.timeout)? else {
+        guard.stop(Signal::SIGKILL, Duration::from_secs(5))?;
+        bail!(
+            "the guest did not power off within {:?}: killed (console: {})\n{}",
+            boot.timeout,
+            boot.console.display(),
+            tail(&boot.console)
+        );
+    };
+    let elapsed = started.elapsed();
+    let output = fs::read_to_string(boot.console.with_extension("qemu.log")).unwrap_or_default();
+    ensure!(
+        status.success(),
+        "qemu failed ({status}): {}\n{}",
+        output.trim(),
+        tail(&boot.console)
+    );
+    let console =
+        fs::read(&boot.console).with_context(|| format!("reading {}", boot.console.display()))?;
+    parse_console(&String::from_utf8_lossy(&console), elapsed, &boot.console)
+}
+
+/// Starts qemu for `boot` in `ns`, with `extra` qemu arguments (devices), without waiting;
+/// the guest is killed when the guard drops. Returns the guard and when it started.
+pub fn spawn(ns: &Netns, boot: &Boot<'_>, extra: &[String]) -> Result<(Guarded, Instant)> {
     let mut cmdline = String::from(
         // ignore_loglevel: netconsole is a console and, like every console, would drop records
         // above the console loglevel (LEVEL7). printk.devkmsg=on: /dev/kmsg would otherwise
@@ -75,43 +103,40 @@ pub fn run(ns: &Netns, boot: &Boot<'_>) -> Result<Outcome> {
             "-device",
             &format!("virtio-net-pci,netdev=n0,mac={}", boot.mac),
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(qemu_log.try_clone()?)
         .stderr(qemu_log);
     let started = Instant::now();
     let child = qemu.spawn().context("starting qemu-system-x86_64")?;
-    let mut guard = Guarded::new(child, "qemu");
-    let Some(status) = guard.wait_until(started + boot.timeout)? else {
-        guard.stop(Signal::SIGKILL, Duration::from_secs(5))?;
-        bail!(
-            "the guest did not power off within {:?}: killed (console: {})\n{}",
-            boot.timeout,
-            boot.console.display(),
-            tail(&boot.console)
-        );
-    };
-    let elapsed = started.elapsed();
-    let output = fs::read_to_string(&log_path).unwrap_or_default();
-    ensure!(
-        status.success(),
-        "qemu failed ({status}): {}\n{}",
-        output.trim(),
-        tail(&boot.console)
-    );
-    let console =
-        fs::read(&boot.console).with_context(|| format!("reading {}", boot.console.display()))?;
-    let console = String::from_utf8_lossy(&console);
+    Ok((Guarded::new(child, "qemu"), started))
+}
+
+/// What /init printed (`NCT-` lines) on the console of a guest that powered off.
+fn parse_console(console: &str, elapsed: Duration, path: &Path) -> Result<Outcome> {
     let mut outcome = Outcome {
         elapsed,
         ..Outcome::default()
     };
+    let done = read_markers(console, &mut outcome, path)?;
+    ensure!(
+        done,
+        "the guest powered off before its /init finished (console: {})\n{}",
+        path.display(),
+        tail(path)
+    );
+    Ok(outcome)
+}
+
+/// Reads /init's `NCT-` lines into `outcome`; whether it said `NCT-DONE`. `NCT-FAIL` is an error.
+fn read_markers(console: &str, outcome: &mut Outcome, path: &Path) -> Result<bool> {
     let mut done = false;
     for line in console.lines() {
         let line = line.trim_end_matches('\r');
         if let Some(reason) = line.strip_prefix("NCT-FAIL ") {
             bail!(
                 "the guest's /init failed: {reason} (console: {})",
-                boot.console.display()
+                path.display()
             );
         } else if let Some(file) = line.strip_prefix("NCT-REJECTED ") {
             outcome.rejected.push(file.trim().to_owned());
@@ -119,19 +144,86 @@ pub fn run(ns: &Netns, boot: &Boot<'_>) -> Result<Outcome> {
             outcome.written = n.trim().parse().unwrap_or_default();
         } else if line == "NCT-DONE" {
             done = true;
+        } else if line.starts_with("NCT-CRASH ") {
+            outcome.crashed = true;
         }
     }
+    Ok(done)
+}
+
+/// How a boot that crashes on purpose ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashEnd {
+    /// The kernel reset the machine (`kernel.panic` other than 0): qemu (`-no-reboot`) exited.
+    Reset,
+    /// The kernel halted (`kernel.panic=0`): it printed `---[ end Kernel panic` and never powers
+    /// off, so qemu was killed after [`HALT_GRACE`].
+    Halted,
+}
+
+/// After a halting kernel printed the end of its report on the serial console, how long its
+/// netconsole gets to send the rest (7.x sends the whole report only after that line, in the
+/// final flush of `panic()`, `kernel/panic.c`).
+pub const HALT_GRACE: Duration = Duration::from_secs(3);
+
+/// The serial console's last panic line, which a halting kernel prints just before it stops.
+pub const END_OF_PANIC: &str = "---[ end Kernel panic";
+
+/// Boots `boot`, which crashes on purpose (`nct_panic`), and waits until the kernel has reset
+/// the machine or halted, bounded by `boot.timeout`: a halted kernel never powers off.
+pub fn run_crash(ns: &Netns, boot: &Boot<'_>) -> Result<(Outcome, CrashEnd)> {
+    let (mut guard, started) = spawn(ns, boot, &[])?;
+    let deadline = started + boot.timeout;
+    let log_path = boot.console.with_extension("qemu.log");
+    let end = loop {
+        if let Some(status) = guard.try_wait()? {
+            ensure!(
+                status.success(),
+                "qemu failed ({status}): {}\n{}",
+                fs::read_to_string(&log_path).unwrap_or_default().trim(),
+                tail(&boot.console)
+            );
+            break CrashEnd::Reset;
+        }
+        let console = fs::read(&boot.console).unwrap_or_default();
+        if String::from_utf8_lossy(&console).contains(END_OF_PANIC) {
+            std::thread::sleep(HALT_GRACE);
+            guard.stop(Signal::SIGKILL, Duration::from_secs(5))?;
+            break CrashEnd::Halted;
+        }
+        if Instant::now() >= deadline {
+            guard.stop(Signal::SIGKILL, Duration::from_secs(5))?;
+            bail!(
+                "the guest neither reset nor halted within {:?}: killed (console: {})\n{}",
+                boot.timeout,
+                boot.console.display(),
+                tail(&boot.console)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let console =
+        fs::read(&boot.console).with_context(|| format!("reading {}", boot.console.display()))?;
+    let mut outcome = Outcome {
+        elapsed: started.elapsed(),
+        ..Outcome::default()
+    };
+    read_markers(
+        &String::from_utf8_lossy(&console),
+        &mut outcome,
+        &boot.console,
+    )?;
     ensure!(
-        done,
-        "the guest powered off before its /init finished (console: {})\n{}",
+        outcome.crashed,
+        "the guest's /init never reached the crash (console: {})\n{}",
         boot.console.display(),
         tail(&boot.console)
     );
-    Ok(outcome)
+    Ok((outcome, end))
 }
 
 /// The console's last lines, for error messages.
-fn tail(path: &Path) -> String {
+pub fn tail(path: &Path) -> String {
     let text = fs::read(path).unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().collect();

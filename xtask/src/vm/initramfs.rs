@@ -24,17 +24,48 @@ const BUSYBOX: &str = "/bin/busybox";
 
 /// Writes the initramfs for `kernel` to `out`: `/init` is `init`, `/records/NNNN` the records.
 pub fn build(kernel: &Kernel, init: &[u8], records: &[Record], out: &Path) -> Result<()> {
+    let files: Vec<File> = records
+        .iter()
+        .enumerate()
+        .map(|(i, record)| File {
+            path: format!("records/{}", super::records::file_name(i)),
+            mode: 0o644,
+            bytes: record.kmsg_bytes(),
+        })
+        .collect();
+    build_with(kernel, init, MODULES, &files, out)
+}
+
+/// A file to put in an initramfs (its folders are made as needed).
+pub struct File {
+    /// Relative, e.g. `lib/x86_64-linux-gnu/libc.so.6`.
+    pub path: String,
+    pub mode: u32,
+    pub bytes: Vec<u8>,
+}
+
+/// Writes an initramfs for `kernel` to `out`: busybox, `/init`, `modules` (by name, with their
+/// dependencies; `/modules/order` lists them) and `files`.
+pub fn build_with(
+    kernel: &Kernel,
+    init: &[u8],
+    modules: &[&str],
+    files: &[File],
+    out: &Path,
+) -> Result<()> {
     let busybox = fs::read(BUSYBOX).with_context(|| format!("reading {BUSYBOX}"))?;
     ensure!(
         is_static_elf(&busybox),
         "{BUSYBOX} is not statically linked (install busybox-static)"
     );
     let mut cpio = Cpio::default();
+    let mut dirs = HashSet::new();
     for dir in [
         "bin", "dev", "etc", "proc", "sys", "tmp", "sbin", "usr", "usr/bin", "usr/sbin", "modules",
         "records",
     ] {
         cpio.dir(dir);
+        dirs.insert(dir.to_owned());
     }
     // The kernel opens /dev/console for init's stdio before init mounts devtmpfs.
     cpio.char_device("dev/console", 5, 1);
@@ -43,17 +74,24 @@ pub fn build(kernel: &Kernel, init: &[u8], records: &[Record], out: &Path) -> Re
     cpio.file("init", 0o755, init);
 
     let mut order = String::new();
-    for (name, bytes) in modules(kernel)? {
+    for (name, bytes) in self::modules(kernel, modules)? {
         let _ = writeln!(order, "{name}");
         cpio.file(&format!("modules/{name}"), 0o644, &bytes);
     }
     cpio.file("modules/order", 0o644, order.as_bytes());
-    for (i, record) in records.iter().enumerate() {
-        cpio.file(
-            &format!("records/{}", super::records::file_name(i)),
-            0o644,
-            &record.kmsg_bytes(),
-        );
+    for file in files {
+        // Parents first: `a`, then `a/b`.
+        let parents: Vec<&str> = file
+            .path
+            .match_indices('/')
+            .map(|(i, _)| &file.path[..i])
+            .collect();
+        for parent in parents {
+            if dirs.insert(parent.to_owned()) {
+                cpio.dir(parent);
+            }
+        }
+        cpio.file(&file.path, file.mode, &file.bytes);
     }
     fs::write(out, cpio.finish()).with_context(|| format!("writing {}", out.display()))
 }
@@ -67,8 +105,8 @@ fn is_static_elf(bytes: &[u8]) -> bool {
             .any(|w| w == b"/lib64/ld-linux")
 }
 
-/// [`MODULES`] and their dependencies, dependencies first, as (`name.ko`, uncompressed bytes).
-fn modules(kernel: &Kernel) -> Result<Vec<(String, Vec<u8>)>> {
+/// `wanted` and their dependencies, dependencies first, as (`name.ko`, uncompressed bytes).
+fn modules(kernel: &Kernel, wanted: &[&str]) -> Result<Vec<(String, Vec<u8>)>> {
     let dir = kernel.modules_dir();
     let dep_text = fs::read_to_string(dir.join("modules.dep"))
         .with_context(|| format!("reading {}/modules.dep", dir.display()))?;
@@ -89,7 +127,7 @@ fn modules(kernel: &Kernel) -> Result<Vec<(String, Vec<u8>)>> {
         );
     }
     let mut ordered: Vec<String> = Vec::new();
-    for &wanted in MODULES {
+    for &wanted in wanted {
         let Some((path, list)) = deps.get(wanted) else {
             if builtin.contains(wanted) {
                 continue;

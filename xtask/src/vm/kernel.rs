@@ -19,21 +19,33 @@ use super::{cmd_output, cmd_status};
 /// A kernel line to test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
 pub enum Series {
+    /// bullseye's 5.10 (`linux-image-amd64` from bullseye, -updates or -security): older than
+    /// the XDP backend needs.
+    #[value(name = "5.10")]
+    V5_10,
     /// bookworm's 6.1 (`linux-image-amd64` from bookworm, -updates or -security).
     #[value(name = "6.1")]
     V6_1,
     /// bookworm-backports' 6.12.
     #[value(name = "6.12")]
     V6_12,
+    /// The newest kernel Debian ships: unstable's (7.x when written). From 7.x on,
+    /// `linux-image-<abi>` is empty and depends on `linux-binary-<abi>` (the kernel),
+    /// `linux-modules-<abi>` and `linux-base-<abi>` (`modules.builtin`), all under /usr.
+    #[value(name = "unstable")]
+    Unstable,
 }
 
 impl Series {
-    pub const ALL: [Self; 2] = [Self::V6_1, Self::V6_12];
+    /// Every series, oldest first.
+    pub const ALL: [Self; 4] = [Self::V5_10, Self::V6_1, Self::V6_12, Self::Unstable];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::V5_10 => "5.10",
             Self::V6_1 => "6.1",
             Self::V6_12 => "6.12",
+            Self::Unstable => "unstable",
         }
     }
 
@@ -44,10 +56,12 @@ impl Series {
 
     /// Whether an apt suite (`bookworm-backports`) carries this series' metapackage.
     fn wants_suite(self, suite: &str) -> bool {
-        let backports = suite.ends_with("-backports");
+        let (codename, pocket) = suite.split_once('-').unwrap_or((suite, ""));
         match self {
-            Self::V6_1 => !backports,
-            Self::V6_12 => backports,
+            Self::V5_10 => codename == "bullseye" && pocket != "backports",
+            Self::V6_1 => codename == "bookworm" && pocket != "backports",
+            Self::V6_12 => codename == "bookworm" && pocket == "backports",
+            Self::Unstable => matches!(codename, "sid" | "unstable"),
         }
     }
 }
@@ -64,14 +78,12 @@ pub struct Kernel {
 
 impl Kernel {
     pub fn modules_dir(&self) -> PathBuf {
-        self.root.join("lib/modules").join(&self.release)
+        modules_dir(&self.root, &self.release)
     }
 
     /// The compressed image, as the package ships it.
     pub fn bzimage(&self) -> PathBuf {
-        self.root
-            .join("boot")
-            .join(format!("vmlinuz-{}", self.release))
+        bzimage(&self.root, &self.release)
     }
 
     /// The uncompressed ELF image with its PVH entry note, extracted from the bzImage: qemu
@@ -117,10 +129,19 @@ impl Cache {
             .to_owned();
         let root = self.dir.join(&release);
         if !root.join(".complete").is_file() {
-            eprintln!("vm-test: fetching {package} {version}");
-            let deb = apt.download(&package, &version)?;
-            unpack(&deb, &root, &release)?;
-            let _ = fs::remove_file(&deb);
+            // From 7.x on the image package is empty: the kernel and modules are in packages
+            // it depends on, of the same version.
+            let mut packages = vec![package.clone()];
+            packages.extend(apt.split_parts(&package, &version, &release)?);
+            let mut debs = Vec::new();
+            for package in &packages {
+                eprintln!("vm-test: fetching {package} {version}");
+                debs.push(apt.download(package, &version)?);
+            }
+            unpack(&debs, &root, &release)?;
+            for deb in debs {
+                let _ = fs::remove_file(&deb);
+            }
         }
         fs::write(&index, format!("{release}\n"))
             .with_context(|| format!("writing {}", index.display()))?;
@@ -154,10 +175,14 @@ impl Cache {
         );
         let mut sources = String::new();
         for (archive, suite) in [
+            ("debian", "bullseye"),
+            ("debian", "bullseye-updates"),
+            ("debian-security", "bullseye-security"),
             ("debian", "bookworm"),
             ("debian", "bookworm-updates"),
             ("debian-security", "bookworm-security"),
             ("debian", "bookworm-backports"),
+            ("debian", "sid"),
         ] {
             let _ = writeln!(
                 sources,
@@ -222,47 +247,108 @@ impl Apt {
                     series.as_str()
                 )
             })?;
+        let depends = self.depends("linux-image-amd64", &meta_version)?;
+        // `linux-image-6.1.0-56-amd64 (= 6.1.192-2)`; 7.x lists `linux-base-amd64` first.
+        let (package, version) = exact_depends(&depends)
+            .find(|(p, _)| p.starts_with("linux-image-"))
+            .with_context(|| format!("no linux-image-* in Depends: {depends}"))?;
+        Ok((package.to_owned(), version.to_owned()))
+    }
+
+    /// The `Depends:` field of `package` at `version`.
+    fn depends(&self, package: &str, version: &str) -> Result<String> {
         let show = cmd_output(
             self.command("apt-cache")
-                .args(["show", &format!("linux-image-amd64={meta_version}")]),
+                .args(["show", &format!("{package}={version}")]),
         )?;
-        let depends = show
-            .lines()
+        show.lines()
             .find_map(|l| l.strip_prefix("Depends:"))
-            .context("linux-image-amd64 has no Depends")?;
-        // `linux-image-6.1.0-56-amd64 (= 6.1.192-2)`
-        let first = depends.split(',').next().unwrap_or_default().trim();
-        let (package, version) = first
-            .split_once(" (= ")
-            .and_then(|(p, v)| Some((p.trim(), v.strip_suffix(')')?)))
-            .with_context(|| format!("unexpected Depends: {depends}"))?;
-        ensure!(
-            package.starts_with("linux-image-"),
-            "unexpected Depends: {depends}"
-        );
-        Ok((package.to_owned(), version.to_owned()))
+            .map(str::to_owned)
+            .with_context(|| format!("{package} {version} has no Depends"))
+    }
+
+    /// The packages that hold the kernel and modules of an image package that has none itself
+    /// (7.x on: `linux-binary-<release>`, `linux-modules-<release>`, and `linux-base-<release>`
+    /// for `modules.builtin`); empty before 7.x.
+    fn split_parts(&self, package: &str, version: &str, release: &str) -> Result<Vec<String>> {
+        let depends = self.depends(package, version)?;
+        Ok(exact_depends(&depends)
+            .filter(|(p, v)| {
+                *v == version
+                    && ["binary", "modules", "base"]
+                        .iter()
+                        .any(|part| *p == format!("linux-{part}-{release}"))
+            })
+            .map(|(p, _)| p.to_owned())
+            .collect())
     }
 
     fn download(&self, package: &str, version: &str) -> Result<PathBuf> {
         let debs = self.dir.join("debs");
+        let prefix = format!("{package}_");
+        let find = || -> Result<Option<PathBuf>> {
+            Ok(fs::read_dir(&debs)?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .find(|p| {
+                    p.extension().is_some_and(|e| e == "deb")
+                        && p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with(&prefix))
+                }))
+        };
+        // A download that finished before an interrupted unpack is not fetched again (the
+        // modules package of 7.x is over 100 MB).
+        if let Some(deb) = find()? {
+            return Ok(deb);
+        }
         cmd_status(
             self.command("apt-get")
                 .args(["download", "-qq", &format!("{package}={version}")])
                 .current_dir(&debs),
         )
         .with_context(|| format!("apt-get download {package}={version}"))?;
-        let prefix = format!("{package}_");
-        fs::read_dir(&debs)?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| {
-                p.extension().is_some_and(|e| e == "deb")
-                    && p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with(&prefix))
-            })
-            .with_context(|| format!("apt-get download left no {prefix}*.deb"))
+        find()?.with_context(|| format!("apt-get download left no {prefix}*.deb"))
     }
+}
+
+/// The `name (= version)` entries of a `Depends:` field (alternatives and ranges skipped).
+fn exact_depends(depends: &str) -> impl Iterator<Item = (&str, &str)> {
+    depends.split(',').filter_map(|entry| {
+        let (package, version) = entry.trim().split_once(" (= ")?;
+        Some((package.trim(), version.strip_suffix(')')?))
+    })
+}
+
+/// `lib/modules/<release>`, or `usr/lib/modules/<release>` (merged /usr, 7.x on).
+fn modules_dir(root: &Path, release: &str) -> PathBuf {
+    let classic = root.join("lib/modules").join(release);
+    if classic.is_dir() {
+        classic
+    } else {
+        root.join("usr/lib/modules").join(release)
+    }
+}
+
+/// `boot/vmlinuz-<release>`, or wherever under `root` a package put `vmlinuz-<release>`.
+fn bzimage(root: &Path, release: &str) -> PathBuf {
+    let name = format!("vmlinuz-{release}");
+    let classic = root.join("boot").join(&name);
+    if classic.is_file() {
+        return classic;
+    }
+    ["usr/lib/linux", "usr/boot", "usr/lib/modules"]
+        .iter()
+        .map(|dir| root.join(dir))
+        .flat_map(|dir| {
+            [
+                dir.join(&name),
+                dir.join(release).join(&name),
+                dir.join(release).join("vmlinuz"),
+            ]
+        })
+        .find(|p| p.is_file())
+        .unwrap_or(classic)
 }
 
 /// `dpkg --compare-versions`, for the few versions madison lists.
@@ -280,21 +366,31 @@ fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
     }
 }
 
-/// Unpacks `deb` into `root` (through a temporary folder, so that a half-done unpack is never
+/// Unpacks `debs` into `root` (through a temporary folder, so that a half-done unpack is never
 /// taken for a cached one), makes `modules.dep` and extracts the uncompressed image.
-fn unpack(deb: &Path, root: &Path, release: &str) -> Result<()> {
-    let tmp = root.with_extension("partial");
+fn unpack(debs: &[PathBuf], root: &Path, release: &str) -> Result<()> {
+    // Not `with_extension`: `7.2.13+deb14-amd64` would become `7.2.partial`.
+    let tmp = root.with_file_name(format!("{release}.partial"));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    cmd_status(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tmp))?;
+    for deb in debs {
+        cmd_status(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tmp))?;
+    }
+    let modules = modules_dir(&tmp, release);
     ensure!(
-        tmp.join("lib/modules").join(release).is_dir(),
-        "{} has no lib/modules/{release}",
-        deb.display()
+        modules.is_dir(),
+        "{debs:?} have no lib/modules/{release} (nor usr/lib/modules/{release})"
     );
-    // Debian's postinst runs depmod; the package itself has no modules.dep.
-    cmd_status(Command::new("depmod").arg("-b").arg(&tmp).arg(release))?;
-    let bzimage = tmp.join("boot").join(format!("vmlinuz-{release}"));
+    // Debian's postinst runs depmod; the package itself has no modules.dep. depmod looks in
+    // `<base>/lib/modules`: give it a base whose lib/modules is the one the package filled.
+    let base = modules
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .context("modules path")?;
+    cmd_status(Command::new("depmod").arg("-b").arg(base).arg(release))?;
+    let bzimage = bzimage(&tmp, release);
+    ensure!(bzimage.is_file(), "{debs:?} have no vmlinuz-{release}");
     match extract_vmlinux(&bzimage, &tmp.join("vmlinux")) {
         Ok(()) => {}
         Err(error) => {

@@ -1,7 +1,9 @@
 //! `cargo xtask vm-test`: real Debian kernels, booted under qemu, whose netconsole sends to the
-//! real `netcon-sniff`.
+//! real `netcon-sniff`, and in which netcon-sniff itself runs (`inguest.rs`: every backend on the
+//! guest's NIC, a real capture sent in from outside).
 //!
-//! For each kernel (bookworm's 6.1, bookworm-backports' 6.12) and each netconsole configuration
+//! For each kernel (bullseye's 5.10, bookworm's 6.1, bookworm-backports' 6.12, unstable's
+//! newest) and each netconsole configuration
 //! (plain; extended to the collector's MAC, booted twice; extended with the release, 6.12 only;
 //! extended to the broadcast MAC and an address nobody owns):
 //! 1. a collector network namespace `netcon-vm-<pid>-<N>` with a tap `nct<N>`, 10.N.0.1/24
@@ -23,13 +25,16 @@
 //! records as JSON, a pcap) is kept in `target/vm-test/`.
 
 mod check;
+mod crash;
 mod guest;
 mod host;
+mod inguest;
 mod initramfs;
 mod kernel;
 mod netns;
 mod observe;
 mod records;
+mod senderconf;
 mod sniff;
 
 use std::{
@@ -68,6 +73,12 @@ pub struct VmTestArgs {
     #[arg(long = "config", value_enum, value_name = "CONFIG")]
     pub configs: Vec<ConfigName>,
 
+    /// Where netcon-sniff runs; repeat for both. `host`: beside the guest, netconsole in the
+    /// guest sending to it (every configuration). `guest`: inside the guest, on its NIC, every
+    /// backend, with a real capture sent in from outside (`inguest.rs`). Default: both.
+    #[arg(long = "sniff-in", value_enum, value_name = "WHERE")]
+    pub sniff_in: Vec<SniffIn>,
+
     /// netcon-sniff output to check; repeat for several. `raw`: datagrams, decoded by this
     /// test's reference decoder. `json`: netcon's decoded records and events. The first runs
     /// live, the others replay its pcap. Default: json then raw (raw alone when netcon-sniff
@@ -105,6 +116,7 @@ impl Default for VmTestArgs {
             skip_if_no_qemu: false,
             kernels: Vec::new(),
             configs: Vec::new(),
+            sniff_in: Vec::new(),
             outputs: Vec::new(),
             accel: Accel::Auto,
             boot_timeout: 120,
@@ -113,6 +125,15 @@ impl Default for VmTestArgs {
             sniff: None,
         }
     }
+}
+
+/// Where netcon-sniff runs in a case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SniffIn {
+    /// In a namespace on the host, on the guest's tap.
+    Host,
+    /// Inside the guest kernel.
+    Guest,
 }
 
 /// The netconsole configurations under test.
@@ -126,6 +147,12 @@ pub enum ConfigName {
     ExtendedRelease,
     /// `+6665@...,6666@10.N.0.99/ff:ff:ff:ff:ff:ff`: extended, to an address nobody owns.
     BroadcastUnowned,
+    /// `netcon-sniff sender-config` in the guest, for the same segment, a VLAN and a bond, and
+    /// netconsole loaded with the line it printed (`senderconf.rs`; 6.1 and newer).
+    SenderConfig,
+    /// The kernel crashes on purpose after its records (`crash.rs`): 6.1 plain (kernel.panic 1,
+    /// then 0), 6.12 extended (-1), unstable configfs with userdata and sysdata (3, then 0).
+    Crash,
 }
 
 impl ConfigName {
@@ -142,6 +169,8 @@ impl ConfigName {
             Self::Extended => "extended",
             Self::ExtendedRelease => "extended-release",
             Self::BroadcastUnowned => "broadcast-unowned",
+            Self::Crash => "crash",
+            Self::SenderConfig => "sender-config",
         }
     }
 }
@@ -180,12 +209,15 @@ impl Case {
     /// netconsole's parameter (`Documentation/networking/netconsole.rst`).
     fn netconsole(&self) -> String {
         let flags = match self.config {
-            ConfigName::Plain => "",
+            ConfigName::Plain | ConfigName::Crash | ConfigName::SenderConfig => "",
             ConfigName::Extended | ConfigName::BroadcastUnowned => "+",
             ConfigName::ExtendedRelease => "+r",
         };
         let mac = match self.config {
-            ConfigName::Plain | ConfigName::ExtendedRelease => String::new(),
+            ConfigName::Plain
+            | ConfigName::ExtendedRelease
+            | ConfigName::Crash
+            | ConfigName::SenderConfig => String::new(),
             ConfigName::Extended => self.collector_mac(),
             ConfigName::BroadcastUnowned => "ff:ff:ff:ff:ff:ff".to_owned(),
         };
@@ -234,7 +266,36 @@ pub fn run(root: &Path, args: &VmTestArgs) -> Result<()> {
     let mut failures = Vec::new();
     let mut boots = Vec::new();
     let mut passed = 0;
-    for kernel in &kernels {
+    let wants = |place| args.sniff_in.is_empty() || args.sniff_in.contains(&place);
+    if wants(SniffIn::Guest) {
+        let env = inguest::Env {
+            root,
+            sniff: &sniff.path,
+            accel,
+            boot_timeout: Duration::from_secs(args.boot_timeout),
+            bzimage: args.bzimage,
+        };
+        let (ok, failed, times) = inguest::run_all(&env, &kernels, &work);
+        passed += ok;
+        failures.extend(failed);
+        boots.extend(times);
+    }
+    let env_of = |kernel, config| {
+        env_for(
+            root, kernel, config, accel, args, &init, &sniff, &receivers, &work,
+        )
+    };
+    let mut tally = |name: &str, result: Result<Vec<Duration>>| match result {
+        Ok(times) => {
+            passed += 1;
+            boots.extend(times);
+        }
+        Err(error) => {
+            eprintln!("vm-test: {name}: FAILED: {error:#}");
+            failures.push(name.to_owned());
+        }
+    };
+    for kernel in kernels.iter().filter(|_| wants(SniffIn::Host)) {
         for (i, &config) in ConfigName::ALL.iter().enumerate() {
             if !(args.configs.is_empty() || args.configs.contains(&config))
                 || (config == ConfigName::ExtendedRelease && !kernel.series.has_release_flag())
@@ -246,26 +307,13 @@ pub fn run(root: &Path, args: &VmTestArgs) -> Result<()> {
                 net: 80 + u8::try_from(i).expect("four configurations"),
                 boots: if config == ConfigName::Extended { 2 } else { 1 },
             };
-            let name = format!("{} {}", kernel.series.as_str(), config.as_str());
-            let env = Env {
-                kernel,
-                accel,
-                args,
-                init: &init,
-                sniff: &sniff,
-                receivers: &receivers,
-                dir: work.join(name.replace(' ', "-")),
-                name: name.clone(),
-            };
-            match run_case(&env, &case) {
-                Ok(times) => {
-                    passed += 1;
-                    boots.extend(times);
-                }
-                Err(error) => {
-                    eprintln!("vm-test: {name}: FAILED: {error:#}");
-                    failures.push(name);
-                }
+            let env = env_of(kernel, config);
+            tally(&env.name, run_case(&env, &case));
+        }
+        for (config, applies, net, runner) in own_scenarios(kernel.series) {
+            if applies && (args.configs.is_empty() || args.configs.contains(&config)) {
+                let env = env_of(kernel, config);
+                tally(&env.name, runner(&env, net));
             }
         }
     }
@@ -285,6 +333,56 @@ pub fn run(root: &Path, args: &VmTestArgs) -> Result<()> {
         failures.join(", ")
     );
     Ok(())
+}
+
+/// A scenario that runs its own boots on network 10.N.0.0/24: the boots' durations.
+type OwnRunner = fn(&Env<'_>, u8) -> Result<Vec<Duration>>;
+
+/// The scenarios with a runner of their own: (config, whether `series` has it, N of
+/// 10.N.0.0/24, the runner).
+fn own_scenarios(series: Series) -> [(ConfigName, bool, u8, OwnRunner); 2] {
+    let crash_net = 84 + u8::try_from(series as usize).expect("four kernels");
+    [
+        (
+            ConfigName::Crash,
+            series.crash_scenario().is_some(),
+            crash_net,
+            crash::run,
+        ),
+        (
+            ConfigName::SenderConfig,
+            series >= Series::V6_1,
+            88,
+            senderconf::run,
+        ),
+    ]
+}
+
+/// The [`Env`] of `config` on `kernel`, logging under `work/<kernel>-<config>`.
+#[expect(clippy::too_many_arguments, reason = "one call site per kind of case")]
+fn env_for<'a>(
+    root: &'a Path,
+    kernel: &'a Kernel,
+    config: ConfigName,
+    accel: Accel,
+    args: &'a VmTestArgs,
+    init: &'a [u8],
+    sniff: &'a host::Sniff,
+    receivers: &'a [Receiver],
+    work: &Path,
+) -> Env<'a> {
+    let name = format!("{} {}", kernel.series.as_str(), config.as_str());
+    Env {
+        root,
+        kernel,
+        accel,
+        args,
+        init,
+        sniff,
+        receivers,
+        dir: work.join(name.replace(' ', "-")),
+        name,
+    }
 }
 
 /// Installs qemu and friends and fetches the kernels; `None` when that failed and
@@ -364,6 +462,8 @@ fn receivers(sniff: &host::Sniff, args: &VmTestArgs) -> Result<Vec<Receiver>> {
 
 /// What every case shares.
 struct Env<'a> {
+    /// The repository (for `vm/*.sh`).
+    root: &'a Path,
     kernel: &'a Kernel,
     accel: Accel,
     args: &'a VmTestArgs,
@@ -440,16 +540,7 @@ fn boot(
     ns: &Netns,
     b: usize,
 ) -> Result<(check::BootRecords, Duration)> {
-    let runid = runid()?;
-    let records = records::records(&runid);
-    let initramfs = env.dir.join(format!("boot{b}.cpio"));
-    initramfs::build(env.kernel, env.init, &records, &initramfs)?;
-    let image = env.kernel.vmlinux();
-    let image = if env.args.bzimage || !image.is_file() {
-        env.kernel.bzimage()
-    } else {
-        image
-    };
+    let (runid, records, initramfs, image) = prepare_boot(env, b)?;
     let outcome = guest::run(
         ns,
         &guest::Boot {
@@ -499,6 +590,31 @@ fn boot(
     Ok((check::BootRecords { runid, records }, outcome.elapsed))
 }
 
+/// A new run id, its records, and the initramfs (`boot<b>.cpio`) and kernel image to boot.
+fn prepare_boot(
+    env: &Env<'_>,
+    b: usize,
+) -> Result<(String, Vec<records::Record>, PathBuf, PathBuf)> {
+    let runid = runid()?;
+    let records = records::records(&runid);
+    let initramfs = env.dir.join(format!("boot{b}.cpio"));
+    initramfs::build(env.kernel, env.init, &records, &initramfs)?;
+    Ok((runid, records, initramfs, env.image()))
+}
+
+impl Env<'_> {
+    /// The kernel image to boot: the uncompressed vmlinux unless `--bzimage` (or none was
+    /// extracted).
+    fn image(&self) -> PathBuf {
+        let image = self.kernel.vmlinux();
+        if self.args.bzimage || !image.is_file() {
+            self.kernel.bzimage()
+        } else {
+            image
+        }
+    }
+}
+
 /// Reads one receiver's output and checks it; `Err` lists the failures.
 fn check_receiver(
     env: &Env<'_>,
@@ -519,12 +635,7 @@ fn check_receiver(
         report.records,
         report.matched,
         report.fragmented,
-        report
-            .seq_ranges
-            .iter()
-            .map(|r| r.map_or_else(|| "-".to_owned(), |(a, b)| format!("{a}..={b}")))
-            .collect::<Vec<_>>()
-            .join(" "),
+        report.seq_summary(),
         report.reboot_events
     );
     Ok(())

@@ -3,8 +3,8 @@
 //!
 //! - `--format raw` (one line per datagram): decoded here by a small reference decoder
 //!   (extended header, `ncfrag` reassembly, `\xNN` unescaping, plain line assembly). It proves
-//!   the capture path and gives the checks levels, sequence numbers and reassembled text before
-//!   netcon's own decoder exists; it emits no loss or reboot events (those are the decoder's).
+//!   the capture path independently of netcon's decoder and gives the checks levels, sequence
+//!   numbers and reassembled text; it emits no loss or reboot events (those are the decoder's).
 //! - `--format json` (one object per line): netcon's decoded records and events, read by
 //!   [`from_json`]. See the module `check` for what it must carry.
 
@@ -35,6 +35,10 @@ pub struct Rec {
     pub datagrams: usize,
     /// Pieces were missing (fragments, or a plain line that never got its `\n`).
     pub incomplete: bool,
+    /// netcon's crash-report mark, `(event, begins)` (JSON `flags.panic`; none from raw).
+    pub panic: Option<(u64, bool)>,
+    /// sysdata `msgid`, the target's message counter (configfs targets, 6.16 and later).
+    pub msgid: Option<u64>,
 }
 
 /// A record or an event, in the order the receiver emitted them.
@@ -106,7 +110,7 @@ pub fn from_raw(stdout: &str) -> Result<Observed> {
     Ok(observed)
 }
 
-/// Reverses netcon-sniff's escaping (`netcon-user/src/sink/escape.rs`): `\\`, `\n`, `\r`,
+/// Reverses netcon-sniff's escaping (`netcon-user/src/escape.rs`): `\\`, `\n`, `\r`,
 /// `\t`, `\u{hex}` for control characters, `\xNN` for bytes that are not UTF-8.
 pub fn unescape(s: &str) -> Result<Vec<u8>> {
     let bytes = s.as_bytes();
@@ -376,10 +380,13 @@ fn ext_record(
     let mut lines = body.split(|&b| b == b'\n');
     let text = unescape_kernel(lines.next().unwrap_or_default());
     let mut release = header.release.clone();
+    let mut msgid = None;
     for line in lines {
         // Dictionary, userdata and sysdata lines: ` KEY=value`.
         if let Some(value) = line.strip_prefix(b" release=") {
             release = Some(String::from_utf8_lossy(&unescape_kernel(value)).into_owned());
+        } else if let Some(value) = line.strip_prefix(b" msgid=") {
+            msgid = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
         }
     }
     Rec {
@@ -394,6 +401,8 @@ fn ext_record(
         fragmented: header.frag.is_some(),
         datagrams,
         incomplete,
+        panic: None,
+        msgid,
     }
 }
 
@@ -519,6 +528,12 @@ fn json_record(v: &Value, sender: String) -> Result<Rec> {
         fragmented: truthy(field("fragmented", "flags")),
         datagrams: 0,
         incomplete: truthy(field("incomplete", "flags")) || truthy(field("partial", "flags")),
+        panic: field("panic", "flags")
+            .and_then(|p| Some((p.get("event")?.as_u64()?, p.get("begins")?.as_bool()?))),
+        msgid: v
+            .get("sysdata")
+            .and_then(|s| s.get("msgid"))
+            .and_then(Value::as_u64),
     })
 }
 

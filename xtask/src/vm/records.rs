@@ -1,4 +1,4 @@
-//! The records a guest writes to `/dev/kmsg`: the scheme of the captures in `shared/fixtures`
+//! The records a guest writes to `/dev/kmsg`: the scheme of the captures in `netcon-user/tests/data`
 //! (`NCT-<runid> SHORT`, `UTF8`, `MULTI`, `LEVEL0..7`, `FACILITY`, `BURST001..200`, `LONG`,
 //! `LONGX`, `END`).
 
@@ -163,7 +163,7 @@ fn long_utf8(tag: &str) -> Vec<u8> {
     text.into_bytes()
 }
 
-/// The records as `shared/fixtures/*.expected.json` lists them, plus what the guest reported.
+/// The records as `netcon-user/tests/data/*.expected.json` lists them, plus what the guest reported.
 pub fn expected_json(runid: &str, records: &[Record], meta: &Value) -> Value {
     let list: Vec<Value> = records
         .iter()

@@ -100,8 +100,19 @@ pub fn start(
     receiver: Receiver,
     pcap: Option<&Path>,
 ) -> Result<Running> {
+    start_with(sniff, ns, receiver, pcap, &[])
+}
+
+/// [`start`], with `extra` options on netcon-sniff's command line (`--on-panic CMD`).
+pub fn start_with(
+    sniff: &Sniff,
+    ns: &Netns,
+    receiver: Receiver,
+    pcap: Option<&Path>,
+    extra: &[String],
+) -> Result<Running> {
     let mut command = ns.command(&sniff.path);
-    command.args(["-i", &ns.tap, "-p", "6666"]);
+    command.args(["-i", &ns.tap, "-p", "6666"]).args(extra);
     if sniff.backends {
         command.args(["--backend", receiver.backend.as_str()]);
     }

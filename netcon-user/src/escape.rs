@@ -1,7 +1,10 @@
 //! Rendering untrusted bytes so that they cannot drive a terminal.
 //!
 //! Anything that arrives over the network may be spoofed: control characters and escape sequences
-//! are shown visibly (`\n`, `\t`, `\x1b`), never written raw.
+//! are shown visibly (`\n`, `\t`, `\x1b`), never written raw. So are the characters that make
+//! text read differently from what it is without being controls: the Unicode bidirectional
+//! overrides, embeddings and isolates (U+202E turns `gnp.exe` into what reads as `exe.png`) and
+//! the zero-width ones (a line that looks like another sender's but is not).
 
 use std::fmt::Write as _;
 
@@ -14,7 +17,7 @@ pub fn escape_into(bytes: &[u8], out: &mut String) {
         let mut valid = chunk.valid();
         while let Some((at, c)) = valid
             .char_indices()
-            .find(|&(_, c)| c == '\\' || c.is_control())
+            .find(|&(_, c)| c == '\\' || c.is_control() || is_invisible(c))
         {
             out.push_str(&valid[..at]);
             match c {
@@ -34,6 +37,22 @@ pub fn escape_into(bytes: &[u8], out: &mut String) {
             let _ = write!(out, "\\x{b:02x}");
         }
     }
+}
+
+/// Whether `c` changes how text around it reads without showing itself: bidirectional marks,
+/// embeddings, overrides and isolates (U+061C, U+200E-U+200F, U+202A-U+202E, U+2066-U+2069) and
+/// zero-width characters (U+200B-U+200D, U+2060, U+FEFF). Unicode TR 9 and UTS 39 list them.
+#[must_use]
+pub fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{feff}'
+    )
 }
 
 /// [`escape_into`] into a new `String`.
@@ -78,7 +97,7 @@ mod tests {
                         '\n' => expected.push_str("\\n"),
                         '\r' => expected.push_str("\\r"),
                         '\t' => expected.push_str("\\t"),
-                        c if c.is_control() => {
+                        c if c.is_control() || is_invisible(c) => {
                             let _ = write!(expected, "\\u{{{:x}}}", u32::from(c));
                         }
                         c => expected.push(c),
@@ -90,6 +109,16 @@ mod tests {
             }
             proptest::prop_assert_eq!(escape(&bytes), expected);
         }
+    }
+
+    #[test]
+    fn escapes_bidi_overrides_and_zero_width_characters() {
+        assert_eq!(
+            escape("a\u{202e}gnp.exe\u{200b}b\u{2066}c\u{feff}".as_bytes()),
+            "a\\u{202e}gnp.exe\\u{200b}b\\u{2066}c\\u{feff}"
+        );
+        // Ordinary non-ASCII stays as it is.
+        assert_eq!(escape("é ✓ שלום".as_bytes()), "é ✓ שלום");
     }
 
     #[test]

@@ -1,7 +1,14 @@
 //! Decoder tests: whole datagrams in, events out.
 
+mod budget;
+mod properties;
+mod sequence;
+
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
 
 use proptest::prelude::*;
 
@@ -111,7 +118,7 @@ fn kernel_fragments(header: &str, body: &[u8], max: usize) -> Vec<Vec<u8>> {
     out
 }
 
-// fixtures/ext.pcap, frame 220.
+// tests/data/ext.pcap, frame 220.
 const DICT: &[u8] = b"6,220,1477760,-;pci_bus 0000:00: root bus resource [io  0x0d00-0xffff window]\n SUBSYSTEM=pci_bus\n DEVICE=+pci_bus:0000:00\n";
 
 #[test]
@@ -183,7 +190,7 @@ fn release_from_header_or_sysdata() {
 
 #[test]
 fn fragments_reassemble_with_an_escape_cut_in_two() {
-    // Like fixtures/ext.pcap LONGX: a fragment ends in `\x` and the next starts with `c3`.
+    // Like tests/data/ext.pcap LONGX: a fragment ends in `\x` and the next starts with `c3`.
     let text = "NCT-202a75 LONGX-BEGIN ".to_owned() + &"äöü✓".repeat(80) + " LONGX-END";
     let body = [kernel_escape(text.as_bytes()), b"\n".to_vec()].concat();
     let frags = kernel_fragments("14,589,6402705,-", &body, 1000);
@@ -344,7 +351,7 @@ fn nul_bytes_survive_in_both_formats() {
     let mut h = Harness::new();
     let events = h.push(0, b"[    1.000000] a\0b\n");
     assert_eq!(one_record(&events).text, b"a\0b");
-    let events = h.push(1, b"6,1,2,-;c\0d\\x00e\n");
+    let events = h.push(1, b"6,1,1000002,-;c\0d\\x00e\n");
     assert_eq!(one_record(&events).text, b"c\0d\0e");
 }
 
@@ -390,84 +397,6 @@ fn plain_duplicates_are_dropped_within_the_window() {
     assert_eq!(records(&h.push_from(1, 11, 2, line)).len(), 1);
     // Past the window, identical bytes are a new line (plain mode has no seq).
     assert_eq!(records(&h.push_from(600, 10, 2, line)).len(), 1);
-}
-
-#[test]
-fn seq_gap_is_a_loss_event() {
-    let mut h = Harness::new();
-    h.push(0, b"6,1,10,-;a\n");
-    h.push(1, b"6,2,20,-;b\n");
-    let events = h.push(2, b"6,5,50,-;e\n");
-    match events.as_slice() {
-        [Event::Lost(l), Event::Record(r)] => {
-            assert_eq!((l.kind, l.first, l.last, l.count), (LossKind::Seq, 3, 4, 2));
-            assert_eq!(r.seq, Some(5));
-        }
-        other => panic!("{other:?}"),
-    }
-    assert_eq!(h.dec.stats().records_lost, 2);
-}
-
-#[test]
-fn late_record_is_emitted_and_counted() {
-    let mut h = Harness::new();
-    h.push(0, b"6,10,100,-;a\n");
-    h.push(1, b"6,12,120,-;c\n");
-    let events = h.push(2, b"6,11,110,-;b\n");
-    assert_eq!(one_record(&events).text, b"b");
-    assert_eq!(h.dec.stats().late, 1);
-    assert_eq!(h.dec.stats().reboots, 0);
-}
-
-#[test]
-fn seq_back_to_zero_is_a_reboot() {
-    let mut h = Harness::new();
-    h.push(0, b"6,589,6402705,-;before\n");
-    h.push(1, b"6,590,6456131,-;last words\n");
-    let events = h.push(30_000, b"5,0,0,-;Linux version 6.1.0\n");
-    match events.as_slice() {
-        [Event::Rebooted(r), Event::Record(rec)] => {
-            assert_eq!((r.previous_seq, r.seq), (Some(590), Some(0)));
-            assert_eq!(r.previous_timestamp_us, Some(6_456_131));
-            // The boot estimate starts over.
-            assert_eq!(rec.kernel_time, Some(wall(30_000)));
-        }
-        other => panic!("{other:?}"),
-    }
-    assert_eq!(h.dec.stats().reboots, 1);
-    // And the sequence goes on from the new boot without a loss.
-    assert_eq!(records(&h.push(30_001, b"6,1,0,-;next\n")).len(), 1);
-    assert_eq!(h.dec.stats().records_lost, 0);
-}
-
-#[test]
-fn msgid_gap_is_a_loss_event() {
-    let mut h = Harness::new();
-    h.push(0, b"6,1,10,-;a\n msgid=1\n");
-    let events = h.push(1, b"6,2,20,-;b\n msgid=4\n");
-    match events.as_slice() {
-        [Event::Lost(l), Event::Record(_)] => {
-            assert_eq!(
-                (l.kind, l.first, l.last, l.count),
-                (LossKind::Msgid, 2, 3, 2)
-            );
-        }
-        other => panic!("{other:?}"),
-    }
-    // A msgid behind the last one (late, repeated) is no loss.
-    assert_eq!(h.push(2, b"6,3,30,-;c\n msgid=3\n").len(), 1);
-    assert_eq!(h.dec.stats().msgid_lost, 2);
-    // msgid is a u32 that wraps.
-    for (i, id) in [4_294_967_294u32, 4_294_967_295, 0].iter().enumerate() {
-        let payload = format!("6,{},{},-;w\n msgid={id}\n", 10 + i, 100 + i);
-        let events = h.push_from(10, 20, 2, payload.as_bytes());
-        assert_eq!(events.len(), 1, "{events:?}");
-    }
-    let events = h.push_from(11, 20, 2, b"6,13,103,-;x\n msgid=2\n");
-    assert!(matches!(
-        events.as_slice(),
-        [Event::Lost(l), Event::Record(_)] if (l.first, l.last, l.count) == (1, 1, 1)
-    ));
 }
 
 #[test]
@@ -611,6 +540,59 @@ fn full_sender_table_evicts_the_least_recently_heard_and_emits_its_state() {
 }
 
 #[test]
+fn senders_tally_records_losses_and_panics_and_leave_when_evicted() {
+    let mut h = Harness::with(DecoderConfig {
+        max_senders: 2,
+        ..DecoderConfig::default()
+    });
+    h.push_from(0, 1, 2, b"6,1,1000,-;one\n");
+    h.push_from(1, 1, 2, b"6,4,4000,-;four, after a gap\n");
+    h.push_from(2, 1, 2, b"0,5,5000,-;Kernel panic - not syncing: test\n");
+    h.push_from(3, 2, 2, b"6,1,1000,-;other\n");
+    let mut senders: Vec<(SocketAddr, SenderTally)> =
+        h.dec.senders().map(|(a, t)| (a, *t)).collect();
+    senders.sort_by_key(|(a, _)| *a);
+    assert_eq!(
+        senders,
+        [
+            (
+                src(1),
+                SenderTally {
+                    records: 3,
+                    records_lost: 2,
+                    msgid_lost: 0,
+                    panics: 1,
+                    last_heard: Some(wall(2)),
+                }
+            ),
+            (
+                src(2),
+                SenderTally {
+                    records: 1,
+                    last_heard: Some(wall(3)),
+                    ..SenderTally::default()
+                }
+            ),
+        ]
+    );
+    let tracked = |h: &Harness| {
+        let mut left: Vec<(SocketAddr, u64)> =
+            h.dec.senders().map(|(a, t)| (a, t.records)).collect();
+        left.sort();
+        left
+    };
+    // A third sender evicts the one heard only once (2), though 1 was heard before it: its
+    // tally goes with it, 1's stays.
+    h.push_from(4, 3, 2, b"6,1,1000,-;third\n");
+    assert_eq!(tracked(&h), [(src(1), 3), (src(3), 1)]);
+    // With every sender heard more than once, the least recently heard (1) goes, tally and all.
+    h.push_from(5, 3, 2, b"6,2,2000,-;third again\n");
+    h.push_from(6, 4, 2, b"6,1,1000,-;fourth\n");
+    assert_eq!(tracked(&h), [(src(3), 2), (src(4), 1)]);
+    assert_eq!(h.dec.stats().senders_evicted, 2);
+}
+
+#[test]
 fn full_fragment_table_emits_the_oldest_incomplete() {
     let mut h = Harness::with(DecoderConfig {
         max_fragment_entries: 2,
@@ -652,153 +634,4 @@ fn one_sender_may_mix_formats() {
     let mut h = Harness::new();
     assert_eq!(records(&h.push(0, b"6,1,2,-;ext\n")).len(), 1);
     assert_eq!(records(&h.push(1, b"[    0.000002] plain\n")).len(), 1);
-}
-
-// Property tests.
-
-/// Text without commas, so that no piece of a plain stream looks like an extended header.
-fn plain_text() -> impl Strategy<Value = Vec<u8>> {
-    prop::collection::vec(
-        prop_oneof![
-            Just(b'a'),
-            Just(b' '),
-            Just(b'['),
-            Just(b']'),
-            Just(b'.'),
-            Just(b'7'),
-            Just(b'\t'),
-            Just(0xc3),
-            Just(0xa9),
-            Just(0xff),
-        ],
-        0..40,
-    )
-}
-
-fn plain_stream() -> impl Strategy<Value = (Vec<Vec<u8>>, Vec<u8>)> {
-    prop::collection::vec((plain_text(), prop::option::of(0u64..100_000_000)), 1..20).prop_map(
-        |lines| {
-            let mut stream = Vec::new();
-            let mut expected = Vec::new();
-            for (text, ts) in lines {
-                let mut line = Vec::new();
-                if let Some(ts) = ts {
-                    let mut p = String::new();
-                    let _ = write!(p, "[{:5}.{:06}] ", ts / 1_000_000, ts % 1_000_000);
-                    line.extend_from_slice(p.as_bytes());
-                }
-                line.extend_from_slice(&text);
-                expected.push(plain::parse_lines(&line).text);
-                stream.extend_from_slice(&line);
-                stream.push(b'\n');
-            }
-            (expected, stream)
-        },
-    )
-}
-
-proptest! {
-    #[test]
-    fn any_split_of_plain_payloads_gives_the_same_lines(
-        (expected, stream) in plain_stream(),
-        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..10),
-    ) {
-        let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(stream.len())).collect();
-        cuts.push(0);
-        cuts.push(stream.len());
-        cuts.sort_unstable();
-        cuts.dedup();
-        let mut h = Harness::with(DecoderConfig {
-            // Identical pieces are legitimate here.
-            duplicate_history: 0,
-            ..DecoderConfig::default()
-        });
-        let mut events = Vec::new();
-        for w in cuts.windows(2) {
-            events.extend(h.push(0, &stream[w[0]..w[1]]));
-        }
-        events.extend(h.flush());
-        let lines: Vec<Vec<u8>> = records(&events)
-            .iter()
-            .flat_map(|r| r.lines().map(<[u8]>::to_vec).collect::<Vec<_>>())
-            .collect();
-        prop_assert_eq!(lines, expected);
-        prop_assert!(records(&events).iter().all(|r| !r.flags.partial));
-    }
-
-    #[test]
-    fn any_kernel_fragmentation_in_any_order_with_duplicates_gives_the_original(
-        text in prop::collection::vec(any::<u8>(), 0..3000),
-        fields in prop::collection::vec(("[A-Za-z_]{1,10}", prop::collection::vec(any::<u8>(), 0..30)), 0..4),
-        max in 80usize..=1000,
-        order in any::<prop::sample::Index>(),
-        dups in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
-        dedupe in any::<bool>(),
-    ) {
-        let mut body = kernel_escape(&text);
-        body.push(b'\n');
-        for (k, v) in &fields {
-            body.push(b' ');
-            body.extend_from_slice(k.as_bytes());
-            body.push(b'=');
-            body.extend_from_slice(&kernel_escape(v));
-            body.push(b'\n');
-        }
-        let frags = kernel_fragments("6.12.95+deb12-amd64,14,595,8439407,-,caller=T1", &body, max);
-        // Any order: a rotation and a reversal chosen by `order`, then duplicates anywhere.
-        let n = frags.len();
-        let mut seq: Vec<usize> = (0..n).collect();
-        seq.rotate_left(order.index(n));
-        if order.index(2) == 1 {
-            seq.reverse();
-        }
-        for d in &dups {
-            let at = d.index(seq.len() + 1);
-            seq.insert(at, d.index(n));
-        }
-        let mut h = Harness::with(DecoderConfig {
-            duplicate_history: if dedupe { DEFAULT_DUPLICATE_HISTORY } else { 0 },
-            ..DecoderConfig::default()
-        });
-        let mut events = Vec::new();
-        for (i, f) in seq.iter().enumerate() {
-            events.extend(h.push(u64::try_from(i).unwrap_or(0), &frags[*f]));
-        }
-        events.extend(h.flush());
-        let recs = records(&events);
-        prop_assert_eq!(recs.len(), 1, "{:?}", events);
-        let r = recs[0];
-        prop_assert_eq!(&r.text, &text);
-        prop_assert_eq!(r.fields.len(), fields.len());
-        for (f, (k, v)) in r.fields.iter().zip(&fields) {
-            prop_assert_eq!(&f.key, k.as_bytes());
-            prop_assert_eq!(&f.value, v);
-        }
-        prop_assert_eq!(r.release.as_deref(), Some("6.12.95+deb12-amd64"));
-        prop_assert_eq!(r.caller.clone(), Some(Caller::Task(1)));
-        prop_assert!(r.flags.fragmented);
-        prop_assert_eq!(r.flags.incomplete, None);
-        prop_assert!(!events.iter().any(|e| matches!(e, Event::Malformed(_) | Event::Lost(_))));
-    }
-
-    #[test]
-    fn no_input_panics_or_leaks_past_its_bounds(
-        payloads in prop::collection::vec((0u8..4, prop::collection::vec(any::<u8>(), 0..200), 0u64..2000), 0..40),
-    ) {
-        let mut h = Harness::with(DecoderConfig {
-            max_senders: 2,
-            max_fragment_entries: 2,
-            ..DecoderConfig::default()
-        });
-        let mut now = 0;
-        for (from, payload, step) in &payloads {
-            now += step;
-            h.push_from(now, *from, 1, payload);
-            h.poll(now);
-        }
-        prop_assert!(h.dec.stats().senders <= 2);
-        prop_assert!(h.dec.assembler.len() <= 2);
-        h.flush();
-        prop_assert!(h.dec.assembler.is_empty());
-    }
 }

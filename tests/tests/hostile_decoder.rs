@@ -1,0 +1,180 @@
+//! Hostile senders against the decoder, with the real binary in a collector namespace: a
+//! continuation flood that used to grow without bound, and a spray of spoofed sources that used
+//! to evict the senders that were actually talking. In both, peak RSS (`VmHWM`) stays under
+//! 64 MiB and every record of a genuine sender sending meanwhile is printed.
+//!
+//! Subnets 61 and 62 (addresses only inside the namespaces these tests create).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use netcon_tests::outputs::sniffer_pid;
+use netcon_tests::{LINE_TIMEOUT, Link, STATS_PREFIX, Sniffer, Topology, UdpFrame};
+
+/// Peak RSS allowed: the default 24 MiB budget plus the process's fixed cost (8 MiB ring
+/// buffer, binary, buffers).
+const MAX_PEAK_RSS_KIB: u64 = 64 * 1024;
+
+/// `VmHWM` (peak resident set) of `pid`, KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"))
+}
+
+/// A frame from `src` (an address on the link's subnet that the sender namespace sends as).
+fn frame_from(link: &Link, src: SocketAddr, payload: Vec<u8>) -> Vec<u8> {
+    UdpFrame {
+        src,
+        ..UdpFrame::v4(link, payload)
+    }
+    .build()
+}
+
+/// The genuine sender's record `k`: `<text> NCT-VICTIM <k>.`, extended, seq `k`, stamped as a
+/// kernel up 5 s at `start` would stamp it now (so that its implied boot
+/// time stays put, as a real sender's does).
+fn victim_record(k: u64, start: Instant, text: &str) -> Vec<u8> {
+    let ts = 5_000_000 + start.elapsed().as_micros();
+    format!("6,{k},{ts},-;{text} NCT-VICTIM {k}.\n").into_bytes()
+}
+
+fn victim_addr(link: &Link) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, link.subnet, 0, 20)), 6665)
+}
+
+/// Stops the sniffer and returns its exit stats line, all of it (capture, decoder, sinks).
+fn stop(mut s: Sniffer) -> String {
+    s.sigterm();
+    let (status, stderr) = s.wait();
+    assert!(status.success(), "{stderr}");
+    stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(STATS_PREFIX))
+        .unwrap_or_else(|| panic!("no stats line:\n{stderr}"))
+        .to_owned()
+}
+
+/// The value of `name=N` in a stats line.
+fn counter(stats: &str, name: &str) -> u64 {
+    stats
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}= in {stats}"))
+}
+
+#[test]
+fn continuation_flood_stays_under_the_budget_and_the_victim_is_heard() {
+    let topo = Topology::on_subnet(61);
+    let link = topo.link();
+    let mut s = Sniffer::start(&topo.collector, &["-i", link.collector_if.as_str()]);
+    s.wait_ready();
+    let pid = sniffer_pid(&s);
+    let rss_at_start = peak_rss_kib(pid);
+
+    // Continuation records of 600 empty dictionary lines each, seq N, N+1, ... one a
+    // millisecond from one sender (5,000 of them: the unbounded decoder held about 29 KB per
+    // datagram, so 140 MB by the end); every 50th, a genuine record from another sender. The
+    // frames fit in the capture ring buffer even if a slow (debug) build falls behind.
+    let body = " \n".repeat(600);
+    let attacker = SocketAddr::new(link.sender_v4.into(), 6665);
+    let mut sender = topo.sender(link);
+    let start = Instant::now();
+    let mut victim = 0u64;
+    for chunk in 0..100u64 {
+        let frames: Vec<Vec<u8>> = (chunk * 50..(chunk + 1) * 50)
+            .map(|n| {
+                let payload = format!("6,{n},{},c;\n{body}", n * 1000).into_bytes();
+                frame_from(link, attacker, payload)
+            })
+            .collect();
+        sender.send_paced(&frames, Duration::from_millis(1));
+        victim += 1;
+        sender.send(&frame_from(
+            link,
+            victim_addr(link),
+            victim_record(victim, start, "during the flood"),
+        ));
+    }
+    for k in 1..=victim {
+        s.expect_line_containing(&format!("during the flood NCT-VICTIM {k}."), LINE_TIMEOUT);
+    }
+    let peak = peak_rss_kib(pid);
+    eprintln!("continuation flood: VmHWM {rss_at_start} KiB at start, {peak} KiB after");
+    assert!(
+        peak < MAX_PEAK_RSS_KIB,
+        "peak RSS {peak} KiB under a continuation flood"
+    );
+    let stats = stop(s);
+    // Every flood record came out, cut at its bound, not held.
+    assert!(counter(&stats, "continuations_cut") >= 4_900, "{stats}");
+    assert_eq!(counter(&stats, "records_lost"), 0, "{stats}");
+}
+
+#[test]
+fn spoofed_source_spray_does_not_evict_a_talking_sender() {
+    let topo = Topology::on_subnet(62);
+    let link = topo.link();
+    let mut s = Sniffer::start(&topo.collector, &["-i", link.collector_if.as_str()]);
+    s.wait_ready();
+    let pid = sniffer_pid(&s);
+
+    // 24,000 one-off sources (10.62.0.100-199, 240 ports each), more than the 10,000 senders
+    // the decoder tracks; the genuine sender speaks between every 12,000 of them, so that a
+    // plain least-recently-heard table would have evicted it each time.
+    let spoofed = |i: u32| {
+        let host = u8::try_from(100 + i % 100).expect("host");
+        let port = u16::try_from(1024 + i / 100).expect("port");
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, link.subnet, 0, host)), port)
+    };
+    let mut sender = topo.sender(link);
+    let start = Instant::now();
+    for (k, text) in [(1, "Kernel panic - not syncing: NCT"), (2, "RIP: before")] {
+        sender.send(&frame_from(
+            link,
+            victim_addr(link),
+            victim_record(k, start, text),
+        ));
+    }
+    let mut victim = 2u64;
+    for half in 0..2u32 {
+        let frames: Vec<Vec<u8>> = (half * 12_000..(half + 1) * 12_000)
+            .map(|i| frame_from(link, spoofed(i), b"[    1.000000] NCT-SPOOFED\n".to_vec()))
+            .collect();
+        sender.send_paced(&frames, Duration::from_micros(20));
+        victim += 1;
+        sender.send(&frame_from(
+            link,
+            victim_addr(link),
+            victim_record(victim, start, "during the spray"),
+        ));
+    }
+    for k in 3..=victim {
+        let printed =
+            s.expect_line_containing(&format!("during the spray NCT-VICTIM {k}."), LINE_TIMEOUT);
+        // Still attributed to the crash report it opened: the sender kept its state.
+        assert!(printed.contains("<panic #"), "{printed}");
+    }
+    // One record of the victim goes missing: the gap is seen, so its sequence state survived.
+    sender.send(&frame_from(
+        link,
+        victim_addr(link),
+        victim_record(victim + 2, start, "after the spray"),
+    ));
+    let lost = s.expect_line_containing(" -- LOST 1 records", LINE_TIMEOUT);
+    assert!(lost.contains(" 10.62.0.20 "), "{lost}");
+    s.expect_line_containing("after the spray", LINE_TIMEOUT);
+
+    let peak = peak_rss_kib(pid);
+    eprintln!("spoofed spray: VmHWM {peak} KiB");
+    assert!(peak < MAX_PEAK_RSS_KIB, "peak RSS {peak} KiB under a spray");
+    let stats = stop(s);
+    assert!(counter(&stats, "senders_evicted") >= 14_000, "{stats}");
+    assert_eq!(counter(&stats, "reboots"), 0, "{stats}");
+}
