@@ -7,10 +7,12 @@
 //!   [`record::Token`]: run, sender, sequence number, send time.
 //! - [`load`]: H simulated senders, round-robin, paced or flat out, `sendmmsg` over
 //!   `AF_PACKET`.
+//! - [`pcap`]: the UDP payloads of a `tcpdump -w` stream, for the verifier.
 //! - [`verify`]: per-sender received / missing / duplicated / out of order, and latency.
 
 pub mod frame;
 pub mod load;
+pub mod pcap;
 pub mod record;
 pub mod verify;
 

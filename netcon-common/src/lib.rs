@@ -49,13 +49,47 @@ pub mod counter {
     pub const TRUNCATED: u32 = 3;
     /// Matched frames that could not be copied (`bpf_xdp_load_bytes` failed).
     pub const COPY_FAILED: u32 = 4;
+    /// Records after which the program woke the reader (`BPF_RB_FORCE_WAKEUP`): it was parked,
+    /// or the ring held more than [`ReaderState::wake_threshold`](super::ReaderState).
+    pub const WAKEUPS: u32 = 5;
     /// Number of counters.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
+
+/// What the reader tells the program, in the one entry of the `READER` array map (mmapped by
+/// userspace, read by the program for every record it writes).
+///
+/// The program writes records without waking the reader (`BPF_RB_NO_WAKEUP`): while traffic
+/// flows the reader drains the ring on its own short timer. It wakes the reader when the reader
+/// has said it is parked (it found the ring empty and sleeps until woken), or when the ring
+/// holds more than `wake_threshold` bytes; and each CPU wakes it at most once per
+/// [`generation`](Self::generation), so a reader that the scheduler keeps off the CPU does not
+/// turn every packet into an interrupt.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReaderState {
+    /// Bumped by [`GENERATION_STEP`] each time the reader drains or parks; its lowest bit is
+    /// [`READER_PARKED`] while the reader sleeps until woken. One word, so the program reads
+    /// both at once. Written only by the reader.
+    pub generation: u32,
+    /// Unread bytes in the ring buffer above which a record wakes the reader. Written by the
+    /// reader before it attaches the program.
+    pub wake_threshold: u32,
+}
+
+/// [`ReaderState::generation`] bit: the reader sleeps until the program wakes it.
+pub const READER_PARKED: u32 = 1;
+
+/// What [`ReaderState::generation`] advances by (the parked bit stays free).
+pub const GENERATION_STEP: u32 = 2;
 
 #[cfg(feature = "user")]
 // SAFETY: RecordHeader is repr(C), Copy, has no padding (u64 + 4 * u32) and every bit pattern is valid.
 unsafe impl aya::Pod for RecordHeader {}
+
+#[cfg(feature = "user")]
+// SAFETY: ReaderState is repr(C), Copy, has no padding (2 * u32) and every bit pattern is valid.
+unsafe impl aya::Pod for ReaderState {}
 
 #[cfg(test)]
 mod tests {

@@ -8,14 +8,17 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{
+        BPF_F_MMAPABLE, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, xdp_action,
+    },
     helpers::generated::{bpf_ktime_get_ns, bpf_ringbuf_output, bpf_xdp_load_bytes},
     macros::{map, xdp},
     maps::{Array, PerCpuArray, RingBuf},
     programs::XdpContext,
 };
 use netcon_common::{
-    FLAG_TRUNCATED, MAX_CAPTURE, PORT_BITMAP_WORDS, RECORD_HEADER_LEN, RecordHeader, counter,
+    FLAG_TRUNCATED, MAX_CAPTURE, PORT_BITMAP_WORDS, READER_PARKED, RECORD_HEADER_LEN, ReaderState,
+    RecordHeader, counter,
 };
 
 /// Destination ports to match: bit `port % 32` of word `port / 32`. Written by userspace at load.
@@ -29,6 +32,16 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 /// Records to userspace. The size here is a placeholder: userspace sets it at load time.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// Whether the reader is parked, and when to wake it anyway: written by userspace through an
+/// mmap of this map (hence `BPF_F_MMAPABLE`), read here for every record.
+#[map]
+static READER: Array<ReaderState> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// The reader generation this CPU last woke the reader in: at most one wake-up per CPU per
+/// generation.
+#[map]
+static WOKEN: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Where a record is assembled before `bpf_ringbuf_output`, so the record can be exactly as long
 /// as the frame (a ring buffer reservation must have a constant size).
@@ -196,18 +209,75 @@ fn try_netcon(ctx: &XdpContext) -> Result<(), ()> {
         return Err(());
     }
     let record_len = RECORD_HEADER_LEN as u64 + cap_len;
-    // SAFETY: record_len <= size of the scratch buffer.
+    output(bytes.as_mut_ptr(), record_len)
+}
+
+/// The reader's generation word (see `ReaderState`).
+#[inline(always)]
+fn reader_generation(reader: *const ReaderState) -> u32 {
+    // SAFETY: a pointer into the READER map; volatile, because userspace writes it at any time.
+    unsafe { core::ptr::read_volatile(&raw const (*reader).generation) }
+}
+
+/// Writes `len` bytes at `record` into the ring buffer, waking the reader only when it needs
+/// waking.
+///
+/// A wake-up is an `irq_work` self-interrupt on this CPU (a VM exit in a virtual machine), paid
+/// in the receive softirq of the host we are meant to leave undisturbed; the kernel's default
+/// (wake whenever the reader has caught up, kernel/bpf/ringbuf.c `bpf_ringbuf_commit`) pays it
+/// for nearly every record at moderate rates. So records go out with `BPF_RB_NO_WAKEUP`, the
+/// reader drains on its own short timer while traffic flows, and the program wakes it only when
+/// it is parked (it found the ring empty and sleeps until woken) or has fallen behind by more
+/// than the threshold it set; once per CPU and reader generation, so that a reader kept off the
+/// CPU does not cost an interrupt per packet.
+#[inline(always)]
+fn output(record: *mut u8, len: u64) -> Result<(), ()> {
+    let reader = READER.get_ptr(0).ok_or(())?;
+    let woken = WOKEN.get_ptr_mut(0).ok_or(())?;
+    // SAFETY: wake_threshold is written once, before the program is attached.
+    let threshold = u64::from(unsafe { (*reader).wake_threshold });
+    let generation = reader_generation(reader);
+    // SAFETY: a per-CPU slot, only this CPU touches it while this program runs.
+    let wake = unsafe { *woken } != generation
+        && (generation & READER_PARKED != 0
+            || EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= threshold);
+    let flags = if wake {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    // SAFETY: record points to at least len bytes (the caller's scratch buffer).
     let sent = unsafe {
         bpf_ringbuf_output(
             core::ptr::from_ref(&EVENTS).cast_mut().cast(),
-            bytes.as_mut_ptr().cast(),
-            record_len,
-            0,
+            record.cast(),
+            len,
+            u64::from(flags),
         )
     };
     if sent != 0 {
         bump(counter::RINGBUF_FULL);
         return Err(());
+    }
+    if wake {
+        // SAFETY: as above.
+        unsafe { *woken = generation };
+        bump(counter::WAKEUPS);
+        return Ok(());
+    }
+    // The reader may have parked between the first look and the commit. The commit's xchg on
+    // the record header is a full barrier, and the reader sets the parked bit before its own
+    // full barrier and its last look at the producer position: either it saw this record and
+    // stays awake, or this load sees it parked. Wake it with an empty record discarded.
+    let now = reader_generation(reader);
+    // SAFETY: as above.
+    if now & READER_PARKED != 0 && unsafe { *woken } != now {
+        if let Some(entry) = EVENTS.reserve::<u64>(0) {
+            entry.discard(u64::from(BPF_RB_FORCE_WAKEUP));
+            // SAFETY: as above.
+            unsafe { *woken = now };
+            bump(counter::WAKEUPS);
+        }
     }
     Ok(())
 }

@@ -188,6 +188,11 @@ fn capture_counters(capture: &CaptureCounters) -> Vec<(&'static str, &'static st
                 "Matched frames the XDP program could not copy.",
                 c.copy_failed,
             ),
+            (
+                "wakeups",
+                "Records after which the XDP program woke the reader (parked, or behind).",
+                c.wakeups,
+            ),
         ],
         CaptureCounters::Raw(c) => vec![
             (
@@ -922,6 +927,7 @@ mod tests {
                 ringbuf_full: 2,
                 truncated: 0,
                 copy_failed: 1,
+                wakeups: 7,
             }),
             datagrams: vec![("eth1".into(), 5), ("eth2".into(), 1)],
             malformed_frames: 1,
@@ -967,6 +973,7 @@ mod tests {
             "netcon_records_total 4\n",
             "netcon_capture_lost_total{backend=\"xdp\"} 3\n",
             "netcon_capture_ringbuf_full_total{backend=\"xdp\"} 2\n",
+            "netcon_capture_wakeups_total{backend=\"xdp\"} 7\n",
             "netcon_datagrams_total{interface=\"eth1\"} 5\n",
             "netcon_datagrams_total{interface=\"eth2\"} 1\n",
             "netcon_records_lost_total 3\n",
@@ -1053,6 +1060,23 @@ mod tests {
             text.len(),
             started.elapsed()
         );
+    }
+
+    #[test]
+    fn json_has_every_xdp_counter_and_wakeups_are_no_loss() {
+        let v: serde_json::Value = serde_json::from_str(&snapshot().to_json("stats")).unwrap();
+        assert_eq!(v["backend"], "xdp");
+        for (name, value) in [
+            ("seen", 10),
+            ("matched", 9),
+            ("ringbuf_full", 2),
+            ("truncated", 0),
+            ("copy_failed", 1),
+            ("wakeups", 7),
+        ] {
+            assert_eq!(v["capture"][name], value, "{name} in {v}");
+        }
+        assert_eq!(v["lost"], 3, "ringbuf_full + copy_failed, not wakeups");
     }
 
     #[test]

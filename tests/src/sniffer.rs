@@ -895,6 +895,7 @@ impl CaptureBackend {
                 "ringbuf_full",
                 "truncated",
                 "copy_failed",
+                "wakeups",
             ],
             CaptureBackend::Raw => &[
                 "received",
@@ -931,6 +932,8 @@ pub struct XdpCounters {
     pub truncated: u64,
     /// Frames the program failed to copy.
     pub copy_failed: u64,
+    /// Records after which the program woke the reader (it was parked, or behind).
+    pub wakeups: u64,
 }
 
 /// Counters of the raw (`AF_PACKET`) backend.
@@ -1071,6 +1074,7 @@ impl Summary {
             ringbuf_full: self.counter("ringbuf_full"),
             truncated: self.counter("truncated"),
             copy_failed: self.counter("copy_failed"),
+            wakeups: self.counter("wakeups"),
         }
     }
 
@@ -1208,7 +1212,7 @@ mod tests {
     #[test]
     fn parses_xdp_summary() {
         let s = Summary::parse(
-            "listening on x\nnetcon-sniff: xdp counters: seen=10 matched=3 ringbuf_full=0 truncated=1 copy_failed=0\nnetcon-sniff: printed 3 datagrams\n",
+            "listening on x\nnetcon-sniff: xdp counters: seen=10 matched=3 ringbuf_full=0 truncated=1 copy_failed=0 wakeups=2\nnetcon-sniff: printed 3 datagrams\n",
         );
         assert_eq!(s.backend, CaptureBackend::Xdp);
         assert_eq!(s.printed, 3);
@@ -1220,6 +1224,7 @@ mod tests {
                 ringbuf_full: 0,
                 truncated: 1,
                 copy_failed: 0,
+                wakeups: 2,
             }
         );
         assert_eq!(s.counter("seen"), 10);

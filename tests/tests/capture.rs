@@ -476,6 +476,30 @@ fn sigterm_counters(mode: Mode) {
     wait_released(&topo, link);
 }
 
+// 9b. A lone record after a silence comes out without anything else arriving: the XDP reader
+// parks when the ring stays empty, and the program must wake it for the next record.
+fn lone_record_after_silence(mode: Mode) {
+    let topo = Topology::new();
+    let link = topo.link();
+    let mut s = sniff1(&topo, mode, &[]);
+    for i in 0..3 {
+        // Long enough for the reader to find the ring empty and park.
+        std::thread::sleep(Duration::from_millis(500));
+        let frame = UdpFrame::v4(link, format!("NCT lone {i}\n")).dst_mac(BROADCAST_MAC);
+        send_and_expect(&topo, link, &mut s, &frame, &format!("NCT lone {i}"));
+    }
+    let summary = stop(&mut s, mode);
+    if matches!(mode, Mode::Native | Mode::Skb) {
+        let x = summary.xdp();
+        assert_eq!(x.matched, 3, "{summary:?}");
+        assert!(
+            x.wakeups >= 3,
+            "each lone record woke the parked reader: {summary:?}"
+        );
+    }
+    wait_released(&topo, link);
+}
+
 // 10. Control characters and invalid UTF-8 in the payload are escaped, never raw. (Every stdout
 // line of every test is also checked for raw controls and invalid UTF-8 by `Sniffer`.)
 fn escaping(mode: Mode) {
@@ -785,13 +809,16 @@ macro_rules! per_mode {
 
 per_mode!(native => Native: addressed_to_collector, broadcast_foreign_ip, promisc_foreign_mac,
     ipv6, vlan_tags, ports_listed, ports_default, own_frames_skipped, two_interfaces,
-    sigkill_detaches, sigterm_counters, escaping, write_pcap, replay_plain, replay_ext);
+    sigkill_detaches, sigterm_counters, lone_record_after_silence, escaping, write_pcap,
+    replay_plain, replay_ext);
 per_mode!(skb => Skb: addressed_to_collector, broadcast_foreign_ip, promisc_foreign_mac,
     ipv6, vlan_tags, ports_listed, ports_default, own_frames_skipped, two_interfaces,
-    sigkill_detaches, sigterm_counters, escaping, write_pcap, replay_plain, replay_ext);
+    sigkill_detaches, sigterm_counters, lone_record_after_silence, escaping, write_pcap,
+    replay_plain, replay_ext);
 per_mode!(raw => Raw: addressed_to_collector, broadcast_foreign_ip, promisc_foreign_mac,
     ipv6, vlan_tags, ports_listed, ports_default, own_frames_skipped, two_interfaces,
-    sigkill_detaches, sigterm_counters, escaping, write_pcap, replay_plain, replay_ext);
+    sigkill_detaches, sigterm_counters, lone_record_after_silence, escaping, write_pcap,
+    replay_plain, replay_ext);
 
 // 13. Errors: exit code 2, no panic, a message that names the culprit; returns stderr.
 fn assert_clean_error(args: &[&str], mention: &str) -> String {

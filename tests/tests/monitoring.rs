@@ -378,6 +378,11 @@ fn stats_format_json_on_sigusr1_and_at_exit() {
         stats["backend"] == "xdp" || stats["backend"] == "raw",
         "{stats}"
     );
+    if stats["backend"] == "xdp" {
+        // The reader was parked when the first frame came (idle since start): the program
+        // woke it, and the count is there beside the other XDP counters.
+        assert!(stats["capture"]["wakeups"].as_u64() >= Some(1), "{stats}");
+    }
     s.sigterm();
     assert!(s.wait().0.success());
     let summary = json_lines(s.stderr_lines(), "summary");

@@ -66,6 +66,8 @@ pub struct XdpCounters {
     pub truncated: u64,
     /// Matched frames that could not be copied.
     pub copy_failed: u64,
+    /// Records after which the program woke the reader (it was parked, or had fallen behind).
+    pub wakeups: u64,
 }
 
 /// Counters of the raw backend's sockets.
@@ -150,8 +152,9 @@ impl fmt::Display for CaptureCounters {
         match self {
             Self::Xdp(c) => write!(
                 f,
-                "xdp counters: seen={} matched={} ringbuf_full={} truncated={} copy_failed={}",
-                c.seen, c.matched, c.ringbuf_full, c.truncated, c.copy_failed
+                "xdp counters: seen={} matched={} ringbuf_full={} truncated={} copy_failed={} \
+                 wakeups={}",
+                c.seen, c.matched, c.ringbuf_full, c.truncated, c.copy_failed, c.wakeups
             ),
             Self::Raw(c) => write!(
                 f,

@@ -8,8 +8,8 @@ use std::{
     cell::Cell,
     error::Error as StdError,
     io,
-    os::fd::AsRawFd as _,
-    time::{Duration, Instant},
+    os::fd::{AsFd as _, AsRawFd},
+    time::Duration,
 };
 
 use aya::{
@@ -20,7 +20,9 @@ use aya::{
 };
 use bytes::BytesMut;
 use chrono::{DateTime, Utc};
-use netcon_common::{RECORD_HEADER_LEN, RecordHeader, counter};
+use netcon_common::{
+    GENERATION_STEP, READER_PARKED, RECORD_HEADER_LEN, ReaderState, RecordHeader, counter,
+};
 use tokio::io::unix::AsyncFd;
 
 use super::{Captured, LinkType, XdpCounters};
@@ -37,16 +39,25 @@ pub const MIN_KERNEL: (u8, u8) = (5, 18);
 /// flood cannot starve output and signals. Unit: records. Default 1024.
 pub const MAX_BATCH: usize = 1024;
 
-/// Wake-ups closer together than this mean traffic is flowing: coalesce. Unit: time; default
-/// 60 µs.
-pub const COALESCE_WINDOW: Duration = Duration::from_micros(60);
+/// While records flow, the reader drains the ring on this timer instead of being woken for
+/// them: the program writes with `BPF_RB_NO_WAKEUP`, because a wake-up is an `irq_work`
+/// self-interrupt paid in the sender's receive softirq (a VM exit in a virtual machine), and the
+/// kernel's default sends one whenever the reader has caught up, i.e. for most records at
+/// moderate rates. The most latency this adds; each tick costs the reader's core a timer
+/// interrupt (a VM exit too), and measured here 1 ms let the sender's core go ~9% faster than
+/// 100 µs with a busy machine: 500 µs halves the latency of 1 ms for most of that. Unit: time;
+/// default 500 µs.
+pub const DRAIN_INTERVAL: Duration = Duration::from_micros(500);
 
-/// How long a coalesced wake-up waits before reading, so records gather in the ring. While the
-/// ring is not empty the kernel sends no wake-up (`bpf_ringbuf_output`'s adaptive notification,
-/// kernel/bpf/ringbuf.c), and each wake-up is an `irq_work` self-interrupt that a virtual machine
-/// pays as an exit: measured here, ~4 µs per matching frame without this, ~0.5-1 µs with it,
-/// for at most this much added latency. Unit: time; default 50 µs.
-pub const COALESCE_DELAY: Duration = Duration::from_micros(50);
+/// Timer drains in a row that must find the ring empty before the reader parks (sleeps until
+/// the program wakes it). Parking costs the program one wake-up for the next record; staying
+/// awake costs the reader a timer tick per [`DRAIN_INTERVAL`]. Unit: drains; default 3.
+pub const EMPTY_DRAINS_BEFORE_PARKING: u32 = 3;
+
+/// Share of the ring buffer that, unread, makes every record wake the reader even while it
+/// drains on its timer (it fell behind: a timer tick was late). Unit: 1/n of the ring; default
+/// a quarter.
+pub const WAKE_THRESHOLD_DIVISOR: u32 = 4;
 
 /// Why the XDP backend could not start or read.
 #[derive(Debug, thiserror::Error)]
@@ -141,14 +152,18 @@ impl AttachedMode {
 pub struct XdpCapture {
     // Field order is drop order: the ring buffer and maps go before the program and its links.
     ring: AsyncFd<RingBuf<MapData>>,
+    /// Ticks every [`DRAIN_INTERVAL`] while the reader drains on its timer.
+    drain_timer: AsyncFd<DrainTimer>,
+    /// The `READER` map: where the reader says it is parked.
+    reader: ReaderMap,
+    /// Timer drains in a row that found the ring empty.
+    empty_drains: u32,
     counters: PerCpuArray<MapData, u64>,
     /// One buffer that captured frames are split off, so records cost no allocation each.
     arena: BytesMut,
     /// `CLOCK_REALTIME - CLOCK_MONOTONIC`, to turn `bpf_ktime_get_ns` into wall time.
     mono_to_wall_ns: i128,
     attached: Vec<(String, AttachedMode)>,
-    /// When the ring buffer last woke us.
-    last_wake: Option<Instant>,
     /// The counters as last read, shown once they cannot be read any more.
     last_counters: Cell<XdpCounters>,
     /// Reading them failed once (and was reported): they are not tried again.
@@ -197,6 +212,9 @@ impl XdpCapture {
                 })?;
         }
 
+        // Before the program runs: it reads the threshold for every record.
+        let reader = ReaderMap::open(&mut ebpf, ring_bytes / WAKE_THRESHOLD_DIVISOR)?;
+
         let program: &mut Xdp = ebpf
             .program_mut("netcon")
             .ok_or_else(|| XdpError::Load {
@@ -226,13 +244,23 @@ impl XdpCapture {
         // long as the AsyncFd owns the RingBuf.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|e| XdpError::Read { source: e.into() })?;
+        let drain_timer = DrainTimer::new()
+            .and_then(|timer| {
+                // SAFETY: the DrainTimer owns its fd, which stays open and the same for as
+                // long as the AsyncFd owns the DrainTimer.
+                unsafe { AsyncFd::register_with_interest(timer, tokio::io::Interest::READABLE) }
+                    .map_err(io::Error::from)
+            })
+            .map_err(|source| XdpError::Read { source })?;
         Ok(Self {
             ring,
+            drain_timer,
+            reader,
+            empty_drains: 0,
             counters,
             arena: BytesMut::new(),
             mono_to_wall_ns: mono_to_wall_ns(),
             attached,
-            last_wake: None,
             last_counters: Cell::new(XdpCounters::default()),
             counters_unavailable: Cell::new(false),
             _ebpf: ebpf,
@@ -247,36 +275,77 @@ impl XdpCapture {
 
     /// Waits until the ring buffer has records, then appends up to [`MAX_BATCH`] of them.
     ///
+    /// While records flow it drains the ring every [`DRAIN_INTERVAL`]; after
+    /// [`EMPTY_DRAINS_BEFORE_PARKING`] empty drains in a row it parks: it tells the program
+    /// (through the `READER` map) and sleeps until the program wakes it for the next record, so
+    /// a lone record after a quiet minute is read at once. Cancel-safe: the state lives in
+    /// `self`, and a future dropped while parked only leaves the program waking a reader that
+    /// is not asleep.
+    ///
     /// # Errors
-    /// [`XdpError::Read`] when the ring buffer cannot be polled.
+    /// [`XdpError::Read`] when the ring buffer or the timer cannot be polled.
     pub async fn recv(&mut self, out: &mut Vec<Captured>) -> Result<(), XdpError> {
         loop {
+            // A new generation per drain: the program may wake us once more if we fall behind.
+            self.reader.set_parked(false);
+            if self.read(out) > 0 {
+                self.empty_drains = 0;
+                return Ok(());
+            }
+            if self.empty_drains < EMPTY_DRAINS_BEFORE_PARKING {
+                self.empty_drains += 1;
+                self.wait_drain_tick().await?;
+                continue;
+            }
+            // Park: announce it, then look once more. The full barrier pairs with the one in
+            // the program's commit (kernel/bpf/ringbuf.c: xchg on the record header) before it
+            // reads the parked bit: either this look sees its record, or the program sees us
+            // parked and wakes us.
+            self.reader.set_parked(true);
+            if self.read(out) > 0 {
+                self.reader.set_parked(false);
+                self.empty_drains = 0;
+                return Ok(());
+            }
             let mut guard = self
                 .ring
                 .readable_mut()
                 .await
                 .map_err(|source| XdpError::Read { source })?;
-            let now = Instant::now();
-            if self
-                .last_wake
-                .is_some_and(|last| now.duration_since(last) < COALESCE_WINDOW)
-            {
-                // A blocking sleep: tokio's timers are 1 ms coarse, and nothing else in this
-                // single-threaded runtime is due within 50 µs that matters more.
-                std::thread::sleep(COALESCE_DELAY);
-            }
-            self.last_wake = Some(now);
-            if read_batch(
-                guard.get_inner_mut(),
-                &mut self.arena,
-                self.mono_to_wall_ns,
-                out,
-            ) > 0
-            {
-                return Ok(());
-            }
+            // Cleared before the next read: a wake-up after this point is seen by that read or
+            // marks the ring readable again.
             guard.clear_ready();
+            drop(guard);
+            self.empty_drains = 0;
         }
+    }
+
+    /// Waits one [`DRAIN_INTERVAL`], or less if the program wakes us because the ring filled
+    /// past the threshold.
+    async fn wait_drain_tick(&mut self) -> Result<(), XdpError> {
+        self.drain_timer
+            .get_ref()
+            .arm(DRAIN_INTERVAL)
+            .map_err(|source| XdpError::Read { source })?;
+        tokio::select! {
+            guard = self.drain_timer.readable() => {
+                guard.map_err(|source| XdpError::Read { source })?.clear_ready();
+            }
+            guard = self.ring.readable_mut() => {
+                guard.map_err(|source| XdpError::Read { source })?.clear_ready();
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads up to [`MAX_BATCH`] records into `out`; returns how many.
+    fn read(&mut self, out: &mut Vec<Captured>) -> usize {
+        read_batch(
+            self.ring.get_mut(),
+            &mut self.arena,
+            self.mono_to_wall_ns,
+            out,
+        )
     }
 
     /// Appends whatever the ring buffer holds now, without waiting (for shutdown).
@@ -340,6 +409,7 @@ impl XdpCapture {
             ringbuf_full: sum(counter::RINGBUF_FULL)?,
             truncated: sum(counter::TRUNCATED)?,
             copy_failed: sum(counter::COPY_FAILED)?,
+            wakeups: sum(counter::WAKEUPS)?,
         })
     }
 
@@ -347,6 +417,155 @@ impl XdpCapture {
     #[must_use]
     pub fn ring_fd(&self) -> i32 {
         self.ring.get_ref().as_raw_fd()
+    }
+}
+
+/// The `READER` map's one entry, mmapped (the map is `BPF_F_MMAPABLE`): a store here is seen by
+/// the program's next record without a syscall.
+struct ReaderMap {
+    state: std::ptr::NonNull<ReaderState>,
+    len: usize,
+    /// What we last wrote to `generation`.
+    generation: u32,
+    // The mapping keeps the map alive by itself; the fd is kept to say whose it is.
+    _map: MapData,
+}
+
+impl ReaderMap {
+    fn open(ebpf: &mut Ebpf, wake_threshold: u32) -> Result<Self, XdpError> {
+        let aya::maps::Map::Array(map) = take_map(ebpf, "READER")? else {
+            return Err(XdpError::Map {
+                name: "READER",
+                source: aya::maps::MapError::InvalidName {
+                    name: "READER (not an array)".into(),
+                },
+            });
+        };
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let len = size_of::<ReaderState>().next_multiple_of(page);
+        // SAFETY: a fresh shared mapping of the map's fd; the kernel checks size and flags.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(XdpError::Load {
+                source: format!(
+                    "cannot mmap the READER map: {} (needs kernel 5.5 or later)",
+                    io::Error::last_os_error()
+                )
+                .into(),
+            });
+        }
+        let state = std::ptr::NonNull::new(ptr.cast::<ReaderState>()).ok_or(XdpError::Load {
+            source: "mmap of the READER map returned NULL".into(),
+        })?;
+        let reader = Self {
+            state,
+            len,
+            generation: 0,
+            _map: map,
+        };
+        // SAFETY: the mapping is page-aligned, writable and at least one entry long.
+        unsafe {
+            std::ptr::write_volatile(
+                reader.state.as_ptr(),
+                ReaderState {
+                    generation: 0,
+                    wake_threshold,
+                },
+            );
+        }
+        Ok(reader)
+    }
+
+    /// Starts a new generation, parked (we sleep until woken) or not; then a full barrier, so
+    /// that what we read next from the ring comes after the program can see it.
+    fn set_parked(&mut self, parked: bool) {
+        let next = self.generation.wrapping_add(GENERATION_STEP) & !READER_PARKED;
+        self.generation = if parked { next | READER_PARKED } else { next };
+        // SAFETY: a live, aligned u32 in our mapping; the program only reads it. A u32
+        // atomic, because the kernel reads it concurrently.
+        let word = unsafe {
+            std::sync::atomic::AtomicU32::from_ptr(&raw mut (*self.state.as_ptr()).generation)
+        };
+        word.store(self.generation, std::sync::atomic::Ordering::SeqCst);
+        if parked {
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for ReaderMap {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in open, unmapped once.
+        unsafe { libc::munmap(self.state.as_ptr().cast(), self.len) };
+    }
+}
+
+/// A one-shot `timerfd` (`CLOCK_MONOTONIC`): tokio's own timers tick in milliseconds, the drain
+/// interval is in microseconds.
+struct DrainTimer {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl DrainTimer {
+    fn new() -> io::Result<Self> {
+        // SAFETY: plain syscall; the fd is owned below.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd we own.
+        Ok(Self {
+            fd: unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Fires once after `after` (re-arming resets the expiry count, so nothing needs reading).
+    fn arm(&self, after: Duration) -> io::Result<()> {
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: libc::time_t::try_from(after.as_secs()).unwrap_or(libc::time_t::MAX),
+                tv_nsec: libc::c_long::from(after.subsec_nanos().max(1)),
+            },
+        };
+        // SAFETY: spec is a valid itimerspec; no old value wanted.
+        let rc = unsafe {
+            libc::timerfd_settime(
+                self.fd.as_raw_fd(),
+                0,
+                &raw const spec,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
+impl AsRawFd for DrainTimer {
+    fn as_raw_fd(&self) -> i32 {
+        self.fd.as_raw_fd()
     }
 }
 

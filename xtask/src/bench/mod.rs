@@ -7,6 +7,7 @@
 
 mod calibrate;
 mod criterion;
+mod plot;
 mod procs;
 mod report;
 mod scenarios;
@@ -25,11 +26,13 @@ use topo::Topology;
 
 /// Benchmark netcon against the socket baseline; writes BENCHMARKS.md. Needs root.
 ///
-/// Scenarios (issue 7): the sender's own ceiling; the zero-loss rate (under 0.1% loss over
-/// 10 s) for 1 and 1,000 senders; a 5,000-record start-up burst; latency at 10,000 records/s;
-/// 4-fragment records; the XDP program's cost per packet; peak RSS with 10,000 and 100,000
-/// senders and 10,000 pending fragmented records; a victim sender's losses, peak RSS and CPU
-/// under a flood of continuation chains and fragment starts from spoofed sources. Every figure 3 times (min/median/max).
+/// Scenarios: the sender's own ceiling; the zero-loss rate (under 0.1% loss over 10 s) for 1
+/// and 1,000 senders; every receiver flat out, unpinned and pinned; loss against offered rate
+/// (drawn as SVG beside the report); a 5,000-record start-up burst; latency at 10,000
+/// records/s and of a lone record after a silence; 4-fragment records; the XDP program's cost
+/// per packet; peak RSS with 10,000 and 100,000 senders and 10,000 pending fragmented records;
+/// a victim sender's losses, peak RSS and CPU under a flood of continuation chains and fragment
+/// starts from spoofed sources; NATS forwarding. Every figure 3 times (min/median/max).
 /// About 12 minutes on 2 cores; --quick (one short repeat) about 2. Release binaries are built
 /// into the target directory in effect (`CARGO_TARGET_DIR`, else `target/`).
 #[derive(Debug, clap::Args)]
@@ -44,21 +47,33 @@ pub struct BenchArgs {
     /// Skip the criterion decoder benchmarks.
     #[arg(long)]
     no_criterion: bool,
-    /// Run only these scenarios (comma-separated: ceiling, zero-loss, burst, latency,
-    /// fragmented, xdp-cost, memory, hostile, nats).
+    /// Run only these scenarios (comma-separated: ceiling, zero-loss, flat-out, loss-curve,
+    /// burst, latency, lone-record, fragmented, xdp-cost, memory, hostile, nats).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     only: Vec<String>,
-    /// Run only these receivers (comma-separated: xdp, raw, socat; default all). Their columns
-    /// alone are filled in; for a ratio, keep socat in the list.
+    /// Run only these receivers (comma-separated: xdp, raw, tcpdump, socat; default all). Their
+    /// columns alone are filled in; for a ratio, keep socat in the list.
     #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
     receivers: Vec<procs::Rx>,
+    /// Repeats of every figure (default 3; --quick 1).
+    #[arg(long, value_name = "N")]
+    repeats: Option<usize>,
+    /// Trials of the lone-record latency scenario, per receiver (default 50; --quick 5).
+    #[arg(long, value_name = "N")]
+    lone_trials: Option<usize>,
+    /// Silence before each lone record, seconds (default 10; --quick 1).
+    #[arg(long, value_name = "SECONDS")]
+    lone_silence: Option<f64>,
 }
 
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 12] = [
     "ceiling",
     "zero-loss",
+    "flat-out",
+    "loss-curve",
     "burst",
     "latency",
+    "lone-record",
     "fragmented",
     "xdp-cost",
     "memory",
@@ -80,7 +95,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     }
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|s| s == name);
     let started = Instant::now();
-    crate::apt_install(&["socat"])?;
+    crate::apt_install(&["socat", "tcpdump"])?;
     if wanted("nats") {
         crate::apt_install(&["nats-server"])?;
     }
@@ -111,25 +126,25 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
         criterion::run(root, args.quick)?
     };
 
-    let mut settings = Settings::new(args.quick);
-    if !args.receivers.is_empty() {
-        settings.receivers.clone_from(&args.receivers);
-    }
+    let settings = settings(args)?;
     let repeats = settings.repeats;
     let topo = Topology::new()?;
     let mut bench = Bench::new(&topo, &paths, settings);
-    let ceiling = if wanted("ceiling") || wanted("zero-loss") {
+    let ceiling = if wanted("ceiling") || wanted("zero-loss") || wanted("loss-curve") {
         bench.ceiling()?
     } else {
         BTreeMap::new()
     };
-    let sections = scenarios(&mut bench, &ceiling, &wanted)?;
+    let (sections, curves) = scenarios(&mut bench, &ceiling, &wanted)?;
     drop(topo);
 
     machine.load_after = report::uptime();
     let results = Results {
         machine,
-        quick: args.quick,
+        flags: std::env::args()
+            .skip_while(|a| a != "bench")
+            .skip(1)
+            .fold(String::new(), |flags, a| flags + " " + &a),
         repeats,
         criterion,
         ceiling,
@@ -141,6 +156,17 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
         None if args.quick => target.join("bench-quick.md"),
         None => root.join("BENCHMARKS.md"),
     };
+    if !curves.is_empty() {
+        // Beside the report, named as the report links it.
+        let svg = out.with_file_name(format!(
+            "{}-loss.svg",
+            out.file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("BENCHMARKS")
+        ));
+        plot::loss_curves(&curves, &svg)?;
+        eprintln!("xtask bench: wrote {}", svg.display());
+    }
     std::fs::write(&out, report::render(&results))
         .with_context(|| format!("writing {}", out.display()))?;
     eprintln!(
@@ -151,13 +177,33 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Scenarios 1 to 6, those `wanted`.
+/// The bench's settings: `--quick`'s or the full ones, with the command line's overrides.
+fn settings(args: &BenchArgs) -> Result<Settings> {
+    let mut settings = Settings::new(args.quick);
+    if let Some(n) = args.repeats {
+        settings.repeats = n.max(1);
+    }
+    if let Some(n) = args.lone_trials {
+        settings.lone_trials = n.max(1);
+    }
+    if let Some(secs) = args.lone_silence {
+        settings.lone_silence = std::time::Duration::try_from_secs_f64(secs)
+            .context("--lone-silence: a number of seconds")?;
+    }
+    if !args.receivers.is_empty() {
+        settings.receivers.clone_from(&args.receivers);
+    }
+    Ok(settings)
+}
+
+/// The scenarios `wanted`, and the loss curves if that one is.
 fn scenarios(
     bench: &mut Bench<'_>,
     ceiling: &BTreeMap<u32, Vec<f64>>,
     wanted: &dyn Fn(&str) -> bool,
-) -> Result<Vec<Section>> {
+) -> Result<(Vec<Section>, scenarios::Curves)> {
     let mut sections = Vec::new();
+    let mut curves = scenarios::Curves::new();
     if wanted("zero-loss") {
         for (label, h) in [("1a", SENDER_COUNTS[0]), ("1b", SENDER_COUNTS[1])] {
             let title = format!(
@@ -173,11 +219,26 @@ fn scenarios(
             sections.push(bench.zero_loss_section(&title, about, h, 1, c)?);
         }
     }
+    if wanted("flat-out") {
+        sections.push(bench.flat_out()?);
+    }
+    if wanted("loss-curve") {
+        let c = ceiling
+            .get(&SENDER_COUNTS[0])
+            .and_then(|v| report::median(v))
+            .context("the loss curve needs the sender's ceiling")?;
+        let (section, c) = bench.loss_curve(c)?;
+        sections.push(section);
+        curves = c;
+    }
     if wanted("burst") {
         sections.push(bench.burst()?);
     }
     if wanted("latency") {
         sections.push(bench.latency()?);
+    }
+    if wanted("lone-record") {
+        sections.push(bench.lone_record()?);
     }
     if wanted("fragmented") {
         let about = "Records of ~3 KB sent as 4 ncfrag fragments (three full 1000-byte \
@@ -205,7 +266,7 @@ fn scenarios(
     if wanted("nats") {
         sections.push(bench.nats()?);
     }
-    Ok(sections)
+    Ok((sections, curves))
 }
 
 /// The target directory cargo uses here (honours `CARGO_TARGET_DIR`).

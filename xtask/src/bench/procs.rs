@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use netcon_bench::load::{LoadReport, monotonic_ns};
+use netcon_bench::pcap::PcapStream;
 use netcon_bench::verify::Verifier;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -35,6 +36,9 @@ pub enum Rx {
     Xdp,
     /// `netcon-sniff --backend raw`.
     Raw,
+    /// `tcpdump -w`: capture only (the `AF_PACKET` ring, written to a file undecoded), what
+    /// a capture tool costs at the least.
+    Tcpdump,
     /// `socat -u UDP-RECV:6666 -`, the kernel documentation's suggestion.
     Socat,
     /// `netcon-sniff --backend xdp` forwarding to a local `nats-server -js`
@@ -43,14 +47,15 @@ pub enum Rx {
 }
 
 impl Rx {
-    /// Every receiver, in table order (the baseline last).
-    pub const ALL: [Rx; 3] = [Rx::Xdp, Rx::Raw, Rx::Socat];
+    /// Every receiver, in table order (the baselines last).
+    pub const ALL: [Rx; 4] = [Rx::Xdp, Rx::Raw, Rx::Tcpdump, Rx::Socat];
 
     /// Column title.
     pub fn label(self) -> &'static str {
         match self {
             Rx::Xdp => "netcon xdp",
             Rx::Raw => "netcon raw",
+            Rx::Tcpdump => "tcpdump -w",
             Rx::Socat => "socat (baseline)",
             Rx::XdpNats => "netcon xdp + NATS JetStream",
         }
@@ -61,6 +66,7 @@ impl Rx {
         match self {
             Rx::Xdp => "xdp",
             Rx::Raw => "raw",
+            Rx::Tcpdump => "tcpdump",
             Rx::Socat => "socat",
             Rx::XdpNats => "xdp-nats",
         }
@@ -93,11 +99,38 @@ enum Reader {
         path: PathBuf,
         file: File,
         buf: Vec<u8>,
+        /// tcpdump's output: pcap, turned into payloads.
+        pcap: Option<PcapStream>,
     },
     Pipe {
         shared: Arc<Mutex<Option<Verifier>>>,
         thread: Option<JoinHandle<()>>,
     },
+}
+
+/// How a receiver runs.
+#[derive(Debug, Clone, Copy)]
+pub struct RxOptions {
+    /// Where its output goes.
+    pub output: Output,
+    /// socat listens on `UDP6-RECV` (which takes IPv4 too), for IPv6 senders.
+    pub ipv6: bool,
+    /// The CPU it is pinned to, if any.
+    pub cpu: Option<usize>,
+    /// The UDP port it listens on.
+    pub port: u16,
+}
+
+impl RxOptions {
+    /// Output to `output`, IPv4, unpinned, [`PORT`].
+    pub fn new(output: Output) -> Self {
+        Self {
+            output,
+            ipv6: false,
+            cpu: None,
+            port: PORT,
+        }
+    }
 }
 
 /// A running receiver.
@@ -115,6 +148,20 @@ impl std::fmt::Debug for Receiver {
             .field("kind", &self.kind)
             .field("pid", &self.child.as_ref().map(Child::id))
             .finish_non_exhaustive()
+    }
+}
+
+/// A command that runs on `cpu` only, if given (the pinned scenarios).
+pub fn pin(command: &mut Command, cpu: Option<usize>) {
+    let Some(cpu) = cpu else { return };
+    let mut set = nix::sched::CpuSet::new();
+    let built = set.set(cpu);
+    // SAFETY: sched_setaffinity is async-signal-safe; the set is built before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            built.map_err(std::io::Error::from)?;
+            nix::sched::sched_setaffinity(Pid::from_raw(0), &set).map_err(std::io::Error::from)
+        });
     }
 }
 
@@ -188,15 +235,14 @@ fn in_netns(command: &mut Command, ns: &File) {
 }
 
 impl Receiver {
-    /// Starts `kind` in the receiver namespace and waits until it listens. `ipv6`: socat
-    /// listens on `UDP6-RECV` (which takes IPv4 too), for IPv6 senders.
-    pub fn start(
-        kind: Rx,
-        topo: &Topology,
-        paths: &Paths,
-        output: Output,
-        ipv6: bool,
-    ) -> Result<Self> {
+    /// Starts `kind` in the receiver namespace and waits until it listens.
+    pub fn start(kind: Rx, topo: &Topology, paths: &Paths, options: RxOptions) -> Result<Self> {
+        let RxOptions {
+            output,
+            ipv6,
+            cpu,
+            port,
+        } = options;
         let tag = format!("{}-{}", kind.short(), monotonic_ns());
         let stderr_path = paths.work.join(format!("{tag}.err"));
         let stderr = File::create(&stderr_path)
@@ -205,14 +251,25 @@ impl Receiver {
             Rx::Xdp | Rx::Raw => {
                 let mut c = Command::new(&paths.sniff);
                 c.args(["--backend", kind.short(), "-i", RX_IF, "-p"])
-                    .arg(PORT.to_string())
+                    .arg(port.to_string())
                     .args(["--format", "text"]);
+                c
+            }
+            Rx::Tcpdump => {
+                let mut c = Command::new("tcpdump");
+                c.args(["-i", RX_IF, "-n", "-w", "-"]);
+                if output == Output::Pipe {
+                    // Packet-buffered, for latency; otherwise stdio's buffer, flushed on
+                    // SIGUSR2 when the bench reads.
+                    c.arg("-U");
+                }
+                c.args(["udp", "dst", "port", &port.to_string()]);
                 c
             }
             Rx::XdpNats => {
                 let mut c = Command::new(&paths.sniff);
                 c.args(["--backend", "xdp", "-i", RX_IF, "-p"])
-                    .arg(PORT.to_string())
+                    .arg(port.to_string())
                     .args(["--format", "text", "--forward", NATS_URL])
                     .args(["--nats-stream", NATS_STREAM]);
                 c
@@ -220,12 +277,13 @@ impl Receiver {
             Rx::Socat => {
                 let mut c = Command::new("socat");
                 let address = if ipv6 { "UDP6-RECV" } else { "UDP-RECV" };
-                c.args(["-u", &format!("{address}:{PORT}"), "-"]);
+                c.args(["-u", &format!("{address}:{port}"), "-"]);
                 c
             }
         };
         let ns = topo.receiver.file()?;
         in_netns(&mut command, &ns);
+        pin(&mut command, cpu);
         command.stdin(Stdio::null()).stderr(stderr);
         let (reader, child) = match output {
             Output::File => {
@@ -248,6 +306,7 @@ impl Receiver {
                         path,
                         file,
                         buf: vec![0; 4 << 20],
+                        pcap: (kind == Rx::Tcpdump).then(PcapStream::new),
                     },
                     child,
                 )
@@ -259,7 +318,7 @@ impl Receiver {
                     .with_context(|| format!("starting {command:?}"))?;
                 let stdout = child.stdout.take().context("the child's stdout pipe")?;
                 let shared = Arc::new(Mutex::new(None));
-                let thread = spawn_pipe_reader(stdout, Arc::clone(&shared));
+                let thread = spawn_pipe_reader(stdout, Arc::clone(&shared), kind == Rx::Tcpdump);
                 (
                     Reader::Pipe {
                         shared,
@@ -276,7 +335,7 @@ impl Receiver {
             reader,
             topo_rx_ns: topo.receiver.name().to_owned(),
         };
-        rx.wait_listening(topo, ipv6)?;
+        rx.wait_listening(topo, ipv6, port)?;
         Ok(rx)
     }
 
@@ -295,7 +354,7 @@ impl Receiver {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
-    fn wait_listening(&mut self, topo: &Topology, ipv6: bool) -> Result<()> {
+    fn wait_listening(&mut self, topo: &Topology, ipv6: bool, port: u16) -> Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(status) = self.exited() {
@@ -306,8 +365,10 @@ impl Receiver {
                 );
             }
             let ready = match self.kind {
-                Rx::Xdp | Rx::Raw | Rx::XdpNats => self.stderr().contains("listening on"),
-                Rx::Socat => udp_bound(topo, ipv6)?,
+                Rx::Xdp | Rx::Raw | Rx::Tcpdump | Rx::XdpNats => {
+                    self.stderr().contains("listening on")
+                }
+                Rx::Socat => udp_bound(topo, ipv6, port)?,
             };
             if ready {
                 return Ok(());
@@ -327,7 +388,13 @@ impl Receiver {
     /// reader (pipe mode).
     pub fn begin(&mut self, verifier: Verifier) -> Result<Option<Verifier>> {
         match &mut self.reader {
-            Reader::File { path, file, .. } => {
+            Reader::File {
+                path, file, pcap, ..
+            } => {
+                // What was cut off at the end of the last trial belongs to no record now.
+                if let Some(p) = pcap {
+                    p.reset();
+                }
                 // The receiver appends (O_APPEND): truncating is safe while it is idle.
                 OpenOptions::new()
                     .write(true)
@@ -351,15 +418,25 @@ impl Receiver {
         local: &mut Option<Verifier>,
         f: impl FnOnce(&Verifier) -> R,
     ) -> Result<R> {
+        if self.kind == Rx::Tcpdump
+            && let Some(pid) = self.pid()
+            && matches!(self.reader, Reader::File { .. })
+        {
+            // tcpdump flushes its output file on SIGUSR2 (tcpdump(1)).
+            kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGUSR2)?;
+            std::thread::sleep(Duration::from_millis(5));
+        }
         match &mut self.reader {
-            Reader::File { file, buf, .. } => {
+            Reader::File {
+                file, buf, pcap, ..
+            } => {
                 let v = local.as_mut().context("no verifier for this trial")?;
                 loop {
                     let n = file.read(buf)?;
                     if n == 0 {
                         break;
                     }
-                    v.feed(&buf[..n], monotonic_ns());
+                    feed(v, pcap.as_mut(), &buf[..n], monotonic_ns());
                 }
                 Ok(f(v))
             }
@@ -390,32 +467,9 @@ impl Receiver {
     /// or the kernel's drops on its packet sockets), socat's socket `RcvbufErrors`.
     pub fn drops(&mut self, topo: &Topology) -> Result<u64> {
         match self.kind {
-            Rx::Xdp | Rx::Raw | Rx::XdpNats => {
-                let before = self.stderr().matches("netcon-sniff: stats:").count();
-                let pid = self.pid().context("receiver already stopped")?;
-                kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGUSR1)?;
-                // A failure deadline: a receiver still working through a flood's backlog (the
-                // hostile scenario) answers between batches, late.
-                let deadline = Instant::now() + Duration::from_secs(30);
-                loop {
-                    let text = self.stderr();
-                    if text.matches("netcon-sniff: stats:").count() > before
-                        && let Some(line) = text
-                            .lines()
-                            .rev()
-                            .find(|l| l.starts_with("netcon-sniff: stats:"))
-                        && let Some(lost) = field(line, "lost=")
-                    {
-                        return Ok(lost);
-                    }
-                    ensure!(
-                        Instant::now() < deadline,
-                        "{} printed no stats line on SIGUSR1",
-                        self.kind.label()
-                    );
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
+            Rx::Xdp | Rx::Raw | Rx::XdpNats => self.netcon_counter("lost="),
+            // tcpdump reports its drops only when it exits.
+            Rx::Tcpdump => Ok(0),
             Rx::Socat => {
                 let v4 = snmp_counter(&topo.receiver.proc_net("snmp")?, "Udp:", "RcvbufErrors");
                 let v6 = topo
@@ -426,6 +480,34 @@ impl Receiver {
                     .and_then(|v| v.trim().parse::<u64>().ok());
                 Ok(v4.unwrap_or(0) + v6.unwrap_or(0))
             }
+        }
+    }
+
+    /// The counter `key` (e.g. `wakeups=`) of a fresh netcon-sniff stats line (SIGUSR1).
+    pub fn netcon_counter(&mut self, key: &str) -> Result<u64> {
+        let before = self.stderr().matches("netcon-sniff: stats:").count();
+        let pid = self.pid().context("receiver already stopped")?;
+        kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGUSR1)?;
+        // A failure deadline: a receiver still working through a flood's backlog (the
+        // hostile scenario) answers between batches, late.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = self.stderr();
+            if text.matches("netcon-sniff: stats:").count() > before
+                && let Some(line) = text
+                    .lines()
+                    .rev()
+                    .find(|l| l.starts_with("netcon-sniff: stats:"))
+                && let Some(value) = field(line, key)
+            {
+                return Ok(value);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{} printed no {key} in a stats line on SIGUSR1",
+                self.kind.label()
+            );
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -533,12 +615,22 @@ impl Drop for Receiver {
     }
 }
 
+/// Feeds receiver output to `v`: as it is, or the UDP payloads of a pcap stream.
+fn feed(v: &mut Verifier, pcap: Option<&mut PcapStream>, bytes: &[u8], now: u64) {
+    match pcap {
+        Some(p) => p.feed(bytes, |payload| v.feed(payload, now)),
+        None => v.feed(bytes, now),
+    }
+}
+
 fn spawn_pipe_reader(
     mut stdout: ChildStdout,
     shared: Arc<Mutex<Option<Verifier>>>,
+    pcap: bool,
 ) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 1 << 20];
+        let mut pcap = pcap.then(PcapStream::new);
         loop {
             let n = match stdout.read(&mut buf) {
                 Ok(0) | Err(_) => return,
@@ -546,22 +638,27 @@ fn spawn_pipe_reader(
             };
             // The moment the line is read: that is the latency's end.
             let now = monotonic_ns();
-            if let Some(v) = shared
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .as_mut()
-            {
-                v.feed(&buf[..n], now);
+            let mut verifier = shared.lock().unwrap_or_else(PoisonError::into_inner);
+            match (pcap.as_mut(), verifier.as_mut()) {
+                // The pcap stream is read whole, trial or not: its global header comes first,
+                // before any trial.
+                (Some(p), mut v) => p.feed(&buf[..n], |payload| {
+                    if let Some(v) = v.as_deref_mut() {
+                        v.feed(payload, now);
+                    }
+                }),
+                (None, Some(v)) => v.feed(&buf[..n], now),
+                (None, None) => {}
             }
         }
     })
 }
 
-/// Whether something listens on UDP [`PORT`] in the receiver namespace.
-fn udp_bound(topo: &Topology, ipv6: bool) -> Result<bool> {
+/// Whether something listens on UDP `port` in the receiver namespace.
+fn udp_bound(topo: &Topology, ipv6: bool, port: u16) -> Result<bool> {
     let file = if ipv6 { "udp6" } else { "udp" };
     let table = topo.receiver.proc_net(file)?;
-    let port = format!(":{PORT:04X}");
+    let port = format!(":{port:04X}");
     Ok(table.lines().skip(1).any(|l| {
         l.split_whitespace()
             .nth(1)
@@ -610,6 +707,8 @@ pub struct LoadSpec {
     pub count: Option<u64>,
     /// Destination UDP port.
     pub port: u16,
+    /// The CPU the sender runs on, if pinned.
+    pub cpu: Option<usize>,
     /// Hostile continuation chains (`c`-flagged records of empty dictionary lines) instead of
     /// ordinary records.
     pub continuation: bool,
@@ -630,6 +729,7 @@ impl LoadSpec {
             duration,
             count: None,
             port: PORT,
+            cpu: None,
             continuation: false,
             src_base: None,
         }
@@ -675,6 +775,7 @@ pub fn run_load(
     if spec.first_fragment_only {
         command.arg("--first-fragment-only");
     }
+    pin(&mut command, spec.cpu);
     if spec.continuation {
         command.args(["--format", "continuation"]);
     }

@@ -29,7 +29,7 @@ pub enum Unit {
 }
 
 impl Unit {
-    fn format(self, v: f64) -> String {
+    pub fn format(self, v: f64) -> String {
         match self {
             Unit::Rate => {
                 if v >= 1e6 {
@@ -59,7 +59,13 @@ impl Unit {
             }
             Unit::Nanos => format!("{v:.1} ns"),
             Unit::MiB => format!("{v:.1} MiB"),
-            Unit::Ratio => format!("{v:.2}"),
+            Unit::Ratio => {
+                if v > 0.0 && v < 0.01 {
+                    format!("{v:.4}")
+                } else {
+                    format!("{v:.2}")
+                }
+            }
         }
     }
 }
@@ -109,8 +115,9 @@ impl Row {
         }
     }
 
-    fn ratio(&self, rx: Rx) -> String {
-        match (self.ratio, self.median(rx), self.median(Rx::Socat)) {
+    /// The median of `rx` over the median of `base`, if a ratio means something here.
+    fn ratio(&self, rx: Rx, base: Rx) -> String {
+        match (self.ratio, self.median(rx), self.median(base)) {
             (true, Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
             _ => "—".into(),
         }
@@ -212,8 +219,8 @@ impl Machine {
 pub struct Results {
     /// Machine and commit.
     pub machine: Machine,
-    /// `--quick`.
-    pub quick: bool,
+    /// The command line's options after `bench` (with a leading space), as run.
+    pub flags: String,
     /// Repeats per figure.
     pub repeats: usize,
     /// Criterion's decoder figures.
@@ -227,12 +234,26 @@ pub struct Results {
 }
 
 impl Results {
+    /// The XDP program's median cost per matching packet at the paced rate of scenario 5.
+    fn paced_matching_cost(&self) -> Option<f64> {
+        let name = format!("matching packet, {:.0}/s", super::scenarios::COST_RATE);
+        self.row("5.", &name).and_then(|row| row.median(Rx::Xdp))
+    }
+
     fn row(&self, section_prefix: &str, name: &str) -> Option<&Row> {
         self.sections
             .iter()
             .filter(|s| s.title.starts_with(section_prefix))
             .flat_map(|s| &s.rows)
             .find(|r| r.name.trim() == name)
+    }
+}
+
+/// `a` as a whole percentage of `b`, or `?`.
+fn percent_of(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.0}%", a / b * 100.0),
+        _ => "?".into(),
     }
 }
 
@@ -247,10 +268,10 @@ pub fn render(r: &Results) -> String {
     let _ = writeln!(md, "# Benchmarks\n");
     let _ = writeln!(
         md,
-        "Written by `cargo xtask bench{}` (issue 7); do not edit by hand, run it again. \
-         Every figure is min / **median** / max of {} repeat{} unless it says otherwise; \
-         ratios are medians over the socket baseline's median measured in the same run.\n",
-        if r.quick { " --quick" } else { "" },
+        "Written by `cargo xtask bench{}`; do not edit by hand, run it again. Every figure \
+         is min / **median** / max of {} repeat{} unless it says otherwise; ratios are \
+         netcon xdp's median over another receiver's median measured in the same run.\n",
+        r.flags,
         r.repeats,
         if r.repeats == 1 { "" } else { "s" }
     );
@@ -269,15 +290,16 @@ pub fn render(r: &Results) -> String {
          senders with distinct source addresses (`10.91.1.0` + k) to the receiver's MAC and \
          address, UDP port 6666, extended-format records of 200 bytes unless said otherwise; \
          every record carries its sender, sequence number and send time. The receivers: \
-         `netcon-sniff --backend xdp` (native XDP on the veth), `netcon-sniff --backend raw`, and \
-         `socat -u UDP-RECV:6666 -`, each writing to a file on tmpfs (a pipe read live for \
-         latency). The verifier counts every record in the output; a record lost is one missing \
+         `netcon-sniff --backend xdp` (native XDP on the veth), `netcon-sniff --backend raw`, \
+         `tcpdump -w -` (capture only: the AF_PACKET ring written out undecoded, flushed on \
+         SIGUSR2 when the bench reads) and `socat -u UDP-RECV:6666 -`, each writing to a file \
+         on tmpfs (a pipe read live for latency). The verifier counts every record in the output; a record lost is one missing \
          or incomplete there. Sender and receiver share the machine's {} cores: the sender's \
          core also runs the receive softirq (veth, XDP program).\n",
         m.cores
     );
 
-    md += "## Goals (issue 7)\n\n| goal | measured (median) | met |\n|---|---|---|\n";
+    md += "## Goals\n\n| goal | measured (median) | met |\n|---|---|---|\n";
     for (goal, measured, met) in goals(r) {
         let _ = writeln!(
             md,
@@ -325,26 +347,37 @@ pub fn render(r: &Results) -> String {
         let _ = writeln!(md, "## {}\n\n{}\n", s.title, s.about);
         if s.rows.iter().any(|r| r.values.contains_key(&Rx::XdpNats)) {
             render_nats(s, &mut md);
-            continue;
+        } else {
+            section_table(s, &mut md);
         }
-        md += "| figure |";
-        for rx in Rx::ALL {
-            let _ = write!(md, " {} |", rx.label());
-        }
-        md += " xdp ÷ socat | raw ÷ socat |\n|---|---|---|---|---|---|\n";
-        for row in &s.rows {
-            let _ = write!(md, "| {} |", row.name.replace("  ", "&nbsp;&nbsp;"));
-            for rx in Rx::ALL {
-                let _ = write!(md, " {} |", row.cell(rx));
-            }
-            let _ = writeln!(md, " {} | {} |", row.ratio(Rx::Xdp), row.ratio(Rx::Raw));
-        }
-        md.push('\n');
     }
 
     md += "## Reading\n\n";
     md += &reading(r);
     md
+}
+
+/// One scenario's table (after its title): a column per receiver, then xdp's ratios to the others.
+fn section_table(s: &Section, md: &mut String) {
+    *md += "| figure |";
+    for rx in Rx::ALL {
+        let _ = write!(md, " {} |", rx.label());
+    }
+    *md += " xdp ÷ raw | xdp ÷ tcpdump | xdp ÷ socat |\n|---|---|---|---|---|---|---|---|\n";
+    for row in &s.rows {
+        let _ = write!(md, "| {} |", row.name.replace("  ", "&nbsp;&nbsp;"));
+        for rx in Rx::ALL {
+            let _ = write!(md, " {} |", row.cell(rx));
+        }
+        let _ = writeln!(
+            md,
+            " {} | {} | {} |",
+            row.ratio(Rx::Xdp, Rx::Raw),
+            row.ratio(Rx::Xdp, Rx::Tcpdump),
+            row.ratio(Rx::Xdp, Rx::Socat)
+        );
+    }
+    md.push('\n');
 }
 
 /// The NATS section: netcon xdp without and with forwarding, and their ratio.
@@ -397,10 +430,7 @@ fn goals(r: &Results) -> Vec<Goal> {
                 "{} lost at {} ({} of the ceiling {})",
                 fmt_or(flat, Unit::Percent),
                 fmt_or(flat_rate, Unit::Rate),
-                match (flat_rate, ceiling) {
-                    (Some(a), Some(c)) if c > 0.0 => format!("{:.0}%", a / c * 100.0),
-                    _ => "?".into(),
-                },
+                percent_of(flat_rate, ceiling),
                 fmt_or(ceiling, Unit::Rate)
             ),
             flat.map(|l| l < 0.1),
@@ -450,6 +480,7 @@ fn goals(r: &Results) -> Vec<Goal> {
         ),
         cost.map(|v| v < 50.0),
     ));
+    fastpath_goals(r, &mut out);
     let rss = r
         .row("6.", "10,000 senders (5 records each)")
         .and_then(|row| row.median(Rx::Xdp));
@@ -479,6 +510,87 @@ fn goals(r: &Results) -> Vec<Goal> {
     out
 }
 
+/// The goals of making XDP the fast path: the program's cost per packet, the sender's flat-out
+/// rate against raw and tcpdump, the latencies.
+fn fastpath_goals(r: &Results, out: &mut Vec<Goal>) {
+    let cost = |name: &str| r.row("5.", name).and_then(|row| row.median(Rx::Xdp));
+    let paced = r.paced_matching_cost();
+    for (what, v) in [
+        (format!("{:.0}/s", super::scenarios::COST_RATE), paced),
+        ("flat out".into(), cost("matching packet, flat out")),
+    ] {
+        out.push((
+            format!("matching packet ≤ 300 ns in the XDP program, {what}"),
+            fmt_or(v, Unit::Nanos),
+            v.map(|v| v <= 300.0),
+        ));
+    }
+    let other = cost("non-matching packet (another port)");
+    let floor = cost("an empty XDP program (`return XDP_PASS`), for scale");
+    out.push((
+        "non-matching packet within 15 ns of an empty program".into(),
+        match (other, floor) {
+            (Some(o), Some(f)) => format!("{} more", Unit::Nanos.format(o - f)),
+            _ => "—".into(),
+        },
+        other.zip(floor).map(|(o, f)| o - f <= 15.0),
+    ));
+    for pinned in ["unpinned", "pinned"] {
+        for h in super::scenarios::SENDER_COUNTS {
+            let what = format!("{h} sender{}, {pinned}", if h == 1 { "" } else { "s" });
+            let Some(rate) = r.row("1c.", &format!("sender's rate, {what}")) else {
+                continue;
+            };
+            let loss = r
+                .row("1c.", &format!("loss, {what}"))
+                .and_then(|l| l.max(Rx::Xdp));
+            let (xdp, raw, tcpdump) = (
+                rate.median(Rx::Xdp),
+                rate.median(Rx::Raw),
+                rate.median(Rx::Tcpdump),
+            );
+            let met = match (xdp, raw, tcpdump, loss) {
+                (Some(x), Some(raw), Some(t), Some(l)) => {
+                    Some(x >= raw && x >= 0.9 * t && l < LOSS_LIMIT_PERCENT)
+                }
+                _ => None,
+            };
+            out.push((
+                format!("flat out with xdp ≥ raw's and ≥ 90% of tcpdump's, zero loss, {what}"),
+                format!(
+                    "{} (raw {}, tcpdump {}: {}); worst loss {}",
+                    fmt_or(xdp, Unit::Rate),
+                    fmt_or(raw, Unit::Rate),
+                    fmt_or(tcpdump, Unit::Rate),
+                    percent_of(xdp, tcpdump),
+                    fmt_or(loss, Unit::Percent)
+                ),
+                met,
+            ));
+        }
+    }
+    let p99 = r.row("3.", "p99").and_then(|row| row.median(Rx::Xdp));
+    out.push((
+        "p99 latency at 10,000 records/s ≤ 2 ms (xdp)".into(),
+        fmt_or(p99, Unit::Micros),
+        p99.map(|v| v <= 2000.0),
+    ));
+    let lone = r.row("3b.", "p99");
+    let lost = r
+        .row("3b.", "records not seen within 3 s")
+        .and_then(|row| row.max(Rx::Xdp));
+    let lone_p99 = lone.and_then(|row| row.median(Rx::Xdp));
+    out.push((
+        "a lone record after the silence: p99 < 1 ms (xdp)".into(),
+        format!(
+            "{}, {} not seen",
+            fmt_or(lone_p99, Unit::Micros),
+            fmt_or(lost, Unit::Count)
+        ),
+        lone_p99.map(|v| v < 1000.0 && lost.unwrap_or(0.0) == 0.0),
+    ));
+}
+
 /// [`super::scenarios::LOSS_LIMIT`] in percent.
 const LOSS_LIMIT_PERCENT: f64 = super::scenarios::LOSS_LIMIT * 100.0;
 
@@ -487,6 +599,7 @@ fn reading(r: &Results) -> String {
     let mut out = String::new();
     let ceiling1 = r.ceiling.get(&1).and_then(|v| median(v));
     rate_reading(r, &mut out);
+    fastpath_reading(r, &mut out);
     if let Some(frag) = r.row("4.", "zero-loss rate") {
         let _ = writeln!(
             out,
@@ -594,13 +707,7 @@ fn rate_reading(r: &Results, out: &mut String) {
         }
         out.push('\n');
     }
-    let matching = r
-        .sections
-        .iter()
-        .filter(|s| s.title.starts_with("5."))
-        .flat_map(|s| &s.rows)
-        .find(|row| row.name.starts_with("matching packet,") && !row.name.contains("flat"))
-        .and_then(|row| row.median(Rx::Xdp));
+    let matching = r.paced_matching_cost();
     let xdp_lossless = ["1a", "1b"].iter().all(|prefix| {
         r.row(prefix, "loss flat out")
             .and_then(|f| f.max(Rx::Xdp))
@@ -611,11 +718,56 @@ fn rate_reading(r: &Results, out: &mut String) {
             out,
             "- What holds the sender back: the receive path runs in the sender's softirq, on \
              the sender's core (veth delivers on the CPU that transmits). With the XDP program \
-             attached every matching packet costs {} there (scenario 5), most of it the ring \
-             buffer waking netcon-sniff; the raw backend's socket delivery costs that core \
-             less, so it is offered more. netcon-sniff itself is not the limit: it lost \
-             nothing.",
+             attached every matching packet costs {} there (scenario 5); netcon-sniff itself \
+             is not the limit: it lost nothing.",
             Unit::Nanos.format(m)
+        );
+    }
+}
+
+/// The flat-out, loss-curve and lone-record part of the reading.
+fn fastpath_reading(r: &Results, out: &mut String) {
+    for pinned in ["unpinned", "pinned"] {
+        for h in super::scenarios::SENDER_COUNTS {
+            let what = format!("{h} sender{}, {pinned}", if h == 1 { "" } else { "s" });
+            let (Some(rate), Some(loss)) = (
+                r.row("1c.", &format!("sender's rate, {what}")),
+                r.row("1c.", &format!("loss, {what}")),
+            ) else {
+                continue;
+            };
+            let _ = write!(out, "- **Flat out, {what}**: the sender reached");
+            for rx in Rx::ALL {
+                let _ = write!(
+                    out,
+                    " {} with {} ({} lost){}",
+                    fmt_or(rate.median(rx), Unit::Rate),
+                    rx.label(),
+                    fmt_or(loss.median(rx), Unit::Percent),
+                    if rx == Rx::Socat { "." } else { "," }
+                );
+            }
+            out.push('\n');
+        }
+    }
+    if let Some(lone) = r.row("3b.", "p99") {
+        let p50 = r.row("3b.", "p50");
+        let _ = write!(out, "- **A lone record** after the silence, p50 / p99:");
+        for rx in Rx::ALL {
+            let _ = write!(
+                out,
+                " {} / {} ({}){}",
+                fmt_or(p50.and_then(|p| p.median(rx)), Unit::Micros),
+                fmt_or(lone.median(rx), Unit::Micros),
+                rx.label(),
+                if rx == Rx::Socat { "." } else { ";" }
+            );
+        }
+        let _ = writeln!(
+            out,
+            " netcon xdp's reader is parked then, and the program wakes it for the record; \
+             tcpdump holds packets until its capture buffer's timeout (1 s, no \
+             `--immediate-mode`) and then writes them."
         );
     }
 }
@@ -627,27 +779,41 @@ fn xdp_reading(r: &Results, out: &mut String) {
         cost("non-matching packet (another port)"),
         cost("an empty XDP program (`return XDP_PASS`), for scale"),
     ) {
-        let matching = r
-            .sections
-            .iter()
-            .filter(|s| s.title.starts_with("5."))
-            .flat_map(|s| &s.rows)
-            .find(|row| row.name.starts_with("matching packet,") && !row.name.contains("flat"));
-        let wakeups = cost("IRQ-work interrupts per packet");
         let _ = writeln!(
             out,
             "- **XDP cost**: a non-matching packet costs {} in netcon's program, of which {} is \
              what an empty program costs here (dispatch and the accounting's clock reads in \
-             this VM): netcon's own parsing adds {}. A matching packet costs {}: the copy and \
-             the ring buffer output are a small part; most of it is the ring buffer waking the \
-             reader ({} IRQ-work interrupts per packet, each a self-IPI, i.e. a VM exit here).",
+             this VM): netcon's own parsing adds {}. A matching packet costs {} at {:.0}/s and \
+             {} flat out: parsing, `bpf_xdp_load_bytes` into the per-CPU scratch buffer, and \
+             `bpf_ringbuf_output` (an IRQ-saving spinlock, a second copy, the commit). The \
+             reader is woken for {} of the packets at {:.0}/s and {} flat out (the program's \
+             own count; the machine-wide IRQ-work interrupts, {} and {}, include other work): \
+             records go out with `BPF_RB_NO_WAKEUP` while netcon-sniff drains the ring on its \
+             500 µs timer, and only a parked reader or a ring a quarter full is woken.",
             Unit::Nanos.format(other),
             Unit::Nanos.format(floor),
             Unit::Nanos.format(other - floor),
-            fmt_or(matching.and_then(|m| m.median(Rx::Xdp)), Unit::Nanos),
-            fmt_or(wakeups, Unit::Ratio),
+            fmt_or(r.paced_matching_cost(), Unit::Nanos),
+            super::scenarios::COST_RATE,
+            fmt_or(cost("matching packet, flat out"), Unit::Nanos),
+            fmt_or(nth_row(r, "reader wake-ups per packet", 0), Unit::Ratio),
+            super::scenarios::COST_RATE,
+            fmt_or(nth_row(r, "reader wake-ups per packet", 1), Unit::Ratio),
+            fmt_or(nth_row(r, "IRQ-work interrupts per packet", 0), Unit::Ratio),
+            fmt_or(nth_row(r, "IRQ-work interrupts per packet", 1), Unit::Ratio),
         );
     }
+}
+
+/// The xdp median of the `n`th row of scenario 5 named `name` (paced first, then flat out).
+fn nth_row(r: &Results, name: &str, n: usize) -> Option<f64> {
+    r.sections
+        .iter()
+        .filter(|s| s.title.starts_with("5."))
+        .flat_map(|s| &s.rows)
+        .filter(|row| row.name.trim() == name)
+        .nth(n)
+        .and_then(|row| row.median(Rx::Xdp))
 }
 
 #[cfg(test)]
@@ -671,8 +837,9 @@ mod tests {
         assert_eq!(row.cell(Rx::Xdp), "290k/s / **300k/s** / 310k/s");
         assert_eq!(row.cell(Rx::Socat), "100k/s");
         assert_eq!(row.cell(Rx::Raw), "—");
-        assert_eq!(row.ratio(Rx::Xdp), "3.00×");
-        assert_eq!(row.ratio(Rx::Raw), "—");
+        assert_eq!(row.ratio(Rx::Xdp, Rx::Socat), "3.00×");
+        assert_eq!(row.ratio(Rx::Raw, Rx::Socat), "—");
+        assert_eq!(row.ratio(Rx::Xdp, Rx::Tcpdump), "—");
         assert_eq!(Unit::Micros.format(12_345.0), "12.3 ms");
         assert_eq!(Unit::Percent.format(0.0), "0%");
     }

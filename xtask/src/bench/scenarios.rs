@@ -11,7 +11,7 @@ use netcon_bench::load::LoadReport;
 use netcon_bench::verify::{Expectation, Summary, UNKNOWN, Verifier};
 
 use super::calibrate::{self, BpfStats};
-use super::procs::{self, LoadSpec, Output, Paths, Receiver, Rx};
+use super::procs::{self, LoadSpec, Output, PORT, Paths, Receiver, Rx, RxOptions};
 use super::report::{Row, Section, Unit};
 use super::topo::{RX_IF, Topology};
 
@@ -27,6 +27,16 @@ pub const LATENCY_RATE: f64 = 10_000.0;
 pub const COST_RATE: f64 = 100_000.0;
 /// A UDP port nothing listens on (netcon's program passes these on after the port check).
 pub const OTHER_PORT: u16 = 7777;
+/// Where the receiver runs in the pinned scenarios: alone on this core.
+pub const RX_CPU: usize = 1;
+/// Where the sender runs in the pinned scenarios, and with it the receive softirq (veth
+/// delivers on the transmitting CPU).
+pub const TX_CPU: usize = 0;
+/// Offered rates of the loss curve, as fractions of the sender's ceiling (1 sender); the
+/// curve ends with a flat-out run.
+pub const CURVE_STEPS: [f64; 6] = [0.15, 0.3, 0.45, 0.6, 0.75, 0.9];
+/// Longest wait for a lone record to come out.
+const LONE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The rate at which forwarding to NATS must cost capture nothing, records/s.
 pub const NATS_GOAL_RATE: f64 = 100_000.0;
 /// Lowest rate the zero-loss search reports, records/s.
@@ -54,6 +64,14 @@ pub struct Settings {
     pub latency: Duration,
     /// Length of each XDP cost run.
     pub cost: Duration,
+    /// Length of each flat-out run (pinned and unpinned scenario).
+    pub flat: Duration,
+    /// Length of each point of the loss curve.
+    pub curve: Duration,
+    /// Trials of the lone-record latency scenario, per receiver.
+    pub lone_trials: usize,
+    /// Silence before each lone record.
+    pub lone_silence: Duration,
     /// Length of the hostile scenario's victim run.
     pub hostile: Duration,
     /// The receivers each scenario runs, in table order.
@@ -72,6 +90,10 @@ impl Settings {
                 steps: 4,
                 latency: Duration::from_secs(1),
                 cost: Duration::from_millis(500),
+                flat: Duration::from_secs(1),
+                curve: Duration::from_millis(500),
+                lone_trials: 5,
+                lone_silence: Duration::from_secs(1),
                 hostile: Duration::from_secs(3),
                 receivers: Rx::ALL.to_vec(),
             }
@@ -84,6 +106,10 @@ impl Settings {
                 steps: 6,
                 latency: Duration::from_secs(5),
                 cost: Duration::from_secs(2),
+                flat: Duration::from_secs(3),
+                curve: Duration::from_secs(1),
+                lone_trials: 50,
+                lone_silence: Duration::from_secs(10),
                 hostile: Duration::from_secs(10),
                 receivers: Rx::ALL.to_vec(),
             }
@@ -143,6 +169,8 @@ pub struct Bench<'a> {
     paths: &'a Paths,
     settings: Settings,
     next_run: u32,
+    /// Receiver on [`RX_CPU`], sender on [`TX_CPU`].
+    pinned: bool,
 }
 
 /// Collects repeat values per receiver for one row.
@@ -176,12 +204,18 @@ impl<'a> Bench<'a> {
             paths,
             settings,
             next_run: 1,
+            pinned: false,
         }
     }
 
     fn session(&self, kind: Rx, output: Output, ipv6: bool) -> Result<Session> {
+        let options = RxOptions {
+            ipv6,
+            cpu: self.pinned.then_some(RX_CPU),
+            ..RxOptions::new(output)
+        };
         Ok(Session {
-            rx: Receiver::start(kind, self.topo, self.paths, output, ipv6)?,
+            rx: Receiver::start(kind, self.topo, self.paths, options)?,
             next_seq: 0,
         })
     }
@@ -208,6 +242,10 @@ impl<'a> Bench<'a> {
         );
         let drops_before = s.rx.drops(self.topo)?;
         let mut local = s.rx.begin(verifier)?;
+        let spec = &LoadSpec {
+            cpu: spec.cpu.or(self.pinned.then_some(TX_CPU)),
+            ..spec.clone()
+        };
         let load = procs::run_load(self.paths, self.topo, spec, run, seq_start)?;
         s.next_seq = seq_start + load.records.div_ceil(u64::from(spec.senders));
         let ended = Instant::now();
@@ -609,6 +647,8 @@ impl<'a> Bench<'a> {
             Values::default(),
             Values::default(),
         );
+        let (mut program_wakeups, mut flat_program_wakeups) =
+            (Values::default(), Values::default());
         let _stats = BpfStats::enable()?;
         let empty = self.empty_program_cost()?;
         let mut s = self.session(Rx::Xdp, Output::File, false)?;
@@ -618,7 +658,8 @@ impl<'a> Bench<'a> {
                 ..LoadSpec::flat(1000, self.settings.cost)
             };
             let mut measure =
-                |bench: &mut Self, spec: &LoadSpec, verify: bool| -> Result<(f64, f64)> {
+                |bench: &mut Self, spec: &LoadSpec, verify: bool| -> Result<(f64, f64, f64)> {
+                    let woken_before = s.rx.netcon_counter("wakeups=")?;
                     let before = s.rx.xdp_prog_stats()?;
                     let irq_before = irq_work_interrupts();
                     let frames = if verify {
@@ -630,15 +671,19 @@ impl<'a> Bench<'a> {
                     };
                     let irqs = irq_work_interrupts().saturating_sub(irq_before);
                     let after = s.rx.xdp_prog_stats()?;
+                    let woken =
+                        s.rx.netcon_counter("wakeups=")?
+                            .saturating_sub(woken_before);
                     Ok((
                         per_packet(before, after),
                         count_f64(irqs) / count_f64(frames.max(1)),
+                        count_f64(woken) / count_f64(frames.max(1)),
                     ))
                 };
-            let (per_match, wake) = measure(self, &paced, true)?;
-            let (per_flat, flat_wake) =
+            let (per_match, wake, woken) = measure(self, &paced, true)?;
+            let (per_flat, flat_wake, flat_woken) =
                 measure(self, &LoadSpec::flat(1000, self.settings.cost), true)?;
-            let (per_other, _) = measure(
+            let (per_other, _, _) = measure(
                 self,
                 &LoadSpec {
                     port: OTHER_PORT,
@@ -647,32 +692,23 @@ impl<'a> Bench<'a> {
                 false,
             )?;
             log(&format!(
-                "xdp cost rep {}: {per_match:.1} ns matching ({wake:.2} IRQ-work interrupts \
-                 per packet), {per_flat:.1} ns matching flat out ({flat_wake:.2}), \
-                 {per_other:.1} ns other port",
+                "xdp cost rep {}: {per_match:.1} ns matching ({wake:.3} IRQ-work interrupts \
+                 per packet, {woken:.4} program wake-ups), {per_flat:.1} ns matching flat out \
+                 ({flat_wake:.3}, {flat_woken:.4}), {per_other:.1} ns other port",
                 rep + 1,
             ));
             matching.push(Rx::Xdp, per_match);
             wakeups.push(Rx::Xdp, wake);
+            program_wakeups.push(Rx::Xdp, woken);
             flat.push(Rx::Xdp, per_flat);
             flat_wakeups.push(Rx::Xdp, flat_wake);
+            flat_program_wakeups.push(Rx::Xdp, flat_woken);
             other.push(Rx::Xdp, per_other);
         }
         s.rx.stop()?;
         Ok(Section {
             title: "5. XDP program cost per packet".into(),
-            about: format!(
-                "run_time_ns / run_cnt of netcon's XDP program (run-time stats on: the \
-                 kernel.bpf_stats_enabled switch, taken through BPF_ENABLE_STATS; read \
-                 from /proc/PID/fdinfo of netcon-sniff), from 1,000 senders: to port 6666 \
-                 (parsed, copied to the ring buffer) at {COST_RATE:.0} packets/s and flat out, \
-                 and to port {OTHER_PORT} at {COST_RATE:.0} packets/s (parsed, passed on: what \
-                 every other packet of the host pays). IRQ-work interrupts (the `IWI` line of \
-                 /proc/interrupts, machine-wide) per packet count the ring buffer's wake-ups \
-                 of the reader: a self-IPI each, which a virtual machine pays as an exit. The \
-                 empty program, attached the same way (native, bpf_link) and measured the \
-                 same way, is the floor: dispatch plus the clock reads of the accounting."
-            ),
+            about: xdp_cost_about(),
             rows: vec![
                 matching.row(
                     &format!("matching packet, {COST_RATE:.0}/s"),
@@ -680,8 +716,10 @@ impl<'a> Bench<'a> {
                     false,
                 ),
                 wakeups.row("  IRQ-work interrupts per packet", Unit::Ratio, false),
+                program_wakeups.row("  reader wake-ups per packet", Unit::Ratio, false),
                 flat.row("matching packet, flat out", Unit::Nanos, false),
                 flat_wakeups.row("  IRQ-work interrupts per packet", Unit::Ratio, false),
+                flat_program_wakeups.row("  reader wake-ups per packet", Unit::Ratio, false),
                 other.row("non-matching packet (another port)", Unit::Nanos, false),
                 empty.row(
                     "an empty XDP program (`return XDP_PASS`), for scale",
@@ -759,6 +797,261 @@ impl<'a> Bench<'a> {
             rows: out,
         })
     }
+}
+
+/// Loss against offered rate, per receiver: `(records/s sent, % lost)`, lowest rate first.
+pub type Curves = BTreeMap<Rx, Vec<(f64, f64)>>;
+
+impl Bench<'_> {
+    /// Scenario 1c: every receiver flat out, unpinned and pinned (receiver on [`RX_CPU`],
+    /// sender and softirq on [`TX_CPU`]), 1 and 1,000 senders: the sender's rate and the loss.
+    pub fn flat_out(&mut self) -> Result<Section> {
+        let mut rows = Vec::new();
+        for pinned in [false, true] {
+            for h in SENDER_COUNTS {
+                let (mut rate, mut loss) = (Values::default(), Values::default());
+                for rep in 0..self.settings.repeats {
+                    for kind in self.settings.receivers.clone() {
+                        self.pinned = pinned;
+                        let result = self.flat_trial(kind, h);
+                        self.pinned = false;
+                        let t = result?;
+                        log(&format!(
+                            "flat out {} H={h} rep {} {}: {:.0}/s, loss {:.3}% (receiver \
+                             counted {})",
+                            if pinned { "pinned" } else { "unpinned" },
+                            rep + 1,
+                            kind.short(),
+                            t.load.rate(),
+                            t.loss() * 100.0,
+                            t.rx_drops
+                        ));
+                        rate.push(kind, t.load.rate());
+                        loss.push(kind, t.loss() * 100.0);
+                    }
+                }
+                let what = format!(
+                    "{h} sender{}, {}",
+                    if h == 1 { "" } else { "s" },
+                    if pinned { "pinned" } else { "unpinned" }
+                );
+                rows.push(rate.row(&format!("sender's rate, {what}"), Unit::Rate, true));
+                rows.push(loss.row(&format!("  loss, {what}"), Unit::Percent, false));
+            }
+        }
+        Ok(Section {
+            title: "1c. Flat out, unpinned and pinned".into(),
+            about: format!(
+                "One sender process flat out for {:.0} s with each receiver running: the rate \
+                 the sender reached and the records lost. Unpinned, the scheduler places both; \
+                 pinned, the receiver runs on CPU {RX_CPU} and the sender on CPU {TX_CPU}, where \
+                 the receive softirq (veth, the XDP program, the packet taps) runs too. The \
+                 higher the sender's rate, the less the receive path costs the sending core.",
+                self.settings.flat.as_secs_f64()
+            ),
+            rows,
+        })
+    }
+
+    fn flat_trial(&mut self, kind: Rx, senders: u32) -> Result<Trial> {
+        let mut s = self.session(kind, Output::File, false)?;
+        let t = self.trial(&mut s, &LoadSpec::flat(senders, self.settings.flat), false)?;
+        s.rx.stop()?;
+        Ok(t)
+    }
+
+    /// Scenario 3b: the latency of one record after a silence, every receiver. Each listens on
+    /// its own port, so one record wakes one receiver, and the receivers take turns: each sees
+    /// the full silence between its records while the scenario takes the silence × trials.
+    pub fn lone_record(&mut self) -> Result<Section> {
+        let mut sessions = Vec::new();
+        for (kind, port) in self.settings.receivers.clone().into_iter().zip(PORT..) {
+            let options = RxOptions {
+                port,
+                ..RxOptions::new(Output::Pipe)
+            };
+            let rx = Receiver::start(kind, self.topo, self.paths, options)?;
+            sessions.push((kind, port, Session { rx, next_seq: 0 }));
+        }
+        let gap = self.settings.lone_silence / u32::try_from(sessions.len()).unwrap_or(1);
+        let mut latencies: BTreeMap<Rx, Vec<u64>> = BTreeMap::new();
+        let mut lost = Values::default();
+        for kind in self.settings.receivers.clone() {
+            lost.push(kind, 0.0);
+        }
+        for trial in 0..self.settings.lone_trials {
+            for (kind, port, s) in &mut sessions {
+                std::thread::sleep(gap);
+                match self.lone(s, *port)? {
+                    Some(ns) => latencies.entry(*kind).or_default().push(ns),
+                    None => {
+                        if let Some(v) = lost.0.get_mut(kind) {
+                            v[0] += 1.0;
+                        }
+                    }
+                }
+            }
+            if (trial + 1) % 10 == 0 {
+                log(&format!(
+                    "lone record: {} of {} trials",
+                    trial + 1,
+                    self.settings.lone_trials
+                ));
+            }
+        }
+        for (_, _, s) in sessions {
+            s.rx.stop()?;
+        }
+        let (mut p50, mut p99, mut max) = (Values::default(), Values::default(), Values::default());
+        for (kind, mut samples) in latencies {
+            if let Some(l) = netcon_bench::verify::Latency::of(&mut samples) {
+                log(&format!(
+                    "lone record {}: p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
+                    kind.short(),
+                    l.p50_us,
+                    l.p99_us,
+                    l.max_us
+                ));
+                p50.push(kind, l.p50_us);
+                p99.push(kind, l.p99_us);
+                max.push(kind, l.max_us);
+            }
+        }
+        Ok(Section {
+            title: format!(
+                "3b. A lone record after {:.0} s of silence",
+                self.settings.lone_silence.as_secs_f64()
+            ),
+            about: format!(
+                "The last words of a dying kernel: one record after {:.0} s in which its \
+                 receiver got nothing, {} times per receiver; from the send time stamped in the \
+                 record to the moment the bench reads its line from the receiver's stdout pipe \
+                 (tcpdump: `-U`, packet-buffered). Percentiles over the trials, not repeats. \
+                 Each receiver listens on its own port ({PORT} and up) and they take turns.",
+                self.settings.lone_silence.as_secs_f64(),
+                self.settings.lone_trials
+            ),
+            rows: vec![
+                p50.row("p50", Unit::Micros, true),
+                p99.row("p99", Unit::Micros, true),
+                max.row("max", Unit::Micros, true),
+                lost.row("records not seen within 3 s", Unit::Count, false),
+            ],
+        })
+    }
+
+    /// One record to `port`; its latency in ns, or `None` if it did not come out in time.
+    fn lone(&mut self, s: &mut Session, port: u16) -> Result<Option<u64>> {
+        let run = self.next_run;
+        self.next_run += 1;
+        let verifier = Verifier::new(
+            Expectation {
+                run,
+                senders: 1,
+                seq_start: s.next_seq,
+                records: 1,
+                fragments: 1,
+            },
+            true,
+        );
+        let mut local = s.rx.begin(verifier)?;
+        let spec = LoadSpec {
+            count: Some(1),
+            port,
+            ..LoadSpec::flat(1, LONE_TIMEOUT)
+        };
+        procs::run_load(self.paths, self.topo, &spec, run, s.next_seq)?;
+        s.next_seq += 1;
+        let deadline = Instant::now() + LONE_TIMEOUT;
+        while s.rx.poll(&mut local, Verifier::complete)? < 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut verifier = s.rx.end(local)?;
+        verifier.set_records(1);
+        Ok(verifier
+            .summary()
+            .latency
+            .map(|l| netcon_bench::f64_count(l.max_us * 1000.0)))
+    }
+
+    /// Scenario 1d: loss against offered rate for every receiver, one sender: paced at
+    /// [`CURVE_STEPS`] of `ceiling`, then flat out. One run per point (the points are the
+    /// repeats).
+    pub fn loss_curve(&mut self, ceiling: f64) -> Result<(Section, Curves)> {
+        let mut curves = Curves::new();
+        let mut rows: Vec<(String, Values)> = CURVE_STEPS
+            .iter()
+            .map(|f| {
+                (
+                    format!("{:.0}% of the ceiling", f * 100.0),
+                    Values::default(),
+                )
+            })
+            .collect();
+        rows.push(("flat out".into(), Values::default()));
+        for kind in self.settings.receivers.clone() {
+            let mut s = self.session(kind, Output::File, false)?;
+            let rates = CURVE_STEPS.iter().map(|f| Some(f * ceiling)).chain([None]);
+            for ((_, values), rate) in rows.iter_mut().zip(rates) {
+                let spec = LoadSpec {
+                    rate,
+                    ..LoadSpec::flat(1, self.settings.curve)
+                };
+                let t = self.trial(&mut s, &spec, false)?;
+                log(&format!(
+                    "loss curve {}: offered {} sent {:.0}/s, loss {:.3}%",
+                    kind.short(),
+                    rate.map_or("flat out".into(), |r| format!("{r:.0}/s")),
+                    t.load.rate(),
+                    t.loss() * 100.0
+                ));
+                curves
+                    .entry(kind)
+                    .or_default()
+                    .push((t.load.rate(), t.loss() * 100.0));
+                values.push(kind, t.loss() * 100.0);
+            }
+            s.rx.stop()?;
+        }
+        for points in curves.values_mut() {
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        }
+        Ok((
+            Section {
+                title: "1d. Loss against offered rate, 1 sender".into(),
+                about: format!(
+                    "Records lost (%) with the sender paced at a share of its ceiling ({}), \
+                     then flat out; {:.1} s per point, one run each. The picture: \
+                     [loss against rate](BENCHMARKS-loss.svg).",
+                    Unit::Rate.format(ceiling),
+                    self.settings.curve.as_secs_f64()
+                ),
+                rows: rows
+                    .into_iter()
+                    .map(|(name, values)| values.row(&name, Unit::Percent, false))
+                    .collect(),
+            },
+            curves,
+        ))
+    }
+}
+
+/// What scenario 5 measures and how.
+fn xdp_cost_about() -> String {
+    format!(
+        "run_time_ns / run_cnt of netcon's XDP program (run-time stats on: the \
+         kernel.bpf_stats_enabled switch, taken through BPF_ENABLE_STATS; read \
+         from /proc/PID/fdinfo of netcon-sniff), from 1,000 senders: to port 6666 \
+         (parsed, copied to the ring buffer) at {COST_RATE:.0} packets/s and flat out, \
+         and to port {OTHER_PORT} at {COST_RATE:.0} packets/s (parsed, passed on: what \
+         every other packet of the host pays). IRQ-work interrupts (the `IWI` line of \
+         /proc/interrupts, machine-wide, so other work on the machine adds to it) per \
+         packet count the ring buffer's wake-ups of the reader: a self-IPI each, which \
+         a virtual machine pays as an exit; reader wake-ups per packet are the \
+         program's own count of the records it woke the reader for (`wakeups=`). The \
+         empty program, attached the same way (native, bpf_link) and measured the \
+         same way, is the floor: dispatch plus the clock reads of the accounting."
+    )
 }
 
 /// Rate of the hostile scenario's victim, records/s.
