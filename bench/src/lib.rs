@@ -1,4 +1,4 @@
-//! netcon's benchmark tools (issue 7): a netconsole load generator and a verifier of what a
+//! netcon's benchmark tools: a netconsole load generator and a verifier of what a
 //! receiver printed. `cargo xtask bench` drives both against netcon-sniff and the socket
 //! baseline; the binaries `netcon-load` and `netcon-verify` expose them by hand.
 //!

@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: the decoder micro-benchmarks, then netcon-sniff (XDP and raw backends)
 //! against the plain-socket baseline (`socat -u UDP-RECV:6666 -`) on the same load in network
-//! namespaces, side by side; writes BENCHMARKS.md (issue 7).
+//! namespaces, side by side; writes BENCHMARKS.md.
 //!
 //! The release binaries (netcon-sniff, netcon-load) are built into the target directory in
 //! effect (`CARGO_TARGET_DIR`, else `target/`), the one `cargo metadata` reports.

@@ -1,5 +1,5 @@
 //! BENCHMARKS.md: the machine, the commit, every figure as min / median / max of its repeats,
-//! ratios against the baseline measured in the same run, the goals of issue 7, and a reading.
+//! ratios against the baseline measured in the same run, the goals, and a reading.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

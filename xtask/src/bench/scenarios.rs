@@ -1,4 +1,4 @@
-//! The scenarios of issue 7, each run against every receiver in turn within each repeat, so
+//! The scenarios, each run against every receiver in turn within each repeat, so
 //! that machine noise falls on all of them alike.
 
 use std::collections::BTreeMap;
