@@ -163,6 +163,14 @@ pub fn backend_name(capture: &CaptureCounters) -> &'static str {
     }
 }
 
+/// The XDP ring buffer's fill, where the backend has one and it could be read.
+fn ring_fill(capture: &CaptureCounters) -> Option<crate::capture::RingFill> {
+    match capture {
+        CaptureCounters::Xdp(c) => c.ring,
+        CaptureCounters::Raw(_) | CaptureCounters::File(_) => None,
+    }
+}
+
 /// The capture counters by name, as the stats line names them.
 fn capture_counters(capture: &CaptureCounters) -> Vec<(&'static str, &'static str, u64)> {
     match capture {
@@ -407,10 +415,14 @@ impl Snapshot {
             ),
         );
         o.insert("backend".into(), json!(backend_name(&self.capture)));
-        let capture: Map<String, Value> = capture_counters(&self.capture)
+        let mut capture: Map<String, Value> = capture_counters(&self.capture)
             .into_iter()
             .map(|(name, _, value)| (name.to_owned(), json!(value)))
             .collect();
+        if let Some(ring) = ring_fill(&self.capture) {
+            capture.insert("ringbuf_used".into(), json!(ring.used));
+            capture.insert("ringbuf_size".into(), json!(ring.size));
+        }
         o.insert("capture".into(), Value::Object(capture));
         o.insert("lost".into(), json!(self.capture_lost()));
         o.insert("capture_lost".into(), json!(self.capture_lost_reported()));
@@ -552,6 +564,24 @@ impl Snapshot {
             let family = Family::<[(&str, &str); 1], Counter>::default();
             family.get_or_create(&[("backend", backend)]).inc_by(value);
             registry.register(format!("capture_{name}"), strip(help), family);
+        }
+        if let Some(ring) = ring_fill(&self.capture) {
+            for (name, help, value) in [
+                (
+                    "ringbuf_used_bytes",
+                    "Bytes of the XDP ring buffer holding records not yet read",
+                    ring.used,
+                ),
+                (
+                    "ringbuf_size_bytes",
+                    "Size of the XDP ring buffer (--ring-mib)",
+                    ring.size,
+                ),
+            ] {
+                let family = Family::<[(&str, &str); 1], Gauge<u64, AtomicU64>>::default();
+                family.get_or_create(&[("backend", backend)]).set(value);
+                registry.register(name, help, family);
+            }
         }
         let lost = Family::<[(&str, &str); 1], Counter>::default();
         lost.get_or_create(&[("backend", backend)])
@@ -915,7 +945,7 @@ pub fn count_datagram(counts: &mut Vec<(u32, u64)>, ifindex: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::{RawCounters, XdpCounters};
+    use crate::capture::{RawCounters, RingFill, XdpCounters};
     use crate::netconsole::SenderTally;
 
     fn snapshot() -> Snapshot {
@@ -928,6 +958,10 @@ mod tests {
                 truncated: 0,
                 copy_failed: 1,
                 wakeups: 7,
+                ring: Some(RingFill {
+                    used: 4096,
+                    size: 8 << 20,
+                }),
             }),
             datagrams: vec![("eth1".into(), 5), ("eth2".into(), 1)],
             malformed_frames: 1,
@@ -974,6 +1008,10 @@ mod tests {
             "netcon_capture_lost_total{backend=\"xdp\"} 3\n",
             "netcon_capture_ringbuf_full_total{backend=\"xdp\"} 2\n",
             "netcon_capture_wakeups_total{backend=\"xdp\"} 7\n",
+            "# TYPE netcon_ringbuf_used_bytes gauge\n",
+            "netcon_ringbuf_used_bytes{backend=\"xdp\"} 4096\n",
+            "# TYPE netcon_ringbuf_size_bytes gauge\n",
+            "netcon_ringbuf_size_bytes{backend=\"xdp\"} 8388608\n",
             "netcon_datagrams_total{interface=\"eth1\"} 5\n",
             "netcon_datagrams_total{interface=\"eth2\"} 1\n",
             "netcon_records_lost_total 3\n",
@@ -1077,6 +1115,21 @@ mod tests {
             assert_eq!(v["capture"][name], value, "{name} in {v}");
         }
         assert_eq!(v["lost"], 3, "ringbuf_full + copy_failed, not wakeups");
+        assert_eq!(v["capture"]["ringbuf_used"], 4096);
+        assert_eq!(v["capture"]["ringbuf_size"], 8 << 20);
+    }
+
+    #[test]
+    fn no_ring_fill_no_gauge() {
+        let mut s = snapshot();
+        if let CaptureCounters::Xdp(c) = &mut s.capture {
+            c.ring = None;
+        }
+        let text = s.to_prometheus();
+        assert!(!text.contains("netcon_ringbuf_"), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&s.to_json("stats")).unwrap();
+        assert!(v["capture"].get("ringbuf_used").is_none(), "{v}");
+        assert!(v["capture"].get("ringbuf_size").is_none(), "{v}");
     }
 
     #[test]

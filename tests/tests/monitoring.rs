@@ -63,6 +63,25 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The XDP ring buffer's fill, read from its mapped positions: there with that backend only,
+/// and never more than the ring (the default 8 MiB) holds.
+fn assert_ring_fill(text: &str) {
+    if text.contains("netcon_capture_lost_total{backend=\"xdp\"}") {
+        assert!(
+            text.contains("# TYPE netcon_ringbuf_used_bytes gauge"),
+            "{text}"
+        );
+        let used = sample(text, "netcon_ringbuf_used_bytes{backend=\"xdp\"}")
+            .expect("the ring buffer's fill");
+        let size = sample(text, "netcon_ringbuf_size_bytes{backend=\"xdp\"}")
+            .expect("the ring buffer's size");
+        assert!((size - f64::from(8u32 << 20)).abs() < 1.0, "{size}");
+        assert!((0.0..=size).contains(&used), "used {used} of {size}");
+    } else {
+        assert!(!text.contains("netcon_ringbuf_"), "{text}");
+    }
+}
+
 #[test]
 fn metrics_pass_promtool_and_count_what_was_sent() {
     let topo = Topology::new();
@@ -161,6 +180,7 @@ fn metrics_pass_promtool_and_count_what_was_sent() {
     assert!(held > 0.0 && used >= held, "used {used}, decoder {held}");
     let limit = sample(&text, "netcon_memory_limit_bytes").expect("the budget's limit");
     assert!((limit - f64::from(24u32 << 20)).abs() < 1.0, "{limit}");
+    assert_ring_fill(&text);
 
     let (status, _) = topo
         .collector
@@ -382,6 +402,10 @@ fn stats_format_json_on_sigusr1_and_at_exit() {
         // The reader was parked when the first frame came (idle since start): the program
         // woke it, and the count is there beside the other XDP counters.
         assert!(stats["capture"]["wakeups"].as_u64() >= Some(1), "{stats}");
+        let size = stats["capture"]["ringbuf_size"].as_u64();
+        assert_eq!(size, Some(8 << 20), "{stats}");
+        let used = stats["capture"]["ringbuf_used"].as_u64();
+        assert!(used.is_some() && used <= size, "{stats}");
     }
     s.sigterm();
     assert!(s.wait().0.success());

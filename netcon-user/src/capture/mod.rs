@@ -68,6 +68,19 @@ pub struct XdpCounters {
     pub copy_failed: u64,
     /// Records after which the program woke the reader (it was parked, or had fallen behind).
     pub wakeups: u64,
+    /// How full the ring buffer was when these were read; `None` where its positions cannot
+    /// be read (the kernel refused to map them).
+    pub ring: Option<RingFill>,
+}
+
+/// How much of the XDP ring buffer holds records not yet read, at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RingFill {
+    /// Bytes between the reader's position and the program's (records and their headers,
+    /// reserved ones included), at most `size`.
+    pub used: u64,
+    /// The ring buffer's data size in bytes (`--ring-mib`).
+    pub size: u64,
 }
 
 /// Counters of the raw backend's sockets.

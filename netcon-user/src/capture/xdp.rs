@@ -25,7 +25,7 @@ use netcon_common::{
 };
 use tokio::io::unix::AsyncFd;
 
-use super::{Captured, LinkType, XdpCounters};
+use super::{Captured, LinkType, RingFill, XdpCounters};
 use crate::config::{Interface, XdpModeChoice};
 
 /// The compiled XDP program, built by `build.rs` from `netcon-ebpf`.
@@ -152,6 +152,8 @@ impl AttachedMode {
 pub struct XdpCapture {
     // Field order is drop order: the ring buffer and maps go before the program and its links.
     ring: AsyncFd<RingBuf<MapData>>,
+    /// The ring's two position pages, read for its fill; `None` where they could not be mapped.
+    ring_positions: Option<RingPositions>,
     /// Ticks every [`DRAIN_INTERVAL`] while the reader drains on its timer.
     drain_timer: AsyncFd<DrainTimer>,
     /// The `READER` map: where the reader says it is parked.
@@ -240,6 +242,11 @@ impl XdpCapture {
                     source,
                 }
             })?;
+        let ring_positions = RingPositions::map(&ring, ring_bytes)
+            .inspect_err(|error| {
+                tracing::debug!(%error, "the ring buffer's fill is not exposed: cannot mmap its positions");
+            })
+            .ok();
         // SAFETY: the RingBuf owns its map's fd, which stays open, and is the same fd, for as
         // long as the AsyncFd owns the RingBuf.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -254,6 +261,7 @@ impl XdpCapture {
             .map_err(|source| XdpError::Read { source })?;
         Ok(Self {
             ring,
+            ring_positions,
             drain_timer,
             reader,
             empty_drains: 0,
@@ -367,14 +375,21 @@ impl XdpCapture {
     ///
     /// # Errors
     /// None at present; kept for callers that treat counters as fallible.
+    ///
+    /// The ring buffer's fill is read afresh each time (from its mapped positions, no syscall),
+    /// even where the program's counters cannot be.
     pub fn counters(&self) -> Result<XdpCounters, XdpError> {
+        let ring = self.ring_positions.as_ref().map(RingPositions::fill);
         if self.counters_unavailable.get() {
-            return Ok(self.last_counters.get());
+            return Ok(XdpCounters {
+                ring,
+                ..self.last_counters.get()
+            });
         }
         match self.read_counters() {
             Ok(counters) => {
                 self.last_counters.set(counters);
-                Ok(counters)
+                Ok(XdpCounters { ring, ..counters })
             }
             Err(error) => {
                 self.counters_unavailable.set(true);
@@ -387,7 +402,10 @@ impl XdpCapture {
                     "netcon-sniff: XDP counters unavailable from now on: reading them failed ({}){why}; the stats show the last values read",
                     root_cause(&error)
                 );
-                Ok(self.last_counters.get())
+                Ok(XdpCounters {
+                    ring,
+                    ..self.last_counters.get()
+                })
             }
         }
     }
@@ -410,6 +428,7 @@ impl XdpCapture {
             truncated: sum(counter::TRUNCATED)?,
             copy_failed: sum(counter::COPY_FAILED)?,
             wakeups: sum(counter::WAKEUPS)?,
+            ring: None,
         })
     }
 
@@ -508,6 +527,82 @@ impl Drop for ReaderMap {
         // SAFETY: the mapping made in open, unmapped once.
         unsafe { libc::munmap(self.state.as_ptr().cast(), self.len) };
     }
+}
+
+/// The ring buffer's consumer and producer positions, mapped read-only: kernel/bpf/ringbuf.c
+/// (`struct bpf_ringbuf`) puts `consumer_pos` alone on the map's first page and `producer_pos`
+/// alone on the second, each an `unsigned long` at the page's start, and lets any process map
+/// them read-only (writable only the consumer page, which aya maps for its own reads). Reading
+/// them costs two loads, no syscall and nothing on the reader's path.
+struct RingPositions {
+    /// The start of the mapping: `consumer_pos`; `producer_pos` is one page further.
+    consumer: std::ptr::NonNull<usize>,
+    page: usize,
+    size: u64,
+}
+
+impl RingPositions {
+    /// Maps the two position pages of `ring`, whose data area is `size` bytes.
+    fn map(ring: &RingBuf<MapData>, size: u32) -> io::Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        // SAFETY: a fresh read-only shared mapping of the map's fd; the kernel checks the
+        // range (kernel/bpf/ringbuf.c: ringbuf_map_mmap_kern).
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                2 * page,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                ring.as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let consumer = std::ptr::NonNull::new(ptr.cast::<usize>())
+            .ok_or_else(|| io::Error::other("mmap of the ring buffer's positions returned NULL"))?;
+        Ok(Self {
+            consumer,
+            page,
+            size: u64::from(size),
+        })
+    }
+
+    /// The fill now. The consumer position is read first: the producer's, read after it,
+    /// cannot be behind it, as the reader never passes the program.
+    fn fill(&self) -> RingFill {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        // SAFETY: both words are page-aligned `unsigned long`s (`usize` on Linux) inside our
+        // live mapping; the kernel and aya write them concurrently, hence atomic loads.
+        let (consumer, producer) = unsafe {
+            let consumer = AtomicUsize::from_ptr(self.consumer.as_ptr()).load(Ordering::Acquire);
+            let producer = AtomicUsize::from_ptr(self.consumer.as_ptr().byte_add(self.page))
+                .load(Ordering::Acquire);
+            (consumer, producer)
+        };
+        RingFill {
+            used: held_bytes(consumer, producer, self.size),
+            size: self.size,
+        }
+    }
+}
+
+impl Drop for RingPositions {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in map, unmapped once.
+        unsafe { libc::munmap(self.consumer.as_ptr().cast(), 2 * self.page) };
+    }
+}
+
+/// Bytes between the consumer and producer positions (free-running counters that wrap),
+/// clamped to the ring's `size`: a position torn across a wrap or read mid-update never shows
+/// more than the ring holds.
+fn held_bytes(consumer: usize, producer: usize, size: u64) -> u64 {
+    u64::try_from(producer.wrapping_sub(consumer))
+        .unwrap_or(u64::MAX)
+        .min(size)
 }
 
 /// A one-shot `timerfd` (`CLOCK_MONOTONIC`): tokio's own timers tick in milliseconds, the drain
@@ -812,6 +907,19 @@ mod tests {
         r.extend_from_slice(&0u32.to_le_bytes());
         r.extend_from_slice(frame);
         r
+    }
+
+    #[test]
+    fn ring_fill_is_the_distance_between_positions_clamped_to_the_ring() {
+        let size = 8 << 20;
+        assert_eq!(held_bytes(0, 0, size), 0);
+        assert_eq!(held_bytes(4096, 4096 + 1500, size), 1500);
+        // Positions run freely and wrap; the distance survives the wrap.
+        assert_eq!(held_bytes(usize::MAX - 99, 200, size), 300);
+        assert_eq!(held_bytes(100, 100 + (8 << 20), size), size, "a full ring");
+        // Never more than the ring holds, whatever a torn read gives.
+        assert_eq!(held_bytes(100, 100 + (9 << 20), size), size);
+        assert_eq!(held_bytes(200, 100, size), size);
     }
 
     #[test]
