@@ -361,6 +361,9 @@ fn stats_format_json_on_sigusr1_and_at_exit() {
         &topo.collector,
         &["-i", link.collector_if.as_str(), "--stats-format", "json"],
     );
+    // Long enough for an XDP reader to find the ring empty and park (three empty 500 µs
+    // drains), so that the first frame must wake it.
+    std::thread::sleep(Duration::from_millis(500));
     let frames = records(link, 5, 3);
     topo.sender(link).send_all(&frames);
     s.expect_lines(frames.len() + 1, LINE_TIMEOUT);
