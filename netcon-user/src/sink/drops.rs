@@ -130,9 +130,63 @@ impl ForwardDrops {
     }
 }
 
+/// What a forwarder's queue took, refused and gave up on: with the worker's own counts of
+/// messages sent and failed, this says how many were dropped and how many still wait.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct QueueLedger {
+    /// Messages queued.
+    pub accepted: u64,
+    /// Messages refused: the queue (or the budget) was full, or the worker gone.
+    pub refused: u64,
+    /// Messages still queued when the worker was given up on at close.
+    pub abandoned: u64,
+}
+
+impl QueueLedger {
+    /// Messages lost: refused, failed in the worker, or abandoned at close.
+    #[must_use]
+    pub fn dropped(&self, failed: u64) -> u64 {
+        self.refused + failed + self.abandoned
+    }
+
+    /// Messages queued and not yet sent, failed or abandoned.
+    #[must_use]
+    pub fn queued(&self, sent: u64, failed: u64) -> u64 {
+        self.accepted.saturating_sub(sent + failed + self.abandoned)
+    }
+}
+
+/// Logs how forwarding to `url` ended (`what`: "forwarding", "NATS forwarding").
+pub fn log_stopped(what: &str, url: &dyn std::fmt::Display, sent: u64, dropped: u64, errors: u64) {
+    if dropped > 0 {
+        tracing::warn!(
+            url = %url,
+            sent,
+            dropped,
+            errors,
+            "{what} stopped; some messages were not delivered"
+        );
+    } else {
+        tracing::info!(url = %url, sent, "{what} stopped");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ledger_counts_refused_failed_and_abandoned_as_dropped() {
+        let mut ledger = QueueLedger {
+            accepted: 10,
+            refused: 2,
+            abandoned: 0,
+        };
+        assert_eq!(ledger.queued(6, 1), 3);
+        ledger.abandoned = ledger.queued(6, 1);
+        assert_eq!(ledger.queued(6, 1), 0);
+        assert_eq!(ledger.dropped(1), 2 + 1 + 3);
+    }
 
     fn messages(notices: &[Notice]) -> Vec<u64> {
         notices

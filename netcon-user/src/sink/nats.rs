@@ -50,8 +50,8 @@ use futures_util::{FutureExt as _, StreamExt as _, future::BoxFuture, stream::Fu
 use tokio::sync::mpsc;
 
 use super::Sink;
-use super::drops::ForwardDrops;
-use super::worker::WorkerThread;
+use super::drops::{ForwardDrops, QueueLedger, log_stopped};
+use super::worker::{Worker, WorkerThread};
 use crate::budget::MemoryBudget;
 use crate::netconsole::{Event, Format, LossKind};
 use crate::notice::{HookOutcome, Notice};
@@ -510,24 +510,14 @@ pub struct NatsStats {
     pub errors: u64,
 }
 
-/// The worker's end of the forwarder.
-struct Worker {
-    queue: mpsc::Sender<Outgoing>,
-    thread: WorkerThread,
-}
-
 /// Forwards events to one NATS cluster from a worker thread (see the module documentation).
 pub struct NatsForwarder {
     url: NatsUrl,
-    worker: Option<Worker>,
+    worker: Option<Worker<Outgoing>>,
     counters: Arc<Counters>,
     budget: MemoryBudget,
-    /// Messages queued.
-    accepted: u64,
-    /// Messages refused: queue or budget full (or the worker gone).
-    refused: u64,
-    /// Messages still queued when the worker was given up on at close.
-    abandoned: u64,
+    /// What the queue took, refused and gave up on.
+    ledger: QueueLedger,
     /// Drops not yet told in a `forward_lost` notice or report.
     drops: ForwardDrops,
     /// This machine's name, for the collector's own messages.
@@ -583,9 +573,7 @@ impl NatsForwarder {
             }),
             counters,
             budget,
-            accepted: 0,
-            refused: 0,
-            abandoned: 0,
+            ledger: QueueLedger::default(),
             drops: ForwardDrops::new(url.to_string()),
             host: host_name(),
             run: format!(
@@ -605,8 +593,8 @@ impl NatsForwarder {
         NatsStats {
             sent,
             duplicates: self.counters.duplicates.load(Ordering::Relaxed),
-            dropped: self.refused + failed + self.abandoned,
-            queued: self.accepted.saturating_sub(sent + failed + self.abandoned),
+            dropped: self.ledger.dropped(failed),
+            queued: self.ledger.queued(sent, failed),
             retries: self.counters.retries.load(Ordering::Relaxed),
             errors: self.counters.errors.load(Ordering::Relaxed),
         }
@@ -627,7 +615,7 @@ impl NatsForwarder {
         };
         // A refused message is dropped here, and its charge with it.
         if worker.queue.try_send(outgoing(charge)).is_ok() {
-            self.accepted += 1;
+            self.ledger.accepted += 1;
             true
         } else {
             false
@@ -684,7 +672,7 @@ impl NatsForwarder {
             self.report_drops();
         }
         if self.drops.reporting() || !queue(self) {
-            self.refused += 1;
+            self.ledger.refused += 1;
             if !self.drops.reporting() {
                 tracing::warn!(
                     url = %self.url,
@@ -704,22 +692,17 @@ impl NatsForwarder {
         let Some(worker) = self.worker.take() else {
             return;
         };
-        drop(worker.queue);
-        worker.thread.stop();
-        self.abandoned = self.counters().queued;
-        self.drops.closed(self.abandoned);
+        worker.stop();
+        self.ledger.abandoned = self.counters().queued;
+        self.drops.closed(self.ledger.abandoned);
         let stats = self.counters();
-        if stats.dropped > 0 {
-            tracing::warn!(
-                url = %self.url,
-                sent = stats.sent,
-                dropped = stats.dropped,
-                errors = stats.errors,
-                "NATS forwarding stopped; some messages were not delivered"
-            );
-        } else {
-            tracing::info!(url = %self.url, sent = stats.sent, "NATS forwarding stopped");
-        }
+        log_stopped(
+            "NATS forwarding",
+            &self.url,
+            stats.sent,
+            stats.dropped,
+            stats.errors,
+        );
     }
 }
 

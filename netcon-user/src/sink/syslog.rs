@@ -73,7 +73,8 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
 use super::Sink;
-use super::worker::WorkerThread;
+use super::drops::{QueueLedger, log_stopped};
+use super::worker::{Worker, WorkerThread};
 use crate::netconsole::{Event, LossKind, Lost, Malformed, Priority, Rebooted, Record};
 use crate::notice::{HookOutcome, Notice};
 
@@ -737,23 +738,13 @@ pub struct ForwardStats {
     pub errors: u64,
 }
 
-/// The worker's end of the forwarder.
-struct Worker {
-    queue: mpsc::Sender<String>,
-    thread: WorkerThread,
-}
-
 /// Forwards events to one syslog server from a worker thread (see the module documentation).
 pub struct Forwarder {
     url: ForwardUrl,
-    worker: Option<Worker>,
+    worker: Option<Worker<String>>,
     counters: Arc<Counters>,
-    /// Messages queued.
-    accepted: u64,
-    /// Messages refused: the queue was full (or the worker gone).
-    refused: u64,
-    /// Messages still queued when the worker was given up on at close.
-    abandoned: u64,
+    /// What the queue took, refused and gave up on.
+    ledger: QueueLedger,
     /// Drops not yet told in a `forward_lost` notice or report.
     drops: super::drops::ForwardDrops,
 }
@@ -794,9 +785,7 @@ impl Forwarder {
                 thread,
             }),
             counters,
-            accepted: 0,
-            refused: 0,
-            abandoned: 0,
+            ledger: QueueLedger::default(),
             drops: super::drops::ForwardDrops::new(url.to_string()),
         })
     }
@@ -808,8 +797,8 @@ impl Forwarder {
         let failed = self.counters.failed.load(Ordering::Relaxed);
         ForwardStats {
             sent,
-            dropped: self.refused + failed + self.abandoned,
-            queued: self.accepted.saturating_sub(sent + failed + self.abandoned),
+            dropped: self.ledger.dropped(failed),
+            queued: self.ledger.queued(sent, failed),
             errors: self.counters.errors.load(Ordering::Relaxed),
         }
     }
@@ -821,24 +810,17 @@ impl Forwarder {
         let Some(worker) = self.worker.take() else {
             return;
         };
-        // Closing the queue lets the worker finish as soon as it is empty.
-        drop(worker.queue);
-        worker.thread.stop();
+        worker.stop();
+        self.ledger.abandoned = self.counters().queued;
+        self.drops.closed(self.ledger.abandoned);
         let stats = self.counters();
-        self.abandoned = stats.queued;
-        self.drops.closed(self.abandoned);
-        let stats = self.counters();
-        if stats.dropped > 0 {
-            tracing::warn!(
-                url = %self.url,
-                sent = stats.sent,
-                dropped = stats.dropped,
-                errors = stats.errors,
-                "forwarding stopped; some messages were not delivered"
-            );
-        } else {
-            tracing::info!(url = %self.url, sent = stats.sent, "forwarding stopped");
-        }
+        log_stopped(
+            "forwarding",
+            &self.url,
+            stats.sent,
+            stats.dropped,
+            stats.errors,
+        );
     }
 }
 
@@ -916,7 +898,7 @@ impl Forwarder {
             self.queue_report();
         }
         if self.drops.reporting() || !self.try_queue(message) {
-            self.refused += 1;
+            self.ledger.refused += 1;
             if !self.drops.reporting() {
                 tracing::warn!(
                     url = %self.url,
@@ -952,7 +934,7 @@ impl Forwarder {
             .as_ref()
             .is_some_and(|worker| worker.queue.try_send(message).is_ok());
         if queued {
-            self.accepted += 1;
+            self.ledger.accepted += 1;
         }
         queued
     }

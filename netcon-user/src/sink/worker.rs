@@ -88,6 +88,24 @@ impl WorkerThread {
     }
 }
 
+/// A forwarder's end of its worker: the queue into the task, and the thread running it.
+#[derive(Debug)]
+pub struct Worker<T> {
+    /// Messages for the task.
+    pub queue: tokio::sync::mpsc::Sender<T>,
+    /// The thread the task runs on.
+    pub thread: WorkerThread,
+}
+
+impl<T> Worker<T> {
+    /// Closes the queue, so that the task finishes as soon as it is empty, and stops the
+    /// thread: blocks for at most about its grace period.
+    pub fn stop(self) {
+        drop(self.queue);
+        self.thread.stop();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
