@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use netcon_tests::{
+use netcon_testkit::{
     ALL_NODES_MAC, BROADCAST_MAC, CaptureBackend, FrameSender, LINE_TIMEOUT, LINKTYPE_ETHERNET,
     Link, PcapFile, RawLine, Sniffer, Summary, TempDir, Topology, UdpFrame, Vlan, VlanTag, fixture,
     rfc3339_micros, tcpdump_read, without_stats,

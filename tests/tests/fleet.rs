@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use netcon_tests::nats::{NatsServer, NodeConfig};
-use netcon_tests::{
+use netcon_testkit::nats::{NatsServer, NodeConfig};
+use netcon_testkit::{
     BROADCAST_MAC, Link, Netns, STATS_PREFIX, Sniffer, Topology, UdpFrame, mac_to_string,
 };
 
@@ -177,7 +177,7 @@ fn redundant_collectors_store_each_record_once() {
             )
         })
         .collect();
-    let mut sender = netcon_tests::FrameSender::open(&segment.sender, "eth0");
+    let mut sender = netcon_testkit::FrameSender::open(&segment.sender, "eth0");
     sender.send_paced(
         &frames(&segment.link, 1..=RECORDS),
         Duration::from_micros(500),

@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 use std::process::Command;
 use std::time::Duration;
 
-use netcon_tests::rsyslog::Rsyslog;
-use netcon_tests::{STATS_PREFIX, fixture, run_bounded, sniff_binary};
+use netcon_testkit::rsyslog::Rsyslog;
+use netcon_testkit::{STATS_PREFIX, fixture, run_bounded, sniff_binary};
 
 /// Deadline for one `netcon-sniff -r` run (a failure deadline; it takes well under a second,
 /// plus the forwarder's 2 s shutdown grace when a server is down).

@@ -11,8 +11,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use etherparse::PacketBuilder;
-use netcon_tests::rsyslog::Rsyslog;
-use netcon_tests::{TempDir, run_bounded, sniff_binary};
+use netcon_testkit::rsyslog::Rsyslog;
+use netcon_testkit::{TempDir, run_bounded, sniff_binary};
 
 const RELEASE: &str = "7.2.13+deb14-amd64";
 

@@ -4,7 +4,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use netcon_tests::{BROADCAST_MAC, Netns, Topology, UdpFrame, Vlan, netns_list};
+use netcon_testkit::{BROADCAST_MAC, Netns, Topology, UdpFrame, Vlan, netns_list};
 
 /// Read deadline for a datagram the test expects (a failure deadline, not a timing check).
 const RECV_TIMEOUT: Duration = Duration::from_secs(10);

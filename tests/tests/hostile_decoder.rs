@@ -8,8 +8,8 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use netcon_tests::outputs::sniffer_pid;
-use netcon_tests::{LINE_TIMEOUT, Link, STATS_PREFIX, Sniffer, Topology, UdpFrame};
+use netcon_testkit::outputs::sniffer_pid;
+use netcon_testkit::{LINE_TIMEOUT, Link, STATS_PREFIX, Sniffer, Topology, UdpFrame};
 
 /// Peak RSS allowed: the default 24 MiB budget plus the process's fixed cost (8 MiB ring
 /// buffer, binary, buffers).

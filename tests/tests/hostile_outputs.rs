@@ -9,10 +9,10 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::Duration;
 
-use netcon_tests::outputs::{
+use netcon_testkit::outputs::{
     extended, file_lines, signal_sniffer, stats_counter, topology_on_subnet, wait_for_lines,
 };
-use netcon_tests::{LINE_TIMEOUT, Link, PcapFile, Sniffer, TempDir, Topology, UdpFrame};
+use netcon_testkit::{LINE_TIMEOUT, Link, PcapFile, Sniffer, TempDir, Topology, UdpFrame};
 use nix::sys::signal::Signal;
 
 /// Forged panic senders: as many as in the report that found the hook starvable.
@@ -315,7 +315,7 @@ fn a_closed_stdout_still_lets_the_files_have_what_was_held() {
     let dir = TempDir::new("hostile-epipe");
     let mut child = Command::new("ip")
         .args(["netns", "exec", topo.collector.name()])
-        .arg(netcon_tests::sniff_binary())
+        .arg(netcon_testkit::sniff_binary())
         .args(["-i", &link.collector_if, "--log-dir"])
         .arg(dir.path())
         .stdin(Stdio::null())

@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use netcon_tests::outputs::signal_sniffer;
-use netcon_tests::prometheus::{Prometheus, http_get, promtool_check_metrics};
-use netcon_tests::{LINE_TIMEOUT, Link, Netns, Sniffer, TempDir, Topology, UdpFrame, fixture};
+use netcon_testkit::outputs::signal_sniffer;
+use netcon_testkit::prometheus::{Prometheus, http_get, promtool_check_metrics};
+use netcon_testkit::{LINE_TIMEOUT, Link, Netns, Sniffer, TempDir, Topology, UdpFrame, fixture};
 use nix::sys::signal::Signal;
 
 /// Where netcon-sniff serves metrics inside the collector namespace.

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use netcon_tests::outputs::sniffer_pid;
-use netcon_tests::{BROADCAST_MAC, LINE_TIMEOUT, Sniffer, Topology, UdpFrame};
+use netcon_testkit::outputs::sniffer_pid;
+use netcon_testkit::{BROADCAST_MAC, LINE_TIMEOUT, Sniffer, Topology, UdpFrame};
 
 /// Fields of `/proc/PID/status` that show who a process is and what it may do.
 fn status_field(pid: u32, field: &str) -> String {
@@ -129,8 +129,8 @@ fn allow_keeps_only_listed_senders_and_usr1_prints_stats() {
 #[test]
 fn color_only_when_asked_or_on_a_terminal() {
     let run = |extra: &[&str]| {
-        let out = std::process::Command::new(netcon_tests::sniff_binary())
-            .args(["-r", netcon_tests::fixture("ext.pcap").to_str().unwrap()])
+        let out = std::process::Command::new(netcon_testkit::sniff_binary())
+            .args(["-r", netcon_testkit::fixture("ext.pcap").to_str().unwrap()])
             .args(extra)
             .output()
             .expect("running netcon-sniff");

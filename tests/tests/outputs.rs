@@ -7,11 +7,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use netcon_tests::outputs::{
+use netcon_testkit::outputs::{
     NetnsHosts, env_recording_hook, extended, file_lines, mode_of, signal_sniffer, stats_counter,
     topology_on_subnet, wait_for_lines,
 };
-use netcon_tests::{LINE_TIMEOUT, Sniffer, TempDir, Topology, UdpFrame, fixture};
+use netcon_testkit::{LINE_TIMEOUT, Sniffer, TempDir, Topology, UdpFrame, fixture};
 use nix::sys::signal::Signal;
 
 /// How long to keep watching for something that must not happen (a second hook run), after

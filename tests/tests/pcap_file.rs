@@ -9,7 +9,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-use netcon_tests::{
+use netcon_testkit::{
     LINKTYPE_ETHERNET, Netns, PcapFile, RawLine, Sniffer, TempDir, fixture, rfc3339_micros,
     without_stats, write_file,
 };

@@ -12,8 +12,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use netcon_tests::route::{Bridged, OnLink, Routed, link_local};
-use netcon_tests::{Mac, Netns, mac_to_string, sniff_binary};
+use netcon_testkit::route::{Bridged, OnLink, Routed, link_local};
+use netcon_testkit::{Mac, Netns, mac_to_string, sniff_binary};
 
 /// How long one `sender-config` run may take before the test fails: a failure deadline, far
 /// above the second it needs at most.

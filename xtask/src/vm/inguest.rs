@@ -27,7 +27,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use netcon_tests::{FrameSender, PcapFile};
+use netcon_testkit::{FrameSender, PcapFile};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 

@@ -1,4 +1,4 @@
-//! End-to-end test harness for `netcon-sniff` (issues 2 and 4).
+//! Test support for netcon: the end-to-end tests, xtask (bench, vm-test) and the benchmark tools share it.
 //!
 //! - [`Topology`] / [`Netns`]: network namespaces joined by veth pairs, removed on drop (also when
 //!   a test panics).
