@@ -284,6 +284,16 @@ pub enum XdpModeChoice {
     Skb,
 }
 
+impl From<XdpModeChoice> for crate::capture::xdp::AttachPolicy {
+    fn from(choice: XdpModeChoice) -> Self {
+        match choice {
+            XdpModeChoice::Auto => Self::Auto,
+            XdpModeChoice::Native => Self::Native,
+            XdpModeChoice::Skb => Self::Skb,
+        }
+    }
+}
+
 /// When to color the text output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ColorChoice {

@@ -2,6 +2,7 @@
 
 use std::{collections::BTreeSet, ffi::CString, path::PathBuf};
 
+pub use crate::capture::Interface;
 use crate::cli::SniffArgs;
 pub use crate::cli::{BackendChoice, Format, StatsFormat, XdpModeChoice};
 
@@ -29,15 +30,6 @@ pub enum Source {
     Live,
     /// A capture file (`-` for stdin).
     File(PathBuf),
-}
-
-/// A network interface by name and index.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Interface {
-    /// Its name, e.g. `eth1`.
-    pub name: String,
-    /// Its index (`if_nametoindex`).
-    pub ifindex: u32,
 }
 
 /// Everything `run` needs.

@@ -581,7 +581,7 @@ fn open_backend(config: &Config) -> Result<Backend, RunError> {
         match XdpCapture::open(
             &config.interfaces,
             &config.ports,
-            config.xdp_mode,
+            config.xdp_mode.into(),
             config.ring_bytes,
         ) {
             Ok(capture) => {
@@ -666,7 +666,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     systemd.ready(&ready_status(&config, metrics.as_ref()));
 
     let stdout = io::stdout();
-    let mut batch = Vec::with_capacity(crate::capture::xdp::MAX_BATCH);
+    let mut batch = Vec::with_capacity(crate::capture::MAX_BATCH);
     tokio::pin!(shutdown);
     let ended: Result<(), RunError> = loop {
         batch.clear();

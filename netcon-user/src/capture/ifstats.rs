@@ -19,7 +19,7 @@ use std::io;
 use futures_util::TryStreamExt as _;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 
-use crate::config::Interface;
+use super::Interface;
 
 /// Why the interface counters cannot be read.
 #[derive(Debug, thiserror::Error)]

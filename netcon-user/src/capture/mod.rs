@@ -19,6 +19,10 @@ use crate::notice::LossReason;
 // What a frame starts with is a wire fact; kept nameable here for the backends that tag frames.
 pub use crate::wire::LinkType;
 
+/// Most frames a backend hands over at once before yielding to the rest of the pipeline, so a
+/// flood cannot starve output and signals. Unit: frames.
+pub const MAX_BATCH: usize = 1024;
+
 /// `setsockopt(2)` with a typed value.
 pub(crate) fn setsockopt<T>(fd: RawFd, level: i32, name: i32, value: &T) -> io::Result<()> {
     // SAFETY: value points to a T and its size is passed.
@@ -36,6 +40,15 @@ pub(crate) fn setsockopt<T>(fd: RawFd, level: i32, name: i32, value: &T) -> io::
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// A network interface by name and index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    /// Its name, e.g. `eth1`.
+    pub name: String,
+    /// Its index (`if_nametoindex`).
+    pub ifindex: u32,
 }
 
 /// One frame as it came off an interface.

@@ -26,7 +26,7 @@ use netcon_common::{
 use tokio::io::unix::AsyncFd;
 
 use super::{Captured, LinkType, RingFill, XdpCounters};
-use crate::config::{Interface, XdpModeChoice};
+use crate::capture::Interface;
 
 /// The compiled XDP program, built by `build.rs` from `netcon-ebpf`.
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netcon.bpf.o"));
@@ -35,9 +35,7 @@ static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/n
 /// `bpf_xdp_load_bytes` (5.18).
 pub const MIN_KERNEL: (u8, u8) = (5, 18);
 
-/// Most records read from the ring buffer before yielding to the rest of the pipeline, so a
-/// flood cannot starve output and signals. Unit: records. Default 1024.
-pub const MAX_BATCH: usize = 1024;
+pub use super::MAX_BATCH;
 
 /// While records flow, the reader drains the ring on this timer instead of being woken for
 /// them: the program writes with `BPF_RB_NO_WAKEUP`, because a wake-up is an `irq_work`
@@ -128,7 +126,18 @@ fn hint(error: &(dyn StdError + 'static)) -> &'static str {
     }
 }
 
-/// The mode an interface ended up attached in.
+/// Which attach modes to try (`--xdp-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachPolicy {
+    /// Native, then generic (skb) if the driver cannot.
+    Auto,
+    /// In the driver only.
+    Native,
+    /// Generic XDP only.
+    Skb,
+}
+
+/// How the program ended up attached to one interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttachedMode {
     /// In the driver.
@@ -182,7 +191,7 @@ impl XdpCapture {
     pub fn open(
         interfaces: &[Interface],
         ports: &[u16],
-        mode: XdpModeChoice,
+        mode: AttachPolicy,
         ring_bytes: u32,
     ) -> Result<Self, XdpError> {
         if PROGRAM.is_empty() {
@@ -752,7 +761,7 @@ fn check_kernel() -> Result<(), XdpError> {
 fn attach(
     program: &mut Xdp,
     interface: &Interface,
-    mode: XdpModeChoice,
+    mode: AttachPolicy,
 ) -> Result<AttachedMode, XdpError> {
     let try_mode = |program: &mut Xdp, mode: AttachedMode| {
         let flags = match mode {
@@ -769,9 +778,9 @@ fn attach(
             })
     };
     match mode {
-        XdpModeChoice::Native => try_mode(program, AttachedMode::Native),
-        XdpModeChoice::Skb => try_mode(program, AttachedMode::Skb),
-        XdpModeChoice::Auto => try_mode(program, AttachedMode::Native).or_else(|native| {
+        AttachPolicy::Native => try_mode(program, AttachedMode::Native),
+        AttachPolicy::Skb => try_mode(program, AttachedMode::Skb),
+        AttachPolicy::Auto => try_mode(program, AttachedMode::Native).or_else(|native| {
             // Only a driver without native XDP is helped by generic mode; a busy interface or
             // missing privileges fail the same way in both, and the native error says it best.
             if !native_unsupported(&native) {

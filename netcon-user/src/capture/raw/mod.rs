@@ -38,7 +38,7 @@ use pnet_datalink::{Channel, DataLinkReceiver, DataLinkSender, NetworkInterface}
 use tokio::sync::mpsc;
 
 use super::{Captured, LinkType, RawCounters, setsockopt};
-use crate::config::Interface;
+use crate::capture::Interface;
 
 /// Longest frame read whole, bytes. Netconsole frames are under 1100 bytes
 /// (`MAX_PRINT_CHUNK` = 1000 payload bytes plus headers); longer ones are cut and counted.
