@@ -365,6 +365,14 @@ fn push_padded(out: &mut Vec<u8>, v: u64, width: usize) {
 mod tests {
     use super::*;
 
+    fn record_shape(format: Format, size: usize, fragments: u8) -> RecordShape {
+        RecordShape {
+            format,
+            size,
+            fragments,
+        }
+    }
+
     fn token(seq: u64) -> Token {
         Token {
             run: 7,
@@ -408,11 +416,7 @@ mod tests {
 
     #[test]
     fn continuation_record_is_empty_dictionary_lines_up_to_size() {
-        let shape = RecordShape {
-            format: Format::Continuation,
-            size: 1000,
-            fragments: 1,
-        };
+        let shape = record_shape(Format::Continuation, 1000, 1);
         let out = payloads(shape, token(7), 42);
         assert_eq!(out.len(), 1);
         let p = &out[0];
@@ -429,11 +433,7 @@ mod tests {
 
     #[test]
     fn extended_record_is_padded_to_size() {
-        let shape = RecordShape {
-            format: Format::Extended,
-            size: 200,
-            fragments: 1,
-        };
+        let shape = record_shape(Format::Extended, 200, 1);
         let p = payloads(shape, token(5), 1_234_567);
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].len(), 200);
@@ -446,11 +446,7 @@ mod tests {
 
     #[test]
     fn plain_record_has_kernel_timestamp() {
-        let shape = RecordShape {
-            format: Format::Plain,
-            size: 120,
-            fragments: 1,
-        };
+        let shape = record_shape(Format::Plain, 120, 1);
         let p = payloads(shape, token(5), 4_373_204);
         assert!(
             p[0].starts_with(b"[    4.373204] @nb:7:42:5:"),
@@ -462,11 +458,7 @@ mod tests {
 
     #[test]
     fn fragments_fill_payloads_and_count_offsets() {
-        let shape = RecordShape {
-            format: Format::Extended,
-            size: 300,
-            fragments: 4,
-        };
+        let shape = record_shape(Format::Extended, 300, 4);
         let p = payloads(shape, token(1_000_000), 9_999_999);
         assert_eq!(p.len(), 4);
         let mut body = Vec::new();
@@ -494,11 +486,7 @@ mod tests {
 
     #[test]
     fn shapes_are_checked() {
-        let ok = RecordShape {
-            format: Format::Extended,
-            size: 200,
-            fragments: 4,
-        };
+        let ok = record_shape(Format::Extended, 200, 4);
         assert!(ok.validate().is_ok());
         assert!(
             RecordShape {

@@ -8,7 +8,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{
+    BatchSize, BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main,
+};
 use netcon::netconsole::{Decoder, DecoderConfig, Event, Incoming};
 
 const SMALL: usize = 10_000;
@@ -89,44 +92,46 @@ fn run(decoder: &mut Decoder, payloads: &[Vec<u8>], out: &mut Vec<Event>) -> usi
     records
 }
 
+/// Benchmarks decoding `payloads`, which hold `records` records, as one batch per iteration
+/// on a fresh decoder.
+fn bench_records(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    payloads: &[Vec<u8>],
+    records: usize,
+) {
+    group.throughput(Throughput::Elements(records as u64));
+    group.bench_function(name, |b| {
+        b.iter_batched_ref(
+            || {
+                (
+                    Decoder::new(DecoderConfig::default()),
+                    Vec::with_capacity(16),
+                )
+            },
+            |(decoder, out)| {
+                let n = run(decoder, black_box(payloads), out);
+                assert_eq!(n, records);
+            },
+            BatchSize::LargeInput,
+        );
+    });
+}
+
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("decode");
-
-    let small = small_payloads();
-    group.throughput(Throughput::Elements(SMALL as u64));
-    group.bench_function("extended_100_byte_records", |b| {
-        b.iter_batched_ref(
-            || {
-                (
-                    Decoder::new(DecoderConfig::default()),
-                    Vec::with_capacity(16),
-                )
-            },
-            |(decoder, out)| {
-                let n = run(decoder, black_box(&small), out);
-                assert_eq!(n, SMALL);
-            },
-            BatchSize::LargeInput,
-        );
-    });
-
-    let fragmented = fragmented_payloads();
-    group.throughput(Throughput::Elements(FRAGMENTED as u64));
-    group.bench_function("extended_4_fragment_records", |b| {
-        b.iter_batched_ref(
-            || {
-                (
-                    Decoder::new(DecoderConfig::default()),
-                    Vec::with_capacity(16),
-                )
-            },
-            |(decoder, out)| {
-                let n = run(decoder, black_box(&fragmented), out);
-                assert_eq!(n, FRAGMENTED);
-            },
-            BatchSize::LargeInput,
-        );
-    });
+    bench_records(
+        &mut group,
+        "extended_100_byte_records",
+        &small_payloads(),
+        SMALL,
+    );
+    bench_records(
+        &mut group,
+        "extended_4_fragment_records",
+        &fragmented_payloads(),
+        FRAGMENTED,
+    );
     group.finish();
 }
 

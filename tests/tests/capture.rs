@@ -170,6 +170,28 @@ fn stop(s: &mut Sniffer, mode: Mode) -> Summary {
     summary
 }
 
+/// [`stop`], checking that the backend matched, and stdout printed, `frames` frames each.
+fn stop_expecting(s: &mut Sniffer, mode: Mode, frames: usize) -> Summary {
+    let summary = stop(s, mode);
+    let n = u64::try_from(frames).unwrap();
+    assert_eq!(
+        (mode.matched(&summary), summary.printed),
+        (n, n),
+        "matched and printed: {summary:?}"
+    );
+    summary
+}
+
+/// Stops with SIGKILL and checks that the process did not report success.
+fn kill(s: &mut Sniffer) {
+    s.sigkill();
+    let (status, _) = s.wait();
+    assert!(
+        !status.success(),
+        "SIGKILLed process reported success: {status}"
+    );
+}
+
 // 1. A datagram addressed to the collector's IP and MAC.
 fn addressed_to_collector(mode: Mode) {
     let topo = Topology::new();
@@ -229,12 +251,7 @@ fn promisc_foreign_mac(mode: Mode) {
         "promiscuity with --promisc, second run"
     );
     let _ = send_and_expect(&topo, link, &mut s, &frame, "NCT mirror port");
-    s.sigkill();
-    let (status, _) = s.wait();
-    assert!(
-        !status.success(),
-        "SIGKILLed process reported success: {status}"
-    );
+    kill(&mut s);
     topo.collector
         .wait_promiscuity(dev, before, RELEASE_TIMEOUT);
 }
@@ -325,12 +342,7 @@ fn ports_listed(mode: Mode) {
     assert_eq!(la.dst.port(), 6666);
     assert_eq!(lb.dst.port(), 6667);
     s.assert_no_line_containing("NCT port 7777", QUIET);
-    let summary = stop(&mut s, mode);
-    assert_eq!(
-        (mode.matched(&summary), summary.printed),
-        (2, 2),
-        "{summary:?}"
-    );
+    stop_expecting(&mut s, mode, 2);
 }
 
 // 6c. Frames this host sends out of the interface (its own netconsole, say) are not traffic heard
@@ -347,12 +359,7 @@ fn own_frames_skipped(mode: Mode) {
     let peer = UdpFrame::v4(link, b"NCT peer frame\n".to_vec());
     send_and_expect(&topo, link, &mut s, &peer, "NCT peer frame");
     s.assert_no_line_containing("NCT own frame", QUIET);
-    let summary = stop(&mut s, mode);
-    assert_eq!(
-        (mode.matched(&summary), summary.printed),
-        (1, 1),
-        "{summary:?}"
-    );
+    stop_expecting(&mut s, mode, 1);
 }
 
 // 6b. The default port is 6666 only.
@@ -384,9 +391,7 @@ fn two_interfaces(mode: Mode) {
             assert_eq!(got.src.ip(), l.sender_v4);
         }
     }
-    let summary = stop(&mut s, mode);
-    assert_eq!(summary.printed, 4, "{summary:?}");
-    assert_eq!(mode.matched(&summary), 4, "{summary:?}");
+    stop_expecting(&mut s, mode, 4);
     for l in [l1, l2] {
         wait_released(&topo, l);
     }
@@ -400,12 +405,7 @@ fn sigkill_detaches(mode: Mode) {
     // It is really capturing (so the attachment seen was its own and working).
     let frame = UdpFrame::v4(link, b"NCT before kill\n".to_vec());
     let _ = send_and_expect(&topo, link, &mut s, &frame, "NCT before kill");
-    s.sigkill();
-    let (status, _) = s.wait();
-    assert!(
-        !status.success(),
-        "SIGKILLed process reported success: {status}"
-    );
+    kill(&mut s);
     wait_released(&topo, link);
 }
 
@@ -581,11 +581,13 @@ fn write_pcap(mode: Mode) {
         .enumerate()
         .map(|(i, f)| send_and_expect(&topo, link, &mut s, f, &format!("NCT w {i:02} ")))
         .collect();
-    let summary = stop(&mut s, mode);
-    let n = frames.len();
-    assert_eq!(s.stdout_lines().len(), n, "{:#?}", s.stdout_lines());
-    let n64 = u64::try_from(n).unwrap();
-    assert_eq!((mode.matched(&summary), summary.printed), (n64, n64));
+    stop_expecting(&mut s, mode, frames.len());
+    assert_eq!(
+        s.stdout_lines().len(),
+        frames.len(),
+        "{:#?}",
+        s.stdout_lines()
+    );
 
     check_saved_frames(&out, &frames, &live);
     check_tcpdump(&out, &frames, &live);
@@ -769,10 +771,8 @@ fn replay_fixture(mode: Mode, name: &str, count: usize) {
     let mut s = sniff1(&topo, mode, &[]);
     topo.sender(link).send_paced(&frames, REPLAY_INTERVAL);
     let lines = s.expect_lines(count, Duration::from_mins(1));
-    let summary = stop(&mut s, mode);
+    stop_expecting(&mut s, mode, count);
     assert_eq!(s.stdout_lines().len(), count, "lines printed in all");
-    let c = u64::try_from(count).unwrap();
-    assert_eq!((mode.matched(&summary), summary.printed), (c, c));
     let live: Vec<RawLine> = lines.iter().map(|l| RawLine::parse(l)).collect();
     let src: SocketAddr = "10.77.0.10:6665".parse().unwrap();
     let dst: SocketAddr = "10.77.0.1:6666".parse().unwrap();

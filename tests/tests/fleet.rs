@@ -75,6 +75,14 @@ fn stop(collector: &mut Sniffer) -> String {
         .to_owned()
 }
 
+/// Starts a collector on `interface` in `ns` that forwards to `url` into the `JetStream` stream
+/// [`STREAM`], with `extra` arguments, and waits until it listens.
+fn forwarding_collector(ns: &Netns, interface: &str, url: &str, extra: &[&str]) -> Sniffer {
+    let mut args = vec!["-i", interface, "--forward", url, "--nats-stream", STREAM];
+    args.extend_from_slice(extra);
+    Sniffer::start_ready(ns, &args)
+}
+
 /// `netcon-sniff tail ARGS --no-follow` in `ns`: its stdout lines.
 fn tail(ns: &Netns, args: &[&str]) -> Vec<String> {
     let mut all = vec!["tail"];
@@ -170,12 +178,7 @@ fn redundant_collectors_store_each_record_once() {
     let mut collectors: Vec<Sniffer> = segment
         .collectors
         .iter()
-        .map(|ns| {
-            Sniffer::start_ready(
-                ns,
-                &["-i", "eth0", "--forward", &url, "--nats-stream", STREAM],
-            )
-        })
+        .map(|ns| forwarding_collector(ns, "eth0", &url, &[]))
         .collect();
     let mut sender = netcon_testkit::FrameSender::open(&segment.sender, "eth0");
     sender.send_paced(
@@ -255,18 +258,11 @@ fn replicated_stream_survives_a_node_killed_mid_flow() {
         server.wait_ready(ns);
     }
     let link = topo.link().clone();
-    let mut collector = Sniffer::start_ready(
+    let mut collector = forwarding_collector(
         ns,
-        &[
-            "-i",
-            &link.collector_if,
-            "--forward",
-            "nats://127.0.0.1:4222,127.0.0.1:4223,127.0.0.1:4224",
-            "--nats-stream",
-            STREAM,
-            "--nats-replicas",
-            "3",
-        ],
+        &link.collector_if,
+        "nats://127.0.0.1:4222,127.0.0.1:4223,127.0.0.1:4224",
+        &["--nats-replicas", "3"],
     );
     let mut sender = topo.sender(&link);
     let all = frames(&link, 1..=RECORDS);
@@ -321,17 +317,7 @@ fn nats_down_at_start_bounds_the_queue_and_resumes() {
     let topo = Topology::on_subnet(73);
     let ns = &topo.collector;
     let link = topo.link().clone();
-    let mut collector = Sniffer::start_ready(
-        ns,
-        &[
-            "-i",
-            &link.collector_if,
-            "--forward",
-            "nats://127.0.0.1:4222",
-            "--nats-stream",
-            STREAM,
-        ],
-    );
+    let mut collector = forwarding_collector(ns, &link.collector_if, "nats://127.0.0.1:4222", &[]);
     let mut sender = topo.sender(&link);
     sender.send_paced(&frames(&link, 1..=WHILE_DOWN), Duration::from_micros(100));
     let quiet = std::time::Instant::now();

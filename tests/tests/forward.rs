@@ -9,6 +9,9 @@ use std::fmt::Write as _;
 use std::process::Command;
 use std::time::Duration;
 
+mod common;
+
+use common::expected::{self, ExpectedRecord};
 use netcon_testkit::rsyslog::Rsyslog;
 use netcon_testkit::{STATS_PREFIX, fixture, run_bounded, sniff_binary};
 
@@ -21,65 +24,17 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 const SENDER: &str = "10.77.0.10";
 const SENDER_PORT: u16 = 6665;
 
-/// One record the guest wrote.
-struct Expected {
-    name: String,
-    /// The `<N>` it was written with: facility * 8 + level.
-    prio: u8,
-    text: Vec<u8>,
-}
-
 /// Every record of `ext.expected.json` the kernel logged (not those whose write was
-/// `rejected`). The file has one key per line; reading it that way keeps this crate free of a
-/// JSON dependency, and a change of layout fails loudly.
-fn expected_records() -> Vec<Expected> {
-    let path = fixture("ext.expected.json");
-    let json = std::fs::read_to_string(&path).expect("readable fixture");
-    let value = |line: &str, key: &str| -> Option<String> {
-        let rest = line.trim().strip_prefix(&format!("\"{key}\": "))?;
-        let rest = rest.trim_end_matches(',');
-        Some(rest.trim_matches('"').to_owned())
-    };
-    let mut records = Vec::new();
-    let (mut name, mut prio, mut text, mut rejected) = (None, None, None, false);
-    for line in json.lines() {
-        if let Some(v) = value(line, "name") {
-            name = Some(v);
-        } else if let Some(v) = value(line, "prio") {
-            prio = Some(v.parse::<u8>().expect("prio"));
-        } else if let Some(hex) = value(line, "text_hex") {
-            text = Some(
-                (0..hex.len())
-                    .step_by(2)
-                    .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex text"))
-                    .collect::<Vec<u8>>(),
-            );
-        } else if value(line, "rejected").is_some() {
-            rejected = true;
-        } else if line.trim().starts_with('}') {
-            // The document's own closing brace ends no record.
-            if name.is_none() && prio.is_none() && text.is_none() {
-                continue;
-            }
-            let name = name
-                .take()
-                .unwrap_or_else(|| panic!("a record without name in {}", path.display()));
-            let prio = prio
-                .take()
-                .unwrap_or_else(|| panic!("{name} has no prio in {}", path.display()));
-            let text = text
-                .take()
-                .unwrap_or_else(|| panic!("{name} has no text_hex in {}", path.display()));
-            if !std::mem::take(&mut rejected) {
-                records.push(Expected { name, prio, text });
-            }
-        }
-    }
+/// `rejected`).
+fn expected_records() -> Vec<ExpectedRecord> {
+    let records: Vec<ExpectedRecord> = expected::expected_records("ext")
+        .into_iter()
+        .filter(|r| !r.rejected)
+        .collect();
     assert!(
         records.len() > 200,
-        "only {} records in {}",
-        records.len(),
-        path.display()
+        "only {} records in ext.expected.json",
+        records.len()
     );
     records
 }

@@ -8,8 +8,11 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{sniff_on_link, stop};
 use netcon_testkit::outputs::sniffer_pid;
-use netcon_testkit::{LINE_TIMEOUT, Link, STATS_PREFIX, Sniffer, Topology, UdpFrame};
+use netcon_testkit::{FrameSender, LINE_TIMEOUT, Link, STATS_PREFIX, Sniffer, Topology, UdpFrame};
 
 /// Peak RSS allowed: the default 24 MiB budget plus the process's fixed cost (8 MiB ring
 /// buffer, binary, buffers).
@@ -47,11 +50,18 @@ fn victim_addr(link: &Link) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, link.subnet, 0, 20)), 6665)
 }
 
+/// Sends the genuine sender's record `k` (see [`victim_record`]) from [`victim_addr`].
+fn send_victim(sender: &mut FrameSender, link: &Link, k: u64, start: Instant, text: &str) {
+    sender.send(&frame_from(
+        link,
+        victim_addr(link),
+        victim_record(k, start, text),
+    ));
+}
+
 /// Stops the sniffer and returns its exit stats line, all of it (capture, decoder, sinks).
-fn stop(mut s: Sniffer) -> String {
-    s.sigterm();
-    let (status, stderr) = s.wait();
-    assert!(status.success(), "{stderr}");
+fn exit_stats(mut s: Sniffer) -> String {
+    let stderr = stop(&mut s);
     stderr
         .lines()
         .rev()
@@ -73,8 +83,7 @@ fn counter(stats: &str, name: &str) -> u64 {
 fn continuation_flood_stays_under_the_budget_and_the_victim_is_heard() {
     let topo = Topology::on_subnet(61);
     let link = topo.link();
-    let mut s = Sniffer::start(&topo.collector, &["-i", link.collector_if.as_str()]);
-    s.wait_ready();
+    let mut s = sniff_on_link(&topo, &[]);
     let pid = sniffer_pid(&s);
     let rss_at_start = peak_rss_kib(pid);
 
@@ -96,11 +105,7 @@ fn continuation_flood_stays_under_the_budget_and_the_victim_is_heard() {
             .collect();
         sender.send_paced(&frames, Duration::from_millis(1));
         victim += 1;
-        sender.send(&frame_from(
-            link,
-            victim_addr(link),
-            victim_record(victim, start, "during the flood"),
-        ));
+        send_victim(&mut sender, link, victim, start, "during the flood");
     }
     for k in 1..=victim {
         s.expect_line_containing(&format!("during the flood NCT-VICTIM {k}."), LINE_TIMEOUT);
@@ -111,7 +116,7 @@ fn continuation_flood_stays_under_the_budget_and_the_victim_is_heard() {
         peak < MAX_PEAK_RSS_KIB,
         "peak RSS {peak} KiB under a continuation flood"
     );
-    let stats = stop(s);
+    let stats = exit_stats(s);
     // Every flood record came out, cut at its bound, not held.
     assert!(counter(&stats, "continuations_cut") >= 4_900, "{stats}");
     assert_eq!(counter(&stats, "records_lost"), 0, "{stats}");
@@ -121,8 +126,7 @@ fn continuation_flood_stays_under_the_budget_and_the_victim_is_heard() {
 fn spoofed_source_spray_does_not_evict_a_talking_sender() {
     let topo = Topology::on_subnet(62);
     let link = topo.link();
-    let mut s = Sniffer::start(&topo.collector, &["-i", link.collector_if.as_str()]);
-    s.wait_ready();
+    let mut s = sniff_on_link(&topo, &[]);
     let pid = sniffer_pid(&s);
 
     // 24,000 one-off sources (10.62.0.100-199, 240 ports each), more than the 10,000 senders
@@ -136,11 +140,7 @@ fn spoofed_source_spray_does_not_evict_a_talking_sender() {
     let mut sender = topo.sender(link);
     let start = Instant::now();
     for (k, text) in [(1, "Kernel panic - not syncing: NCT"), (2, "RIP: before")] {
-        sender.send(&frame_from(
-            link,
-            victim_addr(link),
-            victim_record(k, start, text),
-        ));
+        send_victim(&mut sender, link, k, start, text);
     }
     let mut victim = 2u64;
     for half in 0..2u32 {
@@ -149,11 +149,7 @@ fn spoofed_source_spray_does_not_evict_a_talking_sender() {
             .collect();
         sender.send_paced(&frames, Duration::from_micros(20));
         victim += 1;
-        sender.send(&frame_from(
-            link,
-            victim_addr(link),
-            victim_record(victim, start, "during the spray"),
-        ));
+        send_victim(&mut sender, link, victim, start, "during the spray");
     }
     for k in 3..=victim {
         let printed =
@@ -162,11 +158,7 @@ fn spoofed_source_spray_does_not_evict_a_talking_sender() {
         assert!(printed.contains("<panic #"), "{printed}");
     }
     // One record of the victim goes missing: the gap is seen, so its sequence state survived.
-    sender.send(&frame_from(
-        link,
-        victim_addr(link),
-        victim_record(victim + 2, start, "after the spray"),
-    ));
+    send_victim(&mut sender, link, victim + 2, start, "after the spray");
     let lost = s.expect_line_containing(" -- LOST 1 records", LINE_TIMEOUT);
     assert!(lost.contains(" 10.62.0.20 "), "{lost}");
     s.expect_line_containing("after the spray", LINE_TIMEOUT);
@@ -174,7 +166,7 @@ fn spoofed_source_spray_does_not_evict_a_talking_sender() {
     let peak = peak_rss_kib(pid);
     eprintln!("spoofed spray: VmHWM {peak} KiB");
     assert!(peak < MAX_PEAK_RSS_KIB, "peak RSS {peak} KiB under a spray");
-    let stats = stop(s);
+    let stats = exit_stats(s);
     assert!(counter(&stats, "senders_evicted") >= 14_000, "{stats}");
     assert_eq!(counter(&stats, "reboots"), 0, "{stats}");
 }

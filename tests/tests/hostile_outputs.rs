@@ -6,13 +6,18 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{refused, sniff_on_link, start_on_link, stop};
 use netcon_testkit::outputs::{
     extended, file_lines, signal_sniffer, stats_counter, topology_on_subnet, wait_for_lines,
 };
-use netcon_testkit::{LINE_TIMEOUT, Link, PcapFile, Sniffer, TempDir, Topology, UdpFrame};
+use netcon_testkit::{
+    FrameSender, LINE_TIMEOUT, Link, PcapFile, Sniffer, TempDir, Topology, UdpFrame,
+};
 use nix::sys::signal::Signal;
 
 /// Forged panic senders: as many as in the report that found the hook starvable.
@@ -22,13 +27,26 @@ const SLOW_HOOK_SECONDS: u32 = 3;
 /// Frames of the burst sent while the reader is stopped: far more than a 1 MiB buffer holds.
 const BURST: usize = 20_000;
 
-/// Starts netcon-sniff on the collector side of `topo`'s link with `extra` arguments.
-fn sniff_live(topo: &Topology, extra: &[&str]) -> Sniffer {
-    let mut args = vec!["-i", topo.link().collector_if.as_str()];
-    args.extend_from_slice(extra);
-    let mut s = Sniffer::start(&topo.collector, &args);
-    s.wait_ready();
-    s
+/// Sends `count` extended records `MARKER record SEQ` (SEQ from 1) from the sender of `topo`'s
+/// link, one at a time, each once `s` has printed the one before; returns the printed lines.
+fn send_records(topo: &Topology, s: &mut Sniffer, marker: &str, count: u64) -> Vec<String> {
+    let link = topo.link();
+    let mut sender = topo.sender(link);
+    (1..=count)
+        .map(|seq| {
+            let text = format!("{marker} record {seq}");
+            sender.send(&UdpFrame::v4(link, extended(6, seq, 1000 + seq, &text)).build());
+            s.expect_line_containing(&text, LINE_TIMEOUT)
+        })
+        .collect()
+}
+
+/// [`sniff_on_link`] with `--user nobody` and `option` naming `path`.
+fn sniff_as_nobody(topo: &Topology, option: &str, path: &Path) -> Sniffer {
+    sniff_on_link(
+        topo,
+        &["--user", "nobody", option, path.to_str().expect("UTF-8")],
+    )
 }
 
 /// A frame from `link`'s sender, but with the IPv4 source `10.N.0.last` (N the link's subnet).
@@ -41,39 +59,89 @@ fn forged(link: &Link, last: u8, payload: Vec<u8>) -> Vec<u8> {
     frame.build()
 }
 
-fn executable(path: &Path, script: &str) {
-    std::fs::write(path, script).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
-        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+/// Polls until `done` holds, failing with `what` once [`LINE_TIMEOUT`] has passed.
+fn wait_until(mut done: impl FnMut() -> bool, what: impl Fn() -> String) {
+    let deadline = Instant::now() + LINE_TIMEOUT;
+    while !done() {
+        assert!(Instant::now() < deadline, "{}", what());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A panic hook in a directory of its own: a script that appends each run's sender to
+/// `out`, then does what the test gives it.
+struct Hook {
+    dir: TempDir,
+    script: PathBuf,
+    out: PathBuf,
+}
+
+impl Hook {
+    /// Writes the script: the `echo` to `out`, then `rest` (shell lines).
+    fn new(name: &str, rest: impl FnOnce(&TempDir) -> String) -> Hook {
+        let dir = TempDir::new(name);
+        let script = dir.join("hook.sh");
+        let out = dir.join("hook.out");
+        let text = format!(
+            "#!/bin/sh\necho \"$NETCON_SENDER\" >> '{}'\n{}",
+            out.display(),
+            rest(&dir)
+        );
+        std::fs::write(&script, text)
+            .unwrap_or_else(|e| panic!("writing {}: {e}", script.display()));
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", script.display()));
+        Hook { dir, script, out }
+    }
+
+    /// Starts netcon-sniff on `topo` printing JSON, with this script as `--on-panic`.
+    fn sniff(&self, topo: &Topology) -> Sniffer {
+        sniff_on_link(
+            topo,
+            &[
+                "--format",
+                "json",
+                "--on-panic",
+                self.script.to_str().expect("UTF-8"),
+            ],
+        )
+    }
+}
+
+/// Sends the genuine sender's own panic report, waits until it is printed, and returns the
+/// sender as its hook sees it (`NETCON_SENDER`).
+fn send_genuine_panic(sender: &mut FrameSender, link: &Link, s: &mut Sniffer, seq: u64) -> String {
+    sender.send(
+        &UdpFrame::v4(
+            link,
+            extended(0, seq, 9000, "Kernel panic - not syncing: genuine"),
+        )
+        .build(),
+    );
+    s.expect_line_containing("not syncing: genuine", LINE_TIMEOUT);
+    format!("{}:6665", link.sender_v4)
+}
+
+/// Waits for the `hook_late` notice of `genuine`'s report (among the forged reports' notices).
+fn expect_hook_late(s: &mut Sniffer, genuine: &str) {
+    while !s
+        .expect_line_containing("\"type\":\"hook_late\"", LINE_TIMEOUT)
+        .contains(genuine)
+    {}
 }
 
 #[test]
 fn forged_panics_from_many_senders_do_not_starve_the_genuine_hook() {
     let topo = topology_on_subnet(45);
     let link = topo.link();
-    let dir = TempDir::new("hostile-hook");
-    let script = dir.join("hook.sh");
-    let out = dir.join("hook.out");
     // Records every run; the forged senders' runs are a slow pager.
-    executable(
-        &script,
-        &format!(
-            "#!/bin/sh\n\
-             echo \"$NETCON_SENDER\" >> '{}'\n\
-             case \"$NETCON_SENDER\" in {}:*) ;; *) sleep {SLOW_HOOK_SECONDS};; esac\n",
-            out.display(),
+    let hook = Hook::new("hostile-hook", |_| {
+        format!(
+            "case \"$NETCON_SENDER\" in {}:*) ;; *) sleep {SLOW_HOOK_SECONDS};; esac\n",
             link.sender_v4
-        ),
-    );
-    let mut s = sniff_live(
-        &topo,
-        &[
-            "--format",
-            "json",
-            "--on-panic",
-            script.to_str().expect("UTF-8"),
-        ],
-    );
+        )
+    });
+    let mut s = hook.sniff(&topo);
     let mut sender = topo.sender(link);
     for i in 0..FORGED {
         sender.send(&forged(
@@ -87,29 +155,16 @@ fn forged_panics_from_many_senders_do_not_starve_the_genuine_hook() {
     }
     // A second later, with every slot busy with forged reports, the real one.
     std::thread::sleep(Duration::from_secs(1));
-    sender.send(
-        &UdpFrame::v4(
-            link,
-            extended(0, 7, 9000, "Kernel panic - not syncing: genuine"),
-        )
-        .build(),
-    );
-    s.expect_line_containing("not syncing: genuine", LINE_TIMEOUT);
+    let genuine = send_genuine_panic(&mut sender, link, &mut s, 7);
 
-    let genuine = format!("{}:6665", link.sender_v4);
-    let runs = wait_for_lines(&out, usize::from(FORGED) + 1);
+    let runs = wait_for_lines(&hook.out, usize::from(FORGED) + 1);
     assert!(
         runs.contains(&genuine),
         "the genuine hook never ran: {runs:#?}"
     );
-    // It waited for a slot, and the output stream says so (among the forged reports' notices).
-    while !s
-        .expect_line_containing("\"type\":\"hook_late\"", LINE_TIMEOUT)
-        .contains(&genuine)
-    {}
-    s.sigterm();
-    let (status, stderr) = s.wait();
-    assert!(status.success(), "{stderr}");
+    // It waited for a slot, and the output stream says so.
+    expect_hook_late(&mut s, &genuine);
+    let stderr = stop(&mut s);
     assert_eq!(
         stats_counter(&stderr, "hooks_run"),
         u64::from(FORGED) + 1,
@@ -126,32 +181,17 @@ const SPRAY: u16 = 300;
 fn a_spray_of_forged_panics_beyond_the_queue_does_not_crowd_out_a_known_sender() {
     let topo = topology_on_subnet(45);
     let link = topo.link();
-    let dir = TempDir::new("hostile-spray");
-    let script = dir.join("hook.sh");
-    let out = dir.join("hook.out");
-    let done = dir.join("done");
     // Forged runs are slow until the genuine one has run; then they end at once.
-    executable(
-        &script,
-        &format!(
-            "#!/bin/sh\n\
-             echo \"$NETCON_SENDER\" >> '{out}'\n\
-             case \"$NETCON_SENDER\" in {genuine}:*) touch '{done}';; \
+    let hook = Hook::new("hostile-spray", |dir| {
+        format!(
+            "case \"$NETCON_SENDER\" in {genuine}:*) touch '{done}';; \
              *) [ -e '{done}' ] || sleep {SLOW_HOOK_SECONDS};; esac\n",
-            out = out.display(),
-            done = done.display(),
+            done = dir.join("done").display(),
             genuine = link.sender_v4
-        ),
-    );
-    let mut s = sniff_live(
-        &topo,
-        &[
-            "--format",
-            "json",
-            "--on-panic",
-            script.to_str().expect("UTF-8"),
-        ],
-    );
+        )
+    });
+    let done = hook.dir.join("done");
+    let mut s = hook.sniff(&topo);
     let mut sender = topo.sender(link);
     // The real machine has been logging before the attack.
     sender.send(&UdpFrame::v4(link, extended(6, 1, 1000, "NCT-SPRAY booted")).build());
@@ -183,29 +223,18 @@ fn a_spray_of_forged_panics_beyond_the_queue_does_not_crowd_out_a_known_sender()
     for _ in 0..SPRAY {
         s.expect_line_containing("not syncing: sprayed", LINE_TIMEOUT);
     }
-    sender.send(
-        &UdpFrame::v4(
-            link,
-            extended(0, 2, 9000, "Kernel panic - not syncing: genuine"),
-        )
-        .build(),
-    );
-    s.expect_line_containing("not syncing: genuine", LINE_TIMEOUT);
+    let genuine = send_genuine_panic(&mut sender, link, &mut s, 2);
 
-    let genuine = format!("{}:6665", link.sender_v4);
-    let deadline = std::time::Instant::now() + LINE_TIMEOUT;
-    while !done.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the genuine hook never ran; runs: {:?}",
-            file_lines(&out).map(|l| l.len())
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    while !s
-        .expect_line_containing("\"type\":\"hook_late\"", LINE_TIMEOUT)
-        .contains(&genuine)
-    {}
+    wait_until(
+        || done.exists(),
+        || {
+            format!(
+                "the genuine hook never ran; runs: {:?}",
+                file_lines(&hook.out).map(|l| l.len())
+            )
+        },
+    );
+    expect_hook_late(&mut s, &genuine);
     // The spray beyond slots and queue was skipped, visibly.
     assert!(
         s.stdout_lines()
@@ -213,9 +242,7 @@ fn a_spray_of_forged_panics_beyond_the_queue_does_not_crowd_out_a_known_sender()
             .any(|l| l.contains("\"type\":\"hook_skipped\"") && l.contains("queue_full")),
         "no hook_skipped notice"
     );
-    s.sigterm();
-    let (status, stderr) = s.wait();
-    assert!(status.success(), "{stderr}");
+    let stderr = stop(&mut s);
     assert!(stats_counter(&stderr, "hooks_skipped") > 0, "{stderr}");
 }
 
@@ -225,30 +252,14 @@ fn user_nobody_with_a_new_log_dir_writes_every_record() {
     let link = topo.link();
     let dir = TempDir::new("hostile-user");
     let logs = dir.join("new-logs");
-    let mut s = sniff_live(
-        &topo,
-        &[
-            "--user",
-            "nobody",
-            "--log-dir",
-            logs.to_str().expect("UTF-8"),
-        ],
-    );
-    let mut sender = topo.sender(link);
+    let mut s = sniff_as_nobody(&topo, "--log-dir", &logs);
     let records = 100;
-    let mut printed = Vec::with_capacity(records);
-    for seq in 1..=records {
-        let text = format!("NCT-USER record {seq}");
-        sender.send(&UdpFrame::v4(link, extended(6, seq as u64, 1000 + seq as u64, &text)).build());
-        printed.push(s.expect_line_containing(&text, LINE_TIMEOUT));
-    }
+    let printed = send_records(&topo, &mut s, "NCT-USER", records);
     let file = logs.join(format!("{}.log", link.sender_v4));
     assert_eq!(file_lines(&file), Some(printed));
-    s.sigterm();
-    let (status, stderr) = s.wait();
-    assert!(status.success(), "{stderr}");
+    let stderr = stop(&mut s);
     assert_eq!(stats_counter(&stderr, "files_errors"), 0, "{stderr}");
-    assert_eq!(stats_counter(&stderr, "files_written"), records as u64);
+    assert_eq!(stats_counter(&stderr, "files_written"), records);
 }
 
 #[test]
@@ -256,19 +267,16 @@ fn user_nobody_with_a_log_dir_it_cannot_write_is_refused_at_start() {
     let topo = topology_on_subnet(47);
     let dir = TempDir::new("hostile-user-refused");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let mut s = Sniffer::start(
-        &topo.collector,
+    let mut s = start_on_link(
+        &topo,
         &[
-            "-i",
-            topo.link().collector_if.as_str(),
             "--user",
             "nobody",
             "--log-dir",
             dir.path().to_str().expect("UTF-8"),
         ],
     );
-    let (status, stderr) = s.wait();
-    assert_eq!(status.code(), Some(2), "{stderr}");
+    let stderr = refused(&mut s);
     let lines: Vec<&str> = stderr
         .lines()
         .filter(|l| !l.starts_with("listening on "))
@@ -285,22 +293,11 @@ fn user_nobody_with_a_log_dir_it_cannot_write_is_refused_at_start() {
 #[test]
 fn user_nobody_keeps_writing_the_pcap_file() {
     let topo = topology_on_subnet(40);
-    let link = topo.link();
     let dir = TempDir::new("hostile-user-pcap");
     let pcap = dir.join("out.pcap");
-    let mut s = sniff_live(
-        &topo,
-        &["--user", "nobody", "-w", pcap.to_str().expect("UTF-8")],
-    );
-    let mut sender = topo.sender(link);
-    for seq in 1..=5 {
-        let text = format!("NCT-PCAP record {seq}");
-        sender.send(&UdpFrame::v4(link, extended(6, seq, 1000 + seq, &text)).build());
-        s.expect_line_containing(&text, LINE_TIMEOUT);
-    }
-    s.sigterm();
-    let (status, stderr) = s.wait();
-    assert!(status.success(), "{stderr}");
+    let mut s = sniff_as_nobody(&topo, "-w", &pcap);
+    send_records(&topo, &mut s, "NCT-PCAP", 5);
+    stop(&mut s);
     // Opened as root before the drop; written as nobody through the descriptor.
     assert_eq!(PcapFile::read(&pcap).records.len(), 5);
 }
@@ -350,17 +347,15 @@ fn a_closed_stdout_still_lets_the_files_have_what_was_held() {
             .src_port(6664)
             .build(),
     );
-    let deadline = std::time::Instant::now() + LINE_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still running after stdout closed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let mut exit = None;
+    wait_until(
+        || {
+            exit = child.try_wait().expect("wait");
+            exit.is_some()
+        },
+        || "still running after stdout closed".to_owned(),
+    );
+    let status = exit.expect("exited");
     let stderr = reader.join().expect("stderr reader").join("\n");
     assert!(
         status.success(),
@@ -385,7 +380,7 @@ fn ring_overflow_is_a_capture_lost_event(backend: &str, subnet: u8, reason: &str
     let topo = topology_on_subnet(subnet);
     let link = topo.link();
     let dir = TempDir::new("hostile-lost");
-    let mut s = sniff_live(
+    let mut s = sniff_on_link(
         &topo,
         &[
             "--backend",
@@ -431,22 +426,16 @@ fn ring_overflow_is_a_capture_lost_event(backend: &str, subnet: u8, reason: &str
     assert!(frames_lost > 0, "{lost}");
 
     let file = dir.join(&format!("{}.log", link.sender_v4));
-    let deadline = std::time::Instant::now() + LINE_TIMEOUT;
-    while !file_lines(&file)
-        .unwrap_or_default()
-        .iter()
-        .any(|l| l.contains("-- CAPTURE LOST"))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no CAPTURE LOST line in {}",
-            file.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    s.sigterm();
-    let (status, stderr) = s.wait();
-    assert!(status.success(), "{stderr}");
+    wait_until(
+        || {
+            file_lines(&file)
+                .unwrap_or_default()
+                .iter()
+                .any(|l| l.contains("-- CAPTURE LOST"))
+        },
+        || format!("no CAPTURE LOST line in {}", file.display()),
+    );
+    let stderr = stop(&mut s);
     assert!(
         stats_counter(&stderr, "capture_lost") >= frames_lost,
         "{stderr}"

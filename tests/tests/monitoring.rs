@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{refused, sniff_on_link, start_on_link, stop};
 use netcon_testkit::outputs::signal_sniffer;
 use netcon_testkit::prometheus::{Prometheus, http_get, promtool_check_metrics};
 use netcon_testkit::{LINE_TIMEOUT, Link, Netns, Sniffer, TempDir, Topology, UdpFrame, fixture};
@@ -90,11 +93,9 @@ fn metrics_pass_promtool_and_count_what_was_sent() {
     let logs = TempDir::new("metrics-logs");
     // Sinks too, so that their families (with a `url` label) go through promtool as well; no
     // NATS server is there, its families are exposed all the same.
-    let mut s = Sniffer::start_ready(
-        &topo.collector,
+    let mut s = sniff_on_link(
+        &topo,
         &[
-            "-i",
-            iface,
             "--metrics",
             METRICS,
             "--metrics-per-sender",
@@ -186,9 +187,7 @@ fn metrics_pass_promtool_and_count_what_was_sent() {
         .collector
         .run_in(|| http_get(addr(METRICS), "/nothing"));
     assert_eq!(status, 404);
-    s.sigterm();
-    let (status, stderr) = s.wait();
-    assert!(status.success(), "{stderr}");
+    stop(&mut s);
 }
 
 /// Prometheus scrapes the real endpoint every second; its own query API then sums
@@ -197,10 +196,7 @@ fn metrics_pass_promtool_and_count_what_was_sent() {
 fn prometheus_scrapes_the_records_sent() {
     let topo = Topology::new();
     let link = topo.link();
-    let mut s = Sniffer::start_ready(
-        &topo.collector,
-        &["-i", link.collector_if.as_str(), "--metrics", METRICS],
-    );
+    let mut s = sniff_on_link(&topo, &["--metrics", METRICS]);
     let mut prometheus = Prometheus::start(
         &topo.collector,
         addr(PROMETHEUS),
@@ -232,8 +228,7 @@ fn prometheus_scrapes_the_records_sent() {
         "the target is up"
     );
     drop(prometheus);
-    s.sigterm();
-    assert!(s.wait().0.success());
+    stop(&mut s);
 }
 
 /// A socket standing in for systemd's: what netcon-sniff sends to `NOTIFY_SOCKET`.
@@ -357,10 +352,7 @@ fn json_lines(lines: &[String], kind: &str) -> Vec<serde_json::Value> {
 fn stats_format_json_on_sigusr1_and_at_exit() {
     let topo = Topology::new();
     let link = topo.link();
-    let mut s = Sniffer::start_ready(
-        &topo.collector,
-        &["-i", link.collector_if.as_str(), "--stats-format", "json"],
-    );
+    let mut s = sniff_on_link(&topo, &["--stats-format", "json"]);
     // Long enough for an XDP reader to find the ring empty and park (three empty 500 µs
     // drains), so that the first frame must wake it.
     std::thread::sleep(Duration::from_millis(500));
@@ -410,8 +402,7 @@ fn stats_format_json_on_sigusr1_and_at_exit() {
         let used = stats["capture"]["ringbuf_used"].as_u64();
         assert!(used.is_some() && used <= size, "{stats}");
     }
-    s.sigterm();
-    assert!(s.wait().0.success());
+    stop(&mut s);
     let summary = json_lines(s.stderr_lines(), "summary");
     assert_eq!(summary.len(), 1, "{:#?}", s.stderr_lines());
     assert_eq!(summary[0]["records"], 4);
@@ -469,16 +460,11 @@ fn stats_format_json_summary_of_a_file() {
 #[test]
 fn metrics_port_in_use_is_an_error_at_start() {
     let topo = Topology::new();
-    let link = topo.link();
     let _taken = topo
         .collector
         .run_in(|| std::net::TcpListener::bind(METRICS).expect("bind"));
-    let mut s = Sniffer::start(
-        &topo.collector,
-        &["-i", link.collector_if.as_str(), "--metrics", METRICS],
-    );
-    let (status, stderr) = s.wait();
-    assert_eq!(status.code(), Some(2), "{stderr}");
+    let mut s = start_on_link(&topo, &["--metrics", METRICS]);
+    let stderr = refused(&mut s);
     assert!(
         stderr.contains(&format!("--metrics {METRICS}: cannot listen")),
         "{stderr}"

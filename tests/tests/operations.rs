@@ -3,8 +3,11 @@
 
 use std::time::Duration;
 
+mod common;
+
+use common::{refused, sniff_on_link, start_on_link, stop};
 use netcon_testkit::outputs::sniffer_pid;
-use netcon_testkit::{BROADCAST_MAC, LINE_TIMEOUT, Sniffer, Topology, UdpFrame};
+use netcon_testkit::{BROADCAST_MAC, LINE_TIMEOUT, Topology, UdpFrame};
 
 /// Fields of `/proc/PID/status` that show who a process is and what it may do.
 fn status_field(pid: u32, field: &str) -> String {
@@ -22,11 +25,7 @@ fn status_field(pid: u32, field: &str) -> String {
 fn user_drops_root_and_keeps_capturing() {
     let topo = Topology::new();
     let link = topo.link();
-    let mut s = Sniffer::start(
-        &topo.collector,
-        &["-i", link.collector_if.as_str(), "--user", "nobody"],
-    );
-    s.wait_ready();
+    let mut s = sniff_on_link(&topo, &["--user", "nobody"]);
     // The switch happens right after the ready lines; give it a moment to be visible.
     let pid = sniffer_pid(&s);
     let mut uid = String::new();
@@ -56,9 +55,7 @@ fn user_drops_root_and_keeps_capturing() {
     topo.sender(link).send(&frame.build());
     let printed = s.expect_line_containing("NCT unprivileged hello", LINE_TIMEOUT);
     assert!(printed.contains(" kern.info "), "{printed}");
-    s.sigterm();
-    let (status, stderr) = s.wait();
-    assert!(status.success(), "{stderr}");
+    let stderr = stop(&mut s);
     assert!(
         stderr.contains("matched=1 "),
         "counters still readable after the drop:\n{stderr}"
@@ -68,18 +65,8 @@ fn user_drops_root_and_keeps_capturing() {
 #[test]
 fn unknown_user_is_an_error_not_a_root_run() {
     let topo = Topology::new();
-    let link = topo.link();
-    let mut s = Sniffer::start(
-        &topo.collector,
-        &[
-            "-i",
-            link.collector_if.as_str(),
-            "--user",
-            "nct-no-such-user",
-        ],
-    );
-    let (status, stderr) = s.wait();
-    assert_eq!(status.code(), Some(2), "{stderr}");
+    let mut s = start_on_link(&topo, &["--user", "nct-no-such-user"]);
+    let stderr = refused(&mut s);
     assert!(stderr.contains("nct-no-such-user"), "{stderr}");
 }
 
@@ -87,11 +74,7 @@ fn unknown_user_is_an_error_not_a_root_run() {
 fn allow_keeps_only_listed_senders_and_usr1_prints_stats() {
     let topo = Topology::new();
     let link = topo.link();
-    let mut s = Sniffer::start(
-        &topo.collector,
-        &["-i", link.collector_if.as_str(), "--allow", "10.200.0.0/16"],
-    );
-    s.wait_ready();
+    let mut s = sniff_on_link(&topo, &["--allow", "10.200.0.0/16"]);
     // The sender is 10.N.0.10, outside the allowed prefix.
     let frame = UdpFrame::v4(link, b"6,1,1,-;NCT denied\n".to_vec());
     topo.sender(link).send(&frame.build());

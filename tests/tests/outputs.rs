@@ -7,11 +7,14 @@
 use std::path::Path;
 use std::time::Duration;
 
+mod common;
+
+use common::{sniff_on_link, stop};
 use netcon_testkit::outputs::{
     NetnsHosts, env_recording_hook, extended, file_lines, mode_of, signal_sniffer, stats_counter,
     topology_on_subnet, wait_for_lines,
 };
-use netcon_testkit::{LINE_TIMEOUT, Sniffer, TempDir, Topology, UdpFrame, fixture};
+use netcon_testkit::{LINE_TIMEOUT, Sniffer, TempDir, UdpFrame, fixture};
 use nix::sys::signal::Signal;
 
 /// How long to keep watching for something that must not happen (a second hook run), after
@@ -41,15 +44,6 @@ fn read_capture_into(dir: &Path) -> (Vec<String>, String) {
         "netcon-sniff failed ({status}):\n{stderr}"
     );
     (s.stdout_lines().to_vec(), stderr)
-}
-
-/// Starts netcon-sniff on the collector side of `topo`'s link with `extra` arguments.
-fn sniff_live(topo: &Topology, extra: &[&str]) -> Sniffer {
-    let mut args = vec!["-i", topo.link().collector_if.as_str()];
-    args.extend_from_slice(extra);
-    let mut s = Sniffer::start(&topo.collector, &args);
-    s.wait_ready();
-    s
 }
 
 #[test]
@@ -100,7 +94,7 @@ fn log_dir_reopens_on_sighup_after_logrotate_moved_the_file() {
     let name = format!("{}.log", link.sender_v4);
     let file = dir.join(&name);
     let rotated = dir.join(&format!("{name}.1"));
-    let mut s = sniff_live(&topo, &["--log-dir", dir.path().to_str().expect("UTF-8")]);
+    let mut s = sniff_on_link(&topo, &["--log-dir", dir.path().to_str().expect("UTF-8")]);
     let mut sender = topo.sender(link);
     let mut send = |seq: u64, text: &str| {
         let payload = extended(6, seq, 1_000_000 + seq, text);
@@ -148,9 +142,7 @@ fn log_dir_reopens_on_sighup_after_logrotate_moved_the_file() {
     assert_eq!(both, printed);
     assert_eq!(mode_of(&file) & !0o640, 0, "mode {:o}", mode_of(&file));
 
-    s.sigterm();
-    let (status, stderr) = s.wait();
-    assert!(status.success(), "{stderr}");
+    let stderr = stop(&mut s);
     assert_eq!(stats_counter(&stderr, "files_errors"), 0, "{stderr}");
     assert_eq!(
         stats_counter(&stderr, "files_written"),
@@ -168,7 +160,7 @@ fn log_dir_resolve_names_files_by_host_and_falls_back_to_the_address() {
         &format!("{} Sender-44.netcon.test\n", link.sender_v4),
     );
     let dir = TempDir::new("logdir-resolve");
-    let mut s = sniff_live(
+    let mut s = sniff_on_link(
         &topo,
         &[
             "--log-dir",
@@ -202,9 +194,7 @@ fn log_dir_resolve_names_files_by_host_and_falls_back_to_the_address() {
         file_lines(&dir.join(&format!("{}.log", link.sender_v6))),
         Some(vec![v6])
     );
-    s.sigterm();
-    let (status, stderr) = s.wait();
-    assert!(status.success(), "{stderr}");
+    let stderr = stop(&mut s);
     assert_eq!(
         stats_counter(&stderr, "files_written"),
         printed.len() as u64 + 1,
@@ -218,7 +208,7 @@ fn on_panic_runs_once_per_interval_with_the_environment() {
     let link = topo.link();
     let dir = TempDir::new("on-panic");
     let (command, out) = env_recording_hook(dir.path());
-    let mut s = sniff_live(
+    let mut s = sniff_on_link(
         &topo,
         &["--on-panic", &command, "--on-panic-interval", "3600"],
     );
@@ -258,9 +248,7 @@ fn on_panic_runs_once_per_interval_with_the_environment() {
         )
     );
 
-    s.sigterm();
-    let (status, stderr) = s.wait();
-    assert!(status.success(), "{stderr}");
+    let stderr = stop(&mut s);
     assert_eq!(stats_counter(&stderr, "hooks_run"), 1, "{stderr}");
     assert_eq!(stats_counter(&stderr, "hooks_failed"), 0, "{stderr}");
     assert_eq!(stats_counter(&stderr, "hooks_suppressed"), 1, "{stderr}");
@@ -270,7 +258,7 @@ fn on_panic_runs_once_per_interval_with_the_environment() {
 fn on_panic_with_a_missing_command_keeps_printing() {
     let topo = topology_on_subnet(43);
     let link = topo.link();
-    let mut s = sniff_live(&topo, &["--on-panic", "/nonexistent/netcon-hook"]);
+    let mut s = sniff_on_link(&topo, &["--on-panic", "/nonexistent/netcon-hook"]);
     let mut sender = topo.sender(link);
     let mut send = |payload: Vec<u8>| sender.send(&UdpFrame::v4(link, payload).build());
 
@@ -279,9 +267,7 @@ fn on_panic_with_a_missing_command_keeps_printing() {
     send(extended(6, 21, 2001, "NCT-HOOK still printing"));
     s.expect_line_containing("NCT-HOOK still printing", LINE_TIMEOUT);
 
-    s.sigterm();
-    let (status, stderr) = s.wait();
-    assert!(status.success(), "{stderr}");
+    let stderr = stop(&mut s);
     assert!(
         stderr.contains("/nonexistent/netcon-hook"),
         "the failure is logged:\n{stderr}"

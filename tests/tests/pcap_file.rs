@@ -9,6 +9,9 @@
 use std::net::{IpAddr, SocketAddr};
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+mod common;
+
+use common::expected::expected_records;
 use netcon_testkit::{
     LINKTYPE_ETHERNET, Netns, PcapFile, RawLine, Sniffer, TempDir, fixture, rfc3339_micros,
     without_stats, write_file,
@@ -41,42 +44,6 @@ fn decode(frame: &[u8]) -> (SocketAddr, SocketAddr, Vec<u8>) {
         SocketAddr::new(dst, udp.destination_port()),
         udp.payload().to_vec(),
     )
-}
-
-/// `(name, text)` of every record of `<name>.expected.json` whose `kind` is `marker` or `burst`.
-/// The file has one key per line (`"name": "..."`, then `"kind"`, then `"text_hex"`); reading
-/// it that way keeps this crate free of a JSON dependency, and a change of layout fails loudly.
-fn expected_records(name: &str) -> Vec<(String, Vec<u8>)> {
-    let path = fixture(&format!("{name}.expected.json"));
-    let json = std::fs::read_to_string(&path).expect("readable fixture");
-    let value = |line: &str, key: &str| -> Option<String> {
-        let rest = line.trim().strip_prefix(&format!("\"{key}\": \""))?;
-        Some(rest.trim_end_matches(',').strip_suffix('"')?.to_owned())
-    };
-    let mut records = Vec::new();
-    let (mut rec_name, mut kind) = (None, None);
-    for line in json.lines() {
-        if let Some(v) = value(line, "name") {
-            rec_name = Some(v);
-        } else if let Some(v) = value(line, "kind") {
-            kind = Some(v);
-        } else if let Some(hex) = value(line, "text_hex") {
-            let n = rec_name
-                .take()
-                .unwrap_or_else(|| panic!("text_hex before name in {}", path.display()));
-            let k = kind
-                .take()
-                .unwrap_or_else(|| panic!("no kind for {n} in {}", path.display()));
-            let text = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex text"))
-                .collect();
-            if k == "marker" || k == "burst" {
-                records.push((n, text));
-            }
-        }
-    }
-    records
 }
 
 /// `-r` on a fixture: one line per frame, in order, each with the frame's time, addresses and
@@ -126,7 +93,12 @@ fn read_fixture(name: &str, frames: usize) {
         payloads.push(payload);
     }
 
-    let records = expected_records(name);
+    // The records the decoder must print each in one line.
+    let records: Vec<(String, Vec<u8>)> = expected_records(name)
+        .into_iter()
+        .filter(|r| r.kind == "marker" || r.kind == "burst")
+        .map(|r| (r.name, r.text))
+        .collect();
     assert_eq!(records.len(), 213, "marker and burst records of {name}");
     let mut checked = 0;
     for (rec_name, text) in &records {

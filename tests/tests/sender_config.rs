@@ -92,6 +92,21 @@ fn sender_config(ns: &Netns, args: &[&str]) -> String {
     out.stdout
 }
 
+/// Runs sender-config in `ns` for `target` with `extra` arguments, letting the next hop take
+/// as long as it needs to resolve; returns stdout as [`sender_config`] does.
+fn sender_config_for(ns: &Netns, target: &str, extra: &[&str]) -> String {
+    let mut args = vec!["--target", target, "--resolve-ms", RESOLVE_GENEROUSLY];
+    args.extend_from_slice(extra);
+    sender_config(ns, &args)
+}
+
+/// The text output for `target` (resolved as in [`sender_config_for`]), and that text taken apart.
+fn printed_for(ns: &Netns, target: &str) -> (String, Printed) {
+    let text = sender_config_for(ns, target, &[]);
+    let printed = Printed::parse(&text);
+    (text, printed)
+}
+
 /// Runs sender-config in `ns` (or outside any test namespace) expecting exit code 2 and one
 /// line on stderr; returns that line.
 fn sender_config_error(ns: Option<&Netns>, args: &[&str]) -> String {
@@ -278,6 +293,16 @@ impl Printed {
         }
     }
 
+    /// The option string sets `expected` and the configfs commands set the same target.
+    fn check_target(&self, expected: &Param, text: &str) {
+        assert_eq!(&self.param, expected, "{text}");
+        self.check_configfs_matches();
+    }
+
+    fn check_no_warnings(&self) {
+        assert!(self.warnings.is_empty(), "{:?}", self.warnings);
+    }
+
     /// The configfs commands set the same target as the option string, and enable it last.
     fn check_configfs_matches(&self) {
         let p = &self.param;
@@ -365,19 +390,12 @@ fn json_warning_kinds(json: &str) -> Vec<String> {
 fn same_segment_target_gets_its_mac() {
     let net = OnLink::new(60);
     let s = &net.segment;
-    let target = s.far_v4.to_string();
-    let text = sender_config(
-        &net.sender,
-        &["--target", &target, "--resolve-ms", RESOLVE_GENEROUSLY],
+    let (text, printed) = printed_for(&net.sender, &s.far_v4.to_string());
+    printed.check_target(
+        &expect_param(&s.near_v4, &s.near_if, &s.far_v4, Some(s.far_mac)),
+        &text,
     );
-    let printed = Printed::parse(&text);
-    assert_eq!(
-        printed.param,
-        expect_param(&s.near_v4, &s.near_if, &s.far_v4, Some(s.far_mac)),
-        "{text}"
-    );
-    printed.check_configfs_matches();
-    assert!(printed.warnings.is_empty(), "{:?}", printed.warnings);
+    printed.check_no_warnings();
 
     // Ports, `+` and `r`, and the configfs name, now with the neighbour entry in place.
     let target = format!("{}:7000", s.far_v4);
@@ -398,8 +416,7 @@ fn same_segment_target_gets_its_mac() {
     expected.release = true;
     expected.src_port = "7001".into();
     expected.target_port = "7000".into();
-    assert_eq!(printed.param, expected, "{text}");
-    printed.check_configfs_matches();
+    printed.check_target(&expected, &text);
     assert!(
         text.contains(&format!(
             "modprobe netconsole netconsole=+r7001@{}/{},7000@{}/{}\n",
@@ -428,17 +445,7 @@ fn target_behind_a_gateway_gets_the_gateway_mac() {
             first.far_v6.into(),
         ),
     ] {
-        let json = sender_config(
-            &net.sender,
-            &[
-                "--target",
-                &target.to_string(),
-                "--format",
-                "json",
-                "--resolve-ms",
-                RESOLVE_GENEROUSLY,
-            ],
-        );
+        let json = sender_config_for(&net.sender, &target.to_string(), &["--format", "json"]);
         let param = Param::parse(&json_field(&json, "netconsole"));
         param.check_syntax();
         // The gateway's MAC on the sender's segment, never the collector's.
@@ -462,12 +469,7 @@ fn unresolvable_neighbour_gives_broadcast_and_a_warning() {
     let absent = s.absent_v4().to_string();
     let text = sender_config(&net.sender, &["--target", &absent, "--resolve-ms", "300"]);
     let printed = Printed::parse(&text);
-    assert_eq!(
-        printed.param,
-        expect_param(&s.near_v4, &s.near_if, &absent, None),
-        "{text}"
-    );
-    printed.check_configfs_matches();
+    printed.check_target(&expect_param(&s.near_v4, &s.near_if, &absent, None), &text);
     assert_eq!(printed.warnings.len(), 1, "{text}");
     let warning = &printed.warnings[0];
     assert!(
@@ -508,50 +510,28 @@ fn ipv6_targets() {
     let net = OnLink::new(64);
     let s = &net.segment;
 
-    let target = format!("[{}]:6666", s.far_v6);
-    let text = sender_config(
-        &net.sender,
-        &["--target", &target, "--resolve-ms", RESOLVE_GENEROUSLY],
+    let (text, printed) = printed_for(&net.sender, &format!("[{}]:6666", s.far_v6));
+    printed.check_target(
+        &expect_param(&s.near_v6, &s.near_if, &s.far_v6, Some(s.far_mac)),
+        &text,
     );
-    let printed = Printed::parse(&text);
-    assert_eq!(
-        printed.param,
-        expect_param(&s.near_v6, &s.near_if, &s.far_v6, Some(s.far_mac)),
-        "{text}"
-    );
-    printed.check_configfs_matches();
-    assert!(printed.warnings.is_empty(), "{:?}", printed.warnings);
+    printed.check_no_warnings();
 
     // A link-local target with its device: the sender's link-local source, no warning.
     let (near_ll, far_ll) = (
         link_local(&net.sender, &s.near_if),
         link_local(&net.collector, &s.far_if),
     );
-    let target = format!("[{far_ll}%{}]", s.near_if);
-    let text = sender_config(
-        &net.sender,
-        &["--target", &target, "--resolve-ms", RESOLVE_GENEROUSLY],
-    );
-    let printed = Printed::parse(&text);
+    let (text, printed) = printed_for(&net.sender, &format!("[{far_ll}%{}]", s.near_if));
     assert_eq!(
         printed.param,
         expect_param(&near_ll, &s.near_if, &far_ll, Some(s.far_mac)),
         "{text}"
     );
-    assert!(printed.warnings.is_empty(), "{:?}", printed.warnings);
+    printed.check_no_warnings();
 
     // Without a device, the same result and a warning that it was guessed.
-    let json = sender_config(
-        &net.sender,
-        &[
-            "--target",
-            &far_ll.to_string(),
-            "--format",
-            "json",
-            "--resolve-ms",
-            RESOLVE_GENEROUSLY,
-        ],
-    );
+    let json = sender_config_for(&net.sender, &far_ll.to_string(), &["--format", "json"]);
     assert_eq!(json_field(&json, "dev"), s.near_if, "{json}");
     assert_eq!(json_warning_kinds(&json), ["link_local_target"], "{json}");
 }
@@ -561,18 +541,12 @@ fn bridge_output_device_warns_and_names_its_port() {
     let net = Bridged::new(65, false);
     let s = &net.segment;
     let target = s.far_v4.to_string();
-    let text = sender_config(
-        &net.sender,
-        &["--target", &target, "--resolve-ms", RESOLVE_GENEROUSLY],
-    );
-    let printed = Printed::parse(&text);
+    let (text, printed) = printed_for(&net.sender, &target);
     // netpoll refuses an enslaved port, so the bridge itself stays the device.
-    assert_eq!(
-        printed.param,
-        expect_param(&s.near_v4, &net.bridge, &s.far_v4, Some(s.far_mac)),
-        "{text}"
+    printed.check_target(
+        &expect_param(&s.near_v4, &net.bridge, &s.far_v4, Some(s.far_mac)),
+        &text,
     );
-    printed.check_configfs_matches();
     assert_eq!(printed.warnings.len(), 1, "{:?}", printed.warnings);
     let warning = &printed.warnings[0];
     assert!(

@@ -571,120 +571,81 @@ mod tests {
         }
     }
 
-    // One test per malformed case.
-
     #[test]
-    fn malformed_bad_number() {
-        assert!(looks_extended(b"6,1,2x,-;text\n"));
-        assert_eq!(
-            parse(b"6,1,2x,-;text\n"),
-            Err(ExtendedError::NotANumber { field: "ts_usec" })
-        );
+    fn malformed_headers_are_refused_with_the_reason() {
+        for (payload, error) in [
+            (
+                &b"6,1,2x,-;text\n"[..],
+                ExtendedError::NotANumber { field: "ts_usec" },
+            ),
+            (
+                b"6,1,,-;text\n",
+                ExtendedError::EmptyNumber { field: "ts_usec" },
+            ),
+            (
+                b"6,18446744073709551616,0,-;text\n",
+                ExtendedError::NumberOverflow { field: "seq" },
+            ),
+            (
+                b"6,1,99999999999999999999999,-;text\n",
+                ExtendedError::NumberOverflow { field: "ts_usec" },
+            ),
+            (
+                b"2048,1,2,-;text\n",
+                ExtendedError::PriorityOutOfRange {
+                    value: 2048,
+                    max: 2047,
+                },
+            ),
+            (b"6,1,2,-text\n", ExtendedError::MissingSemicolon),
+            // A `;` on a later line does not close the header.
+            (b"6,1,2,-\n;text", ExtendedError::MissingSemicolon),
+            (b"6,1,2;text", ExtendedError::TooFewFields { found: 3 }),
+            (b"6.1.0,6,1;text", ExtendedError::TooFewFields { found: 2 }),
+            (b"6,1,2,--;text", ExtendedError::BadFlag { len: 2 }),
+            (b"6,1,2,;text", ExtendedError::BadFlag { len: 0 }),
+            (b"6,1,2,-,ncfrag=12;text", ExtendedError::BadNcfrag),
+            (
+                b"6,1,2,-,ncfrag=a/12;text",
+                ExtendedError::NotANumber {
+                    field: "ncfrag offset",
+                },
+            ),
+            (
+                b"6,1,2,-,ncfrag=0/99999999999999999999;text",
+                ExtendedError::NumberOverflow {
+                    field: "ncfrag total",
+                },
+            ),
+        ] {
+            assert_eq!(
+                parse(payload),
+                Err(error),
+                "{:?}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+        // Malformed, yet extended: their errors are reported, not read as plain text.
+        for payload in [
+            &b"6,1,2x,-;text\n"[..],
+            b"6,18446744073709551616,0,-;text\n",
+            b"6,1,2,-text\n",
+        ] {
+            assert!(looks_extended(payload), "{payload:?}");
+        }
     }
 
     #[test]
-    fn malformed_empty_number() {
-        assert_eq!(
-            parse(b"6,1,,-;text\n"),
-            Err(ExtendedError::EmptyNumber { field: "ts_usec" })
-        );
-    }
-
-    #[test]
-    fn malformed_overflowing_seq() {
-        let payload = b"6,18446744073709551616,0,-;text\n";
-        assert!(looks_extended(payload));
-        assert_eq!(
-            parse(payload),
-            Err(ExtendedError::NumberOverflow { field: "seq" })
-        );
-        // u64::MAX itself is fine.
+    fn the_largest_seq_and_priority_are_fine() {
         assert_eq!(
             parse(b"6,18446744073709551615,0,-;t").map(|p| p.header.seq),
             Ok(u64::MAX)
-        );
-    }
-
-    #[test]
-    fn malformed_overflowing_timestamp() {
-        assert_eq!(
-            parse(b"6,1,99999999999999999999999,-;text\n"),
-            Err(ExtendedError::NumberOverflow { field: "ts_usec" })
-        );
-    }
-
-    #[test]
-    fn malformed_priority_out_of_range() {
-        assert_eq!(
-            parse(b"2048,1,2,-;text\n"),
-            Err(ExtendedError::PriorityOutOfRange {
-                value: 2048,
-                max: 2047
-            })
         );
         assert_eq!(
             parse(b"2047,1,2,-;t").map(|p| p.header.priority),
             Ok(Priority {
                 facility: 255,
                 level: 7
-            })
-        );
-    }
-
-    #[test]
-    fn malformed_missing_semicolon() {
-        assert!(looks_extended(b"6,1,2,-text\n"));
-        assert_eq!(
-            parse(b"6,1,2,-text\n"),
-            Err(ExtendedError::MissingSemicolon)
-        );
-        // A `;` on a later line does not close the header.
-        assert_eq!(
-            parse(b"6,1,2,-\n;text"),
-            Err(ExtendedError::MissingSemicolon)
-        );
-    }
-
-    #[test]
-    fn malformed_too_few_fields() {
-        assert_eq!(
-            parse(b"6,1,2;text"),
-            Err(ExtendedError::TooFewFields { found: 3 })
-        );
-        assert_eq!(
-            parse(b"6.1.0,6,1;text"),
-            Err(ExtendedError::TooFewFields { found: 2 })
-        );
-    }
-
-    #[test]
-    fn malformed_flag() {
-        assert_eq!(
-            parse(b"6,1,2,--;text"),
-            Err(ExtendedError::BadFlag { len: 2 })
-        );
-        assert_eq!(
-            parse(b"6,1,2,;text"),
-            Err(ExtendedError::BadFlag { len: 0 })
-        );
-    }
-
-    #[test]
-    fn malformed_ncfrag_syntax() {
-        assert_eq!(
-            parse(b"6,1,2,-,ncfrag=12;text"),
-            Err(ExtendedError::BadNcfrag)
-        );
-        assert_eq!(
-            parse(b"6,1,2,-,ncfrag=a/12;text"),
-            Err(ExtendedError::NotANumber {
-                field: "ncfrag offset"
-            })
-        );
-        assert_eq!(
-            parse(b"6,1,2,-,ncfrag=0/99999999999999999999;text"),
-            Err(ExtendedError::NumberOverflow {
-                field: "ncfrag total"
             })
         );
     }

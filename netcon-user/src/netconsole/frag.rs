@@ -509,6 +509,14 @@ mod tests {
         }
     }
 
+    fn fragment(key: FragKey, offset: usize, total: usize, chunk: &[u8]) -> Fragment<'_> {
+        Fragment {
+            key,
+            header: FragmentHeader { offset, total },
+            chunk,
+        }
+    }
+
     fn add(
         a: &mut Assembler,
         now: Instant,
@@ -521,11 +529,7 @@ mod tests {
         let r = a.add(
             &limits(),
             now,
-            Fragment {
-                key: key(seq),
-                header: FragmentHeader { offset, total },
-                chunk,
-            },
+            fragment(key(seq), offset, total, chunk),
             head,
             &mut evicted,
         );
@@ -686,14 +690,7 @@ mod tests {
         let r = a.add(
             &limits(),
             now,
-            Fragment {
-                key: key(9),
-                header: FragmentHeader {
-                    offset: 0,
-                    total: 10,
-                },
-                chunk: b"b",
-            },
+            fragment(key(9), 0, 10, b"b"),
             head,
             &mut evicted,
         );
@@ -715,14 +712,7 @@ mod tests {
             let r = a.add(
                 &lim,
                 now,
-                Fragment {
-                    key: key(seq),
-                    header: FragmentHeader {
-                        offset: 0,
-                        total: 1000,
-                    },
-                    chunk: b"a",
-                },
+                fragment(key(seq), 0, 1000, b"a"),
                 head,
                 &mut evicted,
             );
@@ -745,14 +735,7 @@ mod tests {
         a.add(
             &limits(),
             now,
-            Fragment {
-                key: other,
-                header: FragmentHeader {
-                    offset: 0,
-                    total: 10,
-                },
-                chunk: b"b",
-            },
+            fragment(other, 0, 10, b"b"),
             head,
             &mut evicted,
         )

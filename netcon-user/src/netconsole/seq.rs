@@ -136,33 +136,29 @@ mod tests {
     }
 
     #[test]
-    fn short_boot_still_reboots_by_its_clock() {
-        // Fewer records than the reorder window, but the clock went back by seconds.
-        let mut t = SeqTracker::default();
-        t.observe(40, 5_000_000, 128, 1_000_000);
-        assert!(matches!(
-            t.observe(0, 0, 128, 1_000_000),
-            SeqVerdict::Reboot { .. }
-        ));
-    }
-
-    #[test]
-    fn replay_starting_above_the_old_seq_is_a_reboot() {
-        let mut t = SeqTracker::default();
-        t.observe(40, 50_000_000, 128, 1_000_000);
-        assert!(matches!(
-            t.observe(5000, 2_000_000, 128, 1_000_000),
-            SeqVerdict::Reboot { .. }
-        ));
-    }
-
-    #[test]
-    fn far_below_is_a_reboot() {
-        let mut t = SeqTracker::default();
-        t.observe(1000, 1000, 128, 1_000_000);
-        assert!(matches!(
-            t.observe(500, 1000, 128, 1_000_000),
-            SeqVerdict::Reboot { .. }
-        ));
+    fn records_that_cannot_follow_are_reboots() {
+        for (why, (seq, ts), (next_seq, next_ts)) in [
+            (
+                "fewer records than the reorder window, but the clock went back by seconds",
+                (40, 5_000_000),
+                (0, 0),
+            ),
+            (
+                "a replay starting above the old seq",
+                (40, 50_000_000),
+                (5000, 2_000_000),
+            ),
+            ("far below", (1000, 1000), (500, 1000)),
+        ] {
+            let mut t = SeqTracker::default();
+            t.observe(seq, ts, 128, 1_000_000);
+            assert!(
+                matches!(
+                    t.observe(next_seq, next_ts, 128, 1_000_000),
+                    SeqVerdict::Reboot { .. }
+                ),
+                "{why}"
+            );
+        }
     }
 }

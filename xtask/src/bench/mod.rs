@@ -196,7 +196,8 @@ fn settings(args: &BenchArgs) -> Result<Settings> {
     Ok(settings)
 }
 
-/// The scenarios `wanted`, and the loss curves if that one is.
+/// The scenarios `wanted`, in the order of [`SCENARIOS`] (the report's), and the loss curves if
+/// that one is.
 fn scenarios(
     bench: &mut Bench<'_>,
     ceiling: &BTreeMap<u32, Vec<f64>>,
@@ -204,67 +205,58 @@ fn scenarios(
 ) -> Result<(Vec<Section>, scenarios::Curves)> {
     let mut sections = Vec::new();
     let mut curves = scenarios::Curves::new();
-    if wanted("zero-loss") {
-        for (label, h) in [("1a", SENDER_COUNTS[0]), ("1b", SENDER_COUNTS[1])] {
-            let title = format!(
-                "{label}. Zero-loss rate, {h} sender{}, 200-byte records",
-                if h == 1 { "" } else { "s" }
-            );
-            let about = "The highest rate sent with under 0.1% of records lost over the \
-                         confirming run (10 s): flat out first; if that loses, a bisection \
-                         below the flat-out rate with 0.5 s probes, then the confirming run \
-                         (stepping down 15% if it loses). The figure is the rate the sender \
-                         achieved in the confirming run.";
-            let c = ceiling.get(&h).and_then(|v| report::median(v));
-            sections.push(bench.zero_loss_section(&title, about, h, 1, c)?);
+    for name in SCENARIOS.into_iter().filter(|name| wanted(name)) {
+        match name {
+            "zero-loss" => {
+                for (label, h) in [("1a", SENDER_COUNTS[0]), ("1b", SENDER_COUNTS[1])] {
+                    let title = format!(
+                        "{label}. Zero-loss rate, {h} sender{}, 200-byte records",
+                        if h == 1 { "" } else { "s" }
+                    );
+                    let about = "The highest rate sent with under 0.1% of records lost over the \
+                                 confirming run (10 s): flat out first; if that loses, a \
+                                 bisection below the flat-out rate with 0.5 s probes, then the \
+                                 confirming run (stepping down 15% if it loses). The figure is \
+                                 the rate the sender achieved in the confirming run.";
+                    let c = ceiling.get(&h).and_then(|v| report::median(v));
+                    sections.push(bench.zero_loss_section(&title, about, h, 1, c)?);
+                }
+            }
+            "loss-curve" => {
+                let c = ceiling
+                    .get(&SENDER_COUNTS[0])
+                    .and_then(|v| report::median(v))
+                    .context("the loss curve needs the sender's ceiling")?;
+                let (section, c) = bench.loss_curve(c)?;
+                sections.push(section);
+                curves = c;
+            }
+            "fragmented" => {
+                let about = "Records of ~3 KB sent as 4 ncfrag fragments (three full 1000-byte \
+                             payloads and a 200-byte one, the header repeated, as drivers/net/\
+                             netconsole.c cuts them), one sender; the same search as scenario \
+                             1. A record counts only when all four fragments are in the output \
+                             (netcon reassembles them into one line; socat writes the four \
+                             payloads out).";
+                sections.push(bench.zero_loss_section(
+                    "4. Fragmented load: 4-fragment records, one sender",
+                    about,
+                    1,
+                    4,
+                    None,
+                )?);
+            }
+            "flat-out" => sections.push(bench.flat_out()?),
+            "burst" => sections.push(bench.burst()?),
+            "latency" => sections.push(bench.latency()?),
+            "lone-record" => sections.push(bench.lone_record()?),
+            "xdp-cost" => sections.push(bench.xdp_cost()?),
+            "memory" => sections.push(bench.memory()?),
+            "hostile" => sections.push(bench.hostile()?),
+            "nats" => sections.push(bench.nats()?),
+            // The ceiling is measured before the others, which need it, and has no section.
+            _ => {}
         }
-    }
-    if wanted("flat-out") {
-        sections.push(bench.flat_out()?);
-    }
-    if wanted("loss-curve") {
-        let c = ceiling
-            .get(&SENDER_COUNTS[0])
-            .and_then(|v| report::median(v))
-            .context("the loss curve needs the sender's ceiling")?;
-        let (section, c) = bench.loss_curve(c)?;
-        sections.push(section);
-        curves = c;
-    }
-    if wanted("burst") {
-        sections.push(bench.burst()?);
-    }
-    if wanted("latency") {
-        sections.push(bench.latency()?);
-    }
-    if wanted("lone-record") {
-        sections.push(bench.lone_record()?);
-    }
-    if wanted("fragmented") {
-        let about = "Records of ~3 KB sent as 4 ncfrag fragments (three full 1000-byte \
-                     payloads and a 200-byte one, the header repeated, as drivers/net/\
-                     netconsole.c cuts them), one sender; the same search as scenario 1. A \
-                     record counts only when all four fragments are in the output (netcon \
-                     reassembles them into one line; socat writes the four payloads out).";
-        sections.push(bench.zero_loss_section(
-            "4. Fragmented load: 4-fragment records, one sender",
-            about,
-            1,
-            4,
-            None,
-        )?);
-    }
-    if wanted("xdp-cost") {
-        sections.push(bench.xdp_cost()?);
-    }
-    if wanted("memory") {
-        sections.push(bench.memory()?);
-    }
-    if wanted("hostile") {
-        sections.push(bench.hostile()?);
-    }
-    if wanted("nats") {
-        sections.push(bench.nats()?);
     }
     Ok((sections, curves))
 }

@@ -237,7 +237,13 @@ impl Results {
     /// The XDP program's median cost per matching packet at the paced rate of scenario 5.
     fn paced_matching_cost(&self) -> Option<f64> {
         let name = format!("matching packet, {:.0}/s", super::scenarios::COST_RATE);
-        self.row("5.", &name).and_then(|row| row.median(Rx::Xdp))
+        self.median_of("5.", &name, Rx::Xdp)
+    }
+
+    /// The median of `rx`'s repeats in row `name` of the section `section_prefix`.
+    fn median_of(&self, section_prefix: &str, name: &str, rx: Rx) -> Option<f64> {
+        self.row(section_prefix, name)
+            .and_then(|row| row.median(rx))
     }
 
     fn row(&self, section_prefix: &str, name: &str) -> Option<&Row> {
@@ -414,12 +420,12 @@ fn goals(r: &Results) -> Vec<Goal> {
     let mut out: Vec<Goal> = Vec::new();
     for h in super::scenarios::SENDER_COUNTS {
         let prefix = format!("1{}", if h == 1 { "a" } else { "b" });
-        let flat = r
-            .row(&prefix, "loss flat out")
-            .and_then(|row| row.median(Rx::Xdp));
-        let flat_rate = r
-            .row(&prefix, "sender's rate flat out, this receiver running")
-            .and_then(|row| row.median(Rx::Xdp));
+        let flat = r.median_of(&prefix, "loss flat out", Rx::Xdp);
+        let flat_rate = r.median_of(
+            &prefix,
+            "sender's rate flat out, this receiver running",
+            Rx::Xdp,
+        );
         let ceiling = r.ceiling.get(&h).and_then(|v| median(v));
         out.push((
             format!(
@@ -459,18 +465,18 @@ fn goals(r: &Results) -> Vec<Goal> {
         ),
         burst.and_then(|b| b.max(Rx::Xdp)).map(|v| v == 0.0),
     ));
-    let p99 = r.row("3.", "p99").and_then(|row| row.median(Rx::Xdp));
+    let p99 = r.median_of("3.", "p99", Rx::Xdp);
     out.push((
         "p99 latency < 1 ms (xdp)".into(),
         fmt_or(p99, Unit::Micros),
         p99.map(|v| v < 1000.0),
     ));
-    let cost = r
-        .row("5.", "non-matching packet (another port)")
-        .and_then(|row| row.median(Rx::Xdp));
-    let floor = r
-        .row("5.", "an empty XDP program (`return XDP_PASS`), for scale")
-        .and_then(|row| row.median(Rx::Xdp));
+    let cost = r.median_of("5.", "non-matching packet (another port)", Rx::Xdp);
+    let floor = r.median_of(
+        "5.",
+        "an empty XDP program (`return XDP_PASS`), for scale",
+        Rx::Xdp,
+    );
     out.push((
         "XDP cost < 50 ns per non-matching packet".into(),
         format!(
@@ -481,9 +487,7 @@ fn goals(r: &Results) -> Vec<Goal> {
         cost.map(|v| v < 50.0),
     ));
     fastpath_goals(r, &mut out);
-    let rss = r
-        .row("6.", "10,000 senders (5 records each)")
-        .and_then(|row| row.median(Rx::Xdp));
+    let rss = r.median_of("6.", "10,000 senders (5 records each)", Rx::Xdp);
     out.push((
         "RSS < 64 MiB with 10,000 senders (xdp)".into(),
         fmt_or(rss, Unit::MiB),
@@ -513,7 +517,7 @@ fn goals(r: &Results) -> Vec<Goal> {
 /// The goals of making XDP the fast path: the program's cost per packet, the sender's flat-out
 /// rate against raw and tcpdump, the latencies.
 fn fastpath_goals(r: &Results, out: &mut Vec<Goal>) {
-    let cost = |name: &str| r.row("5.", name).and_then(|row| row.median(Rx::Xdp));
+    let cost = |name: &str| r.median_of("5.", name, Rx::Xdp);
     let paced = r.paced_matching_cost();
     for (what, v) in [
         (format!("{:.0}/s", super::scenarios::COST_RATE), paced),
@@ -569,7 +573,7 @@ fn fastpath_goals(r: &Results, out: &mut Vec<Goal>) {
             ));
         }
     }
-    let p99 = r.row("3.", "p99").and_then(|row| row.median(Rx::Xdp));
+    let p99 = r.median_of("3.", "p99", Rx::Xdp);
     out.push((
         "p99 latency at 10,000 records/s ≤ 2 ms (xdp)".into(),
         fmt_or(p99, Unit::Micros),
@@ -774,7 +778,7 @@ fn fastpath_reading(r: &Results, out: &mut String) {
 
 /// The XDP cost part of the reading.
 fn xdp_reading(r: &Results, out: &mut String) {
-    let cost = |name: &str| r.row("5.", name).and_then(|row| row.median(Rx::Xdp));
+    let cost = |name: &str| r.median_of("5.", name, Rx::Xdp);
     if let (Some(other), Some(floor)) = (
         cost("non-matching packet (another port)"),
         cost("an empty XDP program (`return XDP_PASS`), for scale"),

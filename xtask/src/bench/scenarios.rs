@@ -178,6 +178,11 @@ pub struct Bench<'a> {
 struct Values(BTreeMap<Rx, Vec<f64>>);
 
 impl Values {
+    /// `N` empty rows' worth, for `let [mut a, mut b] = Values::several();`.
+    fn several<const N: usize>() -> [Values; N] {
+        std::array::from_fn(|_| Values::default())
+    }
+
     fn push(&mut self, rx: Rx, v: f64) {
         self.0.entry(rx).or_default().push(v);
     }
@@ -385,14 +390,14 @@ impl<'a> Bench<'a> {
             size: 200,
             ..LoadSpec::flat(senders, self.settings.probe)
         };
-        let (mut rate, mut frames, mut loss, mut flat_rate, mut flat_loss, mut share) = (
-            Values::default(),
-            Values::default(),
-            Values::default(),
-            Values::default(),
-            Values::default(),
-            Values::default(),
-        );
+        let [
+            mut rate,
+            mut frames,
+            mut loss,
+            mut flat_rate,
+            mut flat_loss,
+            mut share,
+        ] = Values::several();
         let mut hints: BTreeMap<Rx, f64> = BTreeMap::new();
         let mut unconfirmed = Vec::new();
         for rep in 0..self.settings.repeats {
@@ -449,14 +454,14 @@ impl<'a> Bench<'a> {
             size: 200,
             ..LoadSpec::flat(1, self.settings.probe)
         };
-        let mut at_goal = Values::default();
-        let (mut rate, mut loss, mut flat_rate, mut dropped, mut errors) = (
-            Values::default(),
-            Values::default(),
-            Values::default(),
-            Values::default(),
-            Values::default(),
-        );
+        let [
+            mut at_goal,
+            mut rate,
+            mut loss,
+            mut flat_rate,
+            mut dropped,
+            mut errors,
+        ] = Values::several();
         let mut hints: BTreeMap<Rx, f64> = BTreeMap::new();
         for rep in 0..self.settings.repeats {
             log(&format!("7. NATS forwarding, repeat {}", rep + 1));
@@ -526,8 +531,7 @@ impl<'a> Bench<'a> {
 
     /// Scenario 2: one sender, [`BURST`] records as fast as it can.
     pub fn burst(&mut self) -> Result<Section> {
-        let (mut lost, mut drops, mut rate) =
-            (Values::default(), Values::default(), Values::default());
+        let [mut lost, mut drops, mut rate] = Values::several();
         for rep in 0..self.settings.repeats {
             for kind in self.settings.receivers.clone() {
                 let mut s = self.session(kind, Output::File, false)?;
@@ -568,12 +572,7 @@ impl<'a> Bench<'a> {
     /// Scenario 3: latency at [`LATENCY_RATE`], from the sender's stamp to the line read from
     /// the receiver's stdout pipe.
     pub fn latency(&mut self) -> Result<Section> {
-        let (mut p50, mut p99, mut max, mut loss) = (
-            Values::default(),
-            Values::default(),
-            Values::default(),
-            Values::default(),
-        );
+        let [mut p50, mut p99, mut max, mut loss] = Values::several();
         for rep in 0..self.settings.repeats {
             for kind in self.settings.receivers.clone() {
                 let mut s = self.session(kind, Output::Pipe, false)?;
@@ -640,15 +639,14 @@ impl<'a> Bench<'a> {
     /// Scenario 5: the XDP program's run time per packet, for matching traffic and for traffic
     /// to another port, from `run_time_ns / run_cnt` with `kernel.bpf_stats_enabled=1`.
     pub fn xdp_cost(&mut self) -> Result<Section> {
-        let (mut matching, mut flat, mut other, mut wakeups, mut flat_wakeups) = (
-            Values::default(),
-            Values::default(),
-            Values::default(),
-            Values::default(),
-            Values::default(),
-        );
-        let (mut program_wakeups, mut flat_program_wakeups) =
-            (Values::default(), Values::default());
+        let [
+            mut matching,
+            mut flat,
+            mut other,
+            mut wakeups,
+            mut flat_wakeups,
+        ] = Values::several();
+        let [mut program_wakeups, mut flat_program_wakeups] = Values::several();
         let _stats = BpfStats::enable()?;
         let empty = self.empty_program_cost()?;
         let mut s = self.session(Rx::Xdp, Output::File, false)?;
@@ -809,7 +807,7 @@ impl Bench<'_> {
         let mut rows = Vec::new();
         for pinned in [false, true] {
             for h in SENDER_COUNTS {
-                let (mut rate, mut loss) = (Values::default(), Values::default());
+                let [mut rate, mut loss] = Values::several();
                 for rep in 0..self.settings.repeats {
                     for kind in self.settings.receivers.clone() {
                         self.pinned = pinned;
@@ -902,7 +900,7 @@ impl Bench<'_> {
         for (_, _, s) in sessions {
             s.rx.stop()?;
         }
-        let (mut p50, mut p99, mut max) = (Values::default(), Values::default(), Values::default());
+        let [mut p50, mut p99, mut max] = Values::several();
         for (kind, mut samples) in latencies {
             if let Some(l) = netcon_bench::verify::Latency::of(&mut samples) {
                 log(&format!(
@@ -1097,14 +1095,14 @@ impl Bench<'_> {
     /// [`FRAGMENT_ATTACKERS`] sources). Victim records lost, peak RSS and CPU, for the two
     /// netcon backends (socat keeps no state to attack).
     pub fn hostile(&mut self) -> Result<Section> {
-        let (mut lost, mut counted, mut sent, mut rss, mut cpu, mut attack) = (
-            Values::default(),
-            Values::default(),
-            Values::default(),
-            Values::default(),
-            Values::default(),
-            Values::default(),
-        );
+        let [
+            mut lost,
+            mut counted,
+            mut sent,
+            mut rss,
+            mut cpu,
+            mut attack,
+        ] = Values::several();
         let length = self.settings.hostile;
         for rep in 0..self.settings.repeats {
             for kind in [Rx::Xdp, Rx::Raw] {
