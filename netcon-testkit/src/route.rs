@@ -6,37 +6,15 @@
 //! sender, `.1`/`::1` for the other side (collector or gateway); MACs `02:00:00:00:N:10` and
 //! `02:00:00:00:N:01`. Callers pick N (sender-config uses 60-69).
 
+use crate::netns::{Link, Mac, Netns};
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::process::Command;
 
-use crate::netns::{Mac, Netns, mac_to_string};
-
-/// Sets the sysctl `key` (dotted, as `sysctl` takes it) to `value` inside `ns`, by writing its
-/// file under `/proc/sys` from a shell in the namespace (no dependency on procps).
+/// Sets the sysctl `key` (dotted, as `sysctl` takes it) to `value` inside `ns`.
 ///
 /// # Panics
 /// If the write fails.
 pub fn sysctl(ns: &Netns, key: &str, value: &str) {
-    let path = format!("/proc/sys/{}", key.replace('.', "/"));
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns.name(),
-            "sh",
-            "-c",
-            "echo \"$1\" > \"$2\"",
-            "sh",
-        ])
-        .args([value, &path])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run `ip netns exec {} sh`: {e}", ns.name()));
-    assert!(
-        out.status.success(),
-        "setting {key}={value} in {} failed: {}",
-        ns.name(),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+    ns.sysctl(key, value).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// A namespace where IPv6 addresses are usable at once (no duplicate address detection, also
@@ -76,17 +54,18 @@ impl Segment {
     /// The addresses of segment N, interfaces `sc{N}-near` / `sc{N}-far`.
     #[must_use]
     pub fn new(subnet: u8) -> Segment {
-        let h = u16::from(subnet);
+        // The same plan as a [`Topology`](crate::Topology) link: near is its sender end.
+        let plan = Link::new(subnet, 0);
         Segment {
             subnet,
             near_if: format!("sc{subnet}-near"),
             far_if: format!("sc{subnet}-far"),
-            near_mac: [0x02, 0, 0, 0, subnet, 0x10],
-            far_mac: [0x02, 0, 0, 0, subnet, 0x01],
-            near_v4: Ipv4Addr::new(10, subnet, 0, 10),
-            far_v4: Ipv4Addr::new(10, subnet, 0, 1),
-            near_v6: Ipv6Addr::new(0xfd00, h, 0, 0, 0, 0, 0, 0x10),
-            far_v6: Ipv6Addr::new(0xfd00, h, 0, 0, 0, 0, 0, 0x1),
+            near_mac: plan.sender_mac,
+            far_mac: plan.collector_mac,
+            near_v4: plan.sender_v4,
+            far_v4: plan.collector_v4,
+            near_v6: plan.sender_v6,
+            far_v6: plan.collector_v6,
         }
     }
 
@@ -98,23 +77,12 @@ impl Segment {
 
     /// Creates the veth pair between `near` and `far`, both ends up, with no addresses.
     fn wire(&self, near: &Netns, far: &Netns) {
-        near.ip(&[
-            "link",
-            "add",
-            "name",
-            &self.near_if,
-            "address",
-            &mac_to_string(self.near_mac),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &self.far_if,
-            "address",
-            &mac_to_string(self.far_mac),
-            "netns",
-            far.name(),
-        ]);
+        near.add_veth(
+            (&self.near_if, self.near_mac),
+            far,
+            (&self.far_if, self.far_mac),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         near.ip(&["link", "set", "dev", &self.near_if, "up"]);
         far.ip(&["link", "set", "dev", &self.far_if, "up"]);
     }
@@ -122,8 +90,8 @@ impl Segment {
 
 /// Gives `dev` in `ns` an IPv4 `/24` and an IPv6 `/64` address.
 fn address(ns: &Netns, dev: &str, v4: Ipv4Addr, v6: Ipv6Addr) {
-    ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
-    ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]);
+    ns.add_addresses(dev, (v4, 24), Some(v6))
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// The IPv6 link-local address of `dev` in `ns` (`ip -6 addr show dev DEV scope link`).
