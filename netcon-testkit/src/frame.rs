@@ -357,26 +357,45 @@ mod tests {
         }
     }
 
+    /// Checks the tags (TPID, VLAN id) after the MACs and the Ethernet type after them, with the
+    /// numbers written out by the caller rather than taken from this module; returns where IP
+    /// starts.
+    fn assert_ethernet(f: &[u8], tags: &[(u16, u16)], ethertype: u16) -> usize {
+        let be16 = |at: usize| u16::from_be_bytes([f[at], f[at + 1]]);
+        let mut at = 12;
+        for &(tpid, id) in tags {
+            assert_eq!(be16(at), tpid, "TPID at {at}");
+            assert_eq!(be16(at + 2) & 0xfff, id, "VLAN id at {at}");
+            at += 4;
+        }
+        assert_eq!(be16(at), ethertype, "EtherType at {at}");
+        at + 2
+    }
+
+    /// The UDP ports and payload of a parsed frame.
+    fn udp_of<'a>(p: &SlicedPacket<'a>) -> ((u16, u16), &'a [u8]) {
+        let Some(TransportSlice::Udp(udp)) = &p.transport else {
+            panic!("not UDP: {p:?}")
+        };
+        ((udp.source_port(), udp.destination_port()), udp.payload())
+    }
+
     #[test]
     fn untagged_ipv4_fields_and_checksums() {
         let f = UdpFrame::v4(&link(), b"hello\n".to_vec()).build();
         assert_eq!(f.len(), 14 + 20 + 8 + 6);
         assert_eq!(&f[0..6], &[2, 0, 0, 0, 1, 1], "destination MAC");
         assert_eq!(&f[6..12], &[2, 0, 0, 0, 1, 0x10], "source MAC");
-        assert_eq!(&f[12..14], &[0x08, 0x00]);
-        assert_eq!(f[14 + 8], 64, "TTL");
-        assert_checksums(&f, 14);
+        let ip = assert_ethernet(&f, &[], 0x0800);
+        assert_eq!(f[ip + 8], 64, "TTL");
+        assert_checksums(&f, ip);
         let p = SlicedPacket::from_ethernet(&f).unwrap();
         let Some(NetSlice::Ipv4(ip)) = &p.net else {
             panic!("not IPv4: {p:?}")
         };
         assert_eq!(ip.header().source_addr(), Ipv4Addr::new(10, 1, 0, 10));
         assert_eq!(ip.header().destination_addr(), Ipv4Addr::new(10, 1, 0, 1));
-        let Some(TransportSlice::Udp(udp)) = &p.transport else {
-            panic!("not UDP")
-        };
-        assert_eq!((udp.source_port(), udp.destination_port()), (6665, 6666));
-        assert_eq!(udp.payload(), b"hello\n");
+        assert_eq!(udp_of(&p), ((6665, 6666), &b"hello\n"[..]));
     }
 
     #[test]
@@ -384,17 +403,12 @@ mod tests {
         let f = UdpFrame::v4(&link(), b"tagged".to_vec())
             .vlan(Vlan::Single(42))
             .build();
-        assert_eq!(&f[12..14], &[0x81, 0x00], "802.1Q TPID");
-        assert_eq!(u16::from_be_bytes([f[14], f[15]]) & 0xfff, 42);
-        assert_eq!(&f[16..18], &[0x08, 0x00]);
-        assert_checksums(&f, 18);
+        let ip = assert_ethernet(&f, &[(0x8100, 42)], 0x0800);
+        assert_checksums(&f, ip);
         let p = SlicedPacket::from_ethernet(&f).unwrap();
         let ids: Vec<u16> = p.vlan_ids().iter().map(|v| v.value()).collect();
         assert_eq!(ids, [42]);
-        let Some(TransportSlice::Udp(udp)) = &p.transport else {
-            panic!("not UDP")
-        };
-        assert_eq!(udp.payload(), b"tagged");
+        assert_eq!(udp_of(&p), ((6665, 6666), &b"tagged"[..]));
     }
 
     #[test]
@@ -410,13 +424,9 @@ mod tests {
             })
             .build();
         assert_eq!(&f[0..6], &[0xff; 6]);
-        assert_eq!(&f[12..14], &[0x88, 0xa8], "802.1ad outer TPID");
-        assert_eq!(u16::from_be_bytes([f[14], f[15]]) & 0xfff, 100);
-        assert_eq!(&f[16..18], &[0x81, 0x00], "802.1Q inner TPID");
-        assert_eq!(u16::from_be_bytes([f[18], f[19]]) & 0xfff, 200);
-        assert_eq!(&f[20..22], &[0x86, 0xdd]);
-        assert_eq!(f[22 + 7], 32, "hop limit");
-        assert_checksums(&f, 22);
+        let ip = assert_ethernet(&f, &[(0x88a8, 100), (0x8100, 200)], 0x86dd);
+        assert_eq!(f[ip + 7], 32, "hop limit");
+        assert_checksums(&f, ip);
         let p = SlicedPacket::from_ethernet(&f).unwrap();
         let Some(LinkSlice::Ethernet2(eth)) = &p.link else {
             panic!("not Ethernet II")
@@ -435,11 +445,7 @@ mod tests {
             ip.header().destination_addr(),
             "fd00:1::99".parse::<Ipv6Addr>().unwrap()
         );
-        let Some(TransportSlice::Udp(udp)) = &p.transport else {
-            panic!("not UDP")
-        };
-        assert_eq!((udp.source_port(), udp.destination_port()), (6665, 6667));
-        assert_eq!(udp.payload(), b"qinq");
+        assert_eq!(udp_of(&p), ((6665, 6667), &b"qinq"[..]));
     }
 
     #[test]

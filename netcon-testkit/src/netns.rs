@@ -384,19 +384,15 @@ impl Netns {
     /// # Panics
     /// If a program is still attached at the deadline.
     pub fn wait_xdp_detached(&self, dev: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
+        wait_until(timeout, || {
             let details = self.link_summary(dev);
-            if xdp_attachment_in(&details).is_none() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "an XDP program is still attached to {dev} in {} after {timeout:?}:\n{details}",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            xdp_attachment_in(&details).map(|_| {
+                format!(
+                    "an XDP program is still attached to {dev} in {}:\n{details}",
+                    self.name
+                )
+            })
+        });
     }
 
     /// The interface index of `dev` in this namespace.
@@ -433,19 +429,10 @@ impl Netns {
     /// # Panics
     /// If one is still bound at the deadline.
     pub fn wait_no_packet_sockets(&self, dev: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
+        wait_until(timeout, || {
             let n = self.packet_sockets_on(dev);
-            if n == 0 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{n} packet sockets still bound to {dev} in {} after {timeout:?}",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            (n > 0).then(|| format!("{n} packet sockets still bound to {dev} in {}", self.name))
+        });
     }
 
     /// The interface's promiscuity counter (`promiscuity N` in `ip -d link show`).
@@ -465,18 +452,20 @@ impl Netns {
     /// # Panics
     /// If it does not get there in time.
     pub fn wait_promiscuity(&self, dev: &str, want: u32, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
+        wait_until(timeout, || {
             let got = self.promiscuity(dev);
-            if got == want {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "promiscuity of {dev} is {got}, expected {want} (waited {timeout:?})"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            (got != want).then(|| format!("promiscuity of {dev} is {got}, expected {want}"))
+        });
+    }
+}
+
+/// Calls `pending` every 50 ms until it returns `None`; panics with what it last returned once
+/// `timeout` has passed.
+fn wait_until(timeout: Duration, mut pending: impl FnMut() -> Option<String>) {
+    let deadline = Instant::now() + timeout;
+    while let Some(what) = pending() {
+        assert!(Instant::now() < deadline, "{what} (waited {timeout:?})");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -75,6 +75,16 @@ impl Segment {
         Ipv4Addr::new(10, self.subnet, 0, 99)
     }
 
+    /// Gives `dev` in `near` (the near end, or what stands for it) the near side's addresses.
+    fn address_near(&self, near: &Netns, dev: &str) {
+        address(near, dev, self.near_v4, self.near_v6);
+    }
+
+    /// Gives the far end in `far` the far side's addresses.
+    fn address_far(&self, far: &Netns) {
+        address(far, &self.far_if, self.far_v4, self.far_v6);
+    }
+
     /// Creates the veth pair between `near` and `far`, both ends up, with no addresses.
     fn wire(&self, near: &Netns, far: &Netns) {
         near.add_veth(
@@ -109,6 +119,16 @@ pub fn link_local(ns: &Netns, dev: &str) -> Ipv6Addr {
         .unwrap_or_else(|| panic!("no link-local address on {dev} in {}:\n{out}", ns.name()))
 }
 
+/// A sender and a collector namespace joined by segment N (sender near, collector far), no
+/// addresses yet.
+fn wired_pair(subnet: u8) -> (Netns, Netns, Segment) {
+    let sender = quick_netns("sc-sender");
+    let collector = quick_netns("sc-collector");
+    let segment = Segment::new(subnet);
+    segment.wire(&sender, &collector);
+    (sender, collector, segment)
+}
+
 /// A sender and a collector on one segment: the collector is the far side.
 #[derive(Debug)]
 pub struct OnLink {
@@ -124,12 +144,9 @@ impl OnLink {
     /// Segment N, addresses on the veth ends.
     #[must_use]
     pub fn new(subnet: u8) -> OnLink {
-        let sender = quick_netns("sc-sender");
-        let collector = quick_netns("sc-collector");
-        let segment = Segment::new(subnet);
-        segment.wire(&sender, &collector);
-        address(&sender, &segment.near_if, segment.near_v4, segment.near_v6);
-        address(&collector, &segment.far_if, segment.far_v4, segment.far_v6);
+        let (sender, collector, segment) = wired_pair(subnet);
+        segment.address_near(&sender, &segment.near_if);
+        segment.address_far(&collector);
         OnLink {
             sender,
             collector,
@@ -157,11 +174,8 @@ impl Bridged {
     /// on the bridge (a misconfiguration `sender-config` must point out).
     #[must_use]
     pub fn new(subnet: u8, addresses_on_port: bool) -> Bridged {
-        let sender = quick_netns("sc-sender");
-        let collector = quick_netns("sc-collector");
-        let segment = Segment::new(subnet);
+        let (sender, collector, segment) = wired_pair(subnet);
         let bridge = "br0".to_owned();
-        segment.wire(&sender, &collector);
         sender.ip(&["link", "add", "name", &bridge, "type", "bridge"]);
         sender.ip(&["link", "set", "dev", &segment.near_if, "master", &bridge]);
         sender.ip(&["link", "set", "dev", &bridge, "up"]);
@@ -170,8 +184,8 @@ impl Bridged {
         } else {
             &bridge
         };
-        address(&sender, on, segment.near_v4, segment.near_v6);
-        address(&collector, &segment.far_if, segment.far_v4, segment.far_v6);
+        segment.address_near(&sender, on);
+        segment.address_far(&collector);
         Bridged {
             sender,
             collector,
@@ -208,10 +222,10 @@ impl Routed {
         let second = Segment::new(second);
         first.wire(&sender, &gateway);
         second.wire(&gateway, &collector);
-        address(&sender, &first.near_if, first.near_v4, first.near_v6);
-        address(&gateway, &first.far_if, first.far_v4, first.far_v6);
-        address(&gateway, &second.near_if, second.near_v4, second.near_v6);
-        address(&collector, &second.far_if, second.far_v4, second.far_v6);
+        first.address_near(&sender, &first.near_if);
+        first.address_far(&gateway);
+        second.address_near(&gateway, &second.near_if);
+        second.address_far(&collector);
         sysctl(&gateway, "net.ipv4.ip_forward", "1");
         sysctl(&gateway, "net.ipv6.conf.all.forwarding", "1");
         sender.ip(&["route", "add", "default", "via", &first.far_v4.to_string()]);
