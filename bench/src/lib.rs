@@ -2,15 +2,13 @@
 //! receiver printed. `cargo xtask bench` drives both against netcon-sniff and the socket
 //! baseline; the binaries `netcon-load` and `netcon-verify` expose them by hand.
 //!
-//! - [`frame`]: Ethernet/IPv4/IPv6/UDP frames with checksums.
 //! - [`record`]: netconsole payloads (extended, plain, `ncfrag` fragments) carrying a
 //!   [`record::Token`]: run, sender, sequence number, send time.
 //! - [`load`]: H simulated senders, round-robin, paced or flat out, `sendmmsg` over
-//!   `AF_PACKET`.
+//!   `AF_PACKET` (frames and sender from `netcon_testkit`, shared with the end-to-end tests).
 //! - [`pcap`]: the UDP payloads of a `tcpdump -w` stream, for the verifier.
 //! - [`verify`]: per-sender received / missing / duplicated / out of order, and latency.
 
-pub mod frame;
 pub mod load;
 pub mod pcap;
 pub mod record;

@@ -13,15 +13,14 @@
 //! destination MAC (netconsole's broadcast default, a foreign unicast MAC as on a mirror port),
 //! and no routing or neighbour work on the sending side.
 
-use std::ffi::CString;
 use std::fmt::Write as _;
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use crate::frame::{self, Link, MAX_FRAME};
-use crate::record::{RecordBuilder, RecordShape, Token};
+use netcon_testkit::frame::{self, MAX_NETCONSOLE_FRAME, NETCONSOLE_SRC_PORT, Vlan};
+use netcon_testkit::{FrameSender, Mac, SendError, SendScratch};
+
+use crate::record::{Format, RecordBuilder, RecordShape, Token};
 
 /// Frames per `sendmmsg` call by default. Unit: frames. Default 64.
 pub const DEFAULT_BATCH: usize = 64;
@@ -30,20 +29,16 @@ pub const DEFAULT_BATCH: usize = 64;
 pub const MIN_SLEEP: Duration = Duration::from_micros(50);
 /// How long after its time bound a run may take to finish its last round before it fails: 30 s.
 pub const OVERRUN_LIMIT: Duration = Duration::from_secs(30);
-/// How long a send may keep failing with `ENOBUFS` (the device queue or veth ring is full)
-/// without any progress before the run fails: 5 s.
-pub const STALL_LIMIT: Duration = Duration::from_secs(5);
-/// Send buffer of the packet socket, bytes: 8 MiB (veth with XDP holds up to 256 frames in
-/// its ring, each charged to this socket until consumed).
-const SNDBUF: libc::c_int = 8 << 20;
 
 /// One run of the generator.
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
     /// Interface to send from (in the current network namespace).
     pub interface: String,
-    /// Source and destination MAC.
-    pub link: Link,
+    /// Source MAC (the interface's own, usually).
+    pub src_mac: Mac,
+    /// Destination MAC: the collector's, broadcast, or a foreign unicast one.
+    pub dst_mac: Mac,
     /// Destination address and port (the collector's, or any other: the frames go out anyway).
     pub dst: SocketAddr,
     /// Address of sender 0; sender `k` uses this address plus `k`.
@@ -71,6 +66,39 @@ pub struct LoadConfig {
 }
 
 impl LoadConfig {
+    /// A run with `netcon-load`'s defaults: one sender on netconsole's source port, 200-byte
+    /// extended records in one fragment, flat out for 10 s in batches of [`DEFAULT_BATCH`],
+    /// run 1, sequences from 0.
+    #[must_use]
+    pub fn new(
+        interface: impl Into<String>,
+        (src_mac, dst_mac): (Mac, Mac),
+        src_base: IpAddr,
+        dst: SocketAddr,
+    ) -> LoadConfig {
+        LoadConfig {
+            interface: interface.into(),
+            src_mac,
+            dst_mac,
+            dst,
+            src_base,
+            src_port: NETCONSOLE_SRC_PORT,
+            senders: 1,
+            shape: RecordShape {
+                format: Format::Extended,
+                size: 200,
+                fragments: 1,
+            },
+            first_fragment_only: false,
+            rate: None,
+            duration: Duration::from_secs(10),
+            count: None,
+            batch: DEFAULT_BATCH,
+            run: 1,
+            seq_start: 0,
+        }
+    }
+
     /// The address of sender `k`.
     #[must_use]
     pub fn sender_addr(&self, k: u32) -> SocketAddr {
@@ -200,202 +228,15 @@ impl LoadReport {
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// A socket call failed.
-    #[error("{call} on {interface}{}: {source}", hint(source))]
-    Socket {
-        /// Which call.
-        call: &'static str,
-        /// The interface.
-        interface: String,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
+    /// The packet socket could not be opened, or sending failed or stalled.
+    #[error(transparent)]
+    Send(#[from] SendError),
     /// The configuration is inconsistent.
     #[error("invalid load: {0}")]
     Config(String),
-    /// Sends kept failing.
+    /// The last round did not finish in time.
     #[error("sending stalled: {0}")]
     Stalled(String),
-}
-
-fn hint(error: &io::Error) -> &'static str {
-    match error.raw_os_error() {
-        Some(libc::EPERM | libc::EACCES) => " (needs root or CAP_NET_RAW)",
-        Some(libc::ENODEV) => " (no such interface in this network namespace)",
-        _ => "",
-    }
-}
-
-/// An `AF_PACKET` socket that sends whole frames out of one interface.
-#[derive(Debug)]
-pub struct PacketSender {
-    fd: OwnedFd,
-    interface: String,
-}
-
-impl PacketSender {
-    /// Opens and binds the socket (protocol 0: it is never handed received frames).
-    ///
-    /// # Errors
-    /// [`LoadError::Socket`].
-    pub fn open(interface: &str) -> Result<Self, LoadError> {
-        let fail = |call: &'static str, source: io::Error| LoadError::Socket {
-            call,
-            interface: interface.to_owned(),
-            source,
-        };
-        let ifindex = ifindex(interface).map_err(|e| fail("if_nametoindex", e))?;
-        // SAFETY: plain socket(2); checked below.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if raw < 0 {
-            return Err(fail("socket(AF_PACKET)", io::Error::last_os_error()));
-        }
-        // SAFETY: a fresh descriptor nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // Straight to the driver: veth has no queue to skip, but this also skips the qdisc
-        // lookup, and a real NIC's qdisc would only add its own drops.
-        let one: libc::c_int = 1;
-        setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &one)
-            .map_err(|e| fail("PACKET_QDISC_BYPASS", e))?;
-        if setsockopt(&fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, &SNDBUF).is_err() {
-            let _ = setsockopt(&fd, libc::SOL_SOCKET, libc::SO_SNDBUF, &SNDBUF);
-        }
-        // SAFETY: all-zero is a valid sockaddr_ll.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = u16::try_from(libc::AF_PACKET).unwrap_or_default();
-        addr.sll_ifindex = i32::try_from(ifindex).unwrap_or_default();
-        let len = libc::socklen_t::try_from(size_of::<libc::sockaddr_ll>()).unwrap_or(0);
-        // SAFETY: addr is a valid sockaddr_ll and len its size.
-        let rc = unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) };
-        if rc < 0 {
-            return Err(fail("bind", io::Error::last_os_error()));
-        }
-        Ok(Self {
-            fd,
-            interface: interface.to_owned(),
-        })
-    }
-
-    /// Sends every frame of `frames` (each `(offset, len)` into `buffer`), retrying the ones
-    /// the kernel refuses for a full queue. Returns `(calls, retries)`.
-    ///
-    /// # Errors
-    /// [`LoadError::Socket`] on any other error, [`LoadError::Stalled`] after
-    /// [`STALL_LIMIT`] without progress.
-    pub fn send_all(
-        &self,
-        buffer: &[u8],
-        frames: &[(usize, usize)],
-        scratch: &mut SendScratch,
-    ) -> Result<(u64, u64), LoadError> {
-        scratch.iov.clear();
-        for &(off, len) in frames {
-            scratch.iov.push(libc::iovec {
-                iov_base: buffer[off..off + len].as_ptr().cast_mut().cast(),
-                iov_len: len,
-            });
-        }
-        scratch.msgs.clear();
-        for iov in &mut scratch.iov {
-            // SAFETY: all-zero is a valid mmsghdr; the iovec pointer is set below.
-            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            m.msg_hdr.msg_iov = std::ptr::from_mut(iov);
-            m.msg_hdr.msg_iovlen = 1;
-            scratch.msgs.push(m);
-        }
-        let (mut calls, mut retries) = (0u64, 0u64);
-        let mut done = 0;
-        let mut stalled_since: Option<Instant> = None;
-        while done < scratch.msgs.len() {
-            let left = &mut scratch.msgs[done..];
-            // SAFETY: every message points at an iovec into `buffer`, alive for the call.
-            let n = unsafe {
-                libc::sendmmsg(
-                    self.fd.as_raw_fd(),
-                    left.as_mut_ptr(),
-                    u32::try_from(left.len()).unwrap_or(u32::MAX),
-                    0,
-                )
-            };
-            calls += 1;
-            if n > 0 {
-                done += usize::try_from(n).unwrap_or(0);
-                stalled_since = None;
-                continue;
-            }
-            let error = io::Error::last_os_error();
-            match error.raw_os_error() {
-                Some(libc::ENOBUFS | libc::EAGAIN) => {
-                    retries += 1;
-                    let since = *stalled_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() > STALL_LIMIT {
-                        return Err(LoadError::Stalled(format!(
-                            "{} refused frames for {STALL_LIMIT:?}: {error}",
-                            self.interface
-                        )));
-                    }
-                    // Let the receiving side (softirq, the receiver) drain the queue.
-                    std::thread::yield_now();
-                }
-                Some(libc::EINTR) => {}
-                _ => {
-                    return Err(LoadError::Socket {
-                        call: "sendmmsg",
-                        interface: self.interface.clone(),
-                        source: error,
-                    });
-                }
-            }
-        }
-        Ok((calls, retries))
-    }
-}
-
-/// `sendmmsg` scratch arrays, kept between calls.
-#[derive(Default)]
-pub struct SendScratch {
-    iov: Vec<libc::iovec>,
-    msgs: Vec<libc::mmsghdr>,
-}
-
-impl std::fmt::Debug for SendScratch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The raw iovec and mmsghdr arrays only hold pointers into the last batch.
-        f.debug_struct("SendScratch")
-            .field("iov", &self.iov.len())
-            .field("msgs", &self.msgs.len())
-            .finish()
-    }
-}
-
-fn ifindex(name: &str) -> io::Result<u32> {
-    let cname = CString::new(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: a valid NUL-terminated string.
-    let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-    if index == 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(index)
-    }
-}
-
-fn setsockopt<T>(fd: &OwnedFd, level: i32, name: i32, value: &T) -> io::Result<()> {
-    // SAFETY: value points to a T and its size is passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            std::ptr::from_ref(value).cast(),
-            libc::socklen_t::try_from(size_of::<T>()).unwrap_or(0),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock [`Token::sent_ns`] is stamped with (the same in
@@ -425,7 +266,7 @@ impl FrameBatch {
     pub fn new(shape: RecordShape, batch: usize) -> Self {
         Self {
             builder: RecordBuilder::new(shape),
-            buffer: Vec::with_capacity(batch * MAX_FRAME),
+            buffer: Vec::with_capacity(batch * MAX_NETCONSOLE_FRAME),
             frames: Vec::with_capacity(batch),
         }
     }
@@ -459,7 +300,8 @@ impl FrameBatch {
             }
             sent_one = true;
             let start = buffer.len();
-            frame::write_udp(buffer, config.link, src, config.dst, payload);
+            let macs = (config.src_mac, config.dst_mac);
+            frame::write_udp(buffer, macs, Vlan::None, src, config.dst, payload);
             frames.push((start, buffer.len() - start));
         });
     }
@@ -477,7 +319,8 @@ impl FrameBatch {
 /// [`LoadError`] when the configuration is inconsistent or sending fails.
 pub fn run(config: &LoadConfig) -> Result<LoadReport, LoadError> {
     config.validate().map_err(LoadError::Config)?;
-    let socket = PacketSender::open(&config.interface)?;
+    let mut socket = FrameSender::open_here(&config.interface)?;
+    socket.tune_for_load()?;
     // Sleeps of a paced run end within a microsecond of their deadline, not the default 50 µs.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000, 0, 0, 0) };
@@ -533,9 +376,9 @@ pub fn run(config: &LoadConfig) -> Result<LoadReport, LoadError> {
             batch.push_record(config, i, sent_ns);
         }
         let (buffer, frames) = batch.frames();
-        let (calls, retries) = socket.send_all(buffer, frames, &mut scratch)?;
-        report.calls += calls;
-        report.retries += retries;
+        let took = socket.send_batch(buffer, frames, &mut scratch)?;
+        report.calls += took.calls;
+        report.retries += took.retries;
         report.frames += frames.len() as u64;
         sent += want;
     }
@@ -548,31 +391,17 @@ pub fn run(config: &LoadConfig) -> Result<LoadReport, LoadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Format;
 
     fn config() -> LoadConfig {
         LoadConfig {
-            interface: "lo".into(),
-            link: Link {
-                src: [2, 0, 0, 0, 0x91, 2],
-                dst: frame::BROADCAST,
-            },
-            dst: "10.91.0.1:6666".parse().unwrap(),
-            src_base: "10.91.1.0".parse().unwrap(),
-            src_port: 6665,
             senders: 3,
-            shape: RecordShape {
-                format: Format::Extended,
-                size: 200,
-                fragments: 1,
-            },
-            first_fragment_only: false,
-            rate: None,
-            duration: Duration::from_secs(1),
-            count: None,
-            batch: DEFAULT_BATCH,
-            run: 1,
             seq_start: 10,
+            ..LoadConfig::new(
+                "lo",
+                ([2, 0, 0, 0, 0x91, 2], netcon_testkit::BROADCAST_MAC),
+                "10.91.1.0".parse().unwrap(),
+                "10.91.0.1:6666".parse().unwrap(),
+            )
         }
     }
 

@@ -5,7 +5,7 @@
 //! else is skipped. The stream may be cut anywhere between calls; a file truncated by the bench
 //! between trials continues with record headers (the global header comes once, at the start).
 
-use crate::frame::{ETH_LEN, IPV4_LEN, IPV6_LEN, UDP_LEN};
+use netcon_testkit::frame::{ETH_LEN, IPV4_LEN, IPV6_LEN, UDP_LEN};
 
 /// Length of pcap's global header, bytes (pcap-savefile(5)).
 const GLOBAL_HEADER_LEN: usize = 24;

@@ -2,39 +2,32 @@
 //! netcon's text output right: a smoke test of the bench's two ends without a network.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::Utc;
 use netcon::netconsole::{Decoder, DecoderConfig, Event, Incoming};
 use netcon::wire::Datagram;
-use netcon_bench::frame::{self, Link};
-use netcon_bench::load::{DEFAULT_BATCH, FrameBatch, LoadConfig};
+use netcon_bench::load::{FrameBatch, LoadConfig};
 use netcon_bench::record::{Format, RecordShape};
 use netcon_bench::verify::{Expectation, Verifier};
+use netcon_testkit::BROADCAST_MAC;
 
 fn config(senders: u32, format: Format, fragments: u8) -> LoadConfig {
     LoadConfig {
-        interface: "unused".into(),
-        link: Link {
-            src: [2, 0, 0, 0, 0x91, 2],
-            dst: frame::BROADCAST,
-        },
-        dst: "10.91.0.1:6666".parse().unwrap(),
-        src_base: "10.91.1.0".parse().unwrap(),
-        src_port: 6665,
         senders,
         shape: RecordShape {
             format,
             size: 200,
             fragments,
         },
-        first_fragment_only: false,
-        rate: None,
-        duration: Duration::from_secs(1),
-        count: None,
-        batch: DEFAULT_BATCH,
         run: 9,
         seq_start: 1000,
+        ..LoadConfig::new(
+            "unused",
+            ([2, 0, 0, 0, 0x91, 2], BROADCAST_MAC),
+            "10.91.1.0".parse().unwrap(),
+            "10.91.0.1:6666".parse().unwrap(),
+        )
     }
 }
 

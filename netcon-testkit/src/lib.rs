@@ -30,11 +30,11 @@ pub mod tcpdump;
 pub use files::{TempDir, fixture, run_bounded, write_file};
 pub use frame::{NETCONSOLE_DST_PORT, NETCONSOLE_SRC_PORT, UdpFrame, Vlan};
 pub use netns::{
-    ALL_NODES_MAC, BROADCAST_MAC, Link, Mac, Netns, Topology, ip, mac_to_string, netns_list,
-    require_root,
+    ALL_NODES_MAC, BROADCAST_MAC, Link, Mac, Netns, NetnsError, Topology, ip, mac_to_string,
+    netns_list, require_root,
 };
 pub use pcap::{LINKTYPE_ETHERNET, PcapFile, PcapRecord};
-pub use sender::FrameSender;
+pub use sender::{BatchSent, FrameSender, SendError, SendScratch};
 pub use sniffer::{
     CaptureBackend, FileCounters, FileRun, LINE_TIMEOUT, RawCounters, RawLine, STATS_PREFIX,
     Sniffer, Summary, XdpCounters, rfc3339_micros, sniff_binary, without_stats,

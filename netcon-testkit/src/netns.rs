@@ -4,10 +4,16 @@
 //! debugging a failed setup wants to see. Namespaces are named `nct-<pid>-<counter>-<role>`, so
 //! parallel tests in one run and concurrent runs never clash, and namespaces left behind by a run
 //! that was killed (no destructor ran) can be recognised and removed by the next run.
+//!
+//! Two flavours of every call: the plain one panics with the error (what a test wants), the
+//! `try_`/`create` one returns a [`NetnsError`] (what xtask's bench and vm-test want, so that a
+//! failed setup is an error with a hint rather than a panic).
 
+use std::ffi::OsStr;
 use std::fs::File;
+use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, Once, PoisonError};
 use std::time::{Duration, Instant};
@@ -24,6 +30,54 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// one process never race on that.
 static CREATE_LOCK: Mutex<()> = Mutex::new(());
 static STALE_CLEANUP: Once = Once::new();
+
+/// Why a namespace could not be set up or used.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    /// `ip` could not be started.
+    #[error("cannot run `ip {args}`: {source} (is iproute2 installed?)")]
+    Spawn {
+        /// The arguments, space-separated.
+        args: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// `ip` ran and failed.
+    #[error("`ip {args}` failed ({status}): {stderr}{}", root_hint(stderr))]
+    Failed {
+        /// The arguments, space-separated.
+        args: String,
+        /// Its exit status.
+        status: ExitStatus,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// The namespace could not be entered (`setns`) or a file in it not read or written.
+    #[error("{what} in namespace {netns}: {source}{}", errno_hint(source))]
+    Io {
+        /// What was done.
+        what: String,
+        /// The namespace's name.
+        netns: String,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+fn root_hint(stderr: &str) -> &'static str {
+    if stderr.contains("Operation not permitted") || stderr.contains("Permission denied") {
+        " (network namespaces need root)"
+    } else {
+        ""
+    }
+}
+
+fn errno_hint(error: &io::Error) -> &'static str {
+    match error.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => " (needs root)",
+        _ => "",
+    }
+}
 
 /// Panics unless the process runs as root, with a message saying why root is needed.
 ///
@@ -42,20 +96,29 @@ pub fn require_root() {
 /// If `ip` cannot be started or exits non-zero.
 #[must_use]
 pub fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().unwrap_or_else(|e| {
-        panic!(
-            "cannot run `ip {}`: {e} (is iproute2 installed?)",
-            args.join(" ")
-        )
-    });
-    assert!(
-        out.status.success(),
-        "`ip {}` failed ({}): {}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    try_ip(args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `ip ARGS...`; returns its stdout.
+///
+/// # Errors
+/// [`NetnsError::Spawn`] or [`NetnsError::Failed`], with `ip`'s stderr.
+pub fn try_ip(args: &[&str]) -> Result<String, NetnsError> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|source| NetnsError::Spawn {
+            args: args.join(" "),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(NetnsError::Failed {
+            args: args.join(" "),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Names of all network namespaces (`ip netns list`), without the `(id: N)` suffix.
@@ -68,19 +131,25 @@ pub fn netns_list() -> Vec<String> {
         .collect()
 }
 
-/// Removes `nct-<pid>-...` namespaces whose process no longer exists: left behind by a test run
+/// Removes `nct-<pid>-...` namespaces whose process no longer exists: left behind by a run
 /// that was killed before its destructors ran. Namespaces of live processes are never touched.
 fn remove_stale_namespaces() {
-    for name in netns_list() {
-        let Some(rest) = name.strip_prefix(NETNS_PREFIX) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+    let Ok(list) = try_ip(&["netns", "list"]) else {
+        return;
+    };
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(pid) = name
+            .strip_prefix(NETNS_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
             continue;
         };
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            eprintln!("netcon-tests: removing stale namespace {name} (its process {pid} is gone)");
-            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+            eprintln!(
+                "netcon-testkit: removing stale namespace {name} (its process {pid} is gone)"
+            );
+            let _ = try_ip(&["netns", "del", name]);
         }
     }
 }
@@ -100,17 +169,26 @@ impl Netns {
     #[must_use]
     pub fn new(role: &str) -> Netns {
         require_root();
+        Netns::create(role).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Creates a namespace named `nct-<pid>-<counter>-<role>` with `lo` up. The first call of a
+    /// process also removes namespaces that runs killed before their clean-up left behind.
+    ///
+    /// # Errors
+    /// When `ip` fails (not root, no iproute2).
+    pub fn create(role: &str) -> Result<Netns, NetnsError> {
         STALE_CLEANUP.call_once(remove_stale_namespaces);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("{NETNS_PREFIX}{}-{n}-{role}", std::process::id());
         {
             let _guard = CREATE_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
-            let _ = ip(&["netns", "add", &name]);
+            try_ip(&["netns", "add", &name])?;
         }
-        // From here on the guard owns the namespace: a panic below still removes it.
+        // From here on the guard owns the namespace: an error or a panic below still removes it.
         let ns = Netns { name };
-        ns.ip(&["link", "set", "dev", "lo", "up"]);
-        ns
+        ns.try_ip(&["link", "set", "dev", "lo", "up"])?;
+        Ok(ns)
     }
 
     /// The namespace's name (as `ip netns` knows it).
@@ -128,9 +206,35 @@ impl Netns {
         reason = "most callers run `ip` for its effect"
     )]
     pub fn ip(&self, args: &[&str]) -> String {
+        self.try_ip(args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Runs `ip -n NAME ARGS...` in this namespace; returns its stdout.
+    ///
+    /// # Errors
+    /// As [`try_ip`].
+    pub fn try_ip(&self, args: &[&str]) -> Result<String, NetnsError> {
         let mut all = vec!["-n", self.name.as_str()];
         all.extend_from_slice(args);
-        ip(&all)
+        try_ip(&all)
+    }
+
+    /// `program` to be run inside this namespace (`ip netns exec NAME program`, which execs it:
+    /// the child's pid is the program's).
+    #[must_use]
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name]).arg(program);
+        command
+    }
+
+    /// An open handle on the namespace (`/run/netns/NAME`), for `setns`.
+    ///
+    /// # Errors
+    /// [`NetnsError::Io`] when it cannot be opened.
+    pub fn file(&self) -> Result<File, NetnsError> {
+        let path = format!("/run/netns/{}", self.name);
+        File::open(&path).map_err(|source| self.io_error(format!("opening {path}"), source))
     }
 
     /// Runs `f` on a new thread that has entered this namespace, and returns its result.
@@ -140,18 +244,113 @@ impl Netns {
     /// # Panics
     /// If the namespace cannot be entered, or if `f` panics.
     pub fn run_in<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        let path = format!("/run/netns/{}", self.name);
+        self.try_run_in(f).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As [`Netns::run_in`], with an error when the namespace cannot be entered.
+    ///
+    /// # Errors
+    /// [`NetnsError::Io`] when the namespace cannot be opened or entered.
+    pub fn try_run_in<R: Send>(&self, f: impl FnOnce() -> R + Send) -> Result<R, NetnsError> {
+        let file = self.file()?;
         std::thread::scope(|s| {
-            let handle = s.spawn(|| {
-                let file = File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
+            s.spawn(|| {
                 nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)
-                    .unwrap_or_else(|e| panic!("setns({path}) failed: {e}"));
-                f()
-            });
-            handle
-                .join()
-                .unwrap_or_else(|payload| std::panic::resume_unwind(payload))
+                    .map_err(|e| self.io_error("setns".to_owned(), e.into()))?;
+                Ok(f())
+            })
+            .join()
+            .unwrap_or_else(|payload| std::panic::resume_unwind(payload))
         })
+    }
+
+    /// A file of `/proc/net` (`snmp`, `udp6`, `packet`, ...) as this namespace sees it.
+    ///
+    /// # Errors
+    /// [`NetnsError::Io`] when the namespace cannot be entered or the file read.
+    pub fn proc_net(&self, file: &str) -> Result<String, NetnsError> {
+        let path = format!("/proc/thread-self/net/{file}");
+        self.try_run_in(|| std::fs::read_to_string(&path))?
+            .map_err(|source| self.io_error(format!("reading {path}"), source))
+    }
+
+    /// Sets the sysctl `key` (dotted, as `sysctl` takes it) to `value` in this namespace: its
+    /// file under `/proc/sys`, written from a thread inside (`net.*` ones are per namespace).
+    ///
+    /// # Errors
+    /// [`NetnsError::Io`] when the namespace cannot be entered or the file written.
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<(), NetnsError> {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        self.try_run_in(|| std::fs::write(&path, value))?
+            .map_err(|source| self.io_error(format!("setting {key}={value}"), source))
+    }
+
+    /// Creates a veth pair: `name` with `mac` here, `peer_name` with `peer_mac` in `peer`; both
+    /// ends down and without addresses.
+    ///
+    /// # Errors
+    /// When `ip` fails.
+    pub fn add_veth(
+        &self,
+        (name, mac): (&str, Mac),
+        peer: &Netns,
+        (peer_name, peer_mac): (&str, Mac),
+    ) -> Result<(), NetnsError> {
+        self.try_ip(&[
+            "link",
+            "add",
+            "name",
+            name,
+            "address",
+            &mac_to_string(mac),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer_name,
+            "address",
+            &mac_to_string(peer_mac),
+            "netns",
+            peer.name(),
+        ])
+        .map(drop)
+    }
+
+    /// Creates a persistent tap device `name` with `mac` (one that qemu opens by name), down
+    /// and without addresses.
+    ///
+    /// # Errors
+    /// When `ip` fails.
+    pub fn add_tap(&self, name: &str, mac: Mac) -> Result<(), NetnsError> {
+        self.try_ip(&["tuntap", "add", "dev", name, "mode", "tap"])?;
+        self.try_ip(&["link", "set", "dev", name, "address", &mac_to_string(mac)])
+            .map(drop)
+    }
+
+    /// Gives `dev` the IPv4 address `v4/v4_prefix` and, if any, the IPv6 address `v6/64`
+    /// (without duplicate address detection, so it is usable at once), and sets it up.
+    ///
+    /// # Errors
+    /// When `ip` fails.
+    pub fn add_addresses(
+        &self,
+        dev: &str,
+        (v4, v4_prefix): (Ipv4Addr, u8),
+        v6: Option<Ipv6Addr>,
+    ) -> Result<(), NetnsError> {
+        self.try_ip(&["addr", "add", &format!("{v4}/{v4_prefix}"), "dev", dev])?;
+        if let Some(v6) = v6 {
+            self.try_ip(&["addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"])?;
+        }
+        self.try_ip(&["link", "set", "dev", dev, "up"]).map(drop)
+    }
+
+    fn io_error(&self, what: String, source: io::Error) -> NetnsError {
+        NetnsError::Io {
+            what,
+            netns: self.name.clone(),
+            source,
+        }
     }
 
     /// `ip -d link show dev DEV` in this namespace.
@@ -185,19 +384,15 @@ impl Netns {
     /// # Panics
     /// If a program is still attached at the deadline.
     pub fn wait_xdp_detached(&self, dev: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
+        wait_until(timeout, || {
             let details = self.link_summary(dev);
-            if xdp_attachment_in(&details).is_none() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "an XDP program is still attached to {dev} in {} after {timeout:?}:\n{details}",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            xdp_attachment_in(&details).map(|_| {
+                format!(
+                    "an XDP program is still attached to {dev} in {}:\n{details}",
+                    self.name
+                )
+            })
+        });
     }
 
     /// The interface index of `dev` in this namespace.
@@ -220,10 +415,7 @@ impl Netns {
     #[must_use]
     pub fn packet_sockets_on(&self, dev: &str) -> usize {
         let ifindex = self.ifindex(dev);
-        let table = self.run_in(|| {
-            std::fs::read_to_string("/proc/thread-self/net/packet")
-                .unwrap_or_else(|e| panic!("cannot read /proc/thread-self/net/packet: {e}"))
-        });
+        let table = self.proc_net("packet").unwrap_or_else(|e| panic!("{e}"));
         packet_sockets_in(&table)
             .unwrap_or_else(|| panic!("cannot parse /proc/net/packet:\n{table}"))
             .into_iter()
@@ -237,19 +429,10 @@ impl Netns {
     /// # Panics
     /// If one is still bound at the deadline.
     pub fn wait_no_packet_sockets(&self, dev: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
+        wait_until(timeout, || {
             let n = self.packet_sockets_on(dev);
-            if n == 0 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{n} packet sockets still bound to {dev} in {} after {timeout:?}",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            (n > 0).then(|| format!("{n} packet sockets still bound to {dev} in {}", self.name))
+        });
     }
 
     /// The interface's promiscuity counter (`promiscuity N` in `ip -d link show`).
@@ -269,35 +452,28 @@ impl Netns {
     /// # Panics
     /// If it does not get there in time.
     pub fn wait_promiscuity(&self, dev: &str, want: u32, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
+        wait_until(timeout, || {
             let got = self.promiscuity(dev);
-            if got == want {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "promiscuity of {dev} is {got}, expected {want} (waited {timeout:?})"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            (got != want).then(|| format!("promiscuity of {dev} is {got}, expected {want}"))
+        });
+    }
+}
+
+/// Calls `pending` every 50 ms until it returns `None`; panics with what it last returned once
+/// `timeout` has passed.
+fn wait_until(timeout: Duration, mut pending: impl FnMut() -> Option<String>) {
+    let deadline = Instant::now() + timeout;
+    while let Some(what) = pending() {
+        assert!(Instant::now() < deadline, "{what} (waited {timeout:?})");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
         // Never panic here: this also runs while unwinding from a failed assertion.
-        match Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output()
-        {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => eprintln!(
-                "netcon-tests: `ip netns del {}` failed: {}",
-                self.name,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-            Err(e) => eprintln!("netcon-tests: cannot run `ip netns del {}`: {e}", self.name),
+        if let Err(e) = try_ip(&["netns", "del", &self.name]) {
+            eprintln!("netcon-testkit: {e}");
         }
     }
 }
@@ -386,7 +562,8 @@ pub struct Link {
 }
 
 impl Link {
-    fn new(subnet: u8, sender: usize) -> Link {
+    /// The addresses of subnet N, the link of sender namespace `sender`.
+    pub(crate) fn new(subnet: u8, sender: usize) -> Link {
         let n = subnet;
         let hextet = u16::from(n);
         Link {
@@ -491,33 +668,20 @@ impl Topology {
     fn add_link(&self, link: &Link) {
         let c = &self.collector;
         let s = &self.senders[link.sender];
-        let cmac = mac_to_string(link.collector_mac);
-        let smac = mac_to_string(link.sender_mac);
-        c.ip(&[
-            "link",
-            "add",
-            "name",
-            &link.collector_if,
-            "address",
-            &cmac,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &link.sender_if,
-            "address",
-            &smac,
-            "netns",
-            s.name(),
-        ]);
-        for (ns, dev, v4, v6) in [
-            (c, &link.collector_if, link.collector_v4, link.collector_v6),
-            (s, &link.sender_if, link.sender_v4, link.sender_v6),
-        ] {
-            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
-            ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]);
-            ns.ip(&["link", "set", "dev", dev, "up"]);
-        }
+        c.add_veth(
+            (&link.collector_if, link.collector_mac),
+            s,
+            (&link.sender_if, link.sender_mac),
+        )
+        .and_then(|()| {
+            c.add_addresses(
+                &link.collector_if,
+                (link.collector_v4, 24),
+                Some(link.collector_v6),
+            )
+        })
+        .and_then(|()| s.add_addresses(&link.sender_if, (link.sender_v4, 24), Some(link.sender_v6)))
+        .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// The single link of a one-link topology (or the first).

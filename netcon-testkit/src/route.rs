@@ -6,37 +6,15 @@
 //! sender, `.1`/`::1` for the other side (collector or gateway); MACs `02:00:00:00:N:10` and
 //! `02:00:00:00:N:01`. Callers pick N (sender-config uses 60-69).
 
+use crate::netns::{Link, Mac, Netns};
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::process::Command;
 
-use crate::netns::{Mac, Netns, mac_to_string};
-
-/// Sets the sysctl `key` (dotted, as `sysctl` takes it) to `value` inside `ns`, by writing its
-/// file under `/proc/sys` from a shell in the namespace (no dependency on procps).
+/// Sets the sysctl `key` (dotted, as `sysctl` takes it) to `value` inside `ns`.
 ///
 /// # Panics
 /// If the write fails.
 pub fn sysctl(ns: &Netns, key: &str, value: &str) {
-    let path = format!("/proc/sys/{}", key.replace('.', "/"));
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns.name(),
-            "sh",
-            "-c",
-            "echo \"$1\" > \"$2\"",
-            "sh",
-        ])
-        .args([value, &path])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run `ip netns exec {} sh`: {e}", ns.name()));
-    assert!(
-        out.status.success(),
-        "setting {key}={value} in {} failed: {}",
-        ns.name(),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+    ns.sysctl(key, value).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// A namespace where IPv6 addresses are usable at once (no duplicate address detection, also
@@ -76,17 +54,18 @@ impl Segment {
     /// The addresses of segment N, interfaces `sc{N}-near` / `sc{N}-far`.
     #[must_use]
     pub fn new(subnet: u8) -> Segment {
-        let h = u16::from(subnet);
+        // The same plan as a [`Topology`](crate::Topology) link: near is its sender end.
+        let plan = Link::new(subnet, 0);
         Segment {
             subnet,
             near_if: format!("sc{subnet}-near"),
             far_if: format!("sc{subnet}-far"),
-            near_mac: [0x02, 0, 0, 0, subnet, 0x10],
-            far_mac: [0x02, 0, 0, 0, subnet, 0x01],
-            near_v4: Ipv4Addr::new(10, subnet, 0, 10),
-            far_v4: Ipv4Addr::new(10, subnet, 0, 1),
-            near_v6: Ipv6Addr::new(0xfd00, h, 0, 0, 0, 0, 0, 0x10),
-            far_v6: Ipv6Addr::new(0xfd00, h, 0, 0, 0, 0, 0, 0x1),
+            near_mac: plan.sender_mac,
+            far_mac: plan.collector_mac,
+            near_v4: plan.sender_v4,
+            far_v4: plan.collector_v4,
+            near_v6: plan.sender_v6,
+            far_v6: plan.collector_v6,
         }
     }
 
@@ -96,25 +75,24 @@ impl Segment {
         Ipv4Addr::new(10, self.subnet, 0, 99)
     }
 
+    /// Gives `dev` in `near` (the near end, or what stands for it) the near side's addresses.
+    fn address_near(&self, near: &Netns, dev: &str) {
+        address(near, dev, self.near_v4, self.near_v6);
+    }
+
+    /// Gives the far end in `far` the far side's addresses.
+    fn address_far(&self, far: &Netns) {
+        address(far, &self.far_if, self.far_v4, self.far_v6);
+    }
+
     /// Creates the veth pair between `near` and `far`, both ends up, with no addresses.
     fn wire(&self, near: &Netns, far: &Netns) {
-        near.ip(&[
-            "link",
-            "add",
-            "name",
-            &self.near_if,
-            "address",
-            &mac_to_string(self.near_mac),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &self.far_if,
-            "address",
-            &mac_to_string(self.far_mac),
-            "netns",
-            far.name(),
-        ]);
+        near.add_veth(
+            (&self.near_if, self.near_mac),
+            far,
+            (&self.far_if, self.far_mac),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         near.ip(&["link", "set", "dev", &self.near_if, "up"]);
         far.ip(&["link", "set", "dev", &self.far_if, "up"]);
     }
@@ -122,8 +100,8 @@ impl Segment {
 
 /// Gives `dev` in `ns` an IPv4 `/24` and an IPv6 `/64` address.
 fn address(ns: &Netns, dev: &str, v4: Ipv4Addr, v6: Ipv6Addr) {
-    ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
-    ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]);
+    ns.add_addresses(dev, (v4, 24), Some(v6))
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// The IPv6 link-local address of `dev` in `ns` (`ip -6 addr show dev DEV scope link`).
@@ -141,6 +119,16 @@ pub fn link_local(ns: &Netns, dev: &str) -> Ipv6Addr {
         .unwrap_or_else(|| panic!("no link-local address on {dev} in {}:\n{out}", ns.name()))
 }
 
+/// A sender and a collector namespace joined by segment N (sender near, collector far), no
+/// addresses yet.
+fn wired_pair(subnet: u8) -> (Netns, Netns, Segment) {
+    let sender = quick_netns("sc-sender");
+    let collector = quick_netns("sc-collector");
+    let segment = Segment::new(subnet);
+    segment.wire(&sender, &collector);
+    (sender, collector, segment)
+}
+
 /// A sender and a collector on one segment: the collector is the far side.
 #[derive(Debug)]
 pub struct OnLink {
@@ -156,12 +144,9 @@ impl OnLink {
     /// Segment N, addresses on the veth ends.
     #[must_use]
     pub fn new(subnet: u8) -> OnLink {
-        let sender = quick_netns("sc-sender");
-        let collector = quick_netns("sc-collector");
-        let segment = Segment::new(subnet);
-        segment.wire(&sender, &collector);
-        address(&sender, &segment.near_if, segment.near_v4, segment.near_v6);
-        address(&collector, &segment.far_if, segment.far_v4, segment.far_v6);
+        let (sender, collector, segment) = wired_pair(subnet);
+        segment.address_near(&sender, &segment.near_if);
+        segment.address_far(&collector);
         OnLink {
             sender,
             collector,
@@ -189,11 +174,8 @@ impl Bridged {
     /// on the bridge (a misconfiguration `sender-config` must point out).
     #[must_use]
     pub fn new(subnet: u8, addresses_on_port: bool) -> Bridged {
-        let sender = quick_netns("sc-sender");
-        let collector = quick_netns("sc-collector");
-        let segment = Segment::new(subnet);
+        let (sender, collector, segment) = wired_pair(subnet);
         let bridge = "br0".to_owned();
-        segment.wire(&sender, &collector);
         sender.ip(&["link", "add", "name", &bridge, "type", "bridge"]);
         sender.ip(&["link", "set", "dev", &segment.near_if, "master", &bridge]);
         sender.ip(&["link", "set", "dev", &bridge, "up"]);
@@ -202,8 +184,8 @@ impl Bridged {
         } else {
             &bridge
         };
-        address(&sender, on, segment.near_v4, segment.near_v6);
-        address(&collector, &segment.far_if, segment.far_v4, segment.far_v6);
+        segment.address_near(&sender, on);
+        segment.address_far(&collector);
         Bridged {
             sender,
             collector,
@@ -240,10 +222,10 @@ impl Routed {
         let second = Segment::new(second);
         first.wire(&sender, &gateway);
         second.wire(&gateway, &collector);
-        address(&sender, &first.near_if, first.near_v4, first.near_v6);
-        address(&gateway, &first.far_if, first.far_v4, first.far_v6);
-        address(&gateway, &second.near_if, second.near_v4, second.near_v6);
-        address(&collector, &second.far_if, second.far_v4, second.far_v6);
+        first.address_near(&sender, &first.near_if);
+        first.address_far(&gateway);
+        second.address_near(&gateway, &second.near_if);
+        second.address_far(&collector);
         sysctl(&gateway, "net.ipv4.ip_forward", "1");
         sysctl(&gateway, "net.ipv6.conf.all.forwarding", "1");
         sender.ip(&["route", "add", "default", "via", &first.far_v4.to_string()]);

@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, ValueEnum};
-use netcon_bench::frame::{self, Link, Mac};
 use netcon_bench::load::{self, DEFAULT_BATCH, LoadConfig};
 use netcon_bench::record::{Format, RecordShape};
+use netcon_testkit::Mac;
+use netcon_testkit::frame::parse_mac;
 
 /// Send netconsole records from H simulated senders, as raw frames out of IFACE.
 ///
@@ -38,10 +39,10 @@ struct Cli {
     #[arg(long, value_name = "ADDR:PORT")]
     dst: SocketAddr,
     /// Destination MAC (the collector's, a foreign unicast one, or ff:ff:ff:ff:ff:ff).
-    #[arg(long, value_name = "MAC", value_parser = frame::parse_mac, default_value = "ff:ff:ff:ff:ff:ff")]
+    #[arg(long, value_name = "MAC", value_parser = parse_mac, default_value = "ff:ff:ff:ff:ff:ff")]
     dst_mac: Mac,
     /// Source MAC. Default: IFACE's own.
-    #[arg(long, value_name = "MAC", value_parser = frame::parse_mac)]
+    #[arg(long, value_name = "MAC", value_parser = parse_mac)]
     src_mac: Option<Mac>,
     /// Address of sender 0; sender k uses this plus k (all within its /16 or /64).
     #[arg(long, value_name = "ADDR")]
@@ -122,10 +123,8 @@ fn run(cli: &Cli) -> Result<()> {
     );
     let config = LoadConfig {
         interface: cli.interface.clone(),
-        link: Link {
-            src: src_mac,
-            dst: cli.dst_mac,
-        },
+        src_mac,
+        dst_mac: cli.dst_mac,
         dst: cli.dst,
         src_base: cli.src_base,
         src_port: cli.src_port,

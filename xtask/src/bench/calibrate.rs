@@ -94,7 +94,7 @@ impl BpfStats {
 
 /// [`EmptyXdp::attach`] on `dev` inside `ns`.
 pub fn attach_in(ns: &super::topo::Netns, dev: &str) -> Result<EmptyXdp> {
-    ns.run_in(|| {
+    ns.try_run_in(|| {
         let name = std::ffi::CString::new(dev)?;
         // SAFETY: a valid NUL-terminated name.
         let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };

@@ -330,8 +330,7 @@ fn boot_and_send(
     ];
     let console = &boot.console;
     let (mut qemu, started) = guest::spawn(ns, boot, &extra)?;
-    let mut sender = FrameSender::open_named(&ns.name, &ns.tap)
-        .with_context(|| format!("opening a packet socket on {} in {}", ns.tap, ns.name))?;
+    let mut sender = FrameSender::try_open(ns.netns(), &ns.tap)?;
     let mut seen_lines = 0;
     let mut starts: BTreeMap<String, Instant> = BTreeMap::new();
     let mut timings = BTreeMap::new();

@@ -261,7 +261,6 @@ pub fn run(root: &Path, args: &VmTestArgs) -> Result<()> {
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let init = fs::read(root.join("vm/init.sh")).context("reading vm/init.sh")?;
-    Netns::remove_stale();
 
     let mut failures = Vec::new();
     let mut boots = Vec::new();

@@ -2,89 +2,61 @@
 //! also when the test fails.
 
 use std::{
-    fs,
+    net::Ipv4Addr,
     process::{Child, Command, ExitStatus},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
+use netcon_testkit::frame::parse_mac;
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
 
-use super::cmd_status;
-
-/// Every namespace this test makes is named `netcon-vm-<pid>-<net>`.
-const PREFIX: &str = "netcon-vm-";
-
-/// A network namespace holding one tap device with the collector's address.
+/// A network namespace (`netcon_testkit`'s guard) holding one tap device with the collector's
+/// address.
 pub struct Netns {
-    pub name: String,
+    /// The tap device qemu opens by name: `nct<net>`.
     pub tap: String,
+    netns: netcon_testkit::Netns,
 }
 
 impl Netns {
-    /// Creates `netcon-vm-<pid>-<net>` with a persistent tap `nct<net>` (MAC `mac`, address
-    /// `addr/24`) that qemu opens by name. Nothing outside the namespace is touched.
+    /// Creates a namespace with a persistent tap `nct<net>` (MAC `mac`, address `addr/24`) that
+    /// qemu opens by name. Nothing outside the namespace is touched.
     pub fn create(net: u8, mac: &str, addr: &str) -> Result<Self> {
-        let name = format!("{PREFIX}{}-{net}", std::process::id());
-        let tap = format!("nct{net}");
-        cmd_status(Command::new("ip").args(["netns", "add", &name]))
-            .context("creating a network namespace (needs root)")?;
-        // From here on, drop removes it.
-        let ns = Self { name, tap };
-        for args in [
-            vec!["link", "set", "lo", "up"],
-            vec!["tuntap", "add", "dev", &ns.tap, "mode", "tap"],
-            vec!["link", "set", &ns.tap, "address", mac],
-            vec!["addr", "add", &format!("{addr}/24"), "dev", &ns.tap],
-            vec!["link", "set", &ns.tap, "up"],
-        ] {
-            cmd_status(Command::new("ip").args(["-n", &ns.name]).args(&args))?;
-        }
+        let mac = parse_mac(mac).map_err(anyhow::Error::msg)?;
+        let addr: Ipv4Addr = addr
+            .parse()
+            .with_context(|| format!("collector address {addr:?}"))?;
+        let ns = Self {
+            tap: format!("nct{net}"),
+            netns: netcon_testkit::Netns::create(&format!("vm{net}"))
+                .context("creating a network namespace (needs root)")?,
+        };
+        ns.netns.add_tap(&ns.tap, mac)?;
+        ns.netns.add_addresses(&ns.tap, (addr, 24), None)?;
         Ok(ns)
+    }
+
+    /// The namespace itself, for what runs inside it.
+    pub fn netns(&self) -> &netcon_testkit::Netns {
+        &self.netns
     }
 
     /// `program` run inside the namespace (`ip netns exec` execs it: its pid is the program's).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).arg(program);
-        c
-    }
-
-    /// Removes namespaces of earlier runs of this test whose process is gone (a run killed
-    /// before its drop ran).
-    pub fn remove_stale() {
-        let Ok(entries) = fs::read_dir("/run/netns") else {
-            return;
-        };
-        for entry in entries.filter_map(Result::ok) {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(pid) = name
-                .strip_prefix(PREFIX)
-                .and_then(|rest| rest.split('-').next())
-                .and_then(|p| p.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if pid != std::process::id() && !fs::exists(format!("/proc/{pid}")).unwrap_or(true) {
-                eprintln!("vm-test: removing stale namespace {name}");
-                let _ = Command::new("ip").args(["netns", "del", &name]).status();
-            }
-        }
+        self.netns.command(program)
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["-n", &self.name, "link", "del", &self.tap])
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        // The tap first, explicitly: a namespace outlives `ip netns del` while a process
+        // (a qemu that failed to die) is still in it, and with it the device.
+        let _ = self.netns.try_ip(&["link", "del", &self.tap]);
     }
 }
 
