@@ -350,19 +350,49 @@ impl Sniffer {
         skip: usize,
         timeout: Duration,
     ) -> String {
+        self.try_stderr_containing(needle, skip, timeout)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As [`Sniffer::expect_stderr_containing`].
+    ///
+    /// # Errors
+    /// If none arrives within `timeout`, or stderr ends first.
+    pub fn try_stderr_containing(
+        &mut self,
+        needle: &str,
+        skip: usize,
+        timeout: Duration,
+    ) -> Result<String, String> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(line) = self.stderr.iter().skip(skip).find(|l| l.contains(needle)) {
-                return line.clone();
+                return Ok(line.clone());
             }
-            let progressed = self.pump(deadline);
-            assert!(
-                progressed,
-                "no stderr line containing {needle:?} from `{}` within {timeout:?}; stderr:\n{}",
-                self.command,
-                self.stderr_text()
-            );
+            if !self.try_pump(deadline)? {
+                return Err(format!(
+                    "no stderr line containing {needle:?} from `{}` within {timeout:?}; stderr:\n{}",
+                    self.command,
+                    self.stderr_text()
+                ));
+            }
         }
+    }
+
+    /// The exit status if the process has exited, without waiting; what it printed meanwhile
+    /// is taken in.
+    ///
+    /// # Errors
+    /// If it printed a bad stdout line, or cannot be waited for.
+    pub fn try_status(&mut self) -> Result<Option<ExitStatus>, String> {
+        while self.try_pump(Instant::now())? {}
+        if self.status.is_none() {
+            self.status = self
+                .child
+                .try_wait()
+                .map_err(|e| format!("waiting for `{}` failed: {e}", self.command))?;
+        }
+        Ok(self.status)
     }
 
     /// Sends SIGUSR1 and returns the counters it makes the process print: the first
