@@ -3,6 +3,7 @@
 //! prints, and reading its counters from `--stats-format json`.
 
 mod counters;
+mod expect;
 mod launch;
 mod lines;
 mod run;
