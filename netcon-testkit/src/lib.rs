@@ -6,7 +6,8 @@
 //!   with correct checksums.
 //! - [`FrameSender`]: sends frames out of an interface inside a namespace (`AF_PACKET`).
 //! - [`Sniffer`]: runs the real binary in the collector namespace (or offline, on a file) and
-//!   checks what it prints; [`Summary`] parses its exit counters for every backend.
+//!   checks what it prints; [`Stats`] and [`Summary`] read its counters (`--stats-format
+//!   json`) for every backend. xtask starts its own command lines with it too.
 //! - [`PcapFile`]: an independent classic pcap reader; [`tcpdump_read`]: a file as Debian's
 //!   tcpdump decodes it; [`fixture`]: the real kernel captures in
 //!   `netcon-user/tests/data/`.
@@ -37,6 +38,7 @@ pub use pcap::{LINKTYPE_ETHERNET, PcapFile, PcapRecord};
 pub use sender::{BatchSent, FrameSender, SendError, SendScratch};
 pub use sniffer::{
     CaptureBackend, FileCounters, FileRun, LINE_TIMEOUT, RawCounters, RawLine, STATS_PREFIX,
-    Sniffer, Summary, XdpCounters, rfc3339_micros, sniff_binary, without_stats,
+    Sniffer, Stats, StdoutTo, Summary, XdpCounters, rfc3339_micros, sniff_binary, unescape,
+    without_stats,
 };
 pub use tcpdump::{TcpdumpFrame, TcpdumpOutput, VlanTag, tcpdump_binary, tcpdump_read};

@@ -10,7 +10,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::netns::{Netns, Topology};
-use crate::sniffer::{STATS_PREFIX, Sniffer};
+use crate::sniffer::{Sniffer, Stats};
 
 /// Subnets these tests may use: 10.N.0.0/24 with N in 40..=49 (other test files use others).
 pub const OUTPUT_SUBNETS: std::ops::RangeInclusive<u8> = 40..=49;
@@ -142,21 +142,14 @@ pub fn env_recording_hook(dir: &Path) -> (String, PathBuf) {
     (command, out)
 }
 
-/// The value of ` name=N` in the last stats line of `stderr`.
+/// The counter `name` of the last counters object (`--stats-format json`) in `stderr`: the
+/// exit summary once the process has ended.
 ///
 /// # Panics
-/// If there is no stats line or no such counter.
+/// If there is none, or it has no such counter.
 #[must_use]
 pub fn stats_counter(stderr: &str, name: &str) -> u64 {
-    let line = stderr
-        .lines()
-        .rev()
-        .find(|l| l.starts_with(STATS_PREFIX))
-        .unwrap_or_else(|| panic!("no stats line in stderr:\n{stderr}"));
-    line.split_whitespace()
-        .find_map(|field| field.strip_prefix(name)?.strip_prefix('='))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name}=N in {line:?}"))
+    Stats::last(stderr).counter(name)
 }
 
 /// `/etc/netns/NS/hosts` for one namespace: `ip netns exec NS` bind-mounts it over `/etc/hosts`

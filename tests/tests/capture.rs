@@ -923,8 +923,8 @@ fn auto_falls_back(holder: Mode) {
     let stderr = without_stats(s.stderr_lines());
     assert_eq!(
         stderr.len(),
-        4,
-        "expected the notice, the ready line and the two summary lines (besides stats):\n{}",
+        2,
+        "expected the notice and the ready line (besides stats and the summary):\n{}",
         stderr.join("\n")
     );
     let why = stderr[0]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use netcon_testkit::nats::{NatsServer, NodeConfig};
 use netcon_testkit::{
-    BROADCAST_MAC, Link, Netns, STATS_PREFIX, Sniffer, Topology, UdpFrame, mac_to_string,
+    BROADCAST_MAC, Link, Netns, Sniffer, Stats, Topology, UdpFrame, mac_to_string,
 };
 
 /// The stream every test publishes into.
@@ -49,18 +49,9 @@ fn frames_after(link: &Link, seqs: impl Iterator<Item = u64>, quiet: Duration) -
     .collect()
 }
 
-/// The value of `name=` in a stats line.
-fn stat(line: &str, name: &str) -> u64 {
-    line.split_whitespace()
-        .find_map(|pair| pair.strip_prefix(&format!("{name}=")))
-        .unwrap_or_else(|| panic!("no {name} in {line}"))
-        .parse()
-        .unwrap_or_else(|e| panic!("{name} in {line}: {e}"))
-}
-
 /// Stops a collector (SIGTERM: it delivers what is queued within its grace period) and returns
-/// its exit stats line.
-fn stop(collector: &mut Sniffer) -> String {
+/// its exit counters.
+fn stop(collector: &mut Sniffer) -> Stats {
     collector.sigterm();
     let (status, stderr) = collector.wait();
     assert!(
@@ -68,11 +59,7 @@ fn stop(collector: &mut Sniffer) -> String {
         "collector exited with {status}:\n{stderr}"
     );
     // The last one: SIGUSR1 may have printed others before.
-    stderr
-        .lines()
-        .rfind(|l| l.starts_with(STATS_PREFIX))
-        .unwrap_or_else(|| panic!("no stats line:\n{stderr}"))
-        .to_owned()
+    Stats::last(&stderr)
 }
 
 /// Starts a collector on `interface` in `ns` that forwards to `url` into the `JetStream` stream
@@ -191,15 +178,15 @@ fn redundant_collectors_store_each_record_once() {
     }
     server.wait_stream_messages(&segment.server, STREAM, RECORDS, DELIVERY_TIMEOUT);
 
-    let stats: Vec<String> = collectors.iter_mut().map(stop).collect();
-    for line in &stats {
-        assert_eq!(stat(line, "records"), RECORDS, "{line}");
-        assert_eq!(stat(line, "nats_sent"), RECORDS, "{line}");
-        assert_eq!(stat(line, "nats_dropped"), 0, "{line}");
-        assert_eq!(stat(line, "nats_queued"), 0, "{line}");
+    let stats: Vec<Stats> = collectors.iter_mut().map(stop).collect();
+    for s in &stats {
+        assert_eq!(s.counter("records"), RECORDS, "{s}");
+        assert_eq!(s.counter("nats_sent"), RECORDS, "{s}");
+        assert_eq!(s.counter("nats_dropped"), 0, "{s}");
+        assert_eq!(s.counter("nats_queued"), 0, "{s}");
     }
     // Each record was acknowledged as new to one collector and as a duplicate to the other.
-    let duplicates: u64 = stats.iter().map(|l| stat(l, "nats_duplicates")).sum();
+    let duplicates: u64 = stats.iter().map(|s| s.counter("nats_duplicates")).sum();
     assert_eq!(duplicates, RECORDS, "{stats:#?}");
     assert_eq!(
         server.stream_messages(&segment.server, STREAM),
@@ -293,9 +280,9 @@ fn replicated_stream_survives_a_node_killed_mid_flow() {
     collector.expect_line_containing(&format!("fleet record {RECORDS}"), LINE_TIMEOUT);
     let exit = stop(&mut collector);
     eprintln!("{exit}");
-    assert_eq!(stat(&exit, "records"), RECORDS, "{exit}");
-    assert_eq!(stat(&exit, "nats_dropped"), 0, "{exit}");
-    assert_eq!(stat(&exit, "nats_queued"), 0, "{exit}");
+    assert_eq!(exit.counter("records"), RECORDS, "{exit}");
+    assert_eq!(exit.counter("nats_dropped"), 0, "{exit}");
+    assert_eq!(exit.counter("nats_queued"), 0, "{exit}");
     // Every live node has every record, once: publishes retried after the kill were
     // recognised as duplicates.
     for server in servers
@@ -333,15 +320,9 @@ fn nats_down_at_start_bounds_the_queue_and_resumes() {
         "stdout goes on"
     );
 
-    let skip = collector.stderr_lines().len();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(collector.pid()).unwrap()),
-        nix::sys::signal::Signal::SIGUSR1,
-    )
-    .expect("SIGUSR1");
-    let stats = collector.expect_stderr_containing(STATS_PREFIX, skip, LINE_TIMEOUT);
-    let (queued, dropped) = (stat(&stats, "nats_queued"), stat(&stats, "nats_dropped"));
-    assert_eq!(stat(&stats, "nats_sent"), 0, "{stats}");
+    let stats = collector.stats();
+    let (queued, dropped) = (stats.counter("nats_queued"), stats.counter("nats_dropped"));
+    assert_eq!(stats.counter("nats_sent"), 0, "{stats}");
     assert!(queued <= QUEUE, "the queue bound holds: {stats}");
     assert_eq!(queued + dropped, WHILE_DOWN, "{stats}");
     assert!(dropped >= WHILE_DOWN - QUEUE, "{stats}");
@@ -356,9 +337,9 @@ fn nats_down_at_start_bounds_the_queue_and_resumes() {
     );
     server.wait_stream_messages(ns, STREAM, queued + 1 + AFTER, DELIVERY_TIMEOUT);
     let exit = stop(&mut collector);
-    assert_eq!(stat(&exit, "nats_dropped"), dropped, "{exit}");
-    assert_eq!(stat(&exit, "nats_queued"), 0, "{exit}");
-    assert_eq!(stat(&exit, "nats_sent"), queued + 1 + AFTER, "{exit}");
+    assert_eq!(exit.counter("nats_dropped"), dropped, "{exit}");
+    assert_eq!(exit.counter("nats_queued"), 0, "{exit}");
+    assert_eq!(exit.counter("nats_sent"), queued + 1 + AFTER, "{exit}");
     // The collector's own output says so too, in notices that add up to the drops.
     let noticed: u64 = collector
         .stdout_lines()
@@ -410,7 +391,7 @@ fn core_publish_reaches_a_live_tail() {
     let tailed = tail.expect_lines(usize::try_from(RECORDS).unwrap(), LINE_TIMEOUT);
     assert_eq!(tailed, printed);
     let exit = stop(&mut collector);
-    assert_eq!(stat(&exit, "nats_sent"), RECORDS, "{exit}");
+    assert_eq!(exit.counter("nats_sent"), RECORDS, "{exit}");
     tail.sigterm();
     let (status, stderr) = tail.wait();
     assert!(status.success(), "tail exited with {status}:\n{stderr}");

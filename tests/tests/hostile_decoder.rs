@@ -12,7 +12,7 @@ mod common;
 
 use common::{sniff_on_link, stop};
 use netcon_testkit::outputs::sniffer_pid;
-use netcon_testkit::{FrameSender, LINE_TIMEOUT, Link, STATS_PREFIX, Sniffer, Topology, UdpFrame};
+use netcon_testkit::{FrameSender, LINE_TIMEOUT, Link, Sniffer, Stats, Topology, UdpFrame};
 
 /// Peak RSS allowed: the default 24 MiB budget plus the process's fixed cost (8 MiB ring
 /// buffer, binary, buffers).
@@ -59,24 +59,9 @@ fn send_victim(sender: &mut FrameSender, link: &Link, k: u64, start: Instant, te
     ));
 }
 
-/// Stops the sniffer and returns its exit stats line, all of it (capture, decoder, sinks).
-fn exit_stats(mut s: Sniffer) -> String {
-    let stderr = stop(&mut s);
-    stderr
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix(STATS_PREFIX))
-        .unwrap_or_else(|| panic!("no stats line:\n{stderr}"))
-        .to_owned()
-}
-
-/// The value of `name=N` in a stats line.
-fn counter(stats: &str, name: &str) -> u64 {
-    stats
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name}= in {stats}"))
+/// Stops the sniffer and returns its exit counters, all of them (capture, decoder, sinks).
+fn exit_stats(mut s: Sniffer) -> Stats {
+    Stats::last(&stop(&mut s))
 }
 
 #[test]
@@ -118,8 +103,8 @@ fn continuation_flood_stays_under_the_budget_and_the_victim_is_heard() {
     );
     let stats = exit_stats(s);
     // Every flood record came out, cut at its bound, not held.
-    assert!(counter(&stats, "continuations_cut") >= 4_900, "{stats}");
-    assert_eq!(counter(&stats, "records_lost"), 0, "{stats}");
+    assert!(stats.counter("continuations_cut") >= 4_900, "{stats}");
+    assert_eq!(stats.counter("records_lost"), 0, "{stats}");
 }
 
 #[test]
@@ -167,6 +152,6 @@ fn spoofed_source_spray_does_not_evict_a_talking_sender() {
     eprintln!("spoofed spray: VmHWM {peak} KiB");
     assert!(peak < MAX_PEAK_RSS_KIB, "peak RSS {peak} KiB under a spray");
     let stats = exit_stats(s);
-    assert!(counter(&stats, "senders_evicted") >= 14_000, "{stats}");
-    assert_eq!(counter(&stats, "reboots"), 0, "{stats}");
+    assert!(stats.counter("senders_evicted") >= 14_000, "{stats}");
+    assert_eq!(stats.counter("reboots"), 0, "{stats}");
 }

@@ -7,7 +7,7 @@ mod common;
 
 use common::{refused, sniff_on_link, start_on_link, stop};
 use netcon_testkit::outputs::sniffer_pid;
-use netcon_testkit::{BROADCAST_MAC, LINE_TIMEOUT, Topology, UdpFrame};
+use netcon_testkit::{BROADCAST_MAC, LINE_TIMEOUT, Stats, Topology, UdpFrame};
 
 /// Fields of `/proc/PID/status` that show who a process is and what it may do.
 fn status_field(pid: u32, field: &str) -> String {
@@ -56,8 +56,9 @@ fn user_drops_root_and_keeps_capturing() {
     let printed = s.expect_line_containing("NCT unprivileged hello", LINE_TIMEOUT);
     assert!(printed.contains(" kern.info "), "{printed}");
     let stderr = stop(&mut s);
-    assert!(
-        stderr.contains("matched=1 "),
+    assert_eq!(
+        Stats::last(&stderr).counter("matched"),
+        1,
         "counters still readable after the drop:\n{stderr}"
     );
 }
@@ -78,32 +79,19 @@ fn allow_keeps_only_listed_senders_and_usr1_prints_stats() {
     // The sender is 10.N.0.10, outside the allowed prefix.
     let frame = UdpFrame::v4(link, b"6,1,1,-;NCT denied\n".to_vec());
     topo.sender(link).send(&frame.build());
-    let pid = sniffer_pid(&s);
-    let mut stats = String::new();
+    let mut denied = None;
     for _ in 0..50 {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
-            nix::sys::signal::Signal::SIGUSR1,
-        )
-        .unwrap();
-        // Also lets the harness collect stderr meanwhile.
+        let stats = s.stats();
+        // Also lets the harness collect stdout meanwhile.
         s.assert_no_line_containing("NCT denied", Duration::from_millis(100));
-        if let Some(line) = s
-            .stderr_lines()
-            .iter()
-            .rev()
-            .find(|l| l.starts_with("netcon-sniff: stats: ") && l.contains("denied=1 "))
-        {
-            stats.clone_from(line);
+        if stats.counter("denied") == 1 {
+            denied = Some(stats);
             break;
         }
     }
-    assert!(
-        !stats.is_empty(),
-        "no stats line with denied=1:\n{:#?}",
-        s.stderr_lines()
-    );
-    assert!(stats.contains("records=0 "), "{stats}");
+    let stats =
+        denied.unwrap_or_else(|| panic!("no stats with denied=1:\n{:#?}", s.stderr_lines()));
+    assert_eq!(stats.counter("records"), 0, "{stats}");
     s.assert_no_line_containing("NCT denied", Duration::from_millis(500));
 }
 

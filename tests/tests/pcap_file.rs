@@ -57,16 +57,27 @@ fn read_fixture(name: &str, frames: usize) {
 
     let run = Sniffer::read_file(arg, None);
     let n = u64::try_from(frames).unwrap();
-    // The stats line (repeated counters) is the binary's own business; everything else is
-    // exactly the contract.
     assert_eq!(
         without_stats(&run.stderr),
+        [format!("reading {arg}, ports 6666")],
+        "stderr of -r {arg} besides the summary"
+    );
+    // The prose summary (the default format): the stats line (repeated counters) is the
+    // binary's own business; everything else is exactly the contract.
+    let mut text = Sniffer::start_offline(
+        &["-r", arg, "--format", "raw", "--stats-format", "text"],
+        None,
+    );
+    let (status, stderr) = text.wait();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(
+        without_stats(text.stderr_lines()),
         [
             format!("reading {arg}, ports 6666"),
             format!("netcon-sniff: file counters: read={n} skipped=0"),
             format!("netcon-sniff: printed {n} datagrams"),
         ],
-        "stderr of -r {arg}"
+        "stderr of -r {arg} --stats-format text"
     );
     let counters = run.summary.file();
     assert_eq!(

@@ -13,10 +13,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, anyhow, ensure};
 use netcon_bench::load::{LoadReport, monotonic_ns};
 use netcon_bench::pcap::PcapStream;
 use netcon_bench::verify::Verifier;
+use netcon_testkit::{Sniffer, Stats, StdoutTo};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -133,11 +134,12 @@ impl RxOptions {
     }
 }
 
-/// A running receiver.
+/// A running receiver: its process run by the test kit's runner (which reads its stderr, and
+/// netcon-sniff's counters), its stdout read by the bench.
 pub struct Receiver {
     kind: Rx,
-    child: Option<Child>,
-    stderr_path: PathBuf,
+    /// `None` once stopped.
+    process: Option<Sniffer>,
     reader: Reader,
     topo_rx_ns: String,
 }
@@ -146,7 +148,7 @@ impl std::fmt::Debug for Receiver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Receiver")
             .field("kind", &self.kind)
-            .field("pid", &self.child.as_ref().map(Child::id))
+            .field("pid", &self.pid())
             .finish_non_exhaustive()
     }
 }
@@ -244,15 +246,12 @@ impl Receiver {
             port,
         } = options;
         let tag = format!("{}-{}", kind.short(), monotonic_ns());
-        let stderr_path = paths.work.join(format!("{tag}.err"));
-        let stderr = File::create(&stderr_path)
-            .with_context(|| format!("creating {}", stderr_path.display()))?;
         let mut command = match kind {
             Rx::Xdp | Rx::Raw => {
                 let mut c = Command::new(&paths.sniff);
                 c.args(["--backend", kind.short(), "-i", RX_IF, "-p"])
                     .arg(port.to_string())
-                    .args(["--format", "text"]);
+                    .args(["--format", "text", "--stats-format", "json"]);
                 c
             }
             Rx::Tcpdump => {
@@ -270,7 +269,8 @@ impl Receiver {
                 let mut c = Command::new(&paths.sniff);
                 c.args(["--backend", "xdp", "-i", RX_IF, "-p"])
                     .arg(port.to_string())
-                    .args(["--format", "text", "--forward", NATS_URL])
+                    .args(["--format", "text", "--stats-format", "json"])
+                    .args(["--forward", NATS_URL])
                     .args(["--nats-stream", NATS_STREAM]);
                 c
             }
@@ -284,8 +284,12 @@ impl Receiver {
         let ns = topo.receiver.file()?;
         in_netns(&mut command, &ns);
         pin(&mut command, cpu);
-        command.stdin(Stdio::null()).stderr(stderr);
-        let (reader, child) = match output {
+        command.stdin(Stdio::null());
+        let spawn = |command: Command, stdout: StdoutTo| {
+            let shown = format!("{command:?}");
+            Sniffer::spawn_command(command, stdout).with_context(|| format!("starting {shown}"))
+        };
+        let (reader, process) = match output {
             Output::File => {
                 let path = paths.work.join(format!("{tag}.out"));
                 // O_APPEND: the bench truncates the file between trials, and the receiver's
@@ -296,10 +300,7 @@ impl Receiver {
                     .mode(0o600)
                     .open(&path)
                     .with_context(|| format!("creating {}", path.display()))?;
-                command.stdout(out);
-                let child = command
-                    .spawn()
-                    .with_context(|| format!("starting {command:?}"))?;
+                let process = spawn(command, StdoutTo::Elsewhere(out.into()))?;
                 let file = File::open(&path)?;
                 (
                     Reader::File {
@@ -308,15 +309,12 @@ impl Receiver {
                         buf: vec![0; 4 << 20],
                         pcap: (kind == Rx::Tcpdump).then(PcapStream::new),
                     },
-                    child,
+                    process,
                 )
             }
             Output::Pipe => {
-                command.stdout(Stdio::piped());
-                let mut child = command
-                    .spawn()
-                    .with_context(|| format!("starting {command:?}"))?;
-                let stdout = child.stdout.take().context("the child's stdout pipe")?;
+                let mut process = spawn(command, StdoutTo::Pipe)?;
+                let stdout = process.take_stdout().context("the child's stdout pipe")?;
                 let shared = Arc::new(Mutex::new(None));
                 let thread = spawn_pipe_reader(stdout, Arc::clone(&shared), kind == Rx::Tcpdump);
                 (
@@ -324,14 +322,13 @@ impl Receiver {
                         shared,
                         thread: Some(thread),
                     },
-                    child,
+                    process,
                 )
             }
         };
         let mut rx = Self {
             kind,
-            child: Some(child),
-            stderr_path,
+            process: Some(process),
             reader,
             topo_rx_ns: topo.receiver.name().to_owned(),
         };
@@ -341,47 +338,39 @@ impl Receiver {
 
     /// Its process id.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process.as_ref().map(Sniffer::pid)
     }
 
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
+    fn process(&mut self) -> Result<&mut Sniffer> {
+        self.process.as_mut().context("receiver already stopped")
     }
 
     fn wait_listening(&mut self, topo: &Topology, ipv6: bool, port: u16) -> Result<()> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = self.exited() {
-                bail!(
-                    "{} exited ({status}) before listening: {}",
-                    self.kind.label(),
-                    self.stderr().trim()
-                );
-            }
-            let ready = match self.kind {
-                Rx::Xdp | Rx::Raw | Rx::Tcpdump | Rx::XdpNats => {
-                    self.stderr().contains("listening on")
+        let kind = self.kind;
+        let rx_ns = self.topo_rx_ns.clone();
+        let process = self.process()?;
+        let listening = match kind {
+            Rx::Xdp | Rx::Raw | Rx::XdpNats => process.try_wait_ready(START_TIMEOUT).map(drop),
+            Rx::Tcpdump => process
+                .try_stderr_containing("listening on", 0, START_TIMEOUT)
+                .map(drop),
+            Rx::Socat => {
+                let deadline = Instant::now() + START_TIMEOUT;
+                loop {
+                    if let Some(status) = process.try_status().map_err(|e| anyhow!(e))? {
+                        break Err(format!("exited ({status})"));
+                    }
+                    if udp_bound(topo, ipv6, port)? {
+                        break Ok(());
+                    }
+                    if Instant::now() >= deadline {
+                        break Err(format!("did not bind UDP {port} within {START_TIMEOUT:?}"));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
                 }
-                Rx::Socat => udp_bound(topo, ipv6, port)?,
-            };
-            if ready {
-                return Ok(());
             }
-            ensure!(
-                Instant::now() < deadline,
-                "{} did not start listening within {START_TIMEOUT:?} in {}: {}",
-                self.kind.label(),
-                self.topo_rx_ns,
-                self.stderr().trim()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        };
+        listening.map_err(|e| anyhow!("{} did not start listening in {rx_ns}: {e}", kind.label()))
     }
 
     /// Forgets the output so far (file mode) and hands the verifier of the next trial to the
@@ -467,7 +456,7 @@ impl Receiver {
     /// or the kernel's drops on its packet sockets), socat's socket `RcvbufErrors`.
     pub fn drops(&mut self, topo: &Topology) -> Result<u64> {
         match self.kind {
-            Rx::Xdp | Rx::Raw | Rx::XdpNats => self.netcon_counter("lost="),
+            Rx::Xdp | Rx::Raw | Rx::XdpNats => self.netcon_counter("lost"),
             // tcpdump reports its drops only when it exits.
             Rx::Tcpdump => Ok(0),
             Rx::Socat => {
@@ -483,32 +472,18 @@ impl Receiver {
         }
     }
 
-    /// The counter `key` (e.g. `wakeups=`) of a fresh netcon-sniff stats line (SIGUSR1).
-    pub fn netcon_counter(&mut self, key: &str) -> Result<u64> {
-        let before = self.stderr().matches("netcon-sniff: stats:").count();
-        let pid = self.pid().context("receiver already stopped")?;
-        kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGUSR1)?;
+    /// The counter `name` (e.g. `wakeups`) of fresh netcon-sniff stats (SIGUSR1).
+    pub fn netcon_counter(&mut self, name: &str) -> Result<u64> {
+        let label = self.kind.label();
         // A failure deadline: a receiver still working through a flood's backlog (the
         // hostile scenario) answers between batches, late.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let text = self.stderr();
-            if text.matches("netcon-sniff: stats:").count() > before
-                && let Some(line) = text
-                    .lines()
-                    .rev()
-                    .find(|l| l.starts_with("netcon-sniff: stats:"))
-                && let Some(value) = field(line, key)
-            {
-                return Ok(value);
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "{} printed no {key} in a stats line on SIGUSR1",
-                self.kind.label()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let stats = self
+            .process()?
+            .try_stats(Duration::from_secs(30))
+            .map_err(|e| anyhow!("{label}: {e}"))?;
+        stats
+            .try_counter(name)
+            .with_context(|| format!("{label} printed no {name} in its stats: {stats}"))
     }
 
     /// CPU time (user and system) the receiver used so far, seconds.
@@ -568,38 +543,30 @@ impl Receiver {
         Ok(total)
     }
 
-    /// SIGTERM, wait, and return its stderr (netcon's exit counters).
-    pub fn stop(mut self) -> Result<String> {
-        self.terminate()?;
-        Ok(self.stderr())
+    /// SIGTERM, wait, and return netcon-sniff's exit summary (`None` for the baselines).
+    pub fn stop(mut self) -> Result<Option<Stats>> {
+        let stderr = self.terminate()?;
+        Ok(Stats::all(stderr.lines())
+            .into_iter()
+            .find(Stats::is_summary))
     }
 
-    fn terminate(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            let pid = Pid::from_raw(i32::try_from(child.id())?);
-            let _ = kill(pid, Signal::SIGTERM);
-            let deadline = Instant::now() + STOP_TIMEOUT;
-            loop {
-                if child.try_wait()?.is_some() {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    bail!(
-                        "{} did not exit within {STOP_TIMEOUT:?} of SIGTERM",
-                        self.kind.label()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
+    /// Stops the process (SIGTERM, then SIGKILL after [`STOP_TIMEOUT`]) and the pipe reader;
+    /// returns the process's stderr.
+    fn terminate(&mut self) -> Result<String> {
+        let mut stderr = String::new();
+        if let Some(mut process) = self.process.take() {
+            process
+                .try_stop(Signal::SIGTERM, STOP_TIMEOUT)
+                .map_err(|e| anyhow!("{}: {e}", self.kind.label()))?;
+            stderr = process.stderr_text();
         }
         if let Reader::Pipe { thread, .. } = &mut self.reader
             && let Some(t) = thread.take()
         {
             let _ = t.join();
         }
-        Ok(())
+        Ok(stderr)
     }
 }
 
@@ -611,7 +578,6 @@ impl Drop for Receiver {
         if let Reader::File { path, .. } = &self.reader {
             let _ = std::fs::remove_file(path);
         }
-        let _ = std::fs::remove_file(&self.stderr_path);
     }
 }
 
@@ -802,8 +768,6 @@ mod tests {
         let fdinfo = "pos:\t0\nprog_type:\t6\nrun_time_ns:\t12345\nrun_cnt:\t10\n";
         assert_eq!(field(fdinfo, "prog_type:"), Some(6));
         assert_eq!(field(fdinfo, "run_time_ns:"), Some(12345));
-        let stats = "netcon-sniff: stats: xdp counters: seen=5 ringbuf_full=2 lost=2 | datagrams=3";
-        assert_eq!(field(stats, "lost="), Some(2));
         let snmp = "Ip: a b\nIp: 1 2\nUdp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors\nUdp: 10 0 3 0 3\n";
         assert_eq!(snmp_counter(snmp, "Udp:", "RcvbufErrors"), Some(3));
         assert_eq!(snmp_counter(snmp, "Udp:", "Nope"), None);

@@ -9,6 +9,7 @@ use anyhow::{Context as _, Result};
 use netcon_bench::count_f64;
 use netcon_bench::load::LoadReport;
 use netcon_bench::verify::{Expectation, Summary, UNKNOWN, Verifier};
+use netcon_testkit::Stats;
 
 use super::calibrate::{self, BpfStats};
 use super::procs::{self, LoadSpec, Output, PORT, Paths, Receiver, Rx, RxOptions};
@@ -159,8 +160,8 @@ struct ZeroLoss {
     flat_loss: f64,
     /// Whether the confirming run stayed under the limit.
     confirmed: bool,
-    /// The receiver's exit stats line (netcon only).
-    exit_stats: String,
+    /// The receiver's exit counters (netcon only).
+    exit_stats: Option<Stats>,
 }
 
 /// The scenarios, with the state they share.
@@ -358,20 +359,14 @@ impl<'a> Bench<'a> {
                 flat_rate,
                 flat_loss: flat.loss(),
                 confirmed,
-                exit_stats: String::new(),
+                exit_stats: None,
             });
             if confirmed {
                 break;
             }
             offered = Some((offered.unwrap_or(t.load.rate()) * 0.85).max(MIN_RATE));
         }
-        let stderr = s.rx.stop()?;
-        let exit_stats = stderr
-            .lines()
-            .rev()
-            .find(|l| l.starts_with("netcon-sniff: stats:"))
-            .unwrap_or_default()
-            .to_owned();
+        let exit_stats = s.rx.stop()?;
         last.map(|z| ZeroLoss { exit_stats, ..z })
             .context("no confirming run")
     }
@@ -495,11 +490,16 @@ impl<'a> Bench<'a> {
                 if kind == Rx::XdpNats {
                     let field = |name| {
                         #[expect(clippy::cast_precision_loss, reason = "counts for a table")]
-                        procs::field(&z.exit_stats, name).map(|v| v as f64)
+                        z.exit_stats
+                            .as_ref()
+                            .and_then(|s| s.try_counter(name))
+                            .map(|v| v as f64)
                     };
-                    log(&format!("  xdp-nats: {}", z.exit_stats));
-                    dropped.push(kind, field("nats_dropped=").unwrap_or(f64::NAN));
-                    errors.push(kind, field("nats_retries=").unwrap_or(f64::NAN));
+                    if let Some(stats) = &z.exit_stats {
+                        log(&format!("  xdp-nats: {stats}"));
+                    }
+                    dropped.push(kind, field("nats_dropped").unwrap_or(f64::NAN));
+                    errors.push(kind, field("nats_retries").unwrap_or(f64::NAN));
                 }
             }
         }
@@ -657,7 +657,7 @@ impl<'a> Bench<'a> {
             };
             let mut measure =
                 |bench: &mut Self, spec: &LoadSpec, verify: bool| -> Result<(f64, f64, f64)> {
-                    let woken_before = s.rx.netcon_counter("wakeups=")?;
+                    let woken_before = s.rx.netcon_counter("wakeups")?;
                     let before = s.rx.xdp_prog_stats()?;
                     let irq_before = irq_work_interrupts();
                     let frames = if verify {
@@ -669,9 +669,7 @@ impl<'a> Bench<'a> {
                     };
                     let irqs = irq_work_interrupts().saturating_sub(irq_before);
                     let after = s.rx.xdp_prog_stats()?;
-                    let woken =
-                        s.rx.netcon_counter("wakeups=")?
-                            .saturating_sub(woken_before);
+                    let woken = s.rx.netcon_counter("wakeups")?.saturating_sub(woken_before);
                     Ok((
                         per_packet(before, after),
                         count_f64(irqs) / count_f64(frames.max(1)),

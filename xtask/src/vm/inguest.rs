@@ -27,7 +27,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use netcon_testkit::{FrameSender, PcapFile};
+use netcon_testkit::{FrameSender, PcapFile, Stats};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -55,14 +55,12 @@ const FRAME_INTERVAL: Duration = Duration::from_micros(400);
 /// Modules the guest loads: the NIC and the virtio port the results go out on (built into
 /// some kernels, then skipped).
 const MODULES: &[&str] = &["virtio_pci", "virtio_net", "virtio_console"];
-/// stderr may have this many lines besides the stats lines: a notice or two, `listening on`,
-/// and the exit summary (counters, datagrams).
+/// stderr may have this many lines besides the counters (`--stats-format json`: the periodic
+/// stats and the exit summary): a notice or two, `listening on`, a warning.
 const MAX_STDERR_LINES: usize = 6;
-/// No stderr line other than a stats line may be longer: a verifier log or a wrapped error
+/// No stderr line other than the counters may be longer: a verifier log or a wrapped error
 /// must not end up there.
 const MAX_STDERR_LINE: usize = 300;
-/// The stats lines netcon-sniff prints (`--stats`, SIGUSR1, at exit).
-const STATS_PREFIX: &str = "netcon-sniff: stats:";
 /// How long one scenario may take in the guest, on top of the boot (TCG).
 const PER_SCENARIO: Duration = Duration::from_secs(90);
 
@@ -71,7 +69,7 @@ const PER_SCENARIO: Duration = Duration::from_secs(90);
 struct Scenario {
     /// `auto`, `xdp`, `raw`, `xdp-nobody-stats`.
     name: &'static str,
-    /// netcon-sniff's arguments after `-i eth0 -p 6666 --format json`.
+    /// netcon-sniff's arguments after `-i eth0 -p 6666 --format json --stats-format json`.
     args: &'static str,
     expect: Expect,
 }
@@ -304,7 +302,11 @@ fn build_initramfs(
         files.push(initramfs::File {
             path: format!("scenarios/{i:02}"),
             mode: 0o644,
-            bytes: format!("{} -i eth0 -p 6666 --format json {}\n", s.name, s.args).into_bytes(),
+            bytes: format!(
+                "{} -i eth0 -p 6666 --format json --stats-format json {}\n",
+                s.name, s.args
+            )
+            .into_bytes(),
         });
     }
     initramfs::build_with(kernel, &init, MODULES, &files, &initramfs)?;
@@ -441,10 +443,8 @@ fn evaluate(
     expectation: &check::Expectation<'_>,
 ) -> Result<String, String> {
     let lines: Vec<&str> = run.stderr.lines().collect();
-    let other = lines
-        .iter()
-        .filter(|l| !l.starts_with(STATS_PREFIX))
-        .count();
+    let is_stats = |l: &str| Stats::from_line(l).is_some();
+    let other = lines.iter().filter(|l| !is_stats(l)).count();
     let mut failures = Vec::new();
     if other > MAX_STDERR_LINES {
         failures.push(format!(
@@ -453,7 +453,7 @@ fn evaluate(
     }
     if let Some(long) = lines
         .iter()
-        .find(|l| !l.starts_with(STATS_PREFIX) && l.len() > MAX_STDERR_LINE)
+        .find(|l| !is_stats(l) && l.len() > MAX_STDERR_LINE)
     {
         failures.push(format!(
             "a {}-character stderr line: {}...",
@@ -521,8 +521,8 @@ fn check_captured(
     if !fallback && notices > 0 {
         failures.push(format!("`{NOTICE}...` where XDP should load"));
     }
-    let stats_lines = lines.iter().filter(|l| l.starts_with(STATS_PREFIX)).count();
-    // `--stats 1` for 2.5 s or more after the capture, plus the one at exit.
+    let stats_lines = Stats::all(lines.iter().copied()).len();
+    // `--stats 1` for 2.5 s or more after the capture, plus the summary at exit.
     if stats && stats_lines < 3 {
         failures.push(format!(
             "{stats_lines} stats lines: periodic stats stopped (or never came)"

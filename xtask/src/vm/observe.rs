@@ -10,7 +10,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use netcon_testkit::{RawLine, unescape};
 use serde_json::Value;
 
 /// One decoded record.
@@ -91,65 +92,15 @@ pub fn from_raw(stdout: &str) -> Result<Observed> {
     let mut observed = Observed::default();
     let mut decoder = Reference::default();
     for (n, line) in stdout.lines().enumerate() {
-        let parse = || -> Option<(&str, &str, &str)> {
-            let (_ts, rest) = line.split_once(' ')?;
-            let (_iface, rest) = rest.split_once(' ')?;
-            let (src, rest) = rest.split_once(' ')?;
-            let rest = rest.strip_prefix("> ")?;
-            let (dst, payload) = rest.split_once(' ').unwrap_or((rest, ""));
-            Some((src, dst, payload))
-        };
-        let (src, dst, payload) =
-            parse().with_context(|| format!("line {}: not a raw datagram line: {line}", n + 1))?;
-        let payload = unescape(payload).with_context(|| format!("line {}", n + 1))?;
+        let line = RawLine::try_parse(line).map_err(|e| anyhow!("line {}: {e}", n + 1))?;
+        let payload = unescape(&line.payload).map_err(|e| anyhow!("line {}: {e}", n + 1))?;
+        let (src, dst) = (line.src.to_string(), line.dst.to_string());
         observed.datagrams += 1;
-        observed.addresses.insert((src.to_owned(), dst.to_owned()));
-        decoder.push(src, &payload, &mut observed.items);
+        decoder.push(&src, &payload, &mut observed.items);
+        observed.addresses.insert((src, dst));
     }
     decoder.finish(&mut observed.items);
     Ok(observed)
-}
-
-/// Reverses netcon-sniff's escaping (`netcon-user/src/escape.rs`): `\\`, `\n`, `\r`,
-/// `\t`, `\u{hex}` for control characters, `\xNN` for bytes that are not UTF-8.
-pub fn unescape(s: &str) -> Result<Vec<u8>> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] != b'\\' {
-            out.push(bytes[i]);
-            i += 1;
-            continue;
-        }
-        let esc = *bytes.get(i + 1).context("`\\` at the end")?;
-        i += 2;
-        match esc {
-            b'\\' => out.push(b'\\'),
-            b'n' => out.push(b'\n'),
-            b'r' => out.push(b'\r'),
-            b't' => out.push(b'\t'),
-            b'x' => {
-                let hex = s.get(i..i + 2).context("short `\\x`")?;
-                out.push(u8::from_str_radix(hex, 16).context("bad `\\x`")?);
-                i += 2;
-            }
-            b'u' => {
-                let rest = s.get(i..).unwrap_or_default();
-                let close = rest.find('}').context("unclosed `\\u{`")?;
-                let hex = rest
-                    .get(1..close)
-                    .filter(|_| rest.starts_with('{'))
-                    .context("bad `\\u`")?;
-                let c = char::from_u32(u32::from_str_radix(hex, 16)?).context("bad `\\u`")?;
-                let mut buf = [0; 4];
-                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-                i += close + 1;
-            }
-            other => bail!("unknown escape `\\{}`", char::from(other)),
-        }
-    }
-    Ok(out)
 }
 
 /// The header of an extended-format payload
@@ -487,7 +438,7 @@ fn json_record(v: &Value, sender: String) -> Result<Rec> {
     };
     let text = if let Some(escaped) = v.get("text_escaped").and_then(Value::as_str) {
         // netcon-sniff's escaping, given when the text is not UTF-8 (`text` is then lossy).
-        unescape(escaped).context("bad text_escaped")?
+        unescape(escaped).map_err(|e| anyhow!("bad text_escaped: {e}"))?
     } else if let Some(hex) = v.get("text_hex").and_then(Value::as_str) {
         ensure!(hex.len() % 2 == 0, "odd text_hex");
         (0..hex.len())
@@ -542,18 +493,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unescapes_netcon_sniff_output() {
-        assert_eq!(
-            unescape(r"a\tb\nc\\d\u{1b}[31m\u{0} é \xff").unwrap(),
-            b"a\tb\nc\\d\x1b[31m\x00 \xc3\xa9 \xff"
-        );
-    }
-
-    #[test]
     fn reassembles_fragments_split_inside_an_escape() {
         let out = "\
-t i 10.0.0.10:6665 > 10.0.0.1:6666 6.12.1,14,595,8439407,-,ncfrag=0/17;NCT x \\\\xc3\\\\x
-t i 10.0.0.10:6665 > 10.0.0.1:6666 6.12.1,14,595,8439407,-,ncfrag=12/17;a4 y\\n
+2026-11-27T21:53:56.123456Z i 10.0.0.10:6665 > 10.0.0.1:6666 6.12.1,14,595,8439407,-,ncfrag=0/17;NCT x \\\\xc3\\\\x
+2026-11-27T21:53:56.123456Z i 10.0.0.10:6665 > 10.0.0.1:6666 6.12.1,14,595,8439407,-,ncfrag=12/17;a4 y\\n
 ";
         let o = from_raw(out).unwrap();
         let recs: Vec<_> = o.records().collect();
@@ -571,9 +514,9 @@ t i 10.0.0.10:6665 > 10.0.0.1:6666 6.12.1,14,595,8439407,-,ncfrag=12/17;a4 y\\n
     #[test]
     fn plain_lines_group_per_datagram_and_join_across_datagrams() {
         let out = "\
-t i 10.0.0.10:6665 > 10.0.0.1:6666 [    4.599528] M 1\\n[    4.599528] M 2\\n
-t i 10.0.0.10:6665 > 10.0.0.1:6666 [    4.600000] LONG-EN
-t i 10.0.0.10:6665 > 10.0.0.1:6666 D\\n
+2026-11-27T21:53:56.123456Z i 10.0.0.10:6665 > 10.0.0.1:6666 [    4.599528] M 1\\n[    4.599528] M 2\\n
+2026-11-27T21:53:56.123456Z i 10.0.0.10:6665 > 10.0.0.1:6666 [    4.600000] LONG-EN
+2026-11-27T21:53:56.123456Z i 10.0.0.10:6665 > 10.0.0.1:6666 D\\n
 ";
         let o = from_raw(out).unwrap();
         let texts: Vec<_> = o.records().map(|r| r.text.clone()).collect();

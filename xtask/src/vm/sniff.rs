@@ -1,25 +1,23 @@
-//! The real `netcon-sniff`, run in the collector namespace on the tap.
+//! The real `netcon-sniff`, run in the collector namespace on the tap, by the test kit's
+//! runner.
 
 use std::{
     fmt, fs,
-    io::{BufRead as _, BufReader, Read as _},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
-    sync::mpsc,
-    thread::{self, JoinHandle},
-    time::{Duration, Instant},
+    process::{Command, ExitStatus, Stdio},
+    time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, anyhow, ensure};
+use netcon_testkit::{Sniffer, StdoutTo};
 use nix::sys::signal::Signal;
 
-use super::{
-    host::Sniff,
-    netns::{Guarded, Netns},
-};
+use super::{host::Sniff, netns::Netns};
 
 /// How long netcon-sniff may take to load its program and attach.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a replay of a capture may take.
+const REPLAY_TIMEOUT: Duration = Duration::from_mins(1);
 
 /// Capture backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,9 +77,7 @@ impl fmt::Display for Receiver {
 /// A running netcon-sniff.
 pub struct Running {
     pub receiver: Receiver,
-    process: Guarded,
-    stdout: Option<JoinHandle<Vec<u8>>>,
-    stderr: Option<JoinHandle<String>>,
+    process: Sniffer,
 }
 
 /// What a stopped netcon-sniff printed.
@@ -123,128 +119,72 @@ pub fn start_with(
     if let (Some(pcap), true) = (pcap, sniff.write_pcap) {
         command.arg("-w").arg(pcap);
     }
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+    command.stdin(Stdio::null());
+    let mut process = Sniffer::spawn_command(command, StdoutTo::Lines)
         .with_context(|| format!("starting {}", sniff.path.display()))?;
-    let mut out = child.stdout.take().context("stdout")?;
-    let err = child.stderr.take().context("stderr")?;
-    let process = Guarded::new(child, format!("netcon-sniff ({receiver})"));
-    let stdout = thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = out.read_to_end(&mut buf);
-        buf
-    });
-    let (tx, rx) = mpsc::channel::<String>();
-    let stderr = thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            let _ = tx.send(line.clone());
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    let mut running = Running {
-        receiver,
-        process,
-        stdout: Some(stdout),
-        stderr: Some(stderr),
-    };
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(line) if line.contains("listening on") => return Ok(running),
-            Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let stderr = running.finish_stderr();
-                bail!("netcon-sniff ({receiver}) exited before listening:\n{stderr}");
-            }
-        }
-        if Instant::now() >= deadline {
-            let _ = running
-                .process
-                .stop(Signal::SIGKILL, Duration::from_secs(5));
-            let stderr = running.finish_stderr();
-            bail!(
-                "netcon-sniff ({receiver}) did not say `listening on` within {READY_TIMEOUT:?}:\n{stderr}"
-            );
-        }
-    }
+    process
+        .try_wait_ready(READY_TIMEOUT)
+        .map_err(|e| anyhow!("netcon-sniff ({receiver}): {e}"))?;
+    Ok(Running { receiver, process })
 }
 
 /// Runs `receiver` (a replay) over `pcap`, the live receiver's capture, saving its output
 /// under `dir`.
 pub fn replay(sniff: &Sniff, receiver: Receiver, pcap: &Path, dir: &Path) -> Result<Captured> {
-    let out = Command::new(&sniff.path)
+    let mut command = Command::new(&sniff.path);
+    command
         .arg("-r")
         .arg(pcap)
         .args(["-p", "6666", "--format", receiver.output.as_str()])
-        .stdin(Stdio::null())
-        .output()
+        .stdin(Stdio::null());
+    let mut process = Sniffer::spawn_command(command, StdoutTo::Lines)
         .with_context(|| format!("starting {}", sniff.path.display()))?;
-    save(
-        receiver,
-        dir,
-        &out.stdout,
-        &String::from_utf8_lossy(&out.stderr),
-    )
-    .and_then(|c| {
-        ensure!(
-            out.status.success(),
-            "netcon-sniff ({receiver}) exited with {}:\n{}",
-            out.status,
-            c.stderr
-        );
-        Ok(c)
-    })
+    let status = process
+        .try_wait(REPLAY_TIMEOUT)
+        .map_err(|e| anyhow!("netcon-sniff ({receiver}): {e}"))?;
+    finish(receiver, dir, &process, status)
 }
 
-/// Saves what a receiver printed under `dir`.
-fn save(receiver: Receiver, dir: &Path, stdout: &[u8], stderr: &str) -> Result<Captured> {
+/// Saves what a receiver printed under `dir`, and checks that it exited 0.
+fn finish(
+    receiver: Receiver,
+    dir: &Path,
+    process: &Sniffer,
+    status: ExitStatus,
+) -> Result<Captured> {
     let name = format!(
         "{}-{}{}",
         receiver.backend.as_str(),
         receiver.output.as_str(),
         if receiver.replay { "-replay" } else { "" }
     );
+    let mut stdout = process.stdout_lines().join("\n");
+    if !stdout.is_empty() {
+        stdout.push('\n');
+    }
+    let stderr = process.stderr_text();
     let stdout_path = dir.join(format!("sniff-{name}.out"));
-    fs::write(&stdout_path, stdout)?;
-    fs::write(dir.join(format!("sniff-{name}.err")), stderr)?;
+    fs::write(&stdout_path, &stdout)?;
+    fs::write(dir.join(format!("sniff-{name}.err")), &stderr)?;
+    ensure!(
+        status.success(),
+        "netcon-sniff ({receiver}) exited with {status}:\n{stderr}"
+    );
     Ok(Captured {
         receiver,
-        stdout: String::from_utf8(stdout.to_vec()).context("netcon-sniff printed invalid UTF-8")?,
-        stderr: stderr.to_owned(),
+        stdout,
+        stderr,
         stdout_path,
     })
 }
 
 impl Running {
-    fn finish_stderr(&mut self) -> String {
-        let _ = self.process.try_wait();
-        self.stderr
-            .take()
-            .and_then(|h| h.join().ok())
-            .unwrap_or_default()
-    }
-
     /// Stops it the way a person would (SIGINT), and saves what it printed under `dir`.
     pub fn stop(mut self, dir: &Path) -> Result<Captured> {
-        let status = self.process.stop(Signal::SIGINT, Duration::from_secs(10))?;
-        let stdout = self
-            .stdout
-            .take()
-            .and_then(|h| h.join().ok())
-            .unwrap_or_default();
-        let stderr = self.finish_stderr();
-        let captured = save(self.receiver, dir, &stdout, &stderr)?;
-        ensure!(
-            status.success(),
-            "netcon-sniff ({}) exited with {status}:\n{stderr}",
-            self.receiver
-        );
-        Ok(captured)
+        let status = self
+            .process
+            .try_stop(Signal::SIGINT, Duration::from_secs(10))
+            .map_err(|e| anyhow!("netcon-sniff ({}): {e}", self.receiver))?;
+        finish(self.receiver, dir, &self.process, status)
     }
 }
