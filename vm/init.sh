@@ -13,33 +13,17 @@
 #   nct_start_at (optional) seconds of uptime to wait for before netconsole starts: puts this
 #            boot's first records near the previous boot's last kernel timestamps
 # Built into the initramfs by xtask:
+#   /init-common.sh   the start every guest shares (vm/init-common.sh), sourced first
 #   /modules/order    the modules to insmod, dependencies first (netconsole.ko last)
 #   /records/NNNN     one record each, `<prio>text\n`, written with one write(2)
 # Lines starting `NCT-` on the serial console are read by xtask.
 
-/bin/busybox mkdir -p /proc /sys /dev /tmp /usr/bin /usr/sbin /sbin
-/bin/busybox --install -s
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin
-
-fail() {
-    echo "NCT-FAIL $*"
-    poweroff -f
-    exit 1
-}
-
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
+. /init-common.sh
 
 [ -n "$nct_ip" ] && [ -n "$nct_nc" ] && [ -n "$nct_run" ] || fail "nct_ip, nct_nc or nct_run missing from the kernel command line"
 echo "NCT-INIT kernel $(uname -r) run $nct_run"
 
-while read -r module; do
-    case "$module" in
-    netconsole.ko) ;;
-    *) insmod "/modules/$module" || fail "insmod $module" ;;
-    esac
-done </modules/order
+load_modules netconsole.ko
 if grep -q configfs /proc/filesystems; then
     mount -t configfs configfs /sys/kernel/config || fail "mount configfs"
 fi
@@ -48,12 +32,7 @@ ip link set lo up
 ip addr add "$nct_ip/24" dev eth0 || fail "no eth0"
 ip link set eth0 up || fail "eth0 up"
 # netpoll waits for the carrier itself, but not for long (4 s): make sure it is there.
-n=0
-while [ "$(cat /sys/class/net/eth0/carrier 2>/dev/null)" != 1 ]; do
-    n=$((n + 1))
-    [ $n -gt 100 ] && fail "eth0 has no carrier"
-    sleep 0.05
-done
+wait_carrier eth0 100
 
 # A configfs target (Documentation/networking/netconsole.rst) from the same option string,
 # [+]SRCPORT@SRCIP/DEV,TGTPORT@TGTIP/[MAC]. It replays nothing: it sends only what is logged

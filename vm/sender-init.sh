@@ -10,38 +10,12 @@
 # Lines on the serial console: `NCT-SC-OUT <case> <line>` (sender-config's JSON, stdout and
 # stderr), `NCT-SC-EXIT <case> <status>`, `NCT-SC-LOADED <case> <status>`, then NCT-DONE.
 
-/bin/busybox mkdir -p /proc /sys /dev /tmp /usr/bin /usr/sbin /sbin
-/bin/busybox --install -s
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin
-
-fail() {
-    echo "NCT-FAIL $*"
-    poweroff -f
-    exit 1
-}
-
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
+. /init-common.sh
 [ -n "$nct_net" ] && [ -n "$nct_run" ] || fail "nct_net or nct_run missing from the kernel command line"
 echo "NCT-INIT kernel $(uname -r) run $nct_run"
 
-while read -r module; do
-    case "$module" in
-    netconsole.ko) ;;
-    *) insmod "/modules/$module" || fail "insmod $module" ;;
-    esac
-done </modules/order
+load_modules netconsole.ko
 ip link set lo up
-
-carrier() {
-    n=0
-    while [ "$(cat "/sys/class/net/$1/carrier" 2>/dev/null)" != 1 ]; do
-        n=$((n + 1))
-        [ $n -gt 200 ] && fail "$1 has no carrier"
-        sleep 0.05
-    done
-}
 
 # sender-config for case $1 with the extra options $2; its output on the console.
 sender_config() {
@@ -69,7 +43,7 @@ target=10.$net.0.1
 # Same segment: eth0 itself, the collector's MAC.
 ip addr add "10.$net.0.10/24" dev eth0 || fail "address on eth0"
 ip link set eth0 up
-carrier eth0
+wait_carrier eth0 200
 sender_config same "" && load_printed_line same
 ip addr flush dev eth0
 
@@ -91,7 +65,7 @@ ip link set eth0 down
 echo +eth0 >/sys/class/net/bond0/bonding/slaves || fail "enslaving eth0"
 ip addr add "10.$net.0.10/24" dev bond0
 ip link set bond0 up
-carrier bond0
+wait_carrier bond0 200
 sender_config bond "" && load_printed_line bond
 sender_config enslaved "--dev eth0"
 

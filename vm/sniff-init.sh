@@ -6,6 +6,7 @@
 # output, stderr and exit status to the virtio port `netcon.out`. Then powers off.
 #
 # Built into the initramfs by xtask:
+#   /init-common.sh       the start every guest shares (vm/init-common.sh), sourced first
 #   /modules/order        the modules to insmod, dependencies first
 #   /bin/netcon-sniff     the binary under test, with its shared libraries and loader
 #   /scenarios/NN         one line each: `<name> <netcon-sniff arguments>`
@@ -15,33 +16,14 @@
 #   NCT-SNIFF-STOPPED NN   its output and exit status are on the port
 # On the port, each file is `NCT-FILE <NN> <out|err|rc> <bytes>\n` followed by its bytes.
 
-/bin/busybox mkdir -p /proc /sys /dev /tmp /usr/bin /usr/sbin /sbin
-/bin/busybox --install -s
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin
-
-fail() {
-    echo "NCT-FAIL $*"
-    poweroff -f
-    exit 1
-}
-
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
+. /init-common.sh
 echo "NCT-INIT kernel $(uname -r)"
 
-while read -r module; do
-    insmod "/modules/$module" || fail "insmod $module"
-done </modules/order
+load_modules
 # BPF maps and XDP need no bpffs; the ring buffer is mmap()ed from its map's descriptor.
 ip link set lo up
 ip link set eth0 up || fail "eth0 up"
-n=0
-while [ "$(cat /sys/class/net/eth0/carrier 2>/dev/null)" != 1 ]; do
-    n=$((n + 1))
-    [ $n -gt 100 ] && fail "eth0 has no carrier"
-    sleep 0.05
-done
+wait_carrier eth0 100
 
 port=
 for p in /sys/class/virtio-ports/*; do

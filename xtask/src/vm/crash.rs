@@ -51,7 +51,6 @@ use super::{
     guest::{self, CrashEnd},
     kernel::Series,
     observe::{self, Item, Observed, Rec},
-    records,
     sniff::{self, Output, Receiver},
 };
 
@@ -253,47 +252,33 @@ fn crash_boot(
     (b, panic): (usize, i32),
     start_at: Option<f64>,
 ) -> Result<(Duration, CrashBoot)> {
-    let (runid, records, initramfs, image) = super::prepare_boot(env, b)?;
-    let mut init_env = vec![
-        ("nct_ip", case.guest_ip()),
-        ("nct_nc", case.netconsole()),
-        ("nct_run", runid.clone()),
-        ("nct_panic", panic.to_string()),
-    ];
+    let prepared = super::prepare_boot(env, case, b)?;
+    let mut init_env = prepared.init_env(case);
+    init_env.push(("nct_panic", panic.to_string()));
     if scenario.configfs {
-        init_env.push(("nct_cfs", format!("run={runid}")));
+        init_env.push(("nct_cfs", format!("run={}", prepared.runid)));
     }
     if let Some(t) = start_at {
         init_env.push(("nct_start_at", format!("{t:.3}")));
     }
-    let console = env.dir.join(format!("boot{b}.console"));
-    let (outcome, end) = guest::run_crash(
-        ns,
-        &guest::Boot {
-            image: &image,
-            initramfs: &initramfs,
-            mac: &case.guest_mac(),
-            init_env,
-            accel: env.accel,
-            timeout: Duration::from_secs(env.args.boot_timeout),
-            console: console.clone(),
-        },
+    let (outcome, end) = guest::run_crash(ns, &prepared.boot(env, init_env))?;
+    prepared.write_expected(
+        env,
+        &json!({
+            "kernel": env.kernel.release,
+            "config": scenario.target,
+            "netconsole": case.netconsole(),
+            "configfs": scenario.configfs,
+            "kernel.panic": panic,
+            "rejected": outcome.rejected,
+        }),
     )?;
-    fs::write(
-        env.dir.join(format!("boot{b}.expected.json")),
-        serde_json::to_string_pretty(&records::expected_json(
-            &runid,
-            &records,
-            &json!({
-                "kernel": env.kernel.release,
-                "config": scenario.target,
-                "netconsole": case.netconsole(),
-                "configfs": scenario.configfs,
-                "kernel.panic": panic,
-                "rejected": outcome.rejected,
-            }),
-        ))?,
-    )?;
+    let super::PreparedBoot {
+        runid,
+        records,
+        console,
+        ..
+    } = prepared;
     ensure!(
         outcome.written == records.len(),
         "the guest wrote {} records of {}",
@@ -712,6 +697,17 @@ NCT-CRASH kernel.panic=1\r
 [    5.513100] Rebooting in 1 seconds..\r
 ";
 
+    /// [`check`] of one boot with `kernel.panic` at `panic`, and no JSON output.
+    fn check_one(
+        series: Series,
+        panic: i32,
+        wire: &Observed,
+        netcon: &Observed,
+        hooks: &str,
+    ) -> Result<String, String> {
+        check(series, &[boot(panic)], wire, netcon, "", hooks)
+    }
+
     fn boot(panic: i32) -> CrashBoot {
         CrashBoot {
             runid: "abc123".into(),
@@ -767,12 +763,11 @@ NCT-CRASH kernel.panic=1\r
     #[test]
     fn a_whole_grouped_report_passes() {
         let hooks = "1.0 panic 10.0.0.10:6665 t\n";
-        let s = check(
+        let s = check_one(
             Series::V6_1,
-            &[boot(1)],
+            1,
             &observed(false, None),
             &observed(true, None),
-            "",
             hooks,
         )
         .unwrap();
@@ -785,15 +780,7 @@ NCT-CRASH kernel.panic=1\r
         if let Some(Item::Record(r)) = netcon.items.get_mut(6) {
             r.panic = None;
         }
-        let e = check(
-            Series::V6_1,
-            &[boot(1)],
-            &observed(false, None),
-            &netcon,
-            "",
-            "",
-        )
-        .unwrap_err();
+        let e = check_one(Series::V6_1, 1, &observed(false, None), &netcon, "").unwrap_err();
         assert!(
             e.contains("netcon printed 6 report lines, the wire had 7"),
             "{e}"
@@ -806,12 +793,11 @@ NCT-CRASH kernel.panic=1\r
     fn what_reaches_the_wire_follows_the_console_type() {
         // A legacy console that lost a line fails; an nbcon one with kernel.panic != 0 must
         // send nothing, and one that sends is a kernel change to notice.
-        let e = check(
+        let e = check_one(
             Series::V6_12,
-            &[boot(-1)],
+            -1,
             &observed(false, Some(2)),
             &observed(true, Some(2)),
-            "",
             "x\n",
         )
         .unwrap_err();
@@ -821,15 +807,14 @@ NCT-CRASH kernel.panic=1\r
         let mut netcon = observed(true, None);
         wire.items.pop();
         netcon.items.pop();
-        check(Series::V6_12, &[boot(-1)], &wire, &netcon, "", "x\n").unwrap();
-        let e = check(Series::V6_1, &[boot(1)], &wire, &netcon, "", "x\n").unwrap_err();
+        check_one(Series::V6_12, -1, &wire, &netcon, "x\n").unwrap();
+        let e = check_one(Series::V6_1, 1, &wire, &netcon, "x\n").unwrap_err();
         assert!(e.contains("6 of the 7 report lines"), "{e}");
-        let e = check(
+        let e = check_one(
             Series::Unstable,
-            &[boot(3)],
+            3,
             &observed(false, None),
             &observed(true, None),
-            "",
             "x\n",
         )
         .unwrap_err();

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use nix::sys::signal::Signal;
 
 use super::{
@@ -41,17 +41,25 @@ pub struct Outcome {
     pub crashed: bool,
 }
 
+/// Kills the guest, which `what` (e.g. "did not power off") within its timeout: the error to
+/// return, with the end of the console (or why it could not be killed).
+fn kill_overdue(guard: &mut Guarded, boot: &Boot<'_>, what: &str) -> anyhow::Error {
+    if let Err(error) = guard.stop(Signal::SIGKILL, Duration::from_secs(5)) {
+        return error;
+    }
+    anyhow!(
+        "the guest {what} within {:?}: killed (console: {})\n{}",
+        boot.timeout,
+        boot.console.display(),
+        tail(&boot.console)
+    )
+}
+
 /// Boots `boot` in `ns` and waits for the guest to power off (killing it at the deadline).
 pub fn run(ns: &Netns, boot: &Boot<'_>) -> Result<Outcome> {
     let (mut guard, started) = spawn(ns, boot, &[])?;
     let Some(status) = guard.wait_until(started + boot.timeout)? else {
-        guard.stop(Signal::SIGKILL, Duration::from_secs(5))?;
-        bail!(
-            "the guest did not power off within {:?}: killed (console: {})\n{}",
-            boot.timeout,
-            boot.console.display(),
-            tail(&boot.console)
-        );
+        return Err(kill_overdue(&mut guard, boot, "did not power off"));
     };
     let elapsed = started.elapsed();
     let output = fs::read_to_string(boot.console.with_extension("qemu.log")).unwrap_or_default();
@@ -192,13 +200,7 @@ pub fn run_crash(ns: &Netns, boot: &Boot<'_>) -> Result<(Outcome, CrashEnd)> {
             break CrashEnd::Halted;
         }
         if Instant::now() >= deadline {
-            guard.stop(Signal::SIGKILL, Duration::from_secs(5))?;
-            bail!(
-                "the guest neither reset nor halted within {:?}: killed (console: {})\n{}",
-                boot.timeout,
-                boot.console.display(),
-                tail(&boot.console)
-            );
+            return Err(kill_overdue(&mut guard, boot, "neither reset nor halted"));
         }
         std::thread::sleep(Duration::from_millis(100));
     };

@@ -1,5 +1,6 @@
 //! The guest's initramfs: busybox, the guest kernel's netconsole and NIC modules, `/init`
-//! (`vm/init.sh`) and the records, as an uncompressed `newc` cpio archive written here (so no
+//! (`vm/init.sh`, or the script of another guest) with the start they share
+//! (`/init-common.sh`) and the records, as an uncompressed `newc` cpio archive written here (so no
 //! staging tree, `mknod` or cpio binary is needed, and the archive is the same every time).
 
 use std::{
@@ -21,6 +22,10 @@ const MODULES: &[&str] = &["virtio_pci", "virtio_net", "netconsole"];
 
 /// The host's static busybox (package busybox-static).
 const BUSYBOX: &str = "/bin/busybox";
+
+/// What every guest's `/init` sources first (`vm/init-common.sh`): compiled in, so that no
+/// caller can pack an `/init` without it.
+const INIT_COMMON: &[u8] = include_bytes!("../../../vm/init-common.sh");
 
 /// Writes the initramfs for `kernel` to `out`: `/init` is `init`, `/records/NNNN` the records.
 pub fn build(kernel: &Kernel, init: &[u8], records: &[Record], out: &Path) -> Result<()> {
@@ -44,7 +49,7 @@ pub struct File {
     pub bytes: Vec<u8>,
 }
 
-/// Writes an initramfs for `kernel` to `out`: busybox, `/init`, `modules` (by name, with their
+/// Writes an initramfs for `kernel` to `out`: busybox, `/init` and `/init-common.sh`, `modules` (by name, with their
 /// dependencies; `/modules/order` lists them) and `files`.
 pub fn build_with(
     kernel: &Kernel,
@@ -72,6 +77,7 @@ pub fn build_with(
     cpio.file("bin/busybox", 0o755, &busybox);
     cpio.symlink("bin/sh", "busybox");
     cpio.file("init", 0o755, init);
+    cpio.file("init-common.sh", 0o644, INIT_COMMON);
 
     let mut order = String::new();
     for (name, bytes) in self::modules(kernel, modules)? {

@@ -539,37 +539,19 @@ fn boot(
     ns: &Netns,
     b: usize,
 ) -> Result<(check::BootRecords, Duration)> {
-    let (runid, records, initramfs, image) = prepare_boot(env, b)?;
-    let outcome = guest::run(
-        ns,
-        &guest::Boot {
-            image: &image,
-            initramfs: &initramfs,
-            mac: &case.guest_mac(),
-            init_env: vec![
-                ("nct_ip", case.guest_ip()),
-                ("nct_nc", case.netconsole()),
-                ("nct_run", runid.clone()),
-            ],
-            accel: env.accel,
-            timeout: Duration::from_secs(env.args.boot_timeout),
-            console: env.dir.join(format!("boot{b}.console")),
-        },
-    )
-    .with_context(|| format!("boot {b}"))?;
-    fs::write(
-        env.dir.join(format!("boot{b}.expected.json")),
-        serde_json::to_string_pretty(&records::expected_json(
-            &runid,
-            &records,
-            &json!({
-                "kernel": env.kernel.release,
-                "config": case.config.as_str(),
-                "netconsole": case.netconsole(),
-                "rejected": outcome.rejected,
-            }),
-        ))?,
+    let prepared = prepare_boot(env, case, b)?;
+    let outcome = guest::run(ns, &prepared.boot(env, prepared.init_env(case)))
+        .with_context(|| format!("boot {b}"))?;
+    prepared.write_expected(
+        env,
+        &json!({
+            "kernel": env.kernel.release,
+            "config": case.config.as_str(),
+            "netconsole": case.netconsole(),
+            "rejected": outcome.rejected,
+        }),
     )?;
+    let PreparedBoot { runid, records, .. } = prepared;
     ensure!(
         outcome.rejected.is_empty(),
         "boot {b}: /dev/kmsg refused records {}",
@@ -589,16 +571,66 @@ fn boot(
     Ok((check::BootRecords { runid, records }, outcome.elapsed))
 }
 
-/// A new run id, its records, and the initramfs (`boot<b>.cpio`) and kernel image to boot.
-fn prepare_boot(
-    env: &Env<'_>,
+/// Boot `b` of `case`, ready to start: a new run id, its records, and how the guest boots.
+struct PreparedBoot {
     b: usize,
-) -> Result<(String, Vec<records::Record>, PathBuf, PathBuf)> {
+    runid: String,
+    records: Vec<records::Record>,
+    /// `boot<b>.cpio`, with the records.
+    initramfs: PathBuf,
+    image: PathBuf,
+    guest_mac: String,
+    /// `boot<b>.console`.
+    console: PathBuf,
+}
+
+fn prepare_boot(env: &Env<'_>, case: &Case, b: usize) -> Result<PreparedBoot> {
     let runid = runid()?;
     let records = records::records(&runid);
     let initramfs = env.dir.join(format!("boot{b}.cpio"));
     initramfs::build(env.kernel, env.init, &records, &initramfs)?;
-    Ok((runid, records, initramfs, env.image()))
+    Ok(PreparedBoot {
+        b,
+        runid,
+        records,
+        initramfs,
+        image: env.image(),
+        guest_mac: case.guest_mac(),
+        console: env.dir.join(format!("boot{b}.console")),
+    })
+}
+
+impl PreparedBoot {
+    /// The parameters every boot of `case` gives /init: the guest's address, netconsole's
+    /// line and the run id.
+    fn init_env(&self, case: &Case) -> Vec<(&'static str, String)> {
+        vec![
+            ("nct_ip", case.guest_ip()),
+            ("nct_nc", case.netconsole()),
+            ("nct_run", self.runid.clone()),
+        ]
+    }
+
+    /// The guest's boot, with `init_env` for /init.
+    fn boot(&self, env: &Env<'_>, init_env: Vec<(&'static str, String)>) -> guest::Boot<'_> {
+        guest::Boot {
+            image: &self.image,
+            initramfs: &self.initramfs,
+            mac: &self.guest_mac,
+            init_env,
+            accel: env.accel,
+            timeout: Duration::from_secs(env.args.boot_timeout),
+            console: self.console.clone(),
+        }
+    }
+
+    /// Writes `boot<b>.expected.json`: the records this boot writes, and `meta` describing it.
+    fn write_expected(&self, env: &Env<'_>, meta: &serde_json::Value) -> Result<()> {
+        let path = env.dir.join(format!("boot{}.expected.json", self.b));
+        let json = records::expected_json(&self.runid, &self.records, meta);
+        fs::write(&path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))
+    }
 }
 
 impl Env<'_> {
