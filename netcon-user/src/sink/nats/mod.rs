@@ -340,36 +340,36 @@ impl Sink for NatsForwarder {
         let s = NatsForwarder::counters(self);
         self.outbox.counters(
             [
-            SinkCounter::total(
-                "nats_sent",
-                "NATS messages the server took (JetStream: acknowledged, duplicates included).",
-                s.sent,
-            ),
-            SinkCounter::total(
-                "nats_duplicates",
-                "NATS messages the stream acknowledged as duplicates (another collector's copy came first).",
-                s.duplicates,
-            ),
-            SinkCounter::total(
-                "nats_dropped",
-                "NATS messages that will never be sent (queue or memory budget full, shutdown).",
-                s.dropped,
-            ),
-            SinkCounter::gauge(
-                "nats_queued",
-                "NATS messages queued or waiting for their acknowledgement.",
-                s.queued,
-            ),
-            SinkCounter::total(
-                "nats_retries",
-                "NATS publishes made again after a missing or failed acknowledgement.",
-                s.retries,
-            ),
-            SinkCounter::total(
-                "nats_errors",
-                "NATS errors (failed publishes, missing acknowledgements, stream set-up failures).",
-                s.errors,
-            ),
+                SinkCounter::total(
+                    "nats_sent",
+                    "NATS messages the server took (JetStream: acknowledged, duplicates included).",
+                    s.sent,
+                ),
+                SinkCounter::total(
+                    "nats_duplicates",
+                    "NATS messages the stream acknowledged as duplicates (another collector's copy came first).",
+                    s.duplicates,
+                ),
+                SinkCounter::total(
+                    "nats_dropped",
+                    "NATS messages that will never be sent (queue or memory budget full, shutdown).",
+                    s.dropped,
+                ),
+                SinkCounter::gauge(
+                    "nats_queued",
+                    "NATS messages queued or waiting for their acknowledgement.",
+                    s.queued,
+                ),
+                SinkCounter::total(
+                    "nats_retries",
+                    "NATS publishes made again after a missing or failed acknowledgement.",
+                    s.retries,
+                ),
+                SinkCounter::total(
+                    "nats_errors",
+                    "NATS errors (failed publishes, missing acknowledgements, stream set-up failures).",
+                    s.errors,
+                ),
             ],
             out,
         );
