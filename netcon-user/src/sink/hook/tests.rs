@@ -1,16 +1,13 @@
 //! The panic hook, running real commands (`sh -c`) with a bounded wait for each.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv6Addr;
 use std::path::Path;
 
 use super::*;
 use crate::netconsole::{Flags, PanicKind, PanicMark, Priority, Record};
+use crate::testing::ipv4;
 
 use crate::testing::TempDir;
-
-fn ip(last: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(10, 42, 0, last))
-}
 
 fn panic_record(sender: SocketAddr, text: &[u8], begins: bool) -> Record {
     Record {
@@ -32,7 +29,7 @@ fn panic_record(sender: SocketAddr, text: &[u8], begins: bool) -> Record {
 
 fn panic_event(last: u8) -> Event {
     Event::Record(panic_record(
-        SocketAddr::new(ip(last), 6665),
+        SocketAddr::new(ipv4(42, last), 6665),
         b"Kernel panic - not syncing: test",
         true,
     ))
@@ -113,7 +110,7 @@ fn environment_is_lossless_and_env_safe() {
 
 #[test]
 fn long_text_is_cut_below_the_kernel_limit() {
-    let sender = SocketAddr::new(ip(1), 6665);
+    let sender = SocketAddr::new(ipv4(42, 1), 6665);
     let record = panic_record(sender, &vec![0xff; 40_000], true);
     let env: HashMap<_, _> = environment(&record).into_iter().collect();
     assert!(env["NETCON_TEXT"].len() <= MAX_TEXT_ENV_BYTES);
@@ -134,7 +131,7 @@ fn runs_the_command_with_the_environment_once_per_interval() {
     hook.event(&panic_event(10));
     // Records inside the report do not run it.
     hook.event(&Event::Record(panic_record(
-        SocketAddr::new(ip(11), 6665),
+        SocketAddr::new(ipv4(42, 11), 6665),
         b"RIP: 0010:x",
         false,
     )));
@@ -245,7 +242,7 @@ fn a_full_queue_gives_way_to_a_sender_heard_before_the_newcomers() {
     );
     // The real machine has been logging before anything else happened.
     hook.event(&Event::Record(Record {
-        sender: SocketAddr::new(ip(99), 6665),
+        sender: SocketAddr::new(ipv4(42, 99), 6665),
         ..Record::example(b"eth0: link up")
     }));
     std::thread::sleep(Duration::from_millis(2));
@@ -257,7 +254,7 @@ fn a_full_queue_gives_way_to_a_sender_heard_before_the_newcomers() {
     let _ = notices(&mut hook);
     hook.event(&panic_event(99));
     assert!(
-        hook.waiting.iter().any(|w| w.sender.ip() == ip(99)),
+        hook.waiting.iter().any(|w| w.sender.ip() == ipv4(42, 99)),
         "the genuine report waits"
     );
     assert_eq!(hook.waiting(), 3);
@@ -268,7 +265,7 @@ fn a_full_queue_gives_way_to_a_sender_heard_before_the_newcomers() {
     );
     // Another newcomer does not push anyone out.
     hook.event(&panic_event(50));
-    assert!(hook.waiting.iter().any(|w| w.sender.ip() == ip(99)));
+    assert!(hook.waiting.iter().any(|w| w.sender.ip() == ipv4(42, 99)));
     assert!(
         stats(&hook).contains(" hooks_skipped=2 "),
         "{}",
