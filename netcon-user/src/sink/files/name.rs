@@ -5,10 +5,10 @@ use std::net::IpAddr;
 
 use super::MAX_STEM_BYTES;
 
-/// A sender's file name stem (no [`FILE_SUFFIX`]): its host name when `resolved` is a usable
-/// one, else its address. Both go through [`safe_stem`]. Host names are lowercased (DNS does not
-/// distinguish case, so neither do the files), and a name that reads as an IP address is
-/// refused.
+/// A sender's file name stem (no [`FILE_SUFFIX`](super::FILE_SUFFIX)): its host name when
+/// `resolved` is a usable one, else its address. Both go through [`safe_stem`]. Host names are
+/// lowercased (DNS does not distinguish case, so neither do the files), and a name that reads as
+/// an IP address is refused.
 #[must_use]
 pub fn stem_for(ip: IpAddr, resolved: Option<&str>) -> String {
     if let Some(host) = resolved {
