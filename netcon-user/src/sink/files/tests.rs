@@ -20,6 +20,18 @@ fn options(dir: &TempDir) -> LogDirOptions {
     }
 }
 
+/// A directory sink with at most `max_open_files` files open and `max_senders` senders.
+fn limited(dir: &TempDir, max_open_files: usize, max_senders: usize) -> LogDir {
+    LogDir::with_limits(
+        options(dir),
+        LogDirLimits {
+            max_open_files,
+            max_senders,
+        },
+    )
+    .unwrap()
+}
+
 fn record(ip: IpAddr, text: &str) -> Event {
     Event::Record(Record {
         sender: SocketAddr::new(ip, 6665),
@@ -123,14 +135,7 @@ fn one_file_per_sender_and_duplicates_write_nothing() {
 #[test]
 fn open_files_are_bounded_least_recently_used_first() {
     let dir = TempDir::new("lru");
-    let mut sink = LogDir::with_limits(
-        options(&dir),
-        LogDirLimits {
-            max_open_files: 2,
-            max_senders: 100,
-        },
-    )
-    .unwrap();
+    let mut sink = limited(&dir, 2, 100);
     for round in 0..3 {
         for last in 1..=5 {
             sink.event(&record(ipv4(41, last), &format!("round {round}")));
@@ -154,14 +159,7 @@ fn open_files_are_bounded_least_recently_used_first() {
 #[test]
 fn senders_table_is_bounded() {
     let dir = TempDir::new("senders-bound");
-    let mut sink = LogDir::with_limits(
-        options(&dir),
-        LogDirLimits {
-            max_open_files: 2,
-            max_senders: 3,
-        },
-    )
-    .unwrap();
+    let mut sink = limited(&dir, 2, 3);
     for last in 1..=10 {
         sink.event(&record(ipv4(41, last), "x"));
         assert!(sink.senders.len() <= 3);
@@ -330,14 +328,7 @@ fn lookups_never_block_and_are_capped() {
 fn capture_lost_goes_to_every_file_and_hook_notices_to_the_sender() {
     use crate::notice::{CaptureLost, HookNotice, HookOutcome, LossReason, SkipReason};
     let dir = TempDir::new("notices");
-    let mut sink = LogDir::with_limits(
-        options(&dir),
-        LogDirLimits {
-            max_open_files: 1,
-            max_senders: 100,
-        },
-    )
-    .unwrap();
+    let mut sink = limited(&dir, 1, 100);
     for last in 1..=3 {
         sink.event(&record(ipv4(41, last), "x"));
     }

@@ -73,10 +73,15 @@ mod tests {
     use super::*;
     use crate::testing::ipv4;
 
+    /// `at(s)`: `s` seconds after the clock was made.
+    fn fake_clock() -> impl Fn(u64) -> Instant {
+        let t0 = Instant::now();
+        move |s| t0 + Duration::from_secs(s)
+    }
+
     #[test]
     fn rate_limit_per_sender_with_a_fake_clock() {
-        let t0 = Instant::now();
-        let at = |s: u64| t0 + Duration::from_secs(s);
+        let at = fake_clock();
         let mut limiter = RateLimiter::new(Duration::from_mins(1), 100);
         assert!(limiter.admit(ipv4(42, 1), at(0)));
         assert!(!limiter.admit(ipv4(42, 1), at(1)));
@@ -110,8 +115,7 @@ mod tests {
 
     #[test]
     fn sender_table_is_bounded_expired_first_then_oldest() {
-        let t0 = Instant::now();
-        let at = |s: u64| t0 + Duration::from_secs(s);
+        let at = fake_clock();
         let mut limiter = RateLimiter::new(Duration::from_mins(1), 3);
         assert!(limiter.admit(ipv4(42, 1), at(0)));
         assert!(limiter.admit(ipv4(42, 2), at(10)));

@@ -51,6 +51,20 @@ fn sh(script: &str) -> Vec<String> {
     vec!["sh".into(), "-c".into(), script.into()]
 }
 
+/// A hook with one slot and `max_queued` places in its queue, whose command sleeps 30 s (so
+/// that the slot stays taken), with no rate limit.
+fn one_slot_sleeping(max_queued: usize) -> PanicHook {
+    PanicHook::with_limits(
+        options(vec!["sleep".into(), "30".into()], Duration::ZERO),
+        HookLimits {
+            max_senders: 100,
+            max_running: 1,
+            max_queued,
+        },
+        MemoryBudget::default(),
+    )
+}
+
 fn notices(hook: &mut PanicHook) -> Vec<HookOutcome> {
     let mut out = Vec::new();
     hook.take_notices(&mut out);
@@ -231,15 +245,7 @@ fn busy_slots_queue_the_report_and_it_runs_late_when_one_frees() {
 
 #[test]
 fn a_full_queue_gives_way_to_a_sender_heard_before_the_newcomers() {
-    let mut hook = PanicHook::with_limits(
-        options(vec!["sleep".into(), "30".into()], Duration::ZERO),
-        HookLimits {
-            max_senders: 100,
-            max_running: 1,
-            max_queued: 3,
-        },
-        MemoryBudget::default(),
-    );
+    let mut hook = one_slot_sleeping(3);
     // The real machine has been logging before anything else happened.
     hook.event(&Event::Record(Record {
         sender: SocketAddr::new(ipv4(42, 99), 6665),
@@ -289,15 +295,7 @@ fn one_command_per_sender_at_a_time() {
 
 #[test]
 fn a_full_queue_or_budget_skips_and_says_so() {
-    let mut hook = PanicHook::with_limits(
-        options(vec!["sleep".into(), "30".into()], Duration::ZERO),
-        HookLimits {
-            max_senders: 100,
-            max_running: 1,
-            max_queued: 2,
-        },
-        MemoryBudget::default(),
-    );
+    let mut hook = one_slot_sleeping(2);
     for i in 1..=4 {
         hook.event(&panic_event(i));
     }
