@@ -243,20 +243,25 @@ fn settle(sink: &mut LogDir) {
     panic!("lookups still pending after 5 s");
 }
 
-#[test]
-fn resolve_names_files_by_host_once_known_and_falls_back_to_the_address() {
-    let dir = TempDir::new("resolve");
-    let mut sink = LogDir::build(
+/// A directory sink with `--resolve`, looking names up with `lookup`, `max_pending` at once.
+fn resolving(dir: &TempDir, lookup: fn(IpAddr) -> Option<String>, max_pending: usize) -> LogDir {
+    LogDir::build(
         LogDirOptions {
             resolve: true,
-            ..options(&dir)
+            ..options(dir)
         },
         LogDirLimits::default(),
-        Resolver::new(fake_lookup, 4),
+        Resolver::new(lookup, max_pending),
         None,
         MemoryBudget::default(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn resolve_names_files_by_host_once_known_and_falls_back_to_the_address() {
+    let dir = TempDir::new("resolve");
+    let mut sink = resolving(&dir, fake_lookup, 4);
     sink.event(&record(ipv4(41, 10), "a"));
     sink.event(&record(ipv4(41, 11), "b"));
     sink.event(&record(ipv4(41, 12), "c"));
@@ -291,17 +296,7 @@ fn slow_lookup(_: IpAddr) -> Option<String> {
 #[test]
 fn lookups_never_block_and_are_capped() {
     let dir = TempDir::new("resolve-slow");
-    let mut sink = LogDir::build(
-        LogDirOptions {
-            resolve: true,
-            ..options(&dir)
-        },
-        LogDirLimits::default(),
-        Resolver::new(slow_lookup, 2),
-        None,
-        MemoryBudget::default(),
-    )
-    .unwrap();
+    let mut sink = resolving(&dir, slow_lookup, 2);
     let start = std::time::Instant::now();
     for last in 1..=10 {
         sink.event(&record(ipv4(41, last), "x"));
