@@ -27,6 +27,11 @@ impl Drop for TempDir {
     }
 }
 
+/// `10.NET.0.LAST`: a private address for a test's made-up sender.
+pub(crate) fn ipv4(net: u8, last: u8) -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, net, 0, last))
+}
+
 /// The events of `payloads` from sender `10.77.0.10:6665`, decoded at one instant, then
 /// flushed.
 pub(crate) fn decode_events(payloads: &[&[u8]]) -> Vec<crate::netconsole::Event> {

@@ -217,6 +217,15 @@ impl<T> Outbox<T> {
         self.worker.is_some()
     }
 
+    /// Free places in the queue now (for tests that must know the worker took a message).
+    #[cfg(test)]
+    #[must_use]
+    pub fn free_slots(&self) -> usize {
+        self.worker
+            .as_ref()
+            .map_or(0, |worker| worker.queue.capacity())
+    }
+
     /// Hands one message to the worker; `false` when the queue is full or the worker gone.
     pub fn try_queue(&mut self, message: T) -> bool {
         let queued = self

@@ -560,16 +560,18 @@ impl Sink for LogDir {
 
     fn counters(&self, out: &mut Vec<super::SinkCounter>) {
         use super::SinkCounter;
-        out.push(SinkCounter::total(
-            "files_written",
-            "Records appended to --log-dir files.",
-            self.written,
-        ));
-        out.push(SinkCounter::total(
-            "files_errors",
-            "Records that could not be written to their --log-dir file.",
-            self.errors,
-        ));
+        out.extend([
+            SinkCounter::total(
+                "files_written",
+                "Records appended to --log-dir files.",
+                self.written,
+            ),
+            SinkCounter::total(
+                "files_errors",
+                "Records that could not be written to their --log-dir file.",
+                self.errors,
+            ),
+        ]);
     }
 }
 

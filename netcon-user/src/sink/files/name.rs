@@ -5,10 +5,10 @@ use std::net::IpAddr;
 
 use super::MAX_STEM_BYTES;
 
-/// A sender's file name stem (no [`FILE_SUFFIX`]): its host name when `resolved` is a usable
-/// one, else its address. Both go through [`safe_stem`]. Host names are lowercased (DNS does not
-/// distinguish case, so neither do the files), and a name that reads as an IP address is
-/// refused.
+/// A sender's file name stem (no [`FILE_SUFFIX`](super::FILE_SUFFIX)): its host name when
+/// `resolved` is a usable one, else its address. Both go through [`safe_stem`]. Host names are
+/// lowercased (DNS does not distinguish case, so neither do the files), and a name that reads as
+/// an IP address is refused.
 #[must_use]
 pub fn stem_for(ip: IpAddr, resolved: Option<&str>) -> String {
     if let Some(host) = resolved {
@@ -47,17 +47,14 @@ pub fn safe_stem(name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::net::Ipv6Addr;
 
     use super::*;
-
-    fn v4(last: u8) -> IpAddr {
-        IpAddr::V4(Ipv4Addr::new(10, 41, 0, last))
-    }
+    use crate::testing::ipv4;
 
     #[test]
     fn names_v4_and_v6_by_address() {
-        assert_eq!(stem_for(v4(10), None), "10.41.0.10");
+        assert_eq!(stem_for(ipv4(41, 10), None), "10.41.0.10");
         let v6 = IpAddr::V6(Ipv6Addr::new(0xfd00, 0x41, 0, 0, 0, 0, 0, 0x10));
         assert_eq!(stem_for(v6, None), "fd00:41::10");
         let mapped: IpAddr = "::ffff:10.41.0.10".parse().unwrap();
@@ -66,7 +63,10 @@ mod tests {
 
     #[test]
     fn names_by_resolved_host_lowercased() {
-        assert_eq!(stem_for(v4(10), Some("Node-7.Example.")), "node-7.example");
+        assert_eq!(
+            stem_for(ipv4(41, 10), Some("Node-7.Example.")),
+            "node-7.example"
+        );
     }
 
     #[test]
@@ -93,10 +93,10 @@ mod tests {
     #[test]
     fn resolved_names_that_look_like_addresses_are_refused() {
         // A sender must not be able to name its file after another sender's address.
-        assert_eq!(stem_for(v4(10), Some("10.41.0.11")), "10.41.0.10");
-        assert_eq!(stem_for(v4(10), Some("fd00::1")), "10.41.0.10");
-        assert_eq!(stem_for(v4(10), Some("")), "10.41.0.10");
-        assert_eq!(stem_for(v4(10), Some("/")), "10.41.0.10");
-        assert_eq!(stem_for(v4(10), Some("../x")), "_._x");
+        assert_eq!(stem_for(ipv4(41, 10), Some("10.41.0.11")), "10.41.0.10");
+        assert_eq!(stem_for(ipv4(41, 10), Some("fd00::1")), "10.41.0.10");
+        assert_eq!(stem_for(ipv4(41, 10), Some("")), "10.41.0.10");
+        assert_eq!(stem_for(ipv4(41, 10), Some("/")), "10.41.0.10");
+        assert_eq!(stem_for(ipv4(41, 10), Some("../x")), "_._x");
     }
 }

@@ -1,6 +1,6 @@
 //! The per-sender files, end to end in a temporary directory.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv6Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt as _;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -10,6 +10,7 @@ use chrono::DateTime;
 use super::*;
 use crate::netconsole::{Duplicate, Record};
 use crate::testing::TempDir;
+use crate::testing::ipv4;
 
 fn options(dir: &TempDir) -> LogDirOptions {
     LogDirOptions {
@@ -19,8 +20,16 @@ fn options(dir: &TempDir) -> LogDirOptions {
     }
 }
 
-fn v4(last: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(10, 41, 0, last))
+/// A directory sink with at most `max_open_files` files open and `max_senders` senders.
+fn limited(dir: &TempDir, max_open_files: usize, max_senders: usize) -> LogDir {
+    LogDir::with_limits(
+        options(dir),
+        LogDirLimits {
+            max_open_files,
+            max_senders,
+        },
+    )
+    .unwrap()
 }
 
 fn record(ip: IpAddr, text: &str) -> Event {
@@ -47,23 +56,23 @@ fn writes_text_lines_appends_and_never_truncates() {
     let path = dir.0.join("10.41.0.10.log");
     std::fs::write(&path, "existing line\n").unwrap();
     let mut sink = LogDir::open(options(&dir)).unwrap();
-    let event = record(v4(10), "one");
+    let event = record(ipv4(41, 10), "one");
     sink.event(&event);
     sink.reopen();
-    sink.event(&record(v4(10), "two"));
+    sink.event(&record(ipv4(41, 10), "two"));
     let text = read(&path);
     assert_eq!(
         text,
         format!(
             "existing line\n{}{}",
             text::format_event(&event),
-            text::format_event(&record(v4(10), "two"))
+            text::format_event(&record(ipv4(41, 10), "two"))
         )
     );
     // A second collector on the same directory appends too.
     drop(sink);
     let mut again = LogDir::open(options(&dir)).unwrap();
-    again.event(&record(v4(10), "three"));
+    again.event(&record(ipv4(41, 10), "three"));
     let text = read(&path);
     assert!(text.starts_with("existing line\n"), "{text}");
     assert_eq!(text.lines().count(), 4);
@@ -78,7 +87,7 @@ fn new_files_have_mode_0640_or_less() {
         ..options(&dir)
     })
     .unwrap();
-    sink.event(&record(v4(10), "x"));
+    sink.event(&record(ipv4(41, 10), "x"));
     let mode = std::fs::metadata(dir.0.join("10.41.0.10.log"))
         .unwrap()
         .permissions()
@@ -92,13 +101,13 @@ fn reopen_after_rename_creates_the_file_again() {
     let dir = TempDir::new("rotate");
     let path = dir.0.join("10.41.0.10.log");
     let mut sink = LogDir::open(options(&dir)).unwrap();
-    sink.event(&record(v4(10), "before"));
+    sink.event(&record(ipv4(41, 10), "before"));
     std::fs::rename(&path, dir.0.join("10.41.0.10.log.1")).unwrap();
     // Until SIGHUP the open file follows the rename (logrotate's `create` mode expects that).
-    sink.event(&record(v4(10), "still old"));
+    sink.event(&record(ipv4(41, 10), "still old"));
     sink.reopen();
     assert_eq!(sink.open_files(), 0);
-    sink.event(&record(v4(10), "after"));
+    sink.event(&record(ipv4(41, 10), "after"));
     let old = read(&dir.0.join("10.41.0.10.log.1"));
     assert!(old.contains("before") && old.contains("still old"), "{old}");
     let new = read(&path);
@@ -110,11 +119,11 @@ fn one_file_per_sender_and_duplicates_write_nothing() {
     let dir = TempDir::new("senders");
     let mut sink = LogDir::open(options(&dir)).unwrap();
     let v6 = IpAddr::V6(Ipv6Addr::new(0xfd00, 0x41, 0, 0, 0, 0, 0, 0x10));
-    sink.event(&record(v4(10), "a"));
+    sink.event(&record(ipv4(41, 10), "a"));
     sink.event(&record(v6, "b"));
     sink.event(&Event::Duplicate(Duplicate {
         received: DateTime::from_timestamp(0, 0).unwrap_or_default(),
-        sender: SocketAddr::new(v4(10), 6665),
+        sender: SocketAddr::new(ipv4(41, 10), 6665),
         ifindex: 2,
         len: 3,
     }));
@@ -126,26 +135,19 @@ fn one_file_per_sender_and_duplicates_write_nothing() {
 #[test]
 fn open_files_are_bounded_least_recently_used_first() {
     let dir = TempDir::new("lru");
-    let mut sink = LogDir::with_limits(
-        options(&dir),
-        LogDirLimits {
-            max_open_files: 2,
-            max_senders: 100,
-        },
-    )
-    .unwrap();
+    let mut sink = limited(&dir, 2, 100);
     for round in 0..3 {
         for last in 1..=5 {
-            sink.event(&record(v4(last), &format!("round {round}")));
+            sink.event(&record(ipv4(41, last), &format!("round {round}")));
             assert!(sink.open_files() <= 2);
         }
     }
     // Sender 5 and 4 were written last: their files are the open ones.
-    sink.event(&record(v4(4), "again"));
+    sink.event(&record(ipv4(41, 4), "again"));
     assert_eq!(sink.open_files(), 2);
-    assert!(sink.senders[&v4(4)].file.is_some());
-    assert!(sink.senders[&v4(5)].file.is_some());
-    assert!(sink.senders[&v4(1)].file.is_none());
+    assert!(sink.senders[&ipv4(41, 4)].file.is_some());
+    assert!(sink.senders[&ipv4(41, 5)].file.is_some());
+    assert!(sink.senders[&ipv4(41, 1)].file.is_none());
     for last in 1..=5 {
         let text = read(&dir.0.join(format!("10.41.0.{last}.log")));
         let want = if last == 4 { 4 } else { 3 };
@@ -157,22 +159,15 @@ fn open_files_are_bounded_least_recently_used_first() {
 #[test]
 fn senders_table_is_bounded() {
     let dir = TempDir::new("senders-bound");
-    let mut sink = LogDir::with_limits(
-        options(&dir),
-        LogDirLimits {
-            max_open_files: 2,
-            max_senders: 3,
-        },
-    )
-    .unwrap();
+    let mut sink = limited(&dir, 2, 3);
     for last in 1..=10 {
-        sink.event(&record(v4(last), "x"));
+        sink.event(&record(ipv4(41, last), "x"));
         assert!(sink.senders.len() <= 3);
         assert_eq!(sink.by_use.len(), sink.senders.len());
         assert!(sink.open_files() <= 2);
     }
     // A forgotten sender comes back: same file, appended.
-    sink.event(&record(v4(1), "back"));
+    sink.event(&record(ipv4(41, 1), "back"));
     assert_eq!(read(&dir.0.join("10.41.0.1.log")).lines().count(), 2);
 }
 
@@ -182,15 +177,15 @@ fn errors_are_counted_not_fatal_and_recover() {
     let mut sink = LogDir::open(options(&dir)).unwrap();
     // A directory where the sender's file should be: opening it for writing fails.
     std::fs::create_dir(dir.0.join("10.41.0.10.log")).unwrap();
-    sink.event(&record(v4(10), "a"));
-    sink.event(&record(v4(10), "b"));
-    sink.event(&record(v4(11), "other sender still works"));
+    sink.event(&record(ipv4(41, 10), "a"));
+    sink.event(&record(ipv4(41, 10), "b"));
+    sink.event(&record(ipv4(41, 11), "other sender still works"));
     assert_eq!(stats(&sink), " files_written=1 files_errors=2");
-    assert!(sink.senders[&v4(10)].warned);
+    assert!(sink.senders[&ipv4(41, 10)].warned);
     std::fs::remove_dir(dir.0.join("10.41.0.10.log")).unwrap();
-    sink.event(&record(v4(10), "c"));
+    sink.event(&record(ipv4(41, 10), "c"));
     assert_eq!(stats(&sink), " files_written=2 files_errors=2");
-    assert!(!sink.senders[&v4(10)].warned);
+    assert!(!sink.senders[&ipv4(41, 10)].warned);
     assert_eq!(read(&dir.0.join("10.41.0.10.log")).lines().count(), 1);
 }
 
@@ -206,8 +201,8 @@ fn symlinks_and_fifos_are_refused() {
     )
     .unwrap();
     let mut sink = LogDir::open(options(&dir)).unwrap();
-    sink.event(&record(v4(10), "a"));
-    sink.event(&record(v4(11), "b"));
+    sink.event(&record(ipv4(41, 10), "a"));
+    sink.event(&record(ipv4(41, 11), "b"));
     assert_eq!(read(&target), "precious\n");
     assert_eq!(stats(&sink), " files_written=0 files_errors=2");
 }
@@ -248,37 +243,42 @@ fn settle(sink: &mut LogDir) {
     panic!("lookups still pending after 5 s");
 }
 
-#[test]
-fn resolve_names_files_by_host_once_known_and_falls_back_to_the_address() {
-    let dir = TempDir::new("resolve");
-    let mut sink = LogDir::build(
+/// A directory sink with `--resolve`, looking names up with `lookup`, `max_pending` at once.
+fn resolving(dir: &TempDir, lookup: fn(IpAddr) -> Option<String>, max_pending: usize) -> LogDir {
+    LogDir::build(
         LogDirOptions {
             resolve: true,
-            ..options(&dir)
+            ..options(dir)
         },
         LogDirLimits::default(),
-        Resolver::new(fake_lookup, 4),
+        Resolver::new(lookup, max_pending),
         None,
         MemoryBudget::default(),
     )
-    .unwrap();
-    sink.event(&record(v4(10), "a"));
-    sink.event(&record(v4(11), "b"));
-    sink.event(&record(v4(12), "c"));
+    .unwrap()
+}
+
+#[test]
+fn resolve_names_files_by_host_once_known_and_falls_back_to_the_address() {
+    let dir = TempDir::new("resolve");
+    let mut sink = resolving(&dir, fake_lookup, 4);
+    sink.event(&record(ipv4(41, 10), "a"));
+    sink.event(&record(ipv4(41, 11), "b"));
+    sink.event(&record(ipv4(41, 12), "c"));
     // Until the answer is in, the address names the file.
     assert_eq!(read(&dir.0.join("10.41.0.10.log")).lines().count(), 1);
     settle(&mut sink);
-    sink.event(&record(v4(10), "a2"));
+    sink.event(&record(ipv4(41, 10), "a2"));
     assert_eq!(
-        sink.path_of(v4(10)),
+        sink.path_of(ipv4(41, 10)),
         Some(dir.0.join("node10.example.log").as_path())
     );
     assert_eq!(
-        sink.path_of(v4(11)),
+        sink.path_of(ipv4(41, 11)),
         Some(dir.0.join("10.41.0.11.log").as_path())
     );
     assert_eq!(
-        sink.path_of(v4(12)),
+        sink.path_of(ipv4(41, 12)),
         Some(dir.0.join("10.41.0.12.log").as_path())
     );
     assert!(read(&dir.0.join("node10.example.log")).contains(" a2\n"));
@@ -296,20 +296,10 @@ fn slow_lookup(_: IpAddr) -> Option<String> {
 #[test]
 fn lookups_never_block_and_are_capped() {
     let dir = TempDir::new("resolve-slow");
-    let mut sink = LogDir::build(
-        LogDirOptions {
-            resolve: true,
-            ..options(&dir)
-        },
-        LogDirLimits::default(),
-        Resolver::new(slow_lookup, 2),
-        None,
-        MemoryBudget::default(),
-    )
-    .unwrap();
+    let mut sink = resolving(&dir, slow_lookup, 2);
     let start = std::time::Instant::now();
     for last in 1..=10 {
-        sink.event(&record(v4(last), "x"));
+        sink.event(&record(ipv4(41, last), "x"));
     }
     // Blocking, the ten would have taken 20 s; capped, two threads run.
     assert!(
@@ -333,16 +323,9 @@ fn lookups_never_block_and_are_capped() {
 fn capture_lost_goes_to_every_file_and_hook_notices_to_the_sender() {
     use crate::notice::{CaptureLost, HookNotice, HookOutcome, LossReason, SkipReason};
     let dir = TempDir::new("notices");
-    let mut sink = LogDir::with_limits(
-        options(&dir),
-        LogDirLimits {
-            max_open_files: 1,
-            max_senders: 100,
-        },
-    )
-    .unwrap();
+    let mut sink = limited(&dir, 1, 100);
     for last in 1..=3 {
-        sink.event(&record(v4(last), "x"));
+        sink.event(&record(ipv4(41, last), "x"));
     }
     let lost = Notice::CaptureLost(CaptureLost {
         noticed: DateTime::from_timestamp(0, 0).unwrap_or_default(),
@@ -353,7 +336,7 @@ fn capture_lost_goes_to_every_file_and_hook_notices_to_the_sender() {
     sink.notice(&lost);
     sink.notice(&Notice::Hook(HookNotice {
         at: DateTime::from_timestamp(0, 0).unwrap_or_default(),
-        sender: SocketAddr::new(v4(2), 6665),
+        sender: SocketAddr::new(ipv4(41, 2), 6665),
         outcome: HookOutcome::Skipped(SkipReason::QueueFull),
     }));
     for last in 1..=3 {
@@ -438,7 +421,7 @@ fn sender_state_is_charged_to_the_budget_and_released() {
     )
     .unwrap();
     for last in 1..=10 {
-        sink.event(&record(v4(last), "x"));
+        sink.event(&record(ipv4(41, last), "x"));
     }
     // The budget holds three senders; the least recently heard were forgotten, and every
     // record still reached its file.

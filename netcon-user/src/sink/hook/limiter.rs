@@ -70,37 +70,37 @@ impl RateLimiter {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
     use super::*;
+    use crate::testing::ipv4;
 
-    fn ip(last: u8) -> IpAddr {
-        IpAddr::V4(Ipv4Addr::new(10, 42, 0, last))
+    /// `at(s)`: `s` seconds after the clock was made.
+    fn fake_clock() -> impl Fn(u64) -> Instant {
+        let t0 = Instant::now();
+        move |s| t0 + Duration::from_secs(s)
     }
 
     #[test]
     fn rate_limit_per_sender_with_a_fake_clock() {
-        let t0 = Instant::now();
-        let at = |s: u64| t0 + Duration::from_secs(s);
+        let at = fake_clock();
         let mut limiter = RateLimiter::new(Duration::from_mins(1), 100);
-        assert!(limiter.admit(ip(1), at(0)));
-        assert!(!limiter.admit(ip(1), at(1)));
-        assert!(!limiter.admit(ip(1), at(59)));
+        assert!(limiter.admit(ipv4(42, 1), at(0)));
+        assert!(!limiter.admit(ipv4(42, 1), at(1)));
+        assert!(!limiter.admit(ipv4(42, 1), at(59)));
         // Another sender is not affected.
-        assert!(limiter.admit(ip(2), at(30)));
-        assert!(limiter.admit(ip(1), at(60)));
-        assert!(!limiter.admit(ip(1), at(100)));
-        assert!(limiter.admit(ip(1), at(120)));
-        assert!(!limiter.admit(ip(2), at(89)));
-        assert!(limiter.admit(ip(2), at(90)));
+        assert!(limiter.admit(ipv4(42, 2), at(30)));
+        assert!(limiter.admit(ipv4(42, 1), at(60)));
+        assert!(!limiter.admit(ipv4(42, 1), at(100)));
+        assert!(limiter.admit(ipv4(42, 1), at(120)));
+        assert!(!limiter.admit(ipv4(42, 2), at(89)));
+        assert!(limiter.admit(ipv4(42, 2), at(90)));
     }
 
     #[test]
     fn clock_going_backwards_suppresses() {
         let t0 = Instant::now();
         let mut limiter = RateLimiter::new(Duration::from_mins(1), 100);
-        assert!(limiter.admit(ip(1), t0 + Duration::from_secs(100)));
-        assert!(!limiter.admit(ip(1), t0 + Duration::from_secs(50)));
+        assert!(limiter.admit(ipv4(42, 1), t0 + Duration::from_secs(100)));
+        assert!(!limiter.admit(ipv4(42, 1), t0 + Duration::from_secs(50)));
     }
 
     #[test]
@@ -108,30 +108,29 @@ mod tests {
         let t0 = Instant::now();
         let mut limiter = RateLimiter::new(Duration::ZERO, 2);
         for i in 0..10 {
-            assert!(limiter.admit(ip(i % 5), t0));
+            assert!(limiter.admit(ipv4(42, i % 5), t0));
         }
         assert!(limiter.len() <= 2);
     }
 
     #[test]
     fn sender_table_is_bounded_expired_first_then_oldest() {
-        let t0 = Instant::now();
-        let at = |s: u64| t0 + Duration::from_secs(s);
+        let at = fake_clock();
         let mut limiter = RateLimiter::new(Duration::from_mins(1), 3);
-        assert!(limiter.admit(ip(1), at(0)));
-        assert!(limiter.admit(ip(2), at(10)));
-        assert!(limiter.admit(ip(3), at(20)));
+        assert!(limiter.admit(ipv4(42, 1), at(0)));
+        assert!(limiter.admit(ipv4(42, 2), at(10)));
+        assert!(limiter.admit(ipv4(42, 3), at(20)));
         // Full, nothing expired: the oldest (1) goes.
-        assert!(limiter.admit(ip(4), at(30)));
+        assert!(limiter.admit(ipv4(42, 4), at(30)));
         assert_eq!(limiter.len(), 3);
-        assert!(!limiter.last.contains_key(&ip(1)));
-        assert!(!limiter.admit(ip(3), at(31)));
+        assert!(!limiter.last.contains_key(&ipv4(42, 1)));
+        assert!(!limiter.admit(ipv4(42, 3), at(31)));
         // At 81 the entries of 2 (10) and 3 (20) have expired: both go, 4 (30) stays limited.
-        assert!(limiter.admit(ip(5), at(81)));
+        assert!(limiter.admit(ipv4(42, 5), at(81)));
         assert_eq!(limiter.len(), 2);
-        assert!(!limiter.admit(ip(4), at(82)));
+        assert!(!limiter.admit(ipv4(42, 4), at(82)));
         for i in 10..200 {
-            limiter.admit(ip(i), at(85));
+            limiter.admit(ipv4(42, i), at(85));
             assert!(limiter.len() <= 3);
         }
     }

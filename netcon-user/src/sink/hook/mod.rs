@@ -530,41 +530,43 @@ impl Sink for PanicHook {
 
     fn counters(&self, out: &mut Vec<super::SinkCounter>) {
         use super::SinkCounter;
-        out.push(SinkCounter::total(
-            "hooks_run",
-            "--on-panic commands started.",
-            self.run,
-        ));
-        out.push(SinkCounter::total(
-            "hooks_failed",
-            "--on-panic commands that could not start, exited with an error or were killed at --on-panic-timeout.",
-            self.failed,
-        ));
-        out.push(SinkCounter::total(
-            "hooks_suppressed",
-            "Crash reports for which --on-panic was not run: the sender's --on-panic-interval had not passed.",
-            self.suppressed,
-        ));
-        out.push(SinkCounter::total(
-            "hooks_skipped",
-            "Crash reports for which --on-panic was not run: the queue of reports waiting for a slot was full.",
-            self.skipped,
-        ));
-        out.push(SinkCounter::total(
-            "hooks_late",
-            "--on-panic commands that started late, after waiting for a free slot.",
-            self.late,
-        ));
-        out.push(SinkCounter::total(
-            "hooks_timed_out",
-            "--on-panic commands killed at --on-panic-timeout.",
-            self.timed_out,
-        ));
-        out.push(SinkCounter::gauge(
-            "hooks_waiting",
-            "Crash reports waiting for a free --on-panic slot.",
-            self.waiting.len() as u64,
-        ));
+        out.extend([
+            SinkCounter::total(
+                "hooks_run",
+                "--on-panic commands started.",
+                self.run,
+            ),
+            SinkCounter::total(
+                "hooks_failed",
+                "--on-panic commands that could not start, exited with an error or were killed at --on-panic-timeout.",
+                self.failed,
+            ),
+            SinkCounter::total(
+                "hooks_suppressed",
+                "Crash reports for which --on-panic was not run: the sender's --on-panic-interval had not passed.",
+                self.suppressed,
+            ),
+            SinkCounter::total(
+                "hooks_skipped",
+                "Crash reports for which --on-panic was not run: the queue of reports waiting for a slot was full.",
+                self.skipped,
+            ),
+            SinkCounter::total(
+                "hooks_late",
+                "--on-panic commands that started late, after waiting for a free slot.",
+                self.late,
+            ),
+            SinkCounter::total(
+                "hooks_timed_out",
+                "--on-panic commands killed at --on-panic-timeout.",
+                self.timed_out,
+            ),
+            SinkCounter::gauge(
+                "hooks_waiting",
+                "Crash reports waiting for a free --on-panic slot.",
+                self.waiting.len() as u64,
+            ),
+        ]);
     }
 }
 

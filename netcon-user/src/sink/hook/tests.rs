@@ -1,16 +1,13 @@
 //! The panic hook, running real commands (`sh -c`) with a bounded wait for each.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv6Addr;
 use std::path::Path;
 
 use super::*;
 use crate::netconsole::{Flags, PanicKind, PanicMark, Priority, Record};
+use crate::testing::ipv4;
 
 use crate::testing::TempDir;
-
-fn ip(last: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(10, 42, 0, last))
-}
 
 fn panic_record(sender: SocketAddr, text: &[u8], begins: bool) -> Record {
     Record {
@@ -32,7 +29,7 @@ fn panic_record(sender: SocketAddr, text: &[u8], begins: bool) -> Record {
 
 fn panic_event(last: u8) -> Event {
     Event::Record(panic_record(
-        SocketAddr::new(ip(last), 6665),
+        SocketAddr::new(ipv4(42, last), 6665),
         b"Kernel panic - not syncing: test",
         true,
     ))
@@ -52,6 +49,20 @@ fn hook(command: Vec<String>, min_interval: Duration) -> PanicHook {
 
 fn sh(script: &str) -> Vec<String> {
     vec!["sh".into(), "-c".into(), script.into()]
+}
+
+/// A hook with one slot and `max_queued` places in its queue, whose command sleeps 30 s (so
+/// that the slot stays taken), with no rate limit.
+fn one_slot_sleeping(max_queued: usize) -> PanicHook {
+    PanicHook::with_limits(
+        options(vec!["sleep".into(), "30".into()], Duration::ZERO),
+        HookLimits {
+            max_senders: 100,
+            max_running: 1,
+            max_queued,
+        },
+        MemoryBudget::default(),
+    )
 }
 
 fn notices(hook: &mut PanicHook) -> Vec<HookOutcome> {
@@ -113,7 +124,7 @@ fn environment_is_lossless_and_env_safe() {
 
 #[test]
 fn long_text_is_cut_below_the_kernel_limit() {
-    let sender = SocketAddr::new(ip(1), 6665);
+    let sender = SocketAddr::new(ipv4(42, 1), 6665);
     let record = panic_record(sender, &vec![0xff; 40_000], true);
     let env: HashMap<_, _> = environment(&record).into_iter().collect();
     assert!(env["NETCON_TEXT"].len() <= MAX_TEXT_ENV_BYTES);
@@ -134,7 +145,7 @@ fn runs_the_command_with_the_environment_once_per_interval() {
     hook.event(&panic_event(10));
     // Records inside the report do not run it.
     hook.event(&Event::Record(panic_record(
-        SocketAddr::new(ip(11), 6665),
+        SocketAddr::new(ipv4(42, 11), 6665),
         b"RIP: 0010:x",
         false,
     )));
@@ -234,18 +245,10 @@ fn busy_slots_queue_the_report_and_it_runs_late_when_one_frees() {
 
 #[test]
 fn a_full_queue_gives_way_to_a_sender_heard_before_the_newcomers() {
-    let mut hook = PanicHook::with_limits(
-        options(vec!["sleep".into(), "30".into()], Duration::ZERO),
-        HookLimits {
-            max_senders: 100,
-            max_running: 1,
-            max_queued: 3,
-        },
-        MemoryBudget::default(),
-    );
+    let mut hook = one_slot_sleeping(3);
     // The real machine has been logging before anything else happened.
     hook.event(&Event::Record(Record {
-        sender: SocketAddr::new(ip(99), 6665),
+        sender: SocketAddr::new(ipv4(42, 99), 6665),
         ..Record::example(b"eth0: link up")
     }));
     std::thread::sleep(Duration::from_millis(2));
@@ -257,7 +260,7 @@ fn a_full_queue_gives_way_to_a_sender_heard_before_the_newcomers() {
     let _ = notices(&mut hook);
     hook.event(&panic_event(99));
     assert!(
-        hook.waiting.iter().any(|w| w.sender.ip() == ip(99)),
+        hook.waiting.iter().any(|w| w.sender.ip() == ipv4(42, 99)),
         "the genuine report waits"
     );
     assert_eq!(hook.waiting(), 3);
@@ -268,7 +271,7 @@ fn a_full_queue_gives_way_to_a_sender_heard_before_the_newcomers() {
     );
     // Another newcomer does not push anyone out.
     hook.event(&panic_event(50));
-    assert!(hook.waiting.iter().any(|w| w.sender.ip() == ip(99)));
+    assert!(hook.waiting.iter().any(|w| w.sender.ip() == ipv4(42, 99)));
     assert!(
         stats(&hook).contains(" hooks_skipped=2 "),
         "{}",
@@ -292,15 +295,7 @@ fn one_command_per_sender_at_a_time() {
 
 #[test]
 fn a_full_queue_or_budget_skips_and_says_so() {
-    let mut hook = PanicHook::with_limits(
-        options(vec!["sleep".into(), "30".into()], Duration::ZERO),
-        HookLimits {
-            max_senders: 100,
-            max_running: 1,
-            max_queued: 2,
-        },
-        MemoryBudget::default(),
-    );
+    let mut hook = one_slot_sleeping(2);
     for i in 1..=4 {
         hook.event(&panic_event(i));
     }

@@ -340,36 +340,36 @@ impl Sink for NatsForwarder {
         let s = NatsForwarder::counters(self);
         self.outbox.counters(
             [
-            SinkCounter::total(
-                "nats_sent",
-                "NATS messages the server took (JetStream: acknowledged, duplicates included).",
-                s.sent,
-            ),
-            SinkCounter::total(
-                "nats_duplicates",
-                "NATS messages the stream acknowledged as duplicates (another collector's copy came first).",
-                s.duplicates,
-            ),
-            SinkCounter::total(
-                "nats_dropped",
-                "NATS messages that will never be sent (queue or memory budget full, shutdown).",
-                s.dropped,
-            ),
-            SinkCounter::gauge(
-                "nats_queued",
-                "NATS messages queued or waiting for their acknowledgement.",
-                s.queued,
-            ),
-            SinkCounter::total(
-                "nats_retries",
-                "NATS publishes made again after a missing or failed acknowledgement.",
-                s.retries,
-            ),
-            SinkCounter::total(
-                "nats_errors",
-                "NATS errors (failed publishes, missing acknowledgements, stream set-up failures).",
-                s.errors,
-            ),
+                SinkCounter::total(
+                    "nats_sent",
+                    "NATS messages the server took (JetStream: acknowledged, duplicates included).",
+                    s.sent,
+                ),
+                SinkCounter::total(
+                    "nats_duplicates",
+                    "NATS messages the stream acknowledged as duplicates (another collector's copy came first).",
+                    s.duplicates,
+                ),
+                SinkCounter::total(
+                    "nats_dropped",
+                    "NATS messages that will never be sent (queue or memory budget full, shutdown).",
+                    s.dropped,
+                ),
+                SinkCounter::gauge(
+                    "nats_queued",
+                    "NATS messages queued or waiting for their acknowledgement.",
+                    s.queued,
+                ),
+                SinkCounter::total(
+                    "nats_retries",
+                    "NATS publishes made again after a missing or failed acknowledgement.",
+                    s.retries,
+                ),
+                SinkCounter::total(
+                    "nats_errors",
+                    "NATS errors (failed publishes, missing acknowledgements, stream set-up failures).",
+                    s.errors,
+                ),
             ],
             out,
         );
@@ -467,10 +467,22 @@ mod tests {
         let mut forwarder =
             NatsForwarder::start_with(&url, None, budget.clone(), 10, Duration::from_millis(100))
                 .unwrap();
-        for seq in 0..50 {
+        let event = |seq| {
             let mut record = Record::example(b"x");
             record.seq = Some(seq);
-            forwarder.event(&Event::Record(record));
+            Event::Record(record)
+        };
+        // The worker takes the first message and holds it until a server answers; wait for
+        // that, so that no place frees up in the queue while it is flooded (a freed place would
+        // let the `forward_lost` report in, one message more than the events).
+        forwarder.event(&event(0));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while forwarder.outbox.free_slots() < 10 {
+            assert!(Instant::now() < deadline, "the worker never took a message");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for seq in 1..50 {
+            forwarder.event(&event(seq));
         }
         let stats = forwarder.counters();
         assert_eq!(stats.sent, 0);

@@ -329,6 +329,17 @@ mod tests {
         format_event(&Event::Record(r)).expect("records are forwarded")
     }
 
+    /// Forwards `count` records, `m0`, `m1`... each followed by `text`, and returns them.
+    fn forward_records(f: &mut Forwarder, count: usize, text: &str) -> Vec<Record> {
+        let records: Vec<Record> = (0..count)
+            .map(|i| record(format!("m{i}{text}").as_bytes()))
+            .collect();
+        for r in &records {
+            f.event(&Event::Record(r.clone()));
+        }
+        records
+    }
+
     #[test]
     fn unresolvable_name_fails_at_start() {
         let error = Forwarder::start(&url("syslog+udp://nonexistent.invalid:514"))
@@ -408,12 +419,7 @@ mod tests {
         let port = server.local_addr().expect("addr").port();
         let mut f =
             Forwarder::start(&url(&format!("syslog+udp://127.0.0.1:{port}"))).expect("start");
-        let records: Vec<Record> = (0..3)
-            .map(|i| record(format!("m{i}\nline").as_bytes()))
-            .collect();
-        for r in &records {
-            f.event(&Event::Record(r.clone()));
-        }
+        let records = forward_records(&mut f, 3, "\nline");
         let mut buf = [0u8; 2 * MAX_MESSAGE_BYTES];
         for r in records {
             let n = server.recv(&mut buf).expect("datagram");
@@ -455,12 +461,7 @@ mod tests {
         let server = std::thread::spawn(move || read_frames(listener.accept().expect("accept").0));
         let mut f =
             Forwarder::start(&url(&format!("syslog+tcp://127.0.0.1:{port}"))).expect("start");
-        let records: Vec<Record> = (0..500)
-            .map(|i| record(format!("m{i}\nsecond line é").as_bytes()))
-            .collect();
-        for r in &records {
-            f.event(&Event::Record(r.clone()));
-        }
+        let records = forward_records(&mut f, 500, "\nsecond line é");
         // Close right away: delivery of the queue is close's job.
         f.close();
         let frames = server.join().expect("server");

@@ -97,31 +97,26 @@ pub fn format_notice(notice: &Notice) -> String {
         }
         Notice::Hook(hook) => {
             let mut m = own_message(hook.at, hook.sender, LEVEL_WARNING, "hook");
-            match hook.outcome {
-                HookOutcome::Skipped(why) => {
-                    m.param("action", "skipped");
-                    m.param("reason", why.as_str());
-                    let _ = write!(m.msg, "panic hook skipped ({})", why.describe());
-                }
-                HookOutcome::Late { waited } => {
-                    m.param("action", "late");
-                    m.param("waited_ms", waited.as_millis());
-                    let _ = write!(
-                        m.msg,
-                        "panic hook late (waited {:.3} s for a slot)",
-                        waited.as_secs_f64()
-                    );
-                }
-                HookOutcome::TimedOut { after } => {
-                    m.param("action", "timeout");
-                    m.param("after_s", after.as_secs());
-                    let _ = write!(
-                        m.msg,
-                        "panic hook timed out after {} s; killed",
-                        after.as_secs()
-                    );
-                }
-            }
+            let (action, (name, value), what) = match hook.outcome {
+                HookOutcome::Skipped(why) => (
+                    "skipped",
+                    ("reason", why.as_str().to_owned()),
+                    format!("skipped ({})", why.describe()),
+                ),
+                HookOutcome::Late { waited } => (
+                    "late",
+                    ("waited_ms", waited.as_millis().to_string()),
+                    format!("late (waited {:.3} s for a slot)", waited.as_secs_f64()),
+                ),
+                HookOutcome::TimedOut { after } => (
+                    "timeout",
+                    ("after_s", after.as_secs().to_string()),
+                    format!("timed out after {} s; killed", after.as_secs()),
+                ),
+            };
+            m.param("action", action);
+            m.param(name, value);
+            let _ = write!(m.msg, "panic hook {what}");
             m.finish()
         }
     }
