@@ -14,10 +14,7 @@ pub use losses::LOSS_POLL_INTERVAL;
 pub use pipeline::Pipeline;
 
 use crate::{
-    capture::{
-        Backend, CaptureCounters, CaptureError, InterfaceLabels, pcap::PcapFileError,
-        promisc::PromiscError,
-    },
+    capture::{Backend, CaptureCounters, CaptureError, pcap::PcapFileError, promisc::PromiscError},
     config::{Config, Format, Source},
     metrics::{MetricsServer, Snapshot},
     netconsole::DecoderStats,
@@ -149,10 +146,7 @@ fn open_pipeline(config: &Config) -> Result<Pipeline<'_>, RunError> {
             color: config.color,
         },
         Format::Json => StdoutFormat::Json,
-        Format::Raw => StdoutFormat::Raw(InterfaceLabels::new(
-            &config.interfaces,
-            matches!(config.source, Source::File(_)),
-        )),
+        Format::Raw => StdoutFormat::Raw(pipeline::interface_labels(config)),
     };
     pipeline.add_sink(Box::new(StdoutSink::new(io::stdout(), format)));
     Ok(pipeline)

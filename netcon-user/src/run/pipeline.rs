@@ -53,6 +53,11 @@ impl Clock {
     }
 }
 
+/// How `config`'s frames name their interface (`--format raw`, the `interface` label).
+pub(super) fn interface_labels(config: &Config) -> InterfaceLabels {
+    InterfaceLabels::new(&config.interfaces, matches!(config.source, Source::File(_)))
+}
+
 /// One sink and what it asked for, read once when it was added.
 struct Route {
     sink: Box<dyn Sink>,
@@ -113,10 +118,7 @@ impl<'c> Pipeline<'c> {
             notices: Vec::new(),
             losses_seen: BTreeMap::new(),
             capture_lost: 0,
-            labels: InterfaceLabels::new(
-                &config.interfaces,
-                matches!(config.source, Source::File(_)),
-            ),
+            labels: interface_labels(config),
         }
     }
 
@@ -551,10 +553,7 @@ mod tests {
     fn batch_becomes_one_line_per_datagram_and_counts_malformed() {
         let config = config();
         let mut pipeline = Pipeline::new(&config);
-        let out = stdout(
-            &mut pipeline,
-            StdoutFormat::Raw(InterfaceLabels::new(&config.interfaces, false)),
-        );
+        let out = stdout(&mut pipeline, StdoutFormat::Raw(interface_labels(&config)));
         assert!(!pipeline.decode, "raw alone needs no decoder");
         let batch = [
             captured(7, udp_frame(b"one\n")),

@@ -49,7 +49,8 @@ pub trait Sink {
     fn wants_frames(&self) -> bool {
         false
     }
-    /// The end of a batch: deliver what is buffered.
+    /// The end of a batch: deliver what is buffered. Called again in the same batch when
+    /// notices went round after it, so that they go out too.
     fn flush(&mut self) {}
     /// Reopen files (on SIGHUP, after logrotate moved them).
     fn reopen(&mut self) {}
