@@ -55,3 +55,34 @@ pub(crate) fn decode_events(payloads: &[&[u8]]) -> Vec<crate::netconsole::Event>
     decoder.flush(&mut events);
     events
 }
+
+/// A writer standing in for stdout: its bytes and writes are shared with the test, and with
+/// `error` set every write fails with it.
+#[derive(Clone, Default)]
+pub(crate) struct TestOutput {
+    pub bytes: std::rc::Rc<std::cell::RefCell<Vec<u8>>>,
+    pub writes: std::rc::Rc<std::cell::Cell<usize>>,
+    pub error: Option<std::io::ErrorKind>,
+}
+
+impl TestOutput {
+    /// What was written, as text.
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8(self.bytes.borrow().clone()).unwrap()
+    }
+}
+
+impl std::io::Write for TestOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.writes.set(self.writes.get() + 1);
+        if let Some(kind) = self.error {
+            return Err(kind.into());
+        }
+        self.bytes.borrow_mut().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -51,6 +51,38 @@ pub struct Interface {
     pub ifindex: u32,
 }
 
+/// How a frame's interface is named in output (`--format raw`, the `interface` label).
+///
+/// One of ours by its name; otherwise, live, by its index. A file has no interface names: its
+/// frames are `file` (or `file:N` for the Nth interface of a pcapng file).
+#[derive(Debug, Clone, Default)]
+pub struct InterfaceLabels {
+    interfaces: Vec<Interface>,
+    from_file: bool,
+}
+
+impl InterfaceLabels {
+    /// Labels for frames captured on `interfaces`, or read from a file.
+    #[must_use]
+    pub fn new(interfaces: &[Interface], from_file: bool) -> Self {
+        Self {
+            interfaces: interfaces.to_vec(),
+            from_file,
+        }
+    }
+
+    /// The label of `ifindex`.
+    #[must_use]
+    pub fn label(&self, ifindex: u32) -> std::borrow::Cow<'_, str> {
+        match self.interfaces.iter().find(|i| i.ifindex == ifindex) {
+            Some(interface) => interface.name.as_str().into(),
+            None if self.from_file && ifindex == 0 => "file".into(),
+            None if self.from_file => format!("file:{ifindex}").into(),
+            None => ifindex.to_string().into(),
+        }
+    }
+}
+
 /// One frame as it came off an interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Captured {

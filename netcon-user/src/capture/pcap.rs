@@ -1,12 +1,10 @@
-//! Capture files: `-r FILE` reads pcap or pcapng (offline, no privileges), `-w FILE` saves every
-//! matched frame as classic pcap that tcpdump and Wireshark open.
+//! Capture files: `-r FILE` reads pcap or pcapng (offline, no privileges). (Saving them, `-w`,
+//! is a sink: `sink::pcap`.)
 
 use std::{
-    cell::RefCell,
     fs::File,
-    io::{self, BufRead, BufReader, Read, Write},
+    io::{self, BufRead, BufReader, Read},
     path::{Path, PathBuf},
-    rc::Rc,
     time::Duration,
 };
 
@@ -14,7 +12,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use pcap_file::{
     DataLink, PcapError,
-    pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter},
+    pcap::PcapReader,
     pcapng::{Block, PcapNgReader, blocks::interface_description::InterfaceDescriptionOption},
 };
 
@@ -23,13 +21,10 @@ use super::{Captured, LinkType};
 /// pcapng files start with a Section Header Block of this type (either byte order).
 const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
 
-/// Snap length written into `-w` files: whole frames.
-const WRITE_SNAPLEN: u32 = 65_535;
-
 /// Frames read from a file per batch, so output keeps flowing on large files.
 pub const BATCH: usize = 256;
 
-/// Why a capture file could not be read or written.
+/// Why a capture file could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum PcapFileError {
     /// Opening the file failed.
@@ -45,19 +40,6 @@ pub enum PcapFileError {
         path: PathBuf,
         #[source]
         source: PcapError,
-    },
-    /// `-w` names a symbolic link and netcon-sniff runs as root.
-    #[error(
-        "-w {path} is a symbolic link; as root netcon-sniff does not follow one (another user \
-         could point it at any file): give the real path, or remove the link"
-    )]
-    Symlink { path: PathBuf },
-    /// Writing the output file failed.
-    #[error("writing {path}: {source}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
     },
 }
 
@@ -293,156 +275,10 @@ fn to_utc(since_epoch: Duration) -> DateTime<Utc> {
     .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
-/// A buffer the pcap writer appends to, emptied into the file after each batch (pcap-file's
-/// writer owns its output and has no flush of its own).
-#[derive(Clone, Default)]
-struct SharedBuffer(Rc<RefCell<Vec<u8>>>);
-
-impl Write for SharedBuffer {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.borrow_mut().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Creates (or truncates) `path` for `-w`. As root, a symbolic link at `path` is refused
-/// (`O_NOFOLLOW`): in a directory others can write, such as /tmp, a link planted under the name
-/// would have root truncate whatever it points at.
-fn create_output(path: &Path) -> Result<File, PcapFileError> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    if nix::unistd::geteuid().is_root() {
-        options.custom_flags(libc::O_NOFOLLOW);
-    }
-    options.open(path).map_err(|source| {
-        if source.raw_os_error() == Some(libc::ELOOP) {
-            PcapFileError::Symlink {
-                path: path.to_owned(),
-            }
-        } else {
-            PcapFileError::Open {
-                path: path.to_owned(),
-                source,
-            }
-        }
-    })
-}
-
-/// Writes matched frames to a classic pcap file (link type Ethernet, nanosecond timestamps).
-pub struct PcapFileWriter {
-    path: PathBuf,
-    file: Box<dyn Write>,
-    buffer: SharedBuffer,
-    writer: PcapWriter<SharedBuffer>,
-}
-
-impl PcapFileWriter {
-    /// Creates (or truncates) `path`, or writes to stdout when it is `-`.
-    ///
-    /// # Errors
-    /// [`PcapFileError`] when the file cannot be created.
-    pub fn create(path: &Path) -> Result<Self, PcapFileError> {
-        let file: Box<dyn Write> = if path == Path::new("-") {
-            Box::new(io::stdout())
-        } else {
-            Box::new(create_output(path)?)
-        };
-        let buffer = SharedBuffer::default();
-        let header = PcapHeader {
-            snaplen: WRITE_SNAPLEN,
-            datalink: DataLink::ETHERNET,
-            ts_resolution: pcap_file::TsResolution::NanoSecond,
-            ..PcapHeader::default()
-        };
-        let writer =
-            PcapWriter::with_header(buffer.clone(), header).map_err(|e| PcapFileError::Write {
-                path: path.to_owned(),
-                source: io::Error::other(e),
-            })?;
-        let mut this = Self {
-            path: path.to_owned(),
-            file,
-            buffer,
-            writer,
-        };
-        this.flush()?;
-        Ok(this)
-    }
-
-    /// Adds one frame.
-    ///
-    /// # Errors
-    /// [`PcapFileError::Write`].
-    pub fn write(&mut self, frame: &Captured) -> Result<(), PcapFileError> {
-        let since_epoch = frame
-            .ts
-            .signed_duration_since(DateTime::UNIX_EPOCH)
-            .to_std()
-            .unwrap_or_default();
-        let packet = PcapPacket::new(
-            since_epoch,
-            frame
-                .wire_len
-                .max(u32::try_from(frame.bytes.len()).unwrap_or(u32::MAX)),
-            &frame.bytes,
-        );
-        self.writer
-            .write_packet(&packet)
-            .map(|_| ())
-            .map_err(|e| PcapFileError::Write {
-                path: self.path.clone(),
-                source: io::Error::other(e),
-            })
-    }
-
-    /// Writes what was added to the file.
-    ///
-    /// # Errors
-    /// [`PcapFileError::Write`].
-    pub fn flush(&mut self) -> Result<(), PcapFileError> {
-        let bytes = std::mem::take(&mut *self.buffer.0.borrow_mut());
-        self.file
-            .write_all(&bytes)
-            .and_then(|()| self.file.flush())
-            .map_err(|source| PcapFileError::Write {
-                path: self.path.clone(),
-                source,
-            })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testing::TempDir;
-
-    #[test]
-    fn written_file_reads_back() {
-        let dir = TempDir::new("pcap");
-        let path = dir.0.join("out.pcap");
-        let ts = DateTime::from_timestamp(1_700_000_000, 123_456_789).unwrap();
-        let frame = Captured {
-            ts,
-            ifindex: 1,
-            wire_len: 5,
-            link: LinkType::Ethernet,
-            bytes: Bytes::from_static(b"abcde"),
-        };
-        let mut writer = PcapFileWriter::create(&path).unwrap();
-        writer.write(&frame).unwrap();
-        writer.write(&frame).unwrap();
-        writer.flush().unwrap();
-        let mut reader = PcapFileCapture::open(&path).unwrap();
-        let mut out = Vec::new();
-        assert!(!reader.read_batch(&mut out).unwrap());
-        assert_eq!(out.len(), 2);
-        assert_eq!(out[0].ts, ts);
-        assert_eq!(out[0].bytes, frame.bytes);
-    }
 
     #[test]
     fn frames_before_a_truncation_are_kept() {
@@ -456,7 +292,7 @@ mod tests {
             link: LinkType::Ethernet,
             bytes: Bytes::from(vec![7u8; 100]),
         };
-        let mut writer = PcapFileWriter::create(&whole).unwrap();
+        let mut writer = crate::sink::pcap::PcapFileWriter::create(&whole).unwrap();
         for _ in 0..3 {
             writer.write(&frame).unwrap();
         }
@@ -472,26 +308,6 @@ mod tests {
             reader.read_batch(&mut out),
             Err(PcapFileError::Format { .. })
         ));
-    }
-
-    #[test]
-    fn a_symlink_is_not_followed_as_root() {
-        if !nix::unistd::geteuid().is_root() {
-            return;
-        }
-        let dir = TempDir::new("pcap-link");
-        let target = dir.0.join("precious");
-        std::fs::write(&target, b"keep me").unwrap();
-        let link = dir.0.join("out.pcap");
-        std::os::unix::fs::symlink(&target, &link).unwrap();
-        let error = PcapFileWriter::create(&link).err().map(|e| e.to_string());
-        assert!(
-            error
-                .as_deref()
-                .is_some_and(|e| e.contains("symbolic link")),
-            "{error:?}"
-        );
-        assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
     }
 
     #[test]

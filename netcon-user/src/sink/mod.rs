@@ -1,8 +1,11 @@
 //! Sinks format and deliver records. They never parse.
 //!
-//! stdout gets `text`, `json` or `raw` lines (see [`text`], [`json`], [`raw`]); the other
-//! destinations (per-sender files, syslog forwarding, the panic hook) implement [`Sink`] and
-//! get every decoded event as well.
+//! Every output is a [`Sink`]: stdout ([`stdout`]: `text`, `json` or `raw` lines, formatted by
+//! [`text`], [`json`] and [`raw`]), the `-w` capture file ([`pcap`]), per-sender files
+//! ([`files`]), syslog and NATS forwarding ([`syslog`], [`nats`]) and the panic hook
+//! ([`hook`]). The pipeline hands each the matched frames, the decoded events and
+//! netcon-sniff's own notices it asks for, and knows no format. A new output is one more
+//! module here implementing [`Sink`], added where `run` builds the pipeline.
 
 pub mod color;
 pub mod drops;
@@ -10,7 +13,9 @@ pub mod files;
 pub mod hook;
 pub mod json;
 pub mod nats;
+pub mod pcap;
 pub mod raw;
+pub mod stdout;
 pub mod syslog;
 pub mod text;
 pub mod worker;
@@ -18,20 +23,34 @@ pub mod worker;
 // Escaping serves records as well as sinks, so it lives below both; this keeps `sink::escape`.
 pub use crate::escape;
 
-use std::{fmt::Write as _, time::Instant};
+use std::{fmt::Write as _, io, time::Instant};
 
-use crate::{netconsole::Event, notice::Notice};
+use crate::{capture::Captured, netconsole::Event, notice::Notice, wire::Datagram};
 
-/// A destination for decoded events besides stdout.
+/// A destination for what netcon-sniff catches: decoded events, and matched frames if it asks.
 ///
 /// A sink never stops the collector: it reports its own failures (a `tracing` warning, a
 /// counter in [`Sink::stats`]) and carries on, because the next record may be the one that
-/// matters. It must not block on the network: a network sink queues, bounded, and counts what
-/// it drops.
+/// matters. The outputs a person started netcon-sniff for (stdout, `-w`) are the exception:
+/// their failure ends the run through [`Sink::take_error`], once every other output has had
+/// the batch. A sink must not block on the network: a network sink queues, bounded, and counts
+/// what it drops.
 pub trait Sink {
-    /// Takes one event.
+    /// Takes one event (only if [`Sink::wants_events`]).
     fn event(&mut self, event: &Event);
-    /// The end of a batch: deliver what is buffered.
+    /// Whether this sink takes decoded events. When no sink does (`--format raw` alone) the
+    /// decoder does not run.
+    fn wants_events(&self) -> bool {
+        true
+    }
+    /// Takes one matched frame, undecoded (only if [`Sink::wants_frames`]).
+    fn frame(&mut self, _frame: &Captured, _datagram: &Datagram<'_>) {}
+    /// Whether this sink takes matched frames (`--format raw`, `-w`).
+    fn wants_frames(&self) -> bool {
+        false
+    }
+    /// The end of a batch: deliver what is buffered. Called again in the same batch when
+    /// notices went round after it, so that they go out too.
     fn flush(&mut self) {}
     /// Reopen files (on SIGHUP, after logrotate moved them).
     fn reopen(&mut self) {}
@@ -52,13 +71,36 @@ pub trait Sink {
     /// the sink writes them somewhere a person reads.
     fn notice(&mut self, _notice: &Notice) {}
     /// Moves the notices this sink has to report (a hook it skipped) to `out`; the pipeline
-    /// writes them to stdout and hands them to every sink.
+    /// hands them to every sink.
     fn take_notices(&mut self, _out: &mut Vec<Notice>) {}
+    /// Takes a notice that closing gave rise to (messages a forwarder could not deliver in its
+    /// grace period). Every sink is closed by then: only one that can still write (stdout)
+    /// writes it, at once.
+    fn notice_after_close(&mut self, _notice: &Notice) {}
+    /// The failure that ends the run, handed over once: stdout could not be written, `-w`
+    /// failed. `None` for a sink that reports its failures and goes on.
+    fn take_error(&mut self) -> Option<OutputError> {
+        None
+    }
     /// When this sink next needs [`Sink::flush`] though no event arrives (a queued hook waiting
     /// for a slot); `None` when it does not.
     fn poll_at(&self) -> Option<Instant> {
         None
     }
+}
+
+/// Why an output whose failure ends the run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// stdout could not be written (a closed pipe too: `main` exits 0 on it).
+    #[error("writing output: {source}")]
+    Stdout {
+        #[source]
+        source: io::Error,
+    },
+    /// `-w` could not be written.
+    #[error(transparent)]
+    Pcap(#[from] pcap::PcapWriteError),
 }
 
 /// Whether a [`SinkCounter`] counts events or measures a level.
