@@ -1,10 +1,13 @@
 //! Test support for netcon: the end-to-end tests, xtask (bench, vm-test) and the benchmark tools share it.
 //!
-//! - [`Topology`] / [`Netns`]: network namespaces joined by veth pairs, removed on drop (also when
-//!   a test panics).
-//! - [`UdpFrame`]: raw Ethernet frames with any MACs, zero to two VLAN tags, IPv4 or IPv6, UDP
-//!   with correct checksums.
-//! - [`FrameSender`]: sends frames out of an interface inside a namespace (`AF_PACKET`).
+//! - [`Topology`] / [`Netns`]: network namespaces joined by veth pairs (or holding a tap device),
+//!   removed on drop (also when a test panics); every call also comes in a form that returns a
+//!   [`NetnsError`] instead of panicking, for xtask.
+//! - [`UdpFrame`] / [`frame::write_udp`]: raw Ethernet frames with any MACs, zero to two VLAN
+//!   tags, IPv4 or IPv6, UDP with correct checksums; the latter appends into a buffer without
+//!   allocating, for the load generator.
+//! - [`FrameSender`]: sends frames out of an interface inside a namespace (`AF_PACKET`), one at a
+//!   time or in `sendmmsg` batches.
 //! - [`Sniffer`]: runs the real binary in the collector namespace (or offline, on a file) and
 //!   checks what it prints; [`Stats`] and [`Summary`] read its counters (`--stats-format
 //!   json`) for every backend. xtask starts its own command lines with it too.

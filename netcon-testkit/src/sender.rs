@@ -372,3 +372,59 @@ impl std::fmt::Debug for SendScratch {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{SocketAddr, UdpSocket};
+
+    use super::*;
+    use crate::frame::{NETCONSOLE_DST_PORT, Vlan, write_udp};
+    use crate::netns::Topology;
+
+    /// A batch of frames in one buffer, sent by `sendmmsg` on a socket tuned for load, reaches
+    /// a UDP socket in the collector's namespace whole and in order.
+    #[test]
+    fn batch_reaches_the_collector_in_order() {
+        // The test kit's own tests keep to subnet 50.
+        let topo = Topology::on_subnet(50);
+        let link = topo.link().clone();
+        let collector: SocketAddr = (link.collector_v4, NETCONSOLE_DST_PORT).into();
+        let socket = topo
+            .collector
+            .run_in(|| UdpSocket::bind(collector).unwrap());
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut sender = topo.sender(&link);
+        sender.tune_for_load().unwrap();
+
+        let mut buffer = Vec::new();
+        let mut frames = Vec::new();
+        for i in 0..5u8 {
+            let start = buffer.len();
+            let src = SocketAddr::new(link.sender_v4.into(), 6665);
+            let payload = vec![b'a' + i; 10 + usize::from(i)];
+            let macs = (link.sender_mac, link.collector_mac);
+            write_udp(&mut buffer, macs, Vlan::None, src, collector, &payload);
+            frames.push((start, buffer.len() - start));
+        }
+        let took = sender
+            .send_batch(&buffer, &frames, &mut SendScratch::default())
+            .unwrap();
+        assert!(took.calls >= 1, "{took:?}");
+        assert_eq!(sender.sent(), 5);
+
+        let mut got = Vec::new();
+        let mut datagram = [0u8; 64];
+        for _ in 0..5 {
+            let n = socket
+                .recv(&mut datagram)
+                .expect("all five datagrams arrive");
+            got.push(datagram[..n].to_vec());
+        }
+        let want: Vec<Vec<u8>> = (0..5u8)
+            .map(|i| vec![b'a' + i; 10 + usize::from(i)])
+            .collect();
+        assert_eq!(got, want);
+    }
+}

@@ -6,7 +6,7 @@
 //! newest) and each netconsole configuration
 //! (plain; extended to the collector's MAC, booted twice; extended with the release, 6.12 only;
 //! extended to the broadcast MAC and an address nobody owns):
-//! 1. a collector network namespace `netcon-vm-<pid>-<N>` with a tap `nct<N>`, 10.N.0.1/24
+//! 1. a collector network namespace `nct-<pid>-<k>-vm<N>` with a tap `nct<N>`, 10.N.0.1/24
 //!    (N from 80 to 83), removed on drop;
 //! 2. netcon-sniff on the tap, once per backend (XDP; raw sockets when the binary has
 //!    `--backend`), printing the first output (`--format json` by default) and saving a pcap
