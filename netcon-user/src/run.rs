@@ -158,12 +158,14 @@ fn open_pipeline(config: &Config) -> Result<Pipeline<'_>, RunError> {
 /// # Errors
 /// [`RunError`] when capture cannot start or fails, or output cannot be written.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<Summary, RunError> {
+    // Handlers first: opening the backend prints `listening on`, and a SIGUSR1 sent on seeing
+    // that line must ask for stats, not kill the process (the default action).
+    let mut signals = Signals::new().map_err(|source| RunError::Signals { source })?;
     let _promisc = promisc_guards(&config)?;
     let mut backend = open_backend(&config)?;
     let mut pipeline = open_pipeline(&config)?;
     // Bound before root is dropped: the port may be privileged.
     let mut metrics = config.metrics.map(MetricsServer::start).transpose()?;
-    let mut signals = Signals::new().map_err(|source| RunError::Signals { source })?;
     // Still privileged: the first read of the counters works even where reading BPF maps
     // will need CAP_BPF once root is dropped.
     let mut losses = LossWatch::start(&config, &mut backend).await;

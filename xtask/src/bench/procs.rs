@@ -27,8 +27,6 @@ use super::topo::{RX_IF, RX_MAC, TX_IF, Topology};
 pub const PORT: u16 = 6666;
 /// How long a receiver may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long netcon-sniff takes at most from `listening on` to handling SIGUSR1.
-const SIGNALS_SETTLE: Duration = Duration::from_millis(100);
 /// How long a receiver may take to exit after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -352,12 +350,9 @@ impl Receiver {
         let rx_ns = self.topo_rx_ns.clone();
         let process = self.process()?;
         let listening = match kind {
-            Rx::Xdp | Rx::Raw | Rx::XdpNats => process.try_wait_ready(START_TIMEOUT).map(|_| {
-                // netcon-sniff says `listening on` just before it takes over SIGUSR1 (it
-                // opens the capture, then its signal handlers), and a SIGUSR1 in between
-                // would end it: the bench asks for counters right away.
-                std::thread::sleep(SIGNALS_SETTLE);
-            }),
+            // netcon-sniff takes over SIGUSR1 before it says `listening on`: counters may be
+            // asked for at once.
+            Rx::Xdp | Rx::Raw | Rx::XdpNats => process.try_wait_ready(START_TIMEOUT).map(|_| ()),
             Rx::Tcpdump => process
                 .try_stderr_containing("listening on", 0, START_TIMEOUT)
                 .map(drop),
