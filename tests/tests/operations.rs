@@ -133,3 +133,16 @@ fn color_only_when_asked_or_on_a_terminal() {
         );
     }
 }
+
+/// A SIGUSR1 sent the moment `listening on` appears asks for counters: the handlers are in
+/// place before the ready line (the default action of SIGUSR1 would end the process).
+#[test]
+fn usr1_right_after_ready_prints_stats() {
+    let topo = Topology::new();
+    for backend in ["xdp", "raw"] {
+        let mut s = sniff_on_link(&topo, &["--backend", backend]);
+        let stats = s.stats();
+        assert_eq!(stats.counter("datagrams"), 0, "{backend}: {stats}");
+        stop(&mut s);
+    }
+}
