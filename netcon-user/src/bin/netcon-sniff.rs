@@ -66,18 +66,8 @@ fn main() -> ExitCode {
         Err(error) => return fail(&error),
     };
     let stats_format = config.stats_format;
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => return fail(&error),
-    };
-    match runtime.block_on(async {
-        let shutdown = shutdown_signal()?;
-        Ok::<_, io::Error>(netcon::run(config, shutdown).await)
-    }) {
-        Err(error) => fail(&error),
+    match until_signal(|shutdown| netcon::run(config, shutdown)) {
+        Err(code) => code,
         Ok(Ok(summary)) => {
             match stats_format {
                 StatsFormat::Text => {
@@ -105,18 +95,8 @@ fn main() -> ExitCode {
 
 /// `netcon-sniff tail`: until SIGINT or SIGTERM (or the end of the stream with --no-follow).
 fn tail(args: &netcon::tail::TailArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => return fail(&error),
-    };
-    match runtime.block_on(async {
-        let shutdown = shutdown_signal()?;
-        Ok::<_, io::Error>(netcon::tail::run(args, shutdown).await)
-    }) {
-        Err(error) => fail(&error),
+    match until_signal(|shutdown| netcon::tail::run(args, shutdown)) {
+        Err(code) => code,
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(netcon::tail::TailError::Output { source }))
             if source.kind() == io::ErrorKind::BrokenPipe =>
@@ -127,16 +107,38 @@ fn tail(args: &netcon::tail::TailArgs) -> ExitCode {
     }
 }
 
+/// Runs `task` on a single-threaded runtime, handing it the future that completes on the
+/// first SIGINT or SIGTERM. `Err` is the exit code when the runtime or the signal handlers
+/// cannot be set up (already reported).
+fn until_signal<F, T>(task: impl FnOnce(ShutdownSignal) -> F) -> Result<T, ExitCode>
+where
+    F: Future<Output = T>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| fail(&error))?;
+    runtime
+        .block_on(async {
+            let shutdown = shutdown_signal()?;
+            Ok::<_, io::Error>(task(shutdown).await)
+        })
+        .map_err(|error| fail(&error))
+}
+
+/// What [`shutdown_signal`] returns.
+type ShutdownSignal = std::pin::Pin<Box<dyn Future<Output = ()>>>;
+
 /// Completes on the first SIGINT or SIGTERM.
-fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
+fn shutdown_signal() -> io::Result<ShutdownSignal> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    Ok(async move {
+    Ok(Box::pin(async move {
         tokio::select! {
             _ = interrupt.recv() => {},
             _ = terminate.recv() => {},
         }
-    })
+    }))
 }
 
 /// One line on stderr and exit code 2: the error and its causes, no backtrace.

@@ -358,22 +358,7 @@ mod tests {
     use crate::netconsole::{Decoder, DecoderConfig, Incoming};
 
     fn decode(payloads: &[&[u8]]) -> Vec<serde_json::Value> {
-        let mut decoder = Decoder::new(DecoderConfig::default());
-        let mut events = Vec::new();
-        let now = std::time::Instant::now();
-        for payload in payloads {
-            decoder.push(
-                now,
-                Incoming {
-                    received: DateTime::from_timestamp(1_764_280_436, 123_456_000).unwrap(),
-                    ifindex: 3,
-                    src: "10.77.0.10:6665".parse().unwrap(),
-                    payload,
-                },
-                &mut events,
-            );
-        }
-        decoder.flush(&mut events);
+        let events = crate::testing::decode_events(payloads);
         let mut out = String::new();
         for event in &events {
             write_event(event, &mut out);
