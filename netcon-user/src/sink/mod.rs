@@ -18,6 +18,7 @@ pub mod raw;
 pub mod stdout;
 pub mod syslog;
 pub mod text;
+mod url;
 pub mod worker;
 
 // Escaping serves records as well as sinks, so it lives below both; this keeps `sink::escape`.

@@ -1,10 +1,10 @@
 //! NATS URLs (`nats://HOST[:PORT][,HOST[:PORT]...][/PREFIX]`, `tls://...`) and stream names.
 
 use std::fmt;
-use std::net::Ipv6Addr;
 use std::str::FromStr;
 
 use super::{DEFAULT_PORT, DEFAULT_PREFIX, NatsError};
+use crate::sink::url::{HostPart, parse_port, split_host_port, split_scheme};
 
 /// `nats://HOST[:PORT][,HOST[:PORT]...][/PREFIX]` (or `tls://...`): the servers of one cluster
 /// and the subject prefix.
@@ -32,16 +32,12 @@ impl FromStr for NatsUrl {
             url: url.to_owned(),
             reason,
         };
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| bad("no scheme (`nats://` or `tls://`)"))?;
-        let tls = if scheme.eq_ignore_ascii_case("nats") {
-            false
-        } else if scheme.eq_ignore_ascii_case("tls") {
-            true
-        } else {
-            return Err(bad("unknown scheme"));
-        };
+        let (tls, rest) = split_scheme(
+            url,
+            &[("nats", false), ("tls", true)],
+            "no scheme (`nats://` or `tls://`)",
+        )
+        .map_err(bad)?;
         let (hosts, prefix) = match rest.split_once('/') {
             Some((hosts, "")) => (hosts, DEFAULT_PREFIX),
             Some((hosts, prefix)) => (hosts, prefix),
@@ -69,41 +65,24 @@ impl FromStr for NatsUrl {
 
 /// `HOST[:PORT]` to `HOST:PORT`.
 fn parse_server(server: &str) -> Result<String, &'static str> {
-    let (host, port) = if let Some(bracketed) = server.strip_prefix('[') {
-        let (ip, after) = bracketed.split_once(']').ok_or("`[` without `]`")?;
-        ip.parse::<Ipv6Addr>()
-            .map_err(|_| "not an IPv6 address in `[]`")?;
-        let port = match after {
-            "" => None,
-            _ => Some(after.strip_prefix(':').ok_or("unexpected text after `]`")?),
-        };
-        (format!("[{ip}]"), port)
-    } else {
-        let (host, port) = match server.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (server, None),
-        };
-        if port.is_some_and(|p| p.contains(':')) {
-            return Err("an IPv6 address must be in brackets, `[::1]:4222`");
+    let (host, port) =
+        split_host_port(server, "an IPv6 address must be in brackets, `[::1]:4222`")?;
+    let host = match host {
+        HostPart::Ipv6 { text, .. } => format!("[{text}]"),
+        HostPart::Other(host) => {
+            let label_ok = |l: &str| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            };
+            if host.len() > 253 || !host.split('.').all(label_ok) {
+                return Err("not an IPv4 address or host name");
+            }
+            host.to_owned()
         }
-        let label_ok = |l: &str| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        };
-        if host.len() > 253 || !host.split('.').all(label_ok) {
-            return Err("not an IPv4 address or host name");
-        }
-        (host.to_owned(), port)
     };
-    let port = match port {
-        None => DEFAULT_PORT,
-        Some(p) => match p.parse::<u16>() {
-            Ok(0) | Err(_) => return Err("the port must be a number from 1 to 65535"),
-            Ok(p) => p,
-        },
-    };
+    let port = parse_port(port, DEFAULT_PORT)?;
     Ok(format!("{host}:{port}"))
 }
 

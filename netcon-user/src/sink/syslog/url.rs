@@ -2,10 +2,11 @@
 //! server's addresses they name.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs as _};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs as _};
 use std::str::FromStr;
 
 use super::SyslogError;
+use crate::sink::url::{HostPart, parse_port, split_host_port, split_scheme};
 
 /// The port when the URL gives none: 514, syslog's UDP port (RFC 5426). RFC 6587 assigns no TCP
 /// port, but 514/tcp is what rsyslog and syslog-ng listen on for plain TCP by convention (6514
@@ -71,55 +72,32 @@ impl FromStr for ForwardUrl {
             url: url.to_owned(),
             reason,
         };
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| bad("no scheme (`syslog+udp://` or `syslog+tcp://`)"))?;
-        let transport = if scheme.eq_ignore_ascii_case("syslog+udp") {
-            Transport::Udp
-        } else if scheme.eq_ignore_ascii_case("syslog+tcp") {
-            Transport::Tcp
-        } else {
-            return Err(bad("unknown scheme"));
-        };
+        let (transport, rest) = split_scheme(
+            url,
+            &[
+                ("syslog+udp", Transport::Udp),
+                ("syslog+tcp", Transport::Tcp),
+            ],
+            "no scheme (`syslog+udp://` or `syslog+tcp://`)",
+        )
+        .map_err(bad)?;
         // Only an authority: a path, query or user name would be silently ignored otherwise.
         let authority = rest.strip_suffix('/').unwrap_or(rest);
         if authority.contains(['/', '?', '#', '@']) {
             return Err(bad("only HOST[:PORT] may follow the scheme"));
         }
-        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
-            let (ip, after) = bracketed
-                .split_once(']')
-                .ok_or_else(|| bad("`[` without `]`"))?;
-            let ip: Ipv6Addr = ip.parse().map_err(|_| bad("not an IPv6 address in `[]`"))?;
-            let port = match after {
-                "" => None,
-                _ => Some(
-                    after
-                        .strip_prefix(':')
-                        .ok_or_else(|| bad("unexpected text after `]`"))?,
-                ),
-            };
-            (Host::Ip(IpAddr::V6(ip)), port)
-        } else {
-            let (host, port) = match authority.split_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            };
-            if port.is_some_and(|p| p.contains(':')) {
-                return Err(bad("an IPv6 address must be in brackets, `[::1]:514`"));
+        let (host, port) = split_host_port(
+            authority,
+            "an IPv6 address must be in brackets, `[::1]:514`",
+        )
+        .map_err(bad)?;
+        let host = match host {
+            HostPart::Ipv6 { ip, .. } => Host::Ip(IpAddr::V6(ip)),
+            HostPart::Other(host) => {
+                parse_host(host).ok_or_else(|| bad("not an IPv4 address or host name"))?
             }
-            (
-                parse_host(host).ok_or_else(|| bad("not an IPv4 address or host name"))?,
-                port,
-            )
         };
-        let port = match port {
-            None => DEFAULT_PORT,
-            Some(p) => match p.parse::<u16>() {
-                Ok(0) | Err(_) => return Err(bad("the port must be a number from 1 to 65535")),
-                Ok(p) => p,
-            },
-        };
+        let port = parse_port(port, DEFAULT_PORT).map_err(bad)?;
         Ok(Self {
             transport,
             host,
@@ -173,6 +151,7 @@ pub(super) fn resolve(url: &ForwardUrl) -> Result<Vec<SocketAddr>, SyslogError> 
 mod tests {
     use super::super::tests::url;
     use super::*;
+    use std::net::Ipv6Addr;
 
     #[test]
     fn good_urls() {
