@@ -129,6 +129,52 @@ pub fn spawn_tied(cmd: &mut Command) -> Child {
         .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
 }
 
+/// Spawns `cmd` as [`spawn_tied`] does, with no input and both its outputs into a new file
+/// `log` (what [`assert_running`] shows when it exits).
+///
+/// # Panics
+/// If the file cannot be created or the server cannot be started.
+#[must_use]
+pub fn spawn_logged(cmd: &mut Command, log: &Path) -> Child {
+    let file = std::fs::File::create(log)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+    cmd.stdin(Stdio::null())
+        .stdout(file.try_clone().expect("log file"))
+        .stderr(file);
+    spawn_tied(cmd)
+}
+
+/// Panics, with the server's own output (`log`), if `child` (`who`: a server a test started)
+/// has exited: what a test then waits for would never come.
+///
+/// # Panics
+/// As said.
+pub fn assert_running(child: &mut Child, who: &str, log: &Path) {
+    if let Ok(Some(status)) = child.try_wait() {
+        panic!(
+            "{who} exited ({status}); its output:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+}
+
+/// Calls `pending` every `interval` until it returns `None`; panics with what it last returned
+/// once `timeout` has passed.
+///
+/// # Panics
+/// After `timeout`.
+pub fn wait_until(
+    timeout: Duration,
+    interval: Duration,
+    mut pending: impl FnMut() -> Option<String>,
+) {
+    let deadline = Instant::now() + timeout;
+    while let Some(what) = pending() {
+        assert!(Instant::now() < deadline, "{what} (waited {timeout:?})");
+        std::thread::sleep(interval);
+    }
+}
+
 /// Stops `child` unless it already exited: SIGTERM, then SIGKILL after `timeout`; reaps it.
 pub fn stop_child(child: &mut Child, timeout: Duration) {
     if let Ok(Some(_)) = child.try_wait() {

@@ -6,9 +6,9 @@ use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::files::{TempDir, write_file};
+use crate::files::{TempDir, wait_until, write_file};
 use crate::netns::{Netns, require_root};
 
 /// How long a server may take to answer `/healthz` with `JetStream` ready (a failure deadline;
@@ -143,21 +143,18 @@ impl NatsServer {
     /// # Panics
     /// After [`READY_TIMEOUT`], with the server's log.
     pub fn wait_ready(&self, ns: &Netns) {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(body) = self.try_get(ns, "/healthz")
-                && body.contains("\"ok\"")
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nats-server {} not healthy within {READY_TIMEOUT:?}; log:\n{}",
-                self.config.name,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_until(READY_TIMEOUT, Duration::from_millis(100), || {
+            let healthy = self
+                .try_get(ns, "/healthz")
+                .is_some_and(|body| body.contains("\"ok\""));
+            (!healthy).then(|| {
+                format!(
+                    "nats-server {} not healthy; log:\n{}",
+                    self.config.name,
+                    self.log()
+                )
+            })
+        });
     }
 
     /// The server's log so far.
@@ -213,19 +210,15 @@ impl NatsServer {
     /// # Panics
     /// After `timeout`, with the last count.
     pub fn wait_stream_messages(&self, ns: &Netns, name: &str, want: u64, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
+        wait_until(timeout, Duration::from_millis(100), || {
             let got = self.stream_messages(ns, name);
-            if got == Some(want) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "stream {name} on {} holds {got:?} messages, expected {want} (waited {timeout:?})",
-                self.config.name
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            (got != Some(want)).then(|| {
+                format!(
+                    "stream {name} on {} holds {got:?} messages, expected {want}",
+                    self.config.name
+                )
+            })
+        });
     }
 
     /// Client connections named `name` (`/connz`).
@@ -245,8 +238,7 @@ impl NatsServer {
     /// # Panics
     /// After [`READY_TIMEOUT`].
     pub fn wait_subscribed(&self, ns: &Netns, name: &str) {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
+        wait_until(READY_TIMEOUT, Duration::from_millis(50), || {
             let connz: serde_json::Value = self
                 .try_get(ns, "/connz?subs=1")
                 .and_then(|body| serde_json::from_str(&body).ok())
@@ -255,16 +247,8 @@ impl NatsServer {
                 c.iter()
                     .any(|c| c["name"] == name && c["subscriptions"].as_u64() > Some(0))
             });
-            if subscribed {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no subscription from {name:?} on {} within {READY_TIMEOUT:?}",
-                self.config.name
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            (!subscribed).then(|| format!("no subscription from {name:?} on {}", self.config.name))
+        });
     }
 
     /// Kills the server at once (SIGKILL), as a crash would.

@@ -16,10 +16,11 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, Once, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sched::CloneFlags;
 
+use crate::files::wait_until;
 use crate::sender::FrameSender;
 
 /// Prefix of every namespace this harness creates.
@@ -384,7 +385,7 @@ impl Netns {
     /// # Panics
     /// If a program is still attached at the deadline.
     pub fn wait_xdp_detached(&self, dev: &str, timeout: Duration) {
-        wait_until(timeout, || {
+        wait_until(timeout, Duration::from_millis(50), || {
             let details = self.link_summary(dev);
             xdp_attachment_in(&details).map(|_| {
                 format!(
@@ -429,7 +430,7 @@ impl Netns {
     /// # Panics
     /// If one is still bound at the deadline.
     pub fn wait_no_packet_sockets(&self, dev: &str, timeout: Duration) {
-        wait_until(timeout, || {
+        wait_until(timeout, Duration::from_millis(50), || {
             let n = self.packet_sockets_on(dev);
             (n > 0).then(|| format!("{n} packet sockets still bound to {dev} in {}", self.name))
         });
@@ -452,20 +453,10 @@ impl Netns {
     /// # Panics
     /// If it does not get there in time.
     pub fn wait_promiscuity(&self, dev: &str, want: u32, timeout: Duration) {
-        wait_until(timeout, || {
+        wait_until(timeout, Duration::from_millis(50), || {
             let got = self.promiscuity(dev);
             (got != want).then(|| format!("promiscuity of {dev} is {got}, expected {want}"))
         });
-    }
-}
-
-/// Calls `pending` every 50 ms until it returns `None`; panics with what it last returned once
-/// `timeout` has passed.
-fn wait_until(timeout: Duration, mut pending: impl FnMut() -> Option<String>) {
-    let deadline = Instant::now() + timeout;
-    while let Some(what) = pending() {
-        assert!(Instant::now() < deadline, "{what} (waited {timeout:?})");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

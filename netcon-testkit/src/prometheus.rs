@@ -9,11 +9,14 @@
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use crate::files::{TempDir, run_bounded, spawn_tied, stop_child};
+use crate::files::{TempDir, run_bounded, spawn_logged, stop_child};
 use crate::netns::Netns;
+
+/// The server's own output, in its directory.
+const LOG: &str = "prometheus.log";
 
 /// How long one HTTP exchange may take (a failure deadline only).
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -149,7 +152,6 @@ impl Prometheus {
             ),
         )
         .expect("write prometheus.yml");
-        let log = std::fs::File::create(dir.join("prometheus.log")).expect("log file");
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns.name()])
             .arg(&bin)
@@ -158,11 +160,8 @@ impl Prometheus {
                 "--storage.tsdb.path={}",
                 dir.join("data").display()
             ))
-            .arg(format!("--web.listen-address={listen}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log);
-        let child = spawn_tied(&mut cmd);
+            .arg(format!("--web.listen-address={listen}"));
+        let child = spawn_logged(&mut cmd, &dir.join(LOG));
         let mut prometheus = Prometheus {
             child,
             addr: listen,
@@ -176,17 +175,12 @@ impl Prometheus {
     /// What prometheus printed itself.
     #[must_use]
     pub fn own_output(&self) -> String {
-        std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.join(LOG)).unwrap_or_default()
     }
 
     fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!(
-                "prometheus (in {}) exited ({status}); its output:\n{}",
-                self.ns_name,
-                self.own_output()
-            );
-        }
+        let who = format!("prometheus (in {})", self.ns_name);
+        crate::files::assert_running(&mut self.child, &who, &self.dir.join(LOG));
     }
 
     fn wait_ready(&mut self, ns: &Netns) {

@@ -13,10 +13,13 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use crate::files::{TempDir, spawn_tied, stop_child};
+use crate::files::{TempDir, spawn_logged, stop_child};
+
+/// The server's own output, in its directory.
+const LOG: &str = "rsyslogd.log";
 
 /// How long rsyslogd may take to start listening (a failure deadline only).
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -77,17 +80,13 @@ impl Rsyslog {
         let conf = dir.join("rsyslog.conf");
         std::fs::write(&conf, config(dir.path(), udp_port, tcp_port))
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", conf.display()));
-        let log = std::fs::File::create(dir.join("rsyslogd.log")).expect("rsyslogd log file");
         let mut cmd = Command::new(&bin);
         cmd.arg("-n")
             .arg("-f")
             .arg(&conf)
             .arg("-i")
-            .arg(dir.join("rsyslogd.pid"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log);
-        let child = spawn_tied(&mut cmd);
+            .arg(dir.join("rsyslogd.pid"));
+        let child = spawn_logged(&mut cmd, &dir.join(LOG));
         let mut rsyslog = Rsyslog {
             child,
             udp_port,
@@ -169,16 +168,11 @@ impl Rsyslog {
     /// What rsyslogd printed itself.
     #[must_use]
     pub fn own_output(&self) -> String {
-        std::fs::read_to_string(self.dir.join("rsyslogd.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.join(LOG)).unwrap_or_default()
     }
 
     fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!(
-                "rsyslogd exited ({status}); its output:\n{}",
-                self.own_output()
-            );
-        }
+        crate::files::assert_running(&mut self.child, "rsyslogd", &self.dir.join(LOG));
     }
 
     /// Sends probes over both inputs until rsyslog has written one of each.
