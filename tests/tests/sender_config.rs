@@ -73,23 +73,34 @@ fn run_in(ns: Option<&Netns>, args: &[&str]) -> Outcome {
     }
 }
 
+/// Runs sender-config in `ns` (or outside any test namespace), failing unless it exits with
+/// `code` and writes nothing on the stream that exit has no use for: stderr after a success,
+/// stdout after a failure. Returns what it wrote on the other one.
+fn run_expecting(ns: Option<&Netns>, args: &[&str], code: i32) -> String {
+    let out = run_in(ns, args);
+    assert_eq!(
+        out.code,
+        Some(code),
+        "sender-config {args:?} should exit with {code}:\nstdout: {}\nstderr: {}",
+        out.stdout,
+        out.stderr
+    );
+    let (used, unused, unused_name) = if code == 0 {
+        (out.stdout, out.stderr, "stderr")
+    } else {
+        (out.stderr, out.stdout, "stdout")
+    };
+    assert!(
+        unused.is_empty(),
+        "sender-config {args:?} (exit {code}) wrote to {unused_name}: {unused}"
+    );
+    used
+}
+
 /// Runs sender-config in `ns` and returns its stdout, failing unless it exits 0 with nothing
 /// on stderr.
 fn sender_config(ns: &Netns, args: &[&str]) -> String {
-    let out = run_in(Some(ns), args);
-    assert_eq!(
-        out.code,
-        Some(0),
-        "sender-config {args:?} failed:\nstderr: {}\nstdout: {}",
-        out.stderr,
-        out.stdout
-    );
-    assert!(
-        out.stderr.is_empty(),
-        "sender-config {args:?} wrote to stderr: {}",
-        out.stderr
-    );
-    out.stdout
+    run_expecting(Some(ns), args, 0)
 }
 
 /// Runs sender-config in `ns` for `target` with `extra` arguments, letting the next hop take
@@ -110,21 +121,9 @@ fn printed_for(ns: &Netns, target: &str) -> (String, Printed) {
 /// Runs sender-config in `ns` (or outside any test namespace) expecting exit code 2 and one
 /// line on stderr; returns that line.
 fn sender_config_error(ns: Option<&Netns>, args: &[&str]) -> String {
-    let out = run_in(ns, args);
-    assert_eq!(
-        out.code,
-        Some(2),
-        "sender-config {args:?} should fail with 2:\nstdout: {}\nstderr: {}",
-        out.stdout,
-        out.stderr
-    );
-    assert!(
-        out.stdout.is_empty(),
-        "a failed run printed: {}",
-        out.stdout
-    );
-    let lines: Vec<&str> = out.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "expected one stderr line: {}", out.stderr);
+    let stderr = run_expecting(ns, args, 2);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one stderr line: {stderr}");
     assert!(
         lines[0].starts_with("netcon-sniff: error: "),
         "{}",

@@ -186,41 +186,37 @@ fn netconsole_nbcon(consoles: &str) -> Option<bool> {
 }
 
 async fn addresses(handle: &Handle) -> Result<Vec<(u32, IpAddr)>, SenderConfigError> {
-    let mut stream = handle.address().get().execute();
-    let mut addresses = Vec::new();
-    while let Some(message) = stream
-        .try_next()
+    handle
+        .address()
+        .get()
+        .execute()
+        .try_filter_map(|message| async move {
+            // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer's on a
+            // point-to-point link and the same as IFA_LOCAL otherwise (IPv6 sends only it).
+            let local = message.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(ip) => Some(*ip),
+                _ => None,
+            });
+            let address = message.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            });
+            Ok(local.or(address).map(|ip| (message.header.index, ip)))
+        })
+        .try_collect()
         .await
-        .map_err(|e| netlink_error("cannot list the interface addresses", e))?
-    {
-        // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer's on a
-        // point-to-point link and the same as IFA_LOCAL otherwise (IPv6 sends only it).
-        let local = message.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Local(ip) => Some(*ip),
-            _ => None,
-        });
-        let address = message.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Address(ip) => Some(*ip),
-            _ => None,
-        });
-        if let Some(ip) = local.or(address) {
-            addresses.push((message.header.index, ip));
-        }
-    }
-    Ok(addresses)
+        .map_err(|e| netlink_error("cannot list the interface addresses", e))
 }
 
 async fn links(handle: &Handle) -> Result<Vec<Link>, SenderConfigError> {
-    let mut stream = handle.link().get().execute();
-    let mut links = Vec::new();
-    while let Some(message) = stream
-        .try_next()
+    handle
+        .link()
+        .get()
+        .execute()
+        .map_ok(|message| link_from(&message))
+        .try_collect()
         .await
-        .map_err(|e| netlink_error("cannot list the network interfaces", e))?
-    {
-        links.push(link_from(&message));
-    }
-    Ok(links)
+        .map_err(|e| netlink_error("cannot list the network interfaces", e))
 }
 
 fn link_from(message: &LinkMessage) -> Link {
