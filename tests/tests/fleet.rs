@@ -309,11 +309,7 @@ fn nats_down_at_start_bounds_the_queue_and_resumes() {
     sender.send_paced(&frames(&link, 1..=WHILE_DOWN), Duration::from_micros(100));
     let quiet = std::time::Instant::now();
     collector.expect_line_containing(&format!("fleet record {WHILE_DOWN}"), LINE_TIMEOUT);
-    let printed = collector
-        .stdout_lines()
-        .iter()
-        .filter(|l| l.contains("fleet record "))
-        .count();
+    let printed = collector.stdout_lines_containing("fleet record ");
     assert_eq!(
         printed,
         usize::try_from(WHILE_DOWN).unwrap(),

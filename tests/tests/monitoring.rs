@@ -436,11 +436,7 @@ fn stats_format_json_summary_of_a_file() {
     assert_eq!(summary.len(), 1, "{stderr}");
     let summary = &summary[0];
     assert_eq!(summary["backend"], "file");
-    let printed = s
-        .stdout_lines()
-        .iter()
-        .filter(|l| l.contains("\"type\":\"record\""))
-        .count();
+    let printed = s.stdout_lines_containing("\"type\":\"record\"");
     assert_eq!(
         summary["records"],
         u64::try_from(printed).unwrap(),

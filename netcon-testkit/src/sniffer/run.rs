@@ -369,6 +369,12 @@ impl Sniffer {
         &self.stdout
     }
 
+    /// How many stdout lines received so far contain `needle`.
+    #[must_use]
+    pub fn stdout_lines_containing(&self, needle: &str) -> usize {
+        self.stdout.iter().filter(|l| l.contains(needle)).count()
+    }
+
     /// Every stderr line received so far.
     #[must_use]
     pub fn stderr_lines(&self) -> &[String] {
