@@ -54,6 +54,22 @@ pub fn sniffer_pid(s: &Sniffer) -> u32 {
         .unwrap_or_else(|| s.pid())
 }
 
+/// The value of `field` in `/proc/PID/status` (`Uid`, `CapEff`, `VmHWM`, ...), trimmed.
+///
+/// # Panics
+/// If the file cannot be read or has no such field.
+#[must_use]
+pub fn proc_status_field(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+        .trim()
+        .to_owned()
+}
+
 /// Sends `signal` to the running `netcon-sniff`.
 ///
 /// # Panics

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::{sniff_on_link, stop};
-use netcon_testkit::outputs::sniffer_pid;
+use netcon_testkit::outputs::{proc_status_field, sniffer_pid};
 use netcon_testkit::{FrameSender, LINE_TIMEOUT, Link, Sniffer, Stats, Topology, UdpFrame};
 
 /// Peak RSS allowed: the default 24 MiB budget plus the process's fixed cost (8 MiB ring
@@ -20,13 +20,11 @@ const MAX_PEAK_RSS_KIB: u64 = 64 * 1024;
 
 /// `VmHWM` (peak resident set) of `pid`, KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"));
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"))
+    let hwm = proc_status_field(pid, "VmHWM");
+    hwm.trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("VmHWM {hwm:?} in /proc/{pid}/status: {e}"))
 }
 
 /// A frame from `src` (an address on the link's subnet that the sender namespace sends as).

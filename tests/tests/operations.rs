@@ -6,20 +6,8 @@ use std::time::Duration;
 mod common;
 
 use common::{refused, sniff_on_link, start_on_link, stop};
-use netcon_testkit::outputs::sniffer_pid;
+use netcon_testkit::outputs::{proc_status_field, sniffer_pid};
 use netcon_testkit::{BROADCAST_MAC, LINE_TIMEOUT, Stats, Topology, UdpFrame};
-
-/// Fields of `/proc/PID/status` that show who a process is and what it may do.
-fn status_field(pid: u32, field: &str) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"));
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-        .trim()
-        .to_owned()
-}
 
 #[test]
 fn user_drops_root_and_keeps_capturing() {
@@ -30,7 +18,7 @@ fn user_drops_root_and_keeps_capturing() {
     let pid = sniffer_pid(&s);
     let mut uid = String::new();
     for _ in 0..50 {
-        uid = status_field(pid, "Uid");
+        uid = proc_status_field(pid, "Uid");
         if uid.split_whitespace().all(|u| u == "65534") {
             break;
         }
@@ -41,13 +29,13 @@ fn user_drops_root_and_keeps_capturing() {
         "real, effective, saved and fs uid should all be nobody's: {uid}"
     );
     assert!(
-        status_field(pid, "Gid")
+        proc_status_field(pid, "Gid")
             .split_whitespace()
             .all(|g| g == "65534")
     );
-    assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
-    assert_eq!(status_field(pid, "CapPrm"), "0000000000000000");
-    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    assert_eq!(proc_status_field(pid, "CapEff"), "0000000000000000");
+    assert_eq!(proc_status_field(pid, "CapPrm"), "0000000000000000");
+    assert_eq!(proc_status_field(pid, "NoNewPrivs"), "1");
 
     let frame = UdpFrame::v4(link, b"6,7,1000,-;NCT unprivileged hello\n".to_vec())
         .dst_mac(BROADCAST_MAC)
