@@ -3,11 +3,10 @@
 //!
 //! Nothing of the system's rsyslog is used: no `/etc/rsyslog.conf`, no work directory outside
 //! the test's temporary directory, no `/dev/log`. It listens with imudp and imtcp on two
-//! loopback ports picked free at start, and writes what each input receives to its own file
-//! ([`Rsyslog::udp_lines`], [`Rsyslog::tcp_lines`]), one line per message in the form
-//! [`TEMPLATE`] gives. Messages with structured data are also parsed by `mmpstrucdata` and
-//! written as one JSON object each ([`Rsyslog::udp_sd_lines`], [`Rsyslog::tcp_sd_lines`]), the
-//! way an operator reads SD parameters back in rsyslog.
+//! loopback ports picked free at start, and writes what each [`Input`] receives to its own file
+//! ([`Rsyslog::lines`]), one line per message in the form [`TEMPLATE`] gives. Messages with
+//! structured data are also parsed by `mmpstrucdata` and written as one JSON object each
+//! ([`Rsyslog::sd_lines`]), the way an operator reads SD parameters back in rsyslog.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -57,6 +56,25 @@ pub fn rsyslogd_binary() -> PathBuf {
     path
 }
 
+/// One of rsyslog's two inputs, each written to its own files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// Syslog over UDP (RFC 5426).
+    Udp,
+    /// Octet-counted syslog over TCP (RFC 6587).
+    Tcp,
+}
+
+impl Input {
+    /// Its name, in the names of its files.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+        }
+    }
+}
+
 /// A running rsyslogd on loopback.
 pub struct Rsyslog {
     child: Child,
@@ -97,52 +115,37 @@ impl Rsyslog {
         rsyslog
     }
 
-    /// The loopback UDP port rsyslog listens on.
+    /// The loopback port `input` listens on.
     #[must_use]
-    pub fn udp_port(&self) -> u16 {
-        self.udp_port
+    pub fn port(&self, input: Input) -> u16 {
+        match input {
+            Input::Udp => self.udp_port,
+            Input::Tcp => self.tcp_port,
+        }
     }
 
-    /// The loopback TCP port rsyslog listens on.
+    /// Every line written so far for messages received on `input` (probes excluded).
     #[must_use]
-    pub fn tcp_port(&self) -> u16 {
-        self.tcp_port
+    pub fn lines(&self, input: Input) -> Vec<String> {
+        read_lines(&self.dir.join(&format!("{}.log", input.name())))
     }
 
-    /// Every line written so far for messages received over UDP (probes excluded).
+    /// The structured data of every message received on `input` that has some, as
+    /// `mmpstrucdata` parses it: one JSON object per line, `{"SD-ID": {"NAME": "value", ...},
+    /// ...}` (the [`SD_TEMPLATE`]).
     #[must_use]
-    pub fn udp_lines(&self) -> Vec<String> {
-        read_lines(&self.dir.join("udp.log"))
+    pub fn sd_lines(&self, input: Input) -> Vec<String> {
+        read_lines(&self.dir.join(&format!("{}.sd.log", input.name())))
     }
 
-    /// Every line written so far for messages received over TCP (probes excluded).
-    #[must_use]
-    pub fn tcp_lines(&self) -> Vec<String> {
-        read_lines(&self.dir.join("tcp.log"))
-    }
-
-    /// The structured data of every message received over UDP that has some, as `mmpstrucdata`
-    /// parses it: one JSON object per line, `{"SD-ID": {"NAME": "value", ...}, ...}` (the
-    /// [`SD_TEMPLATE`]).
-    #[must_use]
-    pub fn udp_sd_lines(&self) -> Vec<String> {
-        read_lines(&self.dir.join("udp.sd.log"))
-    }
-
-    /// As [`Rsyslog::udp_sd_lines`], for TCP.
-    #[must_use]
-    pub fn tcp_sd_lines(&self) -> Vec<String> {
-        read_lines(&self.dir.join("tcp.sd.log"))
-    }
-
-    /// Polls `lines` (e.g. [`Rsyslog::udp_lines`]) until `done` holds for them, and returns
+    /// Polls `lines` (e.g. `|r| r.lines(Input::Udp)`) until `done` holds for them, and returns
     /// them.
     ///
     /// # Panics
     /// If it does not within `timeout`, with the lines and rsyslogd's own output.
     pub fn wait_for(
         &mut self,
-        lines: fn(&Rsyslog) -> Vec<String>,
+        lines: impl Fn(&Rsyslog) -> Vec<String>,
         done: impl Fn(&[String]) -> bool,
         timeout: Duration,
     ) -> Vec<String> {
@@ -221,8 +224,7 @@ impl Drop for Rsyslog {
     }
 }
 
-/// Text of the readiness probes, left out of [`Rsyslog::udp_lines`] and
-/// [`Rsyslog::tcp_lines`].
+/// Text of the readiness probes, left out of [`Rsyslog::lines`].
 const PROBE: &str = "netcon-tests-rsyslog-probe";
 
 /// The configuration: one ruleset and output file per input, nothing else.

@@ -12,7 +12,7 @@ use std::time::Duration;
 mod common;
 
 use common::expected::{self, ExpectedRecord};
-use netcon_testkit::rsyslog::Rsyslog;
+use netcon_testkit::rsyslog::{Input, Rsyslog};
 use netcon_testkit::{STATS_PREFIX, fixture, run_bounded, sniff_binary};
 
 /// Deadline for one `netcon-sniff -r` run (a failure deadline; it takes well under a second,
@@ -234,10 +234,11 @@ fn check_delivery(lines: &[String], records: usize, ordered: bool) {
 /// Forwards the capture to rsyslog over `transport` and checks what it wrote.
 fn forward_fixture(transport: &str) {
     let mut rsyslog = Rsyslog::start();
-    let (port, lines): (u16, fn(&Rsyslog) -> Vec<String>) = match transport {
-        "udp" => (rsyslog.udp_port(), Rsyslog::udp_lines),
-        _ => (rsyslog.tcp_port(), Rsyslog::tcp_lines),
+    let input = match transport {
+        "udp" => Input::Udp,
+        _ => Input::Tcp,
     };
+    let port = rsyslog.port(input);
     let pcap = fixture("ext.pcap");
     let url = format!("syslog+{transport}://127.0.0.1:{port}");
     let (stdout, stderr) = sniff(&["-r", pcap.to_str().expect("UTF-8 path"), "--forward", &url]);
@@ -249,7 +250,7 @@ fn forward_fixture(transport: &str) {
     assert!(!stderr.contains("WARN"), "warnings:\n{stderr}");
     let records = usize::try_from(stat(&stderr, "records", 0)).expect("count");
     assert!(records > 500, "{stderr}");
-    let got = rsyslog.wait_for(lines, |l| l.len() >= records, DELIVERY_TIMEOUT);
+    let got = rsyslog.wait_for(|r| r.lines(input), |l| l.len() >= records, DELIVERY_TIMEOUT);
     check_delivery(&got, records, transport == "tcp");
 }
 
@@ -274,7 +275,7 @@ fn dead_tcp_server_does_not_stop_capture_or_other_forwarders() {
         .port();
     let pcap = fixture("ext.pcap");
     let dead_url = format!("syslog+tcp://127.0.0.1:{dead}");
-    let live_url = format!("syslog+udp://127.0.0.1:{}", rsyslog.udp_port());
+    let live_url = format!("syslog+udp://127.0.0.1:{}", rsyslog.port(Input::Udp));
     let (stdout, stderr) = sniff(&[
         "-r",
         pcap.to_str().expect("UTF-8 path"),
@@ -333,6 +334,10 @@ fn dead_tcp_server_does_not_stop_capture_or_other_forwarders() {
     );
     // The live forwarder delivered everything regardless.
     let records = usize::try_from(records).expect("count");
-    let got = rsyslog.wait_for(Rsyslog::udp_lines, |l| l.len() >= records, DELIVERY_TIMEOUT);
+    let got = rsyslog.wait_for(
+        |r| r.lines(Input::Udp),
+        |l| l.len() >= records,
+        DELIVERY_TIMEOUT,
+    );
     check_delivery(&got, records, false);
 }

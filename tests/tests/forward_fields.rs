@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use etherparse::PacketBuilder;
-use netcon_testkit::rsyslog::Rsyslog;
+use netcon_testkit::rsyslog::{Input, Rsyslog};
 use netcon_testkit::{TempDir, run_bounded, sniff_binary};
 
 const RELEASE: &str = "7.2.13+deb14-amd64";
@@ -61,7 +61,7 @@ fn userdata_sysdata_and_dictionary_reach_rsyslog_as_structured_data() {
         .into_bytes(),
     ];
     std::fs::write(&file, pcap(&payloads)).expect("write the pcap");
-    let url = format!("syslog+tcp://127.0.0.1:{}", rsyslog.tcp_port());
+    let url = format!("syslog+tcp://127.0.0.1:{}", rsyslog.port(Input::Tcp));
     let out = run_bounded(
         Command::new(sniff_binary()).args([
             "-r",
@@ -77,7 +77,7 @@ fn userdata_sysdata_and_dictionary_reach_rsyslog_as_structured_data() {
         String::from_utf8_lossy(&out.stderr)
     );
     let lines = rsyslog.wait_for(
-        Rsyslog::tcp_sd_lines,
+        |r| r.sd_lines(Input::Tcp),
         |l| l.len() >= 2,
         Duration::from_secs(30),
     );
@@ -112,7 +112,7 @@ fn userdata_sysdata_and_dictionary_reach_rsyslog_as_structured_data() {
     assert_eq!(fields["bad_key"], "x", "{second}");
 
     // The plain file output shows the same SD as sent.
-    let plain = rsyslog.tcp_lines();
+    let plain = rsyslog.lines(Input::Tcp);
     assert!(
         plain.iter().any(|l| l.contains(
             "[fields@32473 SUBSYSTEM=\"net\" DEVICE=\"+net:eth0\" dc=\"lab-7\" rack=\"r12\"]"
