@@ -108,6 +108,15 @@ impl Hook {
     }
 }
 
+/// Hook script lines that run `genuine` for a report from the link's own sender (any port) and
+/// `forged` for one from any other sender.
+fn by_sender(link: &Link, genuine: &str, forged: &str) -> String {
+    format!(
+        "case \"$NETCON_SENDER\" in {}:*) {genuine};; *) {forged};; esac\n",
+        link.sender_v4
+    )
+}
+
 /// Sends the genuine sender's own panic report, waits until it is printed, and returns the
 /// sender as its hook sees it (`NETCON_SENDER`).
 fn send_genuine_panic(sender: &mut FrameSender, link: &Link, s: &mut Sniffer, seq: u64) -> String {
@@ -136,10 +145,7 @@ fn forged_panics_from_many_senders_do_not_starve_the_genuine_hook() {
     let link = topo.link();
     // Records every run; the forged senders' runs are a slow pager.
     let hook = Hook::new("hostile-hook", |_| {
-        format!(
-            "case \"$NETCON_SENDER\" in {}:*) ;; *) sleep {SLOW_HOOK_SECONDS};; esac\n",
-            link.sender_v4
-        )
+        by_sender(link, "", &format!("sleep {SLOW_HOOK_SECONDS}"))
     });
     let mut s = hook.sniff(&topo);
     let mut sender = topo.sender(link);
@@ -183,11 +189,12 @@ fn a_spray_of_forged_panics_beyond_the_queue_does_not_crowd_out_a_known_sender()
     let link = topo.link();
     // Forged runs are slow until the genuine one has run; then they end at once.
     let hook = Hook::new("hostile-spray", |dir| {
-        format!(
-            "case \"$NETCON_SENDER\" in {genuine}:*) touch '{done}';; \
-             *) [ -e '{done}' ] || sleep {SLOW_HOOK_SECONDS};; esac\n",
-            done = dir.join("done").display(),
-            genuine = link.sender_v4
+        let done = dir.join("done");
+        let done = done.display();
+        by_sender(
+            link,
+            &format!("touch '{done}'"),
+            &format!("[ -e '{done}' ] || sleep {SLOW_HOOK_SECONDS}"),
         )
     });
     let done = hook.dir.join("done");
