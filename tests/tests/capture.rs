@@ -127,6 +127,14 @@ fn sniff1(topo: &Topology, mode: Mode, extra: &[&str]) -> Sniffer {
     sniff(topo, &[topo.link()], mode, extra, "6666")
 }
 
+/// A new one-link topology and [`sniff1`] on it with no extra arguments; the sniffer comes
+/// second so that it is dropped (stopped) before the namespaces are.
+fn sniff_new(mode: Mode) -> (Topology, Sniffer) {
+    let topo = Topology::new();
+    let s = sniff1(&topo, mode, &[]);
+    (topo, s)
+}
+
 /// Sends `frame` from the sender of `link`, waits for the line carrying `marker`, parses it and
 /// checks interface and addresses against the frame.
 fn send_and_expect(
@@ -194,9 +202,8 @@ fn kill(s: &mut Sniffer) {
 
 // 1. A datagram addressed to the collector's IP and MAC.
 fn addressed_to_collector(mode: Mode) {
-    let topo = Topology::new();
+    let (topo, mut s) = sniff_new(mode);
     let link = topo.link();
-    let mut s = sniff1(&topo, mode, &[]);
     let frame = UdpFrame::v4(link, b"NCT addressed hello\n".to_vec());
     let got = send_and_expect(&topo, link, &mut s, &frame, "NCT addressed");
     assert_eq!(got.iface, "veth-c1");
@@ -211,9 +218,8 @@ fn addressed_to_collector(mode: Mode) {
 
 // 2. Broadcast MAC, destination IP that is not the collector's.
 fn broadcast_foreign_ip(mode: Mode) {
-    let topo = Topology::new();
+    let (topo, mut s) = sniff_new(mode);
     let link = topo.link();
-    let mut s = sniff1(&topo, mode, &[]);
     let frame = UdpFrame::v4(link, b"NCT broadcast to .99\n".to_vec())
         .dst_mac(BROADCAST_MAC)
         .dst_ip(link.foreign_v4());
@@ -258,9 +264,8 @@ fn promisc_foreign_mac(mode: Mode) {
 
 // 4. IPv6, to the collector and to a foreign address with broadcast and all-nodes MACs.
 fn ipv6(mode: Mode) {
-    let topo = Topology::new();
+    let (topo, mut s) = sniff_new(mode);
     let link = topo.link();
-    let mut s = sniff1(&topo, mode, &[]);
 
     let frame = UdpFrame::v6(link, b"NCT v6 to collector\n".to_vec());
     let got = send_and_expect(&topo, link, &mut s, &frame, "NCT v6 to collector");
@@ -281,9 +286,8 @@ fn ipv6(mode: Mode) {
 
 // 5. One VLAN tag (802.1Q) and two (802.1ad outside 802.1Q), IPv4 and IPv6.
 fn vlan_tags(mode: Mode) {
-    let topo = Topology::new();
+    let (topo, mut s) = sniff_new(mode);
     let link = topo.link();
-    let mut s = sniff1(&topo, mode, &[]);
     let cases = [
         ("single-v4", Vlan::Single(42), false),
         (
@@ -348,9 +352,8 @@ fn ports_listed(mode: Mode) {
 // 6c. Frames this host sends out of the interface (its own netconsole, say) are not traffic heard
 // on the wire: one the collector sends is never printed, the peer's next one is.
 fn own_frames_skipped(mode: Mode) {
-    let topo = Topology::new();
+    let (topo, mut s) = sniff_new(mode);
     let link = topo.link();
-    let mut s = sniff1(&topo, mode, &[]);
     FrameSender::open(&topo.collector, &link.collector_if).send(
         &UdpFrame::v4(link, b"NCT own frame\n".to_vec())
             .dst_mac(BROADCAST_MAC)
@@ -364,9 +367,8 @@ fn own_frames_skipped(mode: Mode) {
 
 // 6b. The default port is 6666 only.
 fn ports_default(mode: Mode) {
-    let topo = Topology::new();
+    let (topo, mut s) = sniff_new(mode);
     let link = topo.link();
-    let mut s = sniff1(&topo, mode, &[]);
     topo.sender(link).send(
         &UdpFrame::v4(link, b"NCT not default 6667\n".to_vec())
             .dst_port(6667)
@@ -399,9 +401,8 @@ fn two_interfaces(mode: Mode) {
 
 // 8. After SIGKILL no XDP program stays attached and no packet socket stays bound.
 fn sigkill_detaches(mode: Mode) {
-    let topo = Topology::new();
+    let (topo, mut s) = sniff_new(mode);
     let link = topo.link();
-    let mut s = sniff1(&topo, mode, &[]);
     // It is really capturing (so the attachment seen was its own and working).
     let frame = UdpFrame::v4(link, b"NCT before kill\n".to_vec());
     let _ = send_and_expect(&topo, link, &mut s, &frame, "NCT before kill");
@@ -412,9 +413,8 @@ fn sigkill_detaches(mode: Mode) {
 // 9. After SIGTERM: exit 0, the program detached, counters add up for a paced bounded burst.
 fn sigterm_counters(mode: Mode) {
     const COUNT: usize = 1000;
-    let topo = Topology::new();
+    let (topo, mut s) = sniff_new(mode);
     let link = topo.link();
-    let mut s = sniff1(&topo, mode, &[]);
     let frames: Vec<Vec<u8>> = (0..COUNT)
         .map(|i| {
             UdpFrame::v4(link, format!("NCT burst {i:04}\n"))
@@ -479,9 +479,8 @@ fn sigterm_counters(mode: Mode) {
 // 9b. A lone record after a silence comes out without anything else arriving: the XDP reader
 // parks when the ring stays empty, and the program must wake it for the next record.
 fn lone_record_after_silence(mode: Mode) {
-    let topo = Topology::new();
+    let (topo, mut s) = sniff_new(mode);
     let link = topo.link();
-    let mut s = sniff1(&topo, mode, &[]);
     for i in 0..3 {
         // Long enough for the reader to find the ring empty and park.
         std::thread::sleep(Duration::from_millis(500));
@@ -503,9 +502,8 @@ fn lone_record_after_silence(mode: Mode) {
 // 10. Control characters and invalid UTF-8 in the payload are escaped, never raw. (Every stdout
 // line of every test is also checked for raw controls and invalid UTF-8 by `Sniffer`.)
 fn escaping(mode: Mode) {
-    let topo = Topology::new();
+    let (topo, mut s) = sniff_new(mode);
     let link = topo.link();
-    let mut s = sniff1(&topo, mode, &[]);
     let payload: &[u8] =
         b"NCT esc ESC[\x1b[31m] NUL[\x00] TAB[\t] CR[\r] BS[\\] FF[\xff] TRUNC[\xc3] DEL[\x7f] C1[\xc2\x9b] UTF8[h\xc3\xa9] END\n";
     let frame = UdpFrame::v4(link, payload.to_vec());
@@ -766,9 +764,8 @@ fn replay_fixture(mode: Mode, name: &str, count: usize) {
             "{name}.pcap: a frame not sent to broadcast"
         );
     }
-    let topo = Topology::new();
+    let (topo, mut s) = sniff_new(mode);
     let link = topo.link();
-    let mut s = sniff1(&topo, mode, &[]);
     topo.sender(link).send_paced(&frames, REPLAY_INTERVAL);
     let lines = s.expect_lines(count, Duration::from_mins(1));
     stop_expecting(&mut s, mode, count);
