@@ -16,9 +16,9 @@ pub fn escape_into(bytes: &[u8], out: &mut String) {
     // UTF-8 sequence, so the rest decodes exactly as it would have as part of the whole.
     let plain = plain_ascii_prefix(bytes);
     let (head, rest) = bytes.split_at(plain);
-    if let Ok(head) = std::str::from_utf8(head) {
-        out.push_str(head);
-    }
+    // SAFETY: `head` is printable ASCII only (plain_ascii_prefix), which is valid UTF-8; checking
+    // it again cost 3% of the reader's time in a profile.
+    out.push_str(unsafe { std::str::from_utf8_unchecked(head) });
     if !rest.is_empty() {
         escape_general(rest, out);
     }

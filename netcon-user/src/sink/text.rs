@@ -224,13 +224,13 @@ pub(super) fn write_time(received: DateTime<Utc>, out: &mut String) {
     let micros = received.timestamp_subsec_micros();
     let second = received.timestamp();
     // chrono keeps a leap second as second 59 with 1_000_000_000+ nanoseconds; print it as 60.
-    // Years outside 0..=9999 do not fit 4 digits. Both are left to the general path.
-    let cacheable = micros < 1_000_000 && (0..=9999).contains(&received.year());
-    if cacheable {
+    // Years outside 0..=9999 do not fit 4 digits (and are never cached). Both are left to the
+    // general path.
+    if micros < 1_000_000 {
         let (cached_second, prefix) = SECOND_PREFIX.get();
         let prefix = if cached_second == second {
             prefix
-        } else {
+        } else if (0..=9999).contains(&received.year()) {
             let mut text = String::with_capacity(20);
             let _ = write!(
                 text,
@@ -246,6 +246,9 @@ pub(super) fn write_time(received: DateTime<Utc>, out: &mut String) {
             prefix.copy_from_slice(text.as_bytes());
             SECOND_PREFIX.set((second, prefix));
             prefix
+        } else {
+            write_time_general(received, out);
+            return;
         };
         if let Ok(prefix) = std::str::from_utf8(&prefix) {
             out.push_str(prefix);
