@@ -20,9 +20,7 @@ use tokio::io::unix::AsyncFd;
 
 use self::load::{attach, check_kernel, load_error, port_bitmap, root_cause, root_errno, take_map};
 pub use self::ring::parse_record;
-use self::ring::{
-    DrainTimer, ReaderMap, RingPositions, mono_to_wall_ns, read_batch, request_short_slices,
-};
+use self::ring::{DrainTimer, ReaderMap, RingPositions, mono_to_wall_ns, read_batch};
 use super::{Captured, XdpCounters};
 use crate::capture::Interface;
 
@@ -266,8 +264,6 @@ impl XdpCapture {
                     .map_err(io::Error::from)
             })
             .map_err(|source| XdpError::Read { source })?;
-        // This thread is the reader from now on (the runtime runs on the thread that opens).
-        request_short_slices();
         Ok(Self {
             ring,
             ring_positions,

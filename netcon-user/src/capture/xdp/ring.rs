@@ -311,65 +311,6 @@ fn wall_time(mono_to_wall_ns: i128, ts_ns: u64) -> DateTime<Utc> {
     i64::try_from(wall).map_or(DateTime::<Utc>::MAX_UTC, DateTime::from_timestamp_nanos)
 }
 
-/// The scheduler slice the reader asks for: the shortest the kernel grants (0.1 ms,
-/// kernel/sched/syscalls.c clamps `sched_runtime` of a fair task to 0.1–100 ms).
-const READER_SLICE: Duration = Duration::from_micros(100);
-
-/// Asks the scheduler to let this thread, the reader, run as soon as it wakes.
-///
-/// The reader wakes every [`DRAIN_INTERVAL`](super::DRAIN_INTERVAL), or for a lone record, to do a little work. Under
-/// EEVDF (Linux 6.6 on) a waking task preempts the running one only if its virtual deadline
-/// (its eligible time plus its slice) comes first; with the default slice (0.75 ms times
-/// 1 + log2 of the CPUs) a reader woken behind a busy task often waits for that task's slice
-/// to run out: milliseconds of latency on a loaded host. A short custom slice
-/// (`sched_attr.sched_runtime` for a fair task, Linux 6.12 on) makes the reader's deadline the
-/// earlier one. Its share of the CPU is unchanged: that is the nice value's business. Older
-/// kernels ignore the field; an error only costs latency, so it is logged and capture goes on.
-pub(super) fn request_short_slices() {
-    /// `struct sched_attr`, `SCHED_ATTR_SIZE_VER1` (include/uapi/linux/sched/types.h).
-    #[repr(C)]
-    struct SchedAttr {
-        size: u32,
-        sched_policy: u32,
-        sched_flags: u64,
-        sched_nice: i32,
-        sched_priority: u32,
-        sched_runtime: u64,
-        sched_deadline: u64,
-        sched_period: u64,
-        sched_util_min: u32,
-        sched_util_max: u32,
-    }
-    // SAFETY: no preconditions; for this thread. -1 is a valid nice value, so errno tells.
-    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
-    // SAFETY: sched_getscheduler has no preconditions.
-    let policy = unsafe { libc::sched_getscheduler(0) };
-    if policy != libc::SCHED_OTHER && policy != libc::SCHED_BATCH {
-        // A real-time or idle policy chosen by whoever started us: leave it alone.
-        return;
-    }
-    let attr = SchedAttr {
-        size: u32::try_from(size_of::<SchedAttr>()).unwrap_or(u32::MAX),
-        sched_policy: u32::try_from(policy).unwrap_or_default(),
-        sched_flags: 0,
-        sched_nice: nice,
-        sched_priority: 0,
-        sched_runtime: u64::try_from(READER_SLICE.as_nanos()).unwrap_or(u64::MAX),
-        sched_deadline: 0,
-        sched_period: 0,
-        sched_util_min: 0,
-        sched_util_max: 0,
-    };
-    // SAFETY: attr is a valid sched_attr of the size it says; pid 0 is this thread.
-    let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &raw const attr, 0) };
-    if rc != 0 {
-        tracing::debug!(
-            error = %io::Error::last_os_error(),
-            "cannot ask for a short scheduler slice for the reader; wake-ups may wait longer on a busy host"
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
