@@ -11,6 +11,44 @@ use std::fmt::Write as _;
 /// Appends `bytes` to `out` with every control character, `\`, and every byte that is not part of
 /// valid UTF-8 shown as an escape. Printable UTF-8 (including non-ASCII) is kept as it is.
 pub fn escape_into(bytes: &[u8], out: &mut String) {
+    // Kernel log text is nearly always printable ASCII: its longest such prefix is copied in
+    // one go, found 16 bytes at a time without a branch per byte. An ASCII byte always ends a
+    // UTF-8 sequence, so the rest decodes exactly as it would have as part of the whole.
+    let plain = plain_ascii_prefix(bytes);
+    let (head, rest) = bytes.split_at(plain);
+    // SAFETY: `head` is printable ASCII only (plain_ascii_prefix), which is valid UTF-8; checking
+    // it again cost 3% of the reader's time in a profile.
+    out.push_str(unsafe { std::str::from_utf8_unchecked(head) });
+    if !rest.is_empty() {
+        escape_general(rest, out);
+    }
+}
+
+/// Whether `b` is printable ASCII other than a backslash: a byte [`escape_into`] copies as it is.
+const fn is_plain_ascii(b: u8) -> bool {
+    b.wrapping_sub(0x20) < 0x5f && b != b'\\'
+}
+
+/// The length of the longest prefix of `bytes` made of [`is_plain_ascii`] bytes.
+fn plain_ascii_prefix(bytes: &[u8]) -> usize {
+    const CHUNK: usize = 16;
+    let mut at = 0;
+    // `fold` with `&` rather than `all`: no early exit inside a chunk, so the compiler can test
+    // the 16 bytes with vector instructions.
+    for chunk in bytes.chunks_exact(CHUNK) {
+        if !chunk.iter().fold(true, |all, &b| all & is_plain_ascii(b)) {
+            break;
+        }
+        at += CHUNK;
+    }
+    at + bytes[at..]
+        .iter()
+        .position(|&b| !is_plain_ascii(b))
+        .unwrap_or(bytes.len() - at)
+}
+
+/// [`escape_into`] for any bytes, character by character where needed.
+fn escape_general(bytes: &[u8], out: &mut String) {
     for chunk in bytes.utf8_chunks() {
         // Runs of characters that need no escape are copied whole: this is on the path of every
         // record, and per-character pushes cost more than the rest of formatting together.
@@ -109,6 +147,39 @@ mod tests {
             }
             proptest::prop_assert_eq!(escape(&bytes), expected);
         }
+    }
+
+    proptest::proptest! {
+        /// The plain-ASCII fast path gives what the general path gives, for text that is mostly
+        /// printable ASCII (long runs, so whole 16-byte chunks are taken) with any byte mixed in.
+        #[test]
+        fn plain_ascii_fast_path_agrees_with_the_general_path(
+            text in "[ -~]{0,200}",
+            odd in proptest::collection::vec((0usize..220, proptest::prelude::any::<u8>()), 0..4),
+        ) {
+            let mut bytes = text.into_bytes();
+            for (at, b) in odd {
+                bytes.insert(at.min(bytes.len()), b);
+            }
+            let mut fast = String::new();
+            escape_into(&bytes, &mut fast);
+            let mut general = String::new();
+            escape_general(&bytes, &mut general);
+            proptest::prop_assert_eq!(fast, general);
+        }
+    }
+
+    #[test]
+    fn plain_prefix_stops_at_the_first_byte_to_escape() {
+        let long = "a".repeat(40);
+        assert_eq!(plain_ascii_prefix(long.as_bytes()), 40);
+        for (i, special) in [b'\\', b'\n', 0x7f, 0x80, 0x1f].into_iter().enumerate() {
+            let mut bytes = long.clone().into_bytes();
+            bytes[17 + i] = special;
+            assert_eq!(plain_ascii_prefix(&bytes), 17 + i, "byte {special:#x}");
+        }
+        assert_eq!(plain_ascii_prefix(b" ~"), 2, "space and tilde are plain");
+        assert_eq!(plain_ascii_prefix(b""), 0);
     }
 
     #[test]

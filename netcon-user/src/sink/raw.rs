@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike as _, SecondsFormat, Utc};
 
 use super::escape::escape_into;
 use crate::wire::Datagram;
@@ -16,14 +16,16 @@ pub fn write_datagram(
     datagram: &Datagram<'_>,
     out: &mut String,
 ) {
-    let _ = write!(
-        out,
-        "{} {} {} > {} ",
-        ts.to_rfc3339_opts(SecondsFormat::Micros, true),
-        interface,
-        datagram.src,
-        datagram.dst
-    );
+    // The text format's writer caches the second; years of more than four digits, which
+    // RFC 3339 cannot hold, are left to chrono's own spelling.
+    if (0..=9999).contains(&ts.year()) {
+        super::text::write_time(ts, out);
+    } else {
+        out.push_str(&ts.to_rfc3339_opts(SecondsFormat::Micros, true));
+    }
+    out.push(' ');
+    out.push_str(interface);
+    let _ = write!(out, " {} > {} ", datagram.src, datagram.dst);
     escape_into(datagram.payload, out);
     out.push('\n');
 }
@@ -31,6 +33,30 @@ pub fn write_datagram(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The cached time is what chrono's RFC 3339 gives, leap seconds included.
+        #[test]
+        fn time_agrees_with_rfc3339(
+            secs in -62_135_596_800i64..253_402_300_800,
+            nanos in 0u32..2_000_000_000,
+        ) {
+            let nanos = if secs.rem_euclid(60) == 59 { nanos } else { nanos % 1_000_000_000 };
+            let Some(ts) = DateTime::from_timestamp(secs, nanos) else { return Ok(()) };
+            let d = Datagram {
+                src: "10.0.0.1:6665".parse().unwrap(),
+                dst: "10.0.0.2:6666".parse().unwrap(),
+                payload: b"x",
+            };
+            let mut line = String::new();
+            write_datagram(ts, "eth1", &d, &mut line);
+            let expected = format!(
+                "{} eth1 10.0.0.1:6665 > 10.0.0.2:6666 x\n",
+                ts.to_rfc3339_opts(SecondsFormat::Micros, true)
+            );
+            proptest::prop_assert_eq!(line, expected);
+        }
+    }
 
     #[test]
     fn formats_ipv6_and_escapes_payload() {

@@ -154,7 +154,11 @@ fn write_record(r: &Record, out: &mut String) {
     out.push(' ');
     if let Some(ts) = r.timestamp_us {
         // `[%5lu.%06lu]`, as `kernel/printk/printk.c` (`print_time`) prints it.
-        let _ = write!(out, "[{:5}.{:06}] ", ts / 1_000_000, ts % 1_000_000);
+        out.push('[');
+        push_decimal_aligned(ts / 1_000_000, 5, out);
+        out.push('.');
+        push_decimal(ts % 1_000_000, 6, out);
+        out.push_str("] ");
     }
     if let Some(p) = r.flags.panic {
         if p.begins {
@@ -188,17 +192,82 @@ fn write_record(r: &Record, out: &mut String) {
 /// Appends `RECEIVED SENDER ` (the start of every line).
 pub fn write_prefix(received: DateTime<Utc>, sender: SocketAddr, out: &mut String) {
     write_time(received, out);
-    let _ = write!(out, " {} ", sender.ip());
+    out.push(' ');
+    match sender.ip() {
+        // By hand: `Display` for an address goes through the formatter four times.
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_decimal(u64::from(octet), 1, out);
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+    out.push(' ');
 }
 
-fn write_time(received: DateTime<Utc>, out: &mut String) {
+thread_local! {
+    /// `YYYY-MM-DDTHH:MM:SS.` of the second last written, and that second (Unix time): records
+    /// arrive many to a second, and the calendar arithmetic is most of a line's time.
+    static SECOND_PREFIX: std::cell::Cell<(i64, [u8; 20])> = const {
+        std::cell::Cell::new((i64::MIN, [0; 20]))
+    };
+}
+
+/// Appends `received` as RFC 3339 UTC with microseconds (`2026-11-27T21:53:56.123456Z`).
+pub(super) fn write_time(received: DateTime<Utc>, out: &mut String) {
     use chrono::{Datelike as _, Timelike as _};
-    // Field by field rather than `format("%Y-...")`, which parses its pattern for every record.
+    let micros = received.timestamp_subsec_micros();
+    let second = received.timestamp();
     // chrono keeps a leap second as second 59 with 1_000_000_000+ nanoseconds; print it as 60.
+    // Years outside 0..=9999 do not fit 4 digits (and are never cached). Both are left to the
+    // general path.
+    if micros < 1_000_000 {
+        let (cached_second, prefix) = SECOND_PREFIX.get();
+        let prefix = if cached_second == second {
+            prefix
+        } else if (0..=9999).contains(&received.year()) {
+            let mut text = String::with_capacity(20);
+            let _ = write!(
+                text,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.",
+                received.year(),
+                received.month(),
+                received.day(),
+                received.hour(),
+                received.minute(),
+                received.second(),
+            );
+            let mut prefix = [0; 20];
+            prefix.copy_from_slice(text.as_bytes());
+            SECOND_PREFIX.set((second, prefix));
+            prefix
+        } else {
+            write_time_general(received, out);
+            return;
+        };
+        if let Ok(prefix) = std::str::from_utf8(&prefix) {
+            out.push_str(prefix);
+            push_decimal(u64::from(micros), 6, out);
+            out.push('Z');
+            return;
+        }
+    }
+    write_time_general(received, out);
+}
+
+/// [`write_time`] without the cache, for any time chrono holds.
+fn write_time_general(received: DateTime<Utc>, out: &mut String) {
+    use chrono::{Datelike as _, Timelike as _};
     let (second, micros) = match received.timestamp_subsec_micros() {
         m if m >= 1_000_000 => (60, m - 1_000_000),
         m => (received.second(), m),
     };
+    // Field by field rather than `format("%Y-...")`, which parses its pattern for every record.
     let _ = write!(
         out,
         "{:04}-{:02}-{:02}T{:02}:{:02}:{second:02}.{micros:06}Z",
@@ -208,6 +277,34 @@ fn write_time(received: DateTime<Utc>, out: &mut String) {
         received.hour(),
         received.minute(),
     );
+}
+
+/// Appends `value` in decimal, zero-padded to at least `width` digits (as `{:0width$}`).
+fn push_decimal(value: u64, width: usize, out: &mut String) {
+    let mut digits = [b'0'; 20];
+    let mut at = digits.len();
+    let mut rest = value;
+    loop {
+        at -= 1;
+        // `rest % 10` is below 10: the cast cannot truncate.
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    at = at.min(digits.len().saturating_sub(width));
+    if let Ok(text) = std::str::from_utf8(&digits[at..]) {
+        out.push_str(text);
+    }
+}
+
+/// Appends `value` in decimal, right-aligned with spaces to at least `width` columns (as
+/// `{:width$}`).
+fn push_decimal_aligned(value: u64, width: usize, out: &mut String) {
+    let len = value.checked_ilog10().map_or(1, |log| log as usize + 1);
+    out.extend(std::iter::repeat_n(' ', width.saturating_sub(len)));
+    push_decimal(value, 1, out);
 }
 
 fn write_seconds(us: u64, out: &mut String) {
@@ -251,6 +348,52 @@ mod tests {
                 format!("{} 10.77.0.10 ", t.format("%Y-%m-%dT%H:%M:%S%.6fZ"))
             );
         }
+    }
+
+    proptest::proptest! {
+        /// The cached second and hand-written digits give what the formatter gives, for times
+        /// in any order (the cache must notice every change of second) and any sender.
+        #[test]
+        fn fast_prefix_agrees_with_the_formatter(
+            base in -62_135_596_800i64..253_402_300_700,
+            times in proptest::collection::vec((0i64..3, 0u32..2_000_000_000), 1..8),
+            ip in proptest::prelude::any::<[u8; 4]>(),
+        ) {
+            let sender = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), 6665);
+            // Seconds close together, in any order: the same second again, the next, back.
+            for (delta, nanos) in times {
+                let secs = base + delta;
+                // A leap second only where chrono allows one (second 59).
+                let nanos = if secs.rem_euclid(60) == 59 { nanos } else { nanos % 1_000_000_000 };
+                let Some(t) = DateTime::from_timestamp(secs, nanos) else { continue };
+                let mut fast = String::new();
+                write_prefix(t, sender, &mut fast);
+                let mut general = String::new();
+                write_time_general(t, &mut general);
+                proptest::prop_assert_eq!(fast, format!("{general} {} ", sender.ip()));
+            }
+        }
+
+        /// `[%5lu.%06lu]` by hand equals the formatter's `{:5}.{:06}`.
+        #[test]
+        fn kernel_time_digits_agree_with_the_formatter(ts in proptest::prelude::any::<u64>()) {
+            let mut r = record(b"x");
+            r.timestamp_us = Some(ts);
+            let line = format_event(&Event::Record(r));
+            let expected = format!("[{:5}.{:06}] x\n", ts / 1_000_000, ts % 1_000_000);
+            proptest::prop_assert!(line.ends_with(&expected), "{} {}", line, expected);
+        }
+    }
+
+    #[test]
+    fn decimal_digits_pad_and_align() {
+        let mut out = String::new();
+        push_decimal(0, 1, &mut out);
+        push_decimal(7, 6, &mut out);
+        push_decimal(u64::MAX, 1, &mut out);
+        push_decimal_aligned(0, 5, &mut out);
+        push_decimal_aligned(123_456, 5, &mut out);
+        assert_eq!(out, format!("0000007{}    0123456", u64::MAX));
     }
 
     #[test]
