@@ -42,9 +42,12 @@ enum Clock {
 }
 
 impl Clock {
-    fn now(&mut self, received: DateTime<Utc>) -> Instant {
+    /// The decoder's `now` for a frame received at `received`; `batch_read` is when the live
+    /// batch was read (one clock read a batch: a batch is read in well under the decoder's
+    /// millisecond timers).
+    fn now(&mut self, received: DateTime<Utc>, batch_read: Instant) -> Instant {
         match self {
-            Self::Live => Instant::now(),
+            Self::Live => batch_read,
             Self::File { start, first } => {
                 let first = *first.get_or_insert(received);
                 *start + (received - first).to_std().unwrap_or_default()
@@ -241,6 +244,7 @@ impl<'c> Pipeline<'c> {
     /// The first error of an output that ends the run (stdout, `-w`), once every sink has had
     /// the whole batch.
     pub fn process(&mut self, batch: &[Captured]) -> Result<(), RunError> {
+        let batch_read = Instant::now();
         for frame in batch {
             let datagram = match Datagram::parse_link(frame.link, &frame.bytes) {
                 Ok(datagram) => datagram,
@@ -274,7 +278,7 @@ impl<'c> Pipeline<'c> {
                 }
             }
             if self.decode {
-                let now = self.clock.now(frame.ts);
+                let now = self.clock.now(frame.ts, batch_read);
                 if self.last_now.is_some_and(|last| now > last) {
                     // A file's time moved on: fire the timers that fell due in between.
                     self.decoder.poll(now, &mut self.events);
