@@ -5,7 +5,10 @@
 //! hooks that were skipped, delayed or killed, and messages a forwarder dropped are [`Notice`]s, written to stdout (text and JSON)
 //! and handed to every sink (files, syslog), not only counted on the stats line.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 
@@ -62,6 +65,10 @@ pub struct CaptureLost {
     pub reason: LossReason,
     /// How many frames.
     pub frames: u64,
+    /// Whose frames they were, where the capture knows it: a capture queue drops frames of a
+    /// known source address (reason `queue_full` of the raw backend); every other loss is
+    /// `None` (the frames were lost unread).
+    pub sender: Option<IpAddr>,
 }
 
 /// Why a panic hook did not run.

@@ -275,10 +275,25 @@ impl<'c> Pipeline<'c> {
                     interface,
                     reason,
                     frames,
+                    sender: None,
                 }));
             }
         }
         self.write_out(out)
+    }
+
+    /// Takes losses the capture reported itself, with their senders: written with the next
+    /// output and counted like the others.
+    pub fn capture_lost(&mut self, lost: Vec<CaptureLost>) {
+        for lost in lost {
+            let seen = self
+                .losses_seen
+                .entry((lost.reason, lost.interface.clone()));
+            let seen = &mut seen.or_default().reported;
+            *seen = seen.saturating_add(lost.frames);
+            self.capture_lost = self.capture_lost.saturating_add(lost.frames);
+            self.notices.push(Notice::CaptureLost(lost));
+        }
     }
 
     /// Writes the pending notices: to every sink, and to the output line.
@@ -599,8 +614,13 @@ fn open_backend(config: &Config) -> Result<Backend, RunError> {
             Err(error) => return Err(CaptureError::from(error).into()),
         }
     }
-    let capture = RawCapture::open(&config.interfaces, &config.ports, config.ring_bytes)
-        .map_err(CaptureError::from)?;
+    let capture = RawCapture::open(
+        &config.interfaces,
+        &config.ports,
+        config.ring_bytes,
+        config.budget.clone(),
+    )
+    .map_err(CaptureError::from)?;
     for interface in &config.interfaces {
         eprintln!("listening on {} (raw), ports {ports}", interface.name);
     }
@@ -943,6 +963,7 @@ impl LossWatch {
                     .map(|(name, frames)| (LossReason::Interface, name.to_owned(), frames)),
             );
         }
+        pipeline.capture_lost(backend.take_queue_losses());
         pipeline.capture_losses(losses, out)
     }
 }

@@ -1192,6 +1192,7 @@ mod tests {
             interface: "eth1".into(),
             reason: LossReason::RingFull,
             frames: 7,
+            sender: None,
         });
         sink.notice(&lost);
         sink.notice(&Notice::Hook(HookNotice {

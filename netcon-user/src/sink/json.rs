@@ -243,7 +243,8 @@ pub fn write_event(event: &Event, out: &mut String) {
 }
 
 /// Appends the JSON line for one of netcon-sniff's own notices, ending in `\n`:
-/// `{"type":"capture_lost","noticed":...,"interface":"eth1","reason":"ring_full","frames":N}`,
+/// `{"type":"capture_lost","noticed":...,"interface":"eth1","reason":"ring_full","frames":N}`
+/// (with `"sender":"10.1.0.5"` where the capture knows whose frames they were),
 /// `{"type":"hook_skipped"|"hook_late"|"hook_timeout","at":...,"sender":...,...}`, or
 /// `{"type":"forward_lost","noticed":...,"url":...,"messages":N,"first_dropped":...}`.
 pub fn write_notice(notice: &Notice, out: &mut String) {
@@ -254,6 +255,7 @@ pub fn write_notice(notice: &Notice, out: &mut String) {
             interface: &lost.interface,
             reason: lost.reason.as_str(),
             frames: lost.frames,
+            sender: lost.sender.map(|a| a.to_string()),
         }),
         Notice::Hook(hook) => {
             let (kind, reason, waited_ms, after_s) = match hook.outcome {
@@ -296,6 +298,9 @@ struct CaptureLostJson<'a> {
     interface: &'a str,
     reason: &'static str,
     frames: u64,
+    /// Only where the capture knows whose frames they were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sender: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -460,6 +465,7 @@ mod tests {
                 interface: "eth1".into(),
                 reason: LossReason::RingFull,
                 frames: 15_631,
+                sender: None,
             }),
             &mut out,
         );
