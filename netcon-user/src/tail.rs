@@ -404,7 +404,7 @@ fn notice_from_json(value: &Value) -> Option<Notice> {
                 .into_iter()
                 .find(|r| r.as_str() == reason)?,
                 frames: number("frames")?,
-                sender: value["sender"].as_str().and_then(|a| a.parse().ok()),
+                sender: value["sender"].as_str().and_then(|s| s.parse().ok()),
             })
         }
         "forward_lost" => Notice::ForwardLost(ForwardLost {

@@ -488,6 +488,25 @@ mod tests {
         assert_eq!(v[1]["type"], "hook_skipped");
         assert_eq!(v[1]["sender"], "10.77.0.10:6665");
         assert_eq!(v[1]["reason"], "queue_full");
+        assert!(v[0].get("sender").is_none(), "{}", v[0]);
+        out.clear();
+        write_notice(
+            &Notice::CaptureLost(CaptureLost {
+                noticed: DateTime::from_timestamp(1_764_280_436, 0).unwrap(),
+                interface: "eth1".into(),
+                reason: LossReason::QueueFull,
+                frames: 9000,
+                sender: Some(crate::notice::SourcePrefix::of(
+                    "fd00:1::7".parse().unwrap(),
+                )),
+            }),
+            &mut out,
+        );
+        let v: serde_json::Value = serde_json::from_str(out.trim_end()).unwrap();
+        assert_eq!(
+            (&v["sender"], &v["reason"], &v["frames"]),
+            (&"fd00:1::/64".into(), &"queue_full".into(), &9000.into())
+        );
         out.clear();
         write_notice(
             &Notice::ForwardLost(crate::notice::ForwardLost {

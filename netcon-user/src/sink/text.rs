@@ -341,6 +341,18 @@ mod tests {
             format_notice(&lost),
             "2026-11-27T22:13:56.123456Z -- CAPTURE LOST 15631 frames on eth1 (ring buffer full)\n"
         );
+        let queue_drop = Notice::CaptureLost(CaptureLost {
+            noticed: at(),
+            interface: "eth1".into(),
+            reason: LossReason::QueueFull,
+            frames: 9000,
+            sender: Some(crate::notice::SourcePrefix::of([10, 1, 0, 5].into())),
+        });
+        assert_eq!(
+            format_notice(&queue_drop),
+            "2026-11-27T22:13:56.123456Z -- CAPTURE LOST 9000 frames from 10.1.0.5 on eth1 \
+             (capture queue full)\n"
+        );
         let hook = |outcome| {
             format_notice(&Notice::Hook(HookNotice {
                 at: at(),

@@ -294,7 +294,7 @@ impl RawCapture {
             .into_iter()
             .map(|(source, frames)| {
                 let name = self.names.get(&source.ifindex).cloned().unwrap_or_default();
-                lost(name, source.addr, frames)
+                lost(name, source.source, frames)
             })
             .collect();
         notices.sort_by_key(|l| std::cmp::Reverse(l.frames));
@@ -322,7 +322,10 @@ mod tests {
     use std::net::UdpSocket;
 
     use super::*;
-    use crate::capture::{CaptureCounters, LinkType};
+    use crate::{
+        capture::{CaptureCounters, LinkType},
+        notice::SourcePrefix,
+    };
 
     /// Runs `f` on a thread of its own in a fresh network namespace whose `lo` is up (threads
     /// and processes started from there share it); `None` without the privilege to make one.
@@ -492,7 +495,7 @@ mod tests {
                     losses[0].frames,
                     losses[0].interface.as_str()
                 ),
-                (Some([127, 0, 0, 2].into()), 46, "lo")
+                (Some(SourcePrefix::of([127, 0, 0, 2].into())), 46, "lo")
             );
             assert_eq!(losses[0].reason, LossReason::QueueFull);
             assert!(capture.take_queue_losses().is_empty());

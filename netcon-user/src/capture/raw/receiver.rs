@@ -22,22 +22,26 @@ use super::{
     fair::FairQueue,
     socket::{CONTROL_LEN, Meta, peek, restore_vlan_tag, socket_error, wait_readable},
 };
-use crate::capture::{Captured, Interface, LinkType};
+use crate::{
+    capture::{Captured, Interface, LinkType},
+    notice::SourcePrefix,
+};
 
 /// Bytes charged for a queued frame beyond its own: the `Captured` and the allocation's
 /// bookkeeping. 96.
 pub(super) const FRAME_OVERHEAD: usize = 96;
 
-/// Whose queue a frame goes to: the interface and the IP source address (`None` for a frame
-/// that is not IP, which the filter keeps out; all of those share one queue).
+/// Whose queue a frame goes to: the interface and the source (an IPv4 address or an IPv6 /64;
+/// `None` for a frame that is not IP, which the filter keeps out: all of those share one queue).
 ///
-/// The address and not address and port: a port costs a sender nothing to vary. A sender that
-/// forges many source addresses gets a queue for each, up to the queue's bound on sources; then
-/// new sources are refused until queues empty, and the drops are counted unnamed.
+/// The address and not address and port: a port costs a sender nothing to vary, and neither
+/// do the low 64 bits of an IPv6 address. A sender that forges many IPv4 source addresses gets
+/// a queue for each, up to the queue's bound on sources; then new sources are refused until
+/// queues empty (counted, unnamed beyond [`super::fair::NAMED_DROPS`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) struct SourceKey {
     pub ifindex: u32,
-    pub addr: Option<IpAddr>,
+    pub source: Option<SourcePrefix>,
 }
 
 /// What the receive threads and the pipeline share.
@@ -156,7 +160,7 @@ impl Receiver {
 fn hand_over(shared: &Shared, ifindex: u32, frame: &[u8], meta: &Meta) {
     let source = SourceKey {
         ifindex,
-        addr: source_address(frame),
+        source: source_address(frame).map(SourcePrefix::of),
     };
     let tag = if meta.vlan.is_some() && frame.len() >= 12 {
         4
