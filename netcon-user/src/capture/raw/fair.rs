@@ -144,6 +144,21 @@ impl<K: Copy + Eq + Hash, T> FairQueue<K, T> {
         Ok(())
     }
 
+    /// Whether `source`'s own queue has no room for `bytes` more: then a push is refused
+    /// whatever else is queued, and the caller may skip building the item and
+    /// [`count_drop`](Self::count_drop) it instead.
+    #[must_use]
+    pub fn source_full(&self, source: K, bytes: usize) -> bool {
+        self.queues.get(&source).is_some_and(|q| {
+            q.items.len() >= self.limits.source_items || q.bytes + bytes > self.limits.source_bytes
+        })
+    }
+
+    /// Counts an item of `source` dropped without a push (see [`source_full`](Self::source_full)).
+    pub fn count_drop(&mut self, source: K) {
+        self.count_drops(source, 1);
+    }
+
     /// Checks the bounds for `bytes` more from `source`, making room from the longest queue if
     /// only the total is in the way, and charges the budget.
     fn admit(&mut self, source: K, bytes: usize) -> Result<(), Refused> {
@@ -334,6 +349,19 @@ mod tests {
         q.pop_into(&mut out, 100);
         assert_eq!(out.len(), 9);
         assert!(out.contains(&(2, 0)));
+    }
+
+    #[test]
+    fn a_full_source_is_known_before_the_item_is_built() {
+        let mut q = queue(LIMITS);
+        assert!(!q.source_full(1, 100));
+        for i in 0..8 {
+            q.push_with(1, 100, || (1, i)).unwrap();
+        }
+        assert!(q.source_full(1, 100));
+        assert!(!q.source_full(2, 100));
+        q.count_drop(1);
+        assert_eq!((q.dropped(), q.take_drops()), (1, (vec![(1, 1)], 0)));
     }
 
     #[test]

@@ -18,9 +18,11 @@ use pnet_datalink::DataLinkReceiver;
 use tokio::sync::Notify;
 
 use super::{
-    RawError, STOP_GRACE, WAKE_INTERVAL,
+    MAX_FRAME, RawError, STOP_GRACE, WAKE_INTERVAL,
     fair::FairQueue,
-    socket::{CONTROL_LEN, Meta, peek, restore_vlan_tag, socket_error, wait_readable},
+    socket::{
+        CONTROL_LEN, HEAD_LEN, Meta, discard, peek, restore_vlan_tag, socket_error, wait_readable,
+    },
 };
 use crate::{
     capture::{Captured, Interface, LinkType},
@@ -101,9 +103,12 @@ impl Receiver {
         self.shared.wake.notify_one();
     }
 
-    /// Reads frames until shutdown: a peek for what pnet does not deliver, then pnet's read.
+    /// Reads frames until shutdown: a peek for what pnet does not deliver and for who sent the
+    /// frame, then pnet's read; or, when that sender's queue is full, a discard that costs one
+    /// system call and no copy, so a flood is shed as cheaply as the socket allows.
     fn receive(&mut self) -> Result<(), RawError> {
         let mut control = [0u64; CONTROL_LEN / 8];
+        let mut head = [0u8; HEAD_LEN];
         let mut stop_by = None;
         loop {
             if self.shared.stop.load(Ordering::Relaxed) {
@@ -112,7 +117,7 @@ impl Receiver {
                     return Ok(());
                 }
             }
-            let meta = match peek(self.fd, &mut control) {
+            let meta = match peek(self.fd, &mut control, &mut head) {
                 Ok(meta) => meta,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if stop_by.is_some() {
@@ -127,6 +132,27 @@ impl Receiver {
                     return Err(socket_error("recvmsg(MSG_PEEK)", &self.interface, source));
                 }
             };
+            if meta.outgoing {
+                // Kernels before 4.20 (no PACKET_IGNORE_OUTGOING): this host's own frame.
+                self.discard()?;
+                continue;
+            }
+            let source = SourceKey {
+                ifindex: self.interface.ifindex,
+                source: source_address(&head[..meta.len.min(HEAD_LEN)]).map(SourcePrefix::of),
+            };
+            let tag = if meta.vlan.is_some() && meta.len >= 12 {
+                4
+            } else {
+                0
+            };
+            let cost = meta.len.min(MAX_FRAME) + tag + FRAME_OVERHEAD;
+            if self.shared.queue().source_full(source, cost) {
+                self.shared.queue().count_drop(source);
+                self.counters.received.fetch_add(1, Ordering::Relaxed);
+                self.discard()?;
+                continue;
+            }
             let frame = loop {
                 match self.pnet.next() {
                     Ok(frame) => break Some(frame),
@@ -143,38 +169,37 @@ impl Receiver {
                 }
             };
             let Some(frame) = frame else { continue };
-            if meta.outgoing {
-                continue;
-            }
             self.counters.received.fetch_add(1, Ordering::Relaxed);
             if frame.len() < meta.len {
                 self.counters.truncated.fetch_add(1, Ordering::Relaxed);
             }
-            hand_over(&self.shared, self.interface.ifindex, frame, &meta);
+            hand_over(&self.shared, source, cost, frame, &meta);
+        }
+    }
+
+    /// Takes the peeked frame off the socket unread.
+    fn discard(&self) -> Result<(), RawError> {
+        match discard(self.fd) {
+            // Interrupted: the frame is still there, and the next peek sees it again.
+            Err(e) if e.kind() != io::ErrorKind::Interrupted => {
+                Err(socket_error("recv(MSG_TRUNC)", &self.interface, e))
+            }
+            _ => Ok(()),
         }
     }
 }
 
-/// Puts `frame` in its source's queue, or counts it dropped there; wakes the pipeline if the
-/// queue was empty. Never waits for room.
-fn hand_over(shared: &Shared, ifindex: u32, frame: &[u8], meta: &Meta) {
-    let source = SourceKey {
-        ifindex,
-        source: source_address(frame).map(SourcePrefix::of),
-    };
-    let tag = if meta.vlan.is_some() && frame.len() >= 12 {
-        4
-    } else {
-        0
-    };
+/// Puts `frame` in `source`'s queue, charged `cost` bytes, or counts it dropped there; wakes
+/// the pipeline if the queue was empty. Never waits for room.
+fn hand_over(shared: &Shared, source: SourceKey, cost: usize, frame: &[u8], meta: &Meta) {
     let mut queue = shared.queue();
     let was_empty = queue.is_empty();
     // A refusal is counted by the queue, under the source's name: the pipeline reports it.
-    let _ = queue.push_with(source, frame.len() + tag + FRAME_OVERHEAD, || {
+    let _ = queue.push_with(source, cost, || {
         let (bytes, inserted) = restore_vlan_tag(frame, meta.vlan);
         Captured {
             ts: meta.ts.unwrap_or_else(Utc::now),
-            ifindex,
+            ifindex: source.ifindex,
             wire_len: u32::try_from(meta.len + inserted).unwrap_or(u32::MAX),
             link: LinkType::Ethernet,
             bytes,

@@ -19,6 +19,28 @@ use crate::capture::{Interface, setsockopt};
 /// Control message space for one peek: `tpacket_auxdata` and a `timespec`, with headers.
 pub(super) const CONTROL_LEN: usize = 128;
 
+/// Bytes of a frame the peek copies: Ethernet, two VLAN tags and an IPv6 header (62) with room.
+pub(super) const HEAD_LEN: usize = 96;
+
+/// Takes the next frame off the socket without copying it: for a frame that would only be
+/// dropped (its sender's queue is full), one system call instead of pnet's two and a copy.
+pub(super) fn discard(fd: RawFd) -> io::Result<()> {
+    // SAFETY: a zero-length read into no buffer; MSG_TRUNC takes the whole datagram off.
+    let rc = unsafe {
+        libc::recv(
+            fd,
+            std::ptr::null_mut(),
+            0,
+            libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 pub(super) fn socket_error(
     call: &'static str,
     interface: &Interface,
@@ -164,7 +186,12 @@ pub(super) struct Meta {
 }
 
 /// Looks at the next frame without taking it: its length, address and control messages.
-pub(super) fn peek(fd: RawFd, control: &mut [u64; CONTROL_LEN / 8]) -> io::Result<Meta> {
+/// Copies its first `head.len()` bytes into `head` (enough for the headers that say who sent it).
+pub(super) fn peek(
+    fd: RawFd,
+    control: &mut [u64; CONTROL_LEN / 8],
+    head: &mut [u8; HEAD_LEN],
+) -> io::Result<Meta> {
     // SAFETY: all-zero is a valid sockaddr_ll and msghdr.
     let mut address: libc::sockaddr_ll = unsafe { zeroed() };
     let mut header: libc::msghdr = unsafe { zeroed() };
@@ -172,7 +199,13 @@ pub(super) fn peek(fd: RawFd, control: &mut [u64; CONTROL_LEN / 8]) -> io::Resul
     header.msg_namelen = libc::socklen_t::try_from(size_of::<libc::sockaddr_ll>()).unwrap_or(0);
     header.msg_control = control.as_mut_ptr().cast();
     header.msg_controllen = CONTROL_LEN;
-    // No data buffer: with MSG_TRUNC the result is the frame's length all the same.
+    let mut iov = libc::iovec {
+        iov_base: head.as_mut_ptr().cast(),
+        iov_len: HEAD_LEN,
+    };
+    header.msg_iov = &raw mut iov;
+    header.msg_iovlen = 1;
+    // With MSG_TRUNC the result is the frame's whole length, however little is copied.
     // SAFETY: header points at live buffers of the lengths given.
     let len = unsafe {
         libc::recvmsg(
