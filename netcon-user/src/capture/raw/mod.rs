@@ -53,8 +53,9 @@ use crate::{
 pub const MAX_FRAME: usize = 2048;
 
 /// The bounds of the queues between the receive threads and the pipeline. Per source: 1024
-/// frames and 512 KiB (a second of a sender's boot-time log replay); 1024 sources; 4 MiB in all
-/// (well within the default memory budget, to which every byte is charged as well).
+/// frames and 512 KiB (a second of a sender's boot-time log replay); 1024 sources; 4 MiB in all.
+/// Every byte is charged to the memory budget too, never refused by it: the decoder sheds its
+/// oldest held state to make room, so the budget is exceeded by at most these 4 MiB.
 pub const QUEUE_LIMITS: Limits = Limits {
     source_items: 1024,
     source_bytes: 512 * 1024,
