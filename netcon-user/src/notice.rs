@@ -5,7 +5,12 @@
 //! hooks that were skipped, delayed or killed, and messages a forwarder dropped are [`Notice`]s, written to stdout (text and JSON)
 //! and handed to every sink (files, syslog), not only counted on the stats line.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    str::FromStr,
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 
@@ -62,6 +67,65 @@ pub struct CaptureLost {
     pub reason: LossReason,
     /// How many frames.
     pub frames: u64,
+    /// Whose frames they were, where the capture knows it: a capture queue drops frames of a
+    /// known source (reason `queue_full` of the raw backend); every other loss is `None` (the
+    /// frames were lost unread).
+    pub sender: Option<SourcePrefix>,
+}
+
+/// Who sent frames, as far as a capture queue tells senders apart: an IPv4 address, or the /64
+/// an IPv6 address is in (a host picks the low 64 bits of its IPv6 addresses freely, so one
+/// host counts as one /64, whatever addresses it uses in it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourcePrefix {
+    /// The address, IPv6 with its low 64 bits zero.
+    addr: IpAddr,
+}
+
+impl SourcePrefix {
+    /// Prefix length of an IPv6 source: 64.
+    pub const IPV6_LEN: u8 = 64;
+
+    /// The source `addr` belongs to.
+    #[must_use]
+    pub fn of(addr: IpAddr) -> Self {
+        Self {
+            addr: match addr {
+                IpAddr::V4(_) => addr,
+                IpAddr::V6(v6) => {
+                    IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX)))
+                }
+            },
+        }
+    }
+
+    /// The address (IPv6: the network address of the /64).
+    #[must_use]
+    pub fn addr(self) -> IpAddr {
+        self.addr
+    }
+}
+
+/// `10.1.0.5`, or `fd00:91::/64`.
+impl fmt::Display for SourcePrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.addr {
+            IpAddr::V4(v4) => write!(f, "{v4}"),
+            IpAddr::V6(v6) => write!(f, "{v6}/{}", Self::IPV6_LEN),
+        }
+    }
+}
+
+/// Reads what [`Display`](fmt::Display) writes (an IPv6 address alone counts as its /64).
+impl FromStr for SourcePrefix {
+    type Err = std::net::AddrParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.strip_suffix("/64") {
+            Some(v6) => v6.parse::<Ipv6Addr>().map(|a| Self::of(a.into())),
+            None => s.parse().map(Self::of),
+        }
+    }
 }
 
 /// Why a panic hook did not run.
@@ -148,4 +212,22 @@ pub enum Notice {
     Hook(HookNotice),
     /// Messages a forwarder dropped.
     ForwardLost(ForwardLost),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_source_is_its_64_and_reads_back() {
+        let v6 = SourcePrefix::of("fd00:91::1:2".parse().unwrap());
+        assert_eq!(v6, SourcePrefix::of("fd00:91::ffff:0:0:9".parse().unwrap()));
+        assert_eq!(v6.to_string(), "fd00:91::/64");
+        assert_eq!("fd00:91::/64".parse::<SourcePrefix>(), Ok(v6));
+        let v4 = SourcePrefix::of([10, 1, 0, 5].into());
+        assert_ne!(v4, SourcePrefix::of([10, 1, 0, 6].into()));
+        assert_eq!(v4.to_string(), "10.1.0.5");
+        assert_eq!("10.1.0.5".parse::<SourcePrefix>(), Ok(v4));
+        assert!("10.1.0.5/64".parse::<SourcePrefix>().is_err());
+    }
 }

@@ -404,6 +404,7 @@ fn notice_from_json(value: &Value) -> Option<Notice> {
                 .into_iter()
                 .find(|r| r.as_str() == reason)?,
                 frames: number("frames")?,
+                sender: value["sender"].as_str().and_then(|s| s.parse().ok()),
             })
         }
         "forward_lost" => Notice::ForwardLost(ForwardLost {
@@ -632,6 +633,7 @@ mod tests {
                 interface: "eth1".to_owned(),
                 reason: LossReason::Interface,
                 frames: 7,
+                sender: None,
             }),
             Notice::ForwardLost(ForwardLost {
                 noticed: at,

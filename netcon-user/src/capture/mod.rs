@@ -139,9 +139,8 @@ pub struct RawCounters {
     pub kernel_dropped: u64,
     /// Frames longer than the read buffer, delivered cut.
     pub truncated: u64,
-    /// Frames read but never handed to the pipeline: the queue from the receive threads stayed
-    /// full until the pipeline was gone. (While the pipeline runs, a full queue makes the threads
-    /// wait and frames wait in the socket buffer, whose overflow is `kernel_dropped`.)
+    /// Frames read but dropped by the queues from the receive threads to the pipeline: their
+    /// source's queue (or all of them, or the memory budget) was full. Reported by sender.
     pub queue_full: u64,
 }
 
@@ -188,7 +187,8 @@ impl CaptureCounters {
 
     /// Every counter of frames lost before decoding, by reason, cumulative since capture
     /// started: the pipeline turns their growth into `capture_lost` notices. A backend with a
-    /// new kind of loss adds its counter here.
+    /// new kind of loss adds its counter here, unless it reports those losses by sender
+    /// ([`Backend::take_queue_losses`]).
     #[must_use]
     pub fn losses(&self) -> Vec<(LossReason, u64)> {
         match self {
@@ -196,10 +196,9 @@ impl CaptureCounters {
                 (LossReason::RingFull, c.ringbuf_full),
                 (LossReason::CopyFailed, c.copy_failed),
             ],
-            Self::Raw(c) => vec![
-                (LossReason::Socket, c.kernel_dropped),
-                (LossReason::QueueFull, c.queue_full),
-            ],
+            // The raw queues' drops (`queue_full`) are reported by sender instead
+            // (`Backend::take_queue_losses`).
+            Self::Raw(c) => vec![(LossReason::Socket, c.kernel_dropped)],
             Self::File(_) => Vec::new(),
         }
     }
@@ -278,6 +277,16 @@ impl Backend {
         }
     }
 
+    /// Frames the backend's queues dropped since the last call, by sender where known, as
+    /// notices (the raw backend; the others lose frames only unread, counted in
+    /// [`CaptureCounters::losses`]).
+    pub fn take_queue_losses(&mut self) -> Vec<crate::notice::CaptureLost> {
+        match self {
+            Self::Raw(c) => c.take_queue_losses(),
+            Self::Xdp(_) | Self::File(_) => Vec::new(),
+        }
+    }
+
     /// The backend's counters.
     ///
     /// # Errors
@@ -305,13 +314,8 @@ mod tests {
             queue_full: 4,
             ..RawCounters::default()
         });
-        assert_eq!(
-            counters.losses(),
-            vec![(LossReason::Socket, 3), (LossReason::QueueFull, 4)]
-        );
-        assert_eq!(
-            counters.lost(),
-            counters.losses().iter().map(|(_, n)| n).sum::<u64>()
-        );
+        // Queue drops are reported by sender, not from the counter; lost() has them all.
+        assert_eq!(counters.losses(), vec![(LossReason::Socket, 3)]);
+        assert_eq!(counters.lost(), 7);
     }
 }

@@ -49,8 +49,13 @@ pub(super) fn open_backend(config: &Config) -> Result<Backend, RunError> {
             Err(error) => return Err(CaptureError::from(error).into()),
         }
     }
-    let capture = RawCapture::open(&config.interfaces, &config.ports, config.ring_bytes)
-        .map_err(CaptureError::from)?;
+    let capture = RawCapture::open(
+        &config.interfaces,
+        &config.ports,
+        config.ring_bytes,
+        config.budget.clone(),
+    )
+    .map_err(CaptureError::from)?;
     for interface in &config.interfaces {
         eprintln!("listening on {} (raw), ports {ports}", interface.name);
     }

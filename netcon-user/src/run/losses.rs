@@ -115,6 +115,7 @@ impl LossWatch {
                     .map(|(name, frames)| (LossReason::Interface, name.to_owned(), frames)),
             );
         }
+        pipeline.capture_lost(backend.take_queue_losses());
         pipeline.capture_losses(losses)
     }
 }

@@ -207,10 +207,26 @@ impl<'c> Pipeline<'c> {
                     interface,
                     reason,
                     frames,
+                    sender: None,
                 }));
             }
         }
         self.end_batch()
+    }
+
+    /// Takes losses the capture reported itself, with their senders: handed on with the next
+    /// batch's notices and counted like the others.
+    pub fn capture_lost(&mut self, lost: Vec<CaptureLost>) {
+        for lost in lost {
+            let seen = &mut self
+                .losses_seen
+                .entry((lost.reason, lost.interface.clone()))
+                .or_default()
+                .reported;
+            *seen = seen.saturating_add(lost.frames);
+            self.capture_lost = self.capture_lost.saturating_add(lost.frames);
+            self.notices.push(Notice::CaptureLost(lost));
+        }
     }
 
     /// Fires the decoder's due timers and hands on what they produce.
@@ -688,6 +704,7 @@ mod tests {
                         interface: "c0".into(),
                         reason,
                         frames: 1,
+                        sender: None,
                     }));
                 }
             }

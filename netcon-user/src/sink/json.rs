@@ -243,7 +243,8 @@ pub fn write_event(event: &Event, out: &mut String) {
 }
 
 /// Appends the JSON line for one of netcon-sniff's own notices, ending in `\n`:
-/// `{"type":"capture_lost","noticed":...,"interface":"eth1","reason":"ring_full","frames":N}`,
+/// `{"type":"capture_lost","noticed":...,"interface":"eth1","reason":"ring_full","frames":N}`
+/// (with `"sender":"10.1.0.5"` where the capture knows whose frames they were),
 /// `{"type":"hook_skipped"|"hook_late"|"hook_timeout","at":...,"sender":...,...}`, or
 /// `{"type":"forward_lost","noticed":...,"url":...,"messages":N,"first_dropped":...}`.
 pub fn write_notice(notice: &Notice, out: &mut String) {
@@ -254,6 +255,7 @@ pub fn write_notice(notice: &Notice, out: &mut String) {
             interface: &lost.interface,
             reason: lost.reason.as_str(),
             frames: lost.frames,
+            sender: lost.sender.map(|a| a.to_string()),
         }),
         Notice::Hook(hook) => {
             let (kind, reason, waited_ms, after_s) = match hook.outcome {
@@ -296,6 +298,9 @@ struct CaptureLostJson<'a> {
     interface: &'a str,
     reason: &'static str,
     frames: u64,
+    /// Only where the capture knows whose frames they were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sender: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -445,6 +450,7 @@ mod tests {
                 interface: "eth1".into(),
                 reason: LossReason::RingFull,
                 frames: 15_631,
+                sender: None,
             }),
             &mut out,
         );
@@ -467,6 +473,25 @@ mod tests {
         assert_eq!(v[1]["type"], "hook_skipped");
         assert_eq!(v[1]["sender"], "10.77.0.10:6665");
         assert_eq!(v[1]["reason"], "queue_full");
+        assert!(v[0].get("sender").is_none(), "{}", v[0]);
+        out.clear();
+        write_notice(
+            &Notice::CaptureLost(CaptureLost {
+                noticed: DateTime::from_timestamp(1_764_280_436, 0).unwrap(),
+                interface: "eth1".into(),
+                reason: LossReason::QueueFull,
+                frames: 9000,
+                sender: Some(crate::notice::SourcePrefix::of(
+                    "fd00:1::7".parse().unwrap(),
+                )),
+            }),
+            &mut out,
+        );
+        let v: serde_json::Value = serde_json::from_str(out.trim_end()).unwrap();
+        assert_eq!(
+            (&v["sender"], &v["reason"], &v["frames"]),
+            (&"fd00:1::/64".into(), &"queue_full".into(), &9000.into())
+        );
         out.clear();
         write_notice(
             &Notice::ForwardLost(crate::notice::ForwardLost {

@@ -149,6 +149,7 @@ mod tests {
             interface: "c0".into(),
             reason: LossReason::RingFull,
             frames,
+            sender: None,
         })
     }
 

@@ -75,6 +75,7 @@ pub fn write_event(event: &Event, out: &mut String) {
 ///
 /// ```text
 /// 2026-11-27T21:53:56.123456Z -- CAPTURE LOST 15631 frames on eth1 (ring buffer full)
+/// 2026-11-27T21:53:56.123456Z -- CAPTURE LOST 9000 frames from 10.1.0.5 on eth1 (capture queue full)
 /// 2026-11-27T21:53:57.000001Z 10.77.0.10 -- PANIC HOOK LATE (waited 2.504 s for a slot)
 /// 2026-11-27T21:53:58.000002Z -- FORWARD LOST 120 messages (nats://10.1.0.5:4222/netcon)
 /// ```
@@ -82,13 +83,11 @@ pub fn write_notice(notice: &Notice, out: &mut String) {
     match notice {
         Notice::CaptureLost(lost) => {
             write_time(lost.noticed, out);
-            let _ = writeln!(
-                out,
-                " -- CAPTURE LOST {} frames on {} ({})",
-                lost.frames,
-                lost.interface,
-                lost.reason.describe()
-            );
+            let _ = write!(out, " -- CAPTURE LOST {} frames", lost.frames);
+            if let Some(sender) = lost.sender {
+                let _ = write!(out, " from {sender}");
+            }
+            let _ = writeln!(out, " on {} ({})", lost.interface, lost.reason.describe());
         }
         Notice::Hook(hook) => {
             write_prefix(hook.at, hook.sender, out);
@@ -479,10 +478,23 @@ mod tests {
             interface: "eth1".into(),
             reason: LossReason::RingFull,
             frames: 15_631,
+            sender: None,
         });
         assert_eq!(
             format_notice(&lost),
             "2026-11-27T22:13:56.123456Z -- CAPTURE LOST 15631 frames on eth1 (ring buffer full)\n"
+        );
+        let queue_drop = Notice::CaptureLost(CaptureLost {
+            noticed: at(),
+            interface: "eth1".into(),
+            reason: LossReason::QueueFull,
+            frames: 9000,
+            sender: Some(crate::notice::SourcePrefix::of([10, 1, 0, 5].into())),
+        });
+        assert_eq!(
+            format_notice(&queue_drop),
+            "2026-11-27T22:13:56.123456Z -- CAPTURE LOST 9000 frames from 10.1.0.5 on eth1 \
+             (capture queue full)\n"
         );
         let hook = |outcome| {
             format_notice(&Notice::Hook(HookNotice {

@@ -332,6 +332,7 @@ fn capture_lost_goes_to_every_file_and_hook_notices_to_the_sender() {
         interface: "eth1".into(),
         reason: LossReason::RingFull,
         frames: 7,
+        sender: None,
     });
     sink.notice(&lost);
     sink.notice(&Notice::Hook(HookNotice {

@@ -75,13 +75,14 @@ pub fn format_notice(notice: &Notice) -> String {
             m.param("interface", &lost.interface);
             m.param("reason", lost.reason.as_str());
             m.param("frames", lost.frames);
-            let _ = write!(
-                m.msg,
-                "capture lost {} frames on {} ({})",
-                lost.frames,
-                lost.interface,
-                lost.reason.describe()
-            );
+            if let Some(sender) = lost.sender {
+                m.param("sender", sender);
+            }
+            let _ = write!(m.msg, "capture lost {} frames", lost.frames);
+            if let Some(sender) = lost.sender {
+                let _ = write!(m.msg, " from {sender}");
+            }
+            let _ = write!(m.msg, " on {} ({})", lost.interface, lost.reason.describe());
             m.finish()
         }
         Notice::ForwardLost(lost) => {
@@ -638,6 +639,7 @@ mod tests {
             interface: "eth1".into(),
             reason: LossReason::Socket,
             frames: 12,
+            sender: None,
         }));
         assert_eq!(
             lost,
