@@ -13,7 +13,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use netcon_testkit::{LINE_TIMEOUT, Link, STATS_PREFIX, Topology, UdpFrame};
+use netcon_testkit::{LINE_TIMEOUT, Link, Stats, Topology, UdpFrame};
 
 /// Attack frames between two genuine records.
 const ATTACK_PER_VICTIM: u64 = 50;
@@ -74,16 +74,9 @@ fn a_flood_from_one_source_costs_another_sender_nothing_and_is_named() {
     s.sigterm();
     let (status, stderr) = s.wait();
     assert!(status.success(), "{stderr}");
-    let summary = stderr
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix(STATS_PREFIX))
-        .unwrap_or_else(|| panic!("no stats line:\n{stderr}"));
+    let summary = Stats::last(&stderr);
     eprintln!("attack sent in {sent_for:?}; {summary}");
     // The flood did overflow something: else this test proves nothing.
-    let queue_full: u64 = stderr
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("queue_full=")?.parse().ok())
-        .unwrap_or_else(|| panic!("no queue_full= in {stderr}"));
+    let queue_full = summary.counter("queue_full");
     assert!(queue_full > 0, "{stderr}");
 }
