@@ -136,8 +136,8 @@ pub struct SniffArgs {
     /// `json`: one JSON object per line per record or event (schema in the README).
     /// `raw`: one line per datagram, undecoded (capture time, interface, addresses, payload),
     /// for debugging. Control characters are always shown escaped.
-    #[arg(long, value_enum, default_value_t = Format::Text, value_name = "FORMAT")]
-    pub format: Format,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text, value_name = "FORMAT")]
+    pub format: OutputFormat,
 
     /// Color the text output by level, as `dmesg --color` does: `auto` (default) when stdout
     /// is a terminal and NO_COLOR is not set.
@@ -305,7 +305,7 @@ pub enum ColorChoice {
     Never,
 }
 
-/// Format of the stats summaries on stderr.
+/// OutputFormat of the stats summaries on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum StatsFormat {
     /// One line of `name=value` pairs.
@@ -316,7 +316,7 @@ pub enum StatsFormat {
 
 /// Output format of records on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
+pub enum OutputFormat {
     /// Decoded records, for people.
     Text,
     /// Decoded records and events as JSON lines, for log pipelines.

@@ -4,7 +4,7 @@ use std::{collections::BTreeSet, ffi::CString, path::PathBuf};
 
 pub use crate::capture::Interface;
 use crate::cli::SniffArgs;
-pub use crate::cli::{BackendChoice, Format, StatsFormat, XdpModeChoice};
+pub use crate::cli::{BackendChoice, OutputFormat, StatsFormat, XdpModeChoice};
 
 /// Why the command line could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +50,7 @@ pub struct Config {
     /// How to attach XDP.
     pub xdp_mode: XdpModeChoice,
     /// Output format.
-    pub format: Format,
+    pub format: OutputFormat,
     /// Color the text output.
     pub color: bool,
     /// Ring buffer size, bytes.

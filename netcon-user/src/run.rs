@@ -15,7 +15,7 @@ pub use pipeline::Pipeline;
 
 use crate::{
     capture::{Backend, CaptureCounters, CaptureError, pcap::PcapFileError, promisc::PromiscError},
-    config::{Config, Format, Source},
+    config::{Config, OutputFormat, Source},
     metrics::{MetricsServer, Snapshot},
     netconsole::DecoderStats,
     sink::{
@@ -86,7 +86,7 @@ impl From<OutputError> for RunError {
 
 /// What a run did, for the exit summary.
 #[derive(Debug, Clone)]
-pub struct Summary {
+pub struct RunSummary {
     /// The capture backend's counters.
     pub capture: CaptureCounters,
     /// Datagrams printed.
@@ -142,11 +142,11 @@ fn open_pipeline(config: &Config) -> Result<Pipeline<'_>, RunError> {
         )));
     }
     let format = match config.format {
-        Format::Text => StdoutFormat::Text {
+        OutputFormat::Text => StdoutFormat::Text {
             color: config.color,
         },
-        Format::Json => StdoutFormat::Json,
-        Format::Raw => StdoutFormat::Raw(pipeline::interface_labels(config)),
+        OutputFormat::Json => StdoutFormat::Json,
+        OutputFormat::Raw => StdoutFormat::Raw(pipeline::interface_labels(config)),
     };
     pipeline.add_sink(Box::new(StdoutSink::new(io::stdout(), format)));
     Ok(pipeline)
@@ -157,7 +157,10 @@ fn open_pipeline(config: &Config) -> Result<Pipeline<'_>, RunError> {
 ///
 /// # Errors
 /// [`RunError`] when capture cannot start or fails, or output cannot be written.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<Summary, RunError> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunSummary, RunError> {
     // Handlers first: opening the backend prints `listening on`, and a SIGUSR1 sent on seeing
     // that line must ask for stats, not kill the process (the default action).
     let mut signals = Signals::new().map_err(|source| RunError::Signals { source })?;

@@ -21,8 +21,8 @@ use futures_util::StreamExt as _;
 use serde_json::Value;
 
 use crate::netconsole::{
-    Caller, ContFlag, Event, Flags, Format, Incomplete, LossKind, Lost, PanicKind, PanicMark,
-    Priority, Rebooted, Record, Sysdata,
+    Caller, ContFlag, Event, Flags, Incomplete, LossKind, Lost, PanicKind, PanicMark, Priority,
+    Rebooted, Record, RecordFormat, Sysdata,
 };
 use crate::notice::{
     CaptureLost, ForwardLost, HookNotice, HookOutcome, LossReason, Notice, SkipReason,
@@ -528,9 +528,9 @@ pub fn event_from_json(value: &Value) -> Option<Event> {
                 sender,
                 ifindex,
                 format: if value["format"] == "plain" {
-                    Format::Plain
+                    RecordFormat::Plain
                 } else {
-                    Format::Extended
+                    RecordFormat::Extended
                 },
                 priority: u64_of("pri")
                     .and_then(|p| u16::try_from(p).ok())

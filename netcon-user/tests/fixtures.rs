@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use netcon::netconsole::{Decoder, DecoderConfig, DecoderStats, Event, Format, Incoming, Record};
+use netcon::netconsole::{
+    Decoder, DecoderConfig, DecoderStats, Event, Incoming, Record, RecordFormat,
+};
 use netcon::sink::text::write_event;
 use netcon::wire::Datagram;
 use pcap_file::pcap::PcapReader;
@@ -200,7 +202,7 @@ fn ext_pcap_yields_every_record() {
     assert_eq!(stats.fragments, 6);
     assert_eq!(stats.reassembled, 2);
     for (r, e) in ours.iter().zip(&expected) {
-        assert_eq!(r.format, Format::Extended);
+        assert_eq!(r.format, RecordFormat::Extended);
         let p = r.priority.expect("priority");
         // /dev/kmsg writes with facility user (1) unless the prefix names another one.
         let facility = if e.prio < 8 { 1 } else { e.prio >> 3 };
@@ -247,7 +249,7 @@ fn plain_pcap_yields_every_record() {
     assert_eq!(stats.datagrams, 590);
     assert_eq!(stats.records, 589);
     for r in &ours {
-        assert_eq!(r.format, Format::Plain);
+        assert_eq!(r.format, RecordFormat::Plain);
         assert!(r.timestamp_us.is_some());
     }
 }
@@ -418,7 +420,7 @@ fn plain_crash_and_reboot() {
     );
     let records: Vec<&Record> = events.iter().filter_map(Event::as_record).collect();
     for r in &records {
-        assert_eq!(r.format, Format::Plain);
+        assert_eq!(r.format, RecordFormat::Plain);
         versions += usize::from(r.text.starts_with(b"Linux version "));
     }
     assert_eq!(versions, 2, "{pcap}: two boots, each replayed");

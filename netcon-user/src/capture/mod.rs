@@ -1,13 +1,13 @@
 //! Frame capture: backends yield [`Captured`] frames and do not parse them.
 //!
 //! - [`xdp`]: the XDP program and its ring buffer (the fast path);
-//! - [`raw`]: pnet over `AF_PACKET` sockets with a kernel filter (where XDP cannot load);
+//! - [`afpacket`]: the raw backend (`--backend raw`), pnet over `AF_PACKET` sockets with a kernel filter (where XDP cannot load);
 //! - [`pcap`]: a capture file, offline.
 
+pub mod afpacket;
 pub mod ifstats;
 pub mod pcap;
 pub mod promisc;
-pub mod raw;
 pub mod xdp;
 
 use std::{fmt, io, os::fd::RawFd};
@@ -232,7 +232,7 @@ pub enum CaptureError {
     Xdp(#[from] xdp::XdpError),
     /// The raw backend.
     #[error(transparent)]
-    Raw(#[from] raw::RawError),
+    Raw(#[from] afpacket::RawError),
     /// A capture file.
     #[error(transparent)]
     File(#[from] pcap::PcapFileError),
@@ -243,7 +243,7 @@ pub enum Backend {
     /// XDP program and ring buffer.
     Xdp(Box<xdp::XdpCapture>),
     /// Packet sockets.
-    Raw(raw::RawCapture),
+    Raw(afpacket::RawCapture),
     /// A capture file.
     File(pcap::PcapFileCapture),
 }

@@ -43,7 +43,8 @@ pub enum PcapFileError {
     },
 }
 
-enum Format {
+/// Which of the two capture file formats is being read.
+enum FileFormat {
     Pcap {
         reader: PcapReader<Box<dyn Read>>,
         link: Option<LinkType>,
@@ -101,7 +102,7 @@ fn link_type(datalink: DataLink) -> Option<LinkType> {
 /// Reads frames from a pcap or pcapng file (or stdin).
 pub struct PcapFileCapture {
     path: PathBuf,
-    format: Format,
+    format: FileFormat,
     /// Frames of link types netcon cannot decode (skipped).
     pub skipped: u64,
     /// Frames read.
@@ -138,7 +139,7 @@ impl PcapFileCapture {
             source,
         };
         let format = if magic.as_deref() == Some(&PCAPNG_MAGIC[..]) {
-            Format::PcapNg {
+            FileFormat::PcapNg {
                 reader: PcapNgReader::new(input).map_err(format_error)?,
                 interfaces: Vec::new(),
             }
@@ -148,7 +149,7 @@ impl PcapFileCapture {
             if link.is_none() {
                 tracing::warn!(datalink = ?reader.header().datalink, "unsupported link type: no frame will decode");
             }
-            Format::Pcap { reader, link }
+            FileFormat::Pcap { reader, link }
         };
         Ok(Self {
             path: path.to_owned(),
@@ -184,7 +185,7 @@ impl PcapFileCapture {
         };
         for _ in 0..BATCH {
             let frame = match &mut self.format {
-                Format::Pcap { reader, link } => match reader.next_packet() {
+                FileFormat::Pcap { reader, link } => match reader.next_packet() {
                     None => return Ok(false),
                     Some(packet) => {
                         let packet = packet.map_err(format_error)?;
@@ -199,7 +200,7 @@ impl PcapFileCapture {
                         })
                     }
                 },
-                Format::PcapNg { reader, interfaces } => match reader.next_block() {
+                FileFormat::PcapNg { reader, interfaces } => match reader.next_block() {
                     None => return Ok(false),
                     Some(block) => match block.map_err(format_error)? {
                         Block::InterfaceDescription(idb) => {

@@ -468,7 +468,7 @@ mod tests {
     use chrono::DateTime;
 
     use super::*;
-    use crate::netconsole::record::{ContFlag, Flags, Format, Sysdata};
+    use crate::netconsole::record::{ContFlag, Flags, RecordFormat, Sysdata};
 
     fn limits() -> FragLimits {
         FragLimits {
@@ -493,7 +493,7 @@ mod tests {
             received: DateTime::UNIX_EPOCH,
             sender: key(0).sender,
             ifindex: 1,
-            format: Format::Extended,
+            format: RecordFormat::Extended,
             priority: None,
             seq: None,
             timestamp_us: None,

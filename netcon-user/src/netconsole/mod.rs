@@ -45,8 +45,8 @@ pub use error::DecodeError;
 pub use extended::ExtendedError;
 pub use frag::FragError;
 pub use record::{
-    Caller, ContFlag, Duplicate, Escaped, Event, Field, Flags, Format, Incomplete, LossKind, Lost,
-    Malformed, PanicKind, PanicMark, Priority, Rebooted, Record, Sysdata,
+    Caller, ContFlag, Duplicate, Escaped, Event, Field, Flags, Incomplete, LossKind, Lost,
+    Malformed, PanicKind, PanicMark, Priority, Rebooted, Record, RecordFormat, Sysdata,
 };
 pub use sender::SenderTally;
 pub use stats::DecoderStats;

@@ -14,7 +14,7 @@ use crate::escape::escape_into;
 
 /// Which netconsole output format a payload used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Format {
+pub enum RecordFormat {
     /// Console text as it is, no header (`drivers/net/netconsole.c`, `write_msg`).
     Plain,
     /// The `/dev/kmsg`-style header (`drivers/net/netconsole.c`, `write_ext_msg`; the header is
@@ -22,7 +22,7 @@ pub enum Format {
     Extended,
 }
 
-impl Format {
+impl RecordFormat {
     /// `"plain"` or `"extended"`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
@@ -309,7 +309,7 @@ pub struct Record {
     /// Interface index it arrived on.
     pub ifindex: u32,
     /// Plain or extended.
-    pub format: Format,
+    pub format: RecordFormat,
     /// Facility and level (extended mode only: plain mode does not carry them).
     pub priority: Option<Priority>,
     /// printk sequence number (extended mode only).
@@ -411,7 +411,7 @@ impl Record {
             received: DateTime::from_timestamp_micros(1_795_817_636_123_456).unwrap_or_default(),
             sender: SocketAddr::from(([10, 77, 0, 10], 6665)),
             ifindex: 2,
-            format: Format::Extended,
+            format: RecordFormat::Extended,
             priority: Priority::from_pri(6),
             seq: Some(377),
             timestamp_us: Some(4_373_204),

@@ -15,8 +15,8 @@ use super::extended;
 use super::frag::Reassembled;
 use super::plain::{self, Lines};
 use super::record::{
-    Caller, ContFlag, Duplicate, Event, Flags, Format, Incomplete, LossKind, Lost, Malformed,
-    Rebooted, Record, Sysdata,
+    Caller, ContFlag, Duplicate, Event, Flags, Incomplete, LossKind, Lost, Malformed, Rebooted,
+    Record, RecordFormat, Sysdata,
 };
 use super::sender::{Held, Sender};
 #[cfg(doc)]
@@ -163,7 +163,7 @@ pub(super) fn head_record(incoming: &Incoming<'_>, header: &extended::Header<'_>
         received: incoming.received,
         sender: incoming.src,
         ifindex: incoming.ifindex,
-        format: Format::Extended,
+        format: RecordFormat::Extended,
         priority: Some(header.priority),
         seq: Some(header.seq),
         timestamp_us: Some(header.ts_usec),
@@ -244,7 +244,7 @@ pub(super) fn plain_record(
         received: lines.received,
         sender: sender.addr,
         ifindex: lines.ifindex,
-        format: Format::Plain,
+        format: RecordFormat::Plain,
         priority: None,
         seq: None,
         timestamp_us: parsed.timestamp_us,
@@ -309,7 +309,7 @@ pub(super) fn complete(
     if let Some(id) = record.sysdata.msgid {
         msgid_check(sender, &record, id, inner, out);
     }
-    if record.format == Format::Extended {
+    if record.format == RecordFormat::Extended {
         if let Some(held) = sender.held.take() {
             if record.seq == Some(held.next_seq) {
                 if chain_fits(&held.record, &record, &inner.config) {
@@ -488,7 +488,7 @@ fn emit(sender: &mut Sender, mut record: Record, inner: &mut DecoderInner, out: 
     if record.flags.incomplete.is_some() {
         add(&mut inner.stats.incomplete_records, 1);
     }
-    if record.flags.partial && record.format == Format::Plain {
+    if record.flags.partial && record.format == RecordFormat::Plain {
         add(&mut inner.stats.partial_lines, 1);
     }
     out.push(Event::Record(record));

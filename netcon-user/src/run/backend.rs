@@ -3,7 +3,7 @@
 use super::RunError;
 use crate::{
     capture::{
-        Backend, CaptureError, pcap::PcapFileCapture, promisc::PromiscGuard, raw::RawCapture,
+        Backend, CaptureError, afpacket::RawCapture, pcap::PcapFileCapture, promisc::PromiscGuard,
         xdp::XdpCapture,
     },
     config::{BackendChoice, Config, Source},

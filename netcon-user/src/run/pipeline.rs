@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, time::Instant};
 
 use chrono::{DateTime, Utc};
 
-use super::{RunError, Summary};
+use super::{RunError, RunSummary};
 use crate::{
     capture::{CaptureCounters, Captured, InterfaceLabels},
     config::{Config, Source, StatsFormat},
@@ -472,8 +472,8 @@ impl<'c> Pipeline<'c> {
     }
 
     /// What the run did, for the exit summary.
-    pub(super) fn summary(&self, capture: CaptureCounters) -> Summary {
-        Summary {
+    pub(super) fn summary(&self, capture: CaptureCounters) -> RunSummary {
+        RunSummary {
             capture,
             datagrams: self.counts.datagrams,
             malformed: self.counts.malformed,
@@ -490,7 +490,7 @@ impl<'c> Pipeline<'c> {
 mod tests {
     use super::*;
     use crate::capture::{Interface, LinkType};
-    use crate::config::{BackendChoice, Format, XdpModeChoice};
+    use crate::config::{BackendChoice, OutputFormat, XdpModeChoice};
     use crate::sink::stdout::{StdoutFormat, StdoutSink};
     use crate::testing::TestOutput;
     use bytes::Bytes;
@@ -506,7 +506,7 @@ mod tests {
             ports: vec![6666],
             promisc: false,
             xdp_mode: XdpModeChoice::Auto,
-            format: Format::Raw,
+            format: OutputFormat::Raw,
             color: false,
             ring_bytes: 1 << 20,
             source: Source::Live,
@@ -625,7 +625,7 @@ mod tests {
     #[test]
     fn loss_counter_growth_becomes_one_notice_per_reason_and_interface() {
         let config = Config {
-            format: Format::Json,
+            format: OutputFormat::Json,
             ..config()
         };
         let mut pipeline = Pipeline::new(&config);

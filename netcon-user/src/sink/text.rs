@@ -316,8 +316,8 @@ mod tests {
 
     use super::*;
     use crate::netconsole::{
-        DecodeError, Duplicate, ExtendedError, Format, Incomplete, Lost, Malformed, PanicKind,
-        PanicMark, Priority, Rebooted,
+        DecodeError, Duplicate, ExtendedError, Incomplete, Lost, Malformed, PanicKind, PanicMark,
+        Priority, Rebooted, RecordFormat,
     };
 
     fn at() -> DateTime<Utc> {
@@ -416,7 +416,7 @@ mod tests {
     #[test]
     fn plain_record_has_no_priority() {
         let mut r = record(b"x");
-        r.format = Format::Plain;
+        r.format = RecordFormat::Plain;
         r.priority = None;
         r.timestamp_us = None;
         assert!(format_event(&Event::Record(r)).ends_with("10.77.0.10 - x\n"));

@@ -126,7 +126,7 @@ fn extended_record_end_to_end() {
     let mut h = Harness::new();
     let events = h.push(0, DICT);
     let r = one_record(&events);
-    assert_eq!(r.format, Format::Extended);
+    assert_eq!(r.format, RecordFormat::Extended);
     assert_eq!(r.sender, src(10));
     assert_eq!(r.ifindex, 2);
     assert_eq!(r.received, wall(0));
@@ -440,7 +440,7 @@ fn plain_multi_line_record() {
     let mut h = Harness::new();
     let events = h.push(0, b"[    4.599528] NCT-5d3ac7 MULTI line-1/3\n[    4.599528] NCT-5d3ac7 MULTI line-2/3\n[    4.599528] NCT-5d3ac7 MULTI line-3/3\n");
     let r = one_record(&events);
-    assert_eq!(r.format, Format::Plain);
+    assert_eq!(r.format, RecordFormat::Plain);
     assert_eq!(r.priority, None);
     assert_eq!(r.timestamp_us, Some(4_599_528));
     assert_eq!(r.lines().count(), 3);

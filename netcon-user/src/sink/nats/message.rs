@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use bytes::Bytes;
 
 use crate::budget::MemoryBudget;
-use crate::netconsole::{Event, Format, LossKind};
+use crate::netconsole::{Event, LossKind, RecordFormat};
 use crate::notice::{HookOutcome, Notice};
 
 pub(super) const QUEUED_OVERHEAD: usize = 96;
@@ -53,7 +53,7 @@ pub fn message_id(event: &Event) -> Option<String> {
     };
     Some(match event {
         Event::Record(r) => match (r.format, r.seq) {
-            (Format::Extended, Some(seq)) => format!(
+            (RecordFormat::Extended, Some(seq)) => format!(
                 "{}/x/{}/{seq}",
                 sender(r.sender),
                 r.timestamp_us.unwrap_or_default()
@@ -238,7 +238,7 @@ mod tests {
         next.seq = Some(378);
         assert_ne!(message_id(&Event::Record(next)), Some(id));
         let mut plain = a.clone();
-        plain.format = Format::Plain;
+        plain.format = RecordFormat::Plain;
         plain.seq = None;
         plain.timestamp_us = None;
         let plain_id = message_id(&Event::Record(plain.clone())).unwrap();

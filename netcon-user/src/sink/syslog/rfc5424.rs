@@ -447,7 +447,7 @@ mod tests {
     use super::super::tests::{at, format_record, record, sender};
     use super::*;
     use crate::netconsole::{
-        Caller, DecodeError, Duplicate, ExtendedError, Format, PanicKind, PanicMark,
+        Caller, DecodeError, Duplicate, ExtendedError, PanicKind, PanicMark, RecordFormat,
     };
 
     #[test]
@@ -568,7 +568,7 @@ mod tests {
     #[test]
     fn plain_records_are_kern_notice_at_receive_time() {
         let mut r = record(b"plain line");
-        r.format = Format::Plain;
+        r.format = RecordFormat::Plain;
         r.priority = None;
         r.seq = None;
         r.timestamp_us = None;

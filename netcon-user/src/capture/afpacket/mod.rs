@@ -52,13 +52,16 @@ use crate::{
 /// (`MAX_PRINT_CHUNK` = 1000 payload bytes plus headers); longer ones are cut and counted.
 pub const MAX_FRAME: usize = 2048;
 
-/// The bounds of the queues between the receive threads and the pipeline. Per source: 1024
-/// frames and 512 KiB (a second of a sender's boot-time log replay); 1024 sources; 4 MiB in all.
-/// Every byte is charged to the memory budget too, never refused by it: the decoder sheds its
-/// oldest held state to make room, so the budget is exceeded by at most these 4 MiB.
+/// The bounds of the queues between the receive threads and the pipeline: 4 MiB in all, 1024
+/// sources. One source may fill all of it (16,384 frames): a dying kernel's burst (its whole
+/// log replayed, thousands of lines at wire speed) must not be cut while nobody else sends.
+/// Fairness comes from where room is made once the total is reached: from the longest queue,
+/// so a flooder loses its own frames and a light sender none. Every byte is charged to the
+/// memory budget too, never refused by it: the decoder sheds its oldest held state to make
+/// room, so the budget is exceeded by at most these 4 MiB.
 pub const QUEUE_LIMITS: Limits = Limits {
-    source_items: 1024,
-    source_bytes: 512 * 1024,
+    source_items: 16 * 1024,
+    source_bytes: 4 * 1024 * 1024,
     sources: 1024,
     total_bytes: 4 * 1024 * 1024,
 };

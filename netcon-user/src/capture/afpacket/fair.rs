@@ -320,6 +320,27 @@ mod tests {
         FairQueue::new(limits, MemoryBudget::new(1 << 20))
     }
 
+    /// A dying kernel's burst from one sender, nobody else sending: the production bounds
+    /// take all of it (5,000 frames of a 200-byte record, with the cost the receive thread
+    /// charges), and a second sender arriving then is still served.
+    #[test]
+    fn a_lone_burst_is_queued_whole() {
+        let mut q = queue(super::super::QUEUE_LIMITS);
+        let cost = 242 + super::super::receiver::FRAME_OVERHEAD;
+        for i in 0..5_000 {
+            q.push_with(1, cost, || (1, i)).unwrap();
+        }
+        q.push_with(2, cost, || (2, 0)).unwrap();
+        assert_eq!(q.dropped(), 0);
+        let mut out = Vec::new();
+        while q.pop_into(&mut out, 1024) > 0 {}
+        assert_eq!(out.len(), 5_001);
+        assert!(
+            out[..1024].contains(&(2, 0)),
+            "the second sender waits one round at most"
+        );
+    }
+
     #[test]
     fn serves_sources_in_turn() {
         let mut q = queue(LIMITS);
