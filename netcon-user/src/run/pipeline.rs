@@ -200,15 +200,13 @@ impl<'c> Pipeline<'c> {
             let frames = total.saturating_sub(seen.counter);
             seen.counter = total;
             if frames > 0 {
-                seen.reported = seen.reported.saturating_add(frames);
-                self.capture_lost = self.capture_lost.saturating_add(frames);
-                self.notices.push(Notice::CaptureLost(CaptureLost {
+                self.note_loss(CaptureLost {
                     noticed,
                     interface,
                     reason,
                     frames,
                     sender: None,
-                }));
+                });
             }
         }
         self.end_batch()
@@ -218,15 +216,20 @@ impl<'c> Pipeline<'c> {
     /// batch's notices and counted like the others.
     pub fn capture_lost(&mut self, lost: Vec<CaptureLost>) {
         for lost in lost {
-            let seen = &mut self
-                .losses_seen
-                .entry((lost.reason, lost.interface.clone()))
-                .or_default()
-                .reported;
-            *seen = seen.saturating_add(lost.frames);
-            self.capture_lost = self.capture_lost.saturating_add(lost.frames);
-            self.notices.push(Notice::CaptureLost(lost));
+            self.note_loss(lost);
         }
+    }
+
+    /// Counts `lost` (in total and under its reason and interface) and queues its notice.
+    fn note_loss(&mut self, lost: CaptureLost) {
+        let reported = &mut self
+            .losses_seen
+            .entry((lost.reason, lost.interface.clone()))
+            .or_default()
+            .reported;
+        *reported = reported.saturating_add(lost.frames);
+        self.capture_lost = self.capture_lost.saturating_add(lost.frames);
+        self.notices.push(Notice::CaptureLost(lost));
     }
 
     /// Fires the decoder's due timers and hands on what they produce.
