@@ -131,6 +131,15 @@ pub struct SniffArgs {
     #[arg(long, value_enum, default_value_t = XdpModeChoice::Auto, value_name = "MODE")]
     pub xdp_mode: XdpModeChoice,
 
+    /// Who stamps each frame with its receive time on the XDP backend. `kernel`: the XDP
+    /// program, as the frame arrives (exact, for a clock read of ~28 ns in the receive path of
+    /// every matching frame). `read`: netcon-sniff, as it reads a batch off the ring buffer
+    /// (nothing in the kernel; up to about half a millisecond late while records flow).
+    /// `auto`: `kernel` when saving frames with -w, whose point is packet timing, `read`
+    /// otherwise. The raw backend always uses the kernel's socket timestamps.
+    #[arg(long, value_enum, default_value_t = XdpTimestampChoice::Auto, value_name = "WHO")]
+    pub xdp_timestamps: XdpTimestampChoice,
+
     /// Output format. `text`: one line per decoded record (receive time, sender,
     /// facility.level, kernel timestamp, text), with loss, reboot and incomplete records marked.
     /// `json`: one JSON object per line per record or event (schema in the README).
@@ -290,6 +299,30 @@ impl From<XdpModeChoice> for crate::capture::xdp::AttachPolicy {
             XdpModeChoice::Auto => Self::Auto,
             XdpModeChoice::Native => Self::Native,
             XdpModeChoice::Skb => Self::Skb,
+        }
+    }
+}
+
+/// Who stamps frames on the XDP backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum XdpTimestampChoice {
+    /// `kernel` with -w, `read` otherwise.
+    Auto,
+    /// The XDP program, per frame, as it arrives.
+    Kernel,
+    /// netcon-sniff, per batch, as it reads them.
+    Read,
+}
+
+impl XdpTimestampChoice {
+    /// What `auto` means for a run that saves frames to a pcap file (`writing_pcap`) or not.
+    #[must_use]
+    pub fn resolve(self, writing_pcap: bool) -> crate::capture::xdp::Timestamps {
+        use crate::capture::xdp::Timestamps;
+        match self {
+            Self::Kernel => Timestamps::Kernel,
+            Self::Auto if writing_pcap => Timestamps::Kernel,
+            Self::Read | Self::Auto => Timestamps::Read,
         }
     }
 }

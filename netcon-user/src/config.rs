@@ -49,6 +49,8 @@ pub struct Config {
     pub backend: BackendChoice,
     /// How to attach XDP.
     pub xdp_mode: XdpModeChoice,
+    /// Who stamps frames on the XDP backend.
+    pub xdp_timestamps: crate::capture::xdp::Timestamps,
     /// Output format.
     pub format: OutputFormat,
     /// Color the text output.
@@ -119,6 +121,7 @@ impl Config {
         let mut ports = cli.ports;
         ports.sort_unstable();
         ports.dedup();
+        let writing_pcap = cli.write.is_some();
         Ok(Self {
             source: cli.read.map_or(Source::Live, Source::File),
             write: cli.write,
@@ -127,6 +130,7 @@ impl Config {
             ports,
             promisc: cli.promisc,
             xdp_mode: cli.xdp_mode,
+            xdp_timestamps: cli.xdp_timestamps.resolve(writing_pcap),
             format: cli.format,
             color: match cli.color {
                 crate::cli::ColorChoice::Always => true,
@@ -215,6 +219,25 @@ mod tests {
         );
         assert_eq!(config.ports, vec![7]);
         assert_eq!(config.ring_bytes, 8 << 20);
+    }
+
+    #[test]
+    fn xdp_timestamps_are_the_kernel_s_with_a_pcap_file_only() {
+        use crate::capture::xdp::Timestamps;
+        let timestamps = |args: &[&str]| {
+            let cli = Cli::parse_from(["netcon-sniff", "-i", "lo"].iter().chain(args));
+            Config::from_cli(cli.sniff).unwrap().xdp_timestamps
+        };
+        assert_eq!(timestamps(&[]), Timestamps::Read);
+        assert_eq!(timestamps(&["-w", "/dev/null"]), Timestamps::Kernel);
+        assert_eq!(
+            timestamps(&["--xdp-timestamps", "kernel"]),
+            Timestamps::Kernel
+        );
+        assert_eq!(
+            timestamps(&["-w", "/dev/null", "--xdp-timestamps", "read"]),
+            Timestamps::Read
+        );
     }
 
     #[test]

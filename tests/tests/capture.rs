@@ -817,6 +817,80 @@ per_mode!(raw => Raw: addressed_to_collector, broadcast_foreign_ip, promisc_fore
     sigkill_detaches, sigterm_counters, lone_record_after_silence, escaping, write_pcap,
     replay_plain, replay_ext);
 
+/// Now, as netcon-sniff prints times (RFC 3339, microseconds, truncated), so that printed times
+/// compare with it as strings.
+fn now_printed() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    rfc3339_micros(i64::try_from(now.as_secs()).unwrap(), now.subsec_nanos())
+}
+
+/// XDP receive times, whoever stamps them (`read`: netcon-sniff per batch, the default;
+/// `kernel`: the program per frame), are never before the frame was sent nor after its line
+/// was printed; some frames come after a silence (a parked reader), some while it drains.
+fn xdp_receive_times_bracket_the_sending(timestamps: &str) {
+    let topo = Topology::new();
+    let link = topo.link();
+    let mut s = sniff1(&topo, Mode::Native, &["--xdp-timestamps", timestamps]);
+    for i in 0..6 {
+        let before = now_printed();
+        let frame = UdpFrame::v4(link, format!("NCT t {i}\n").into_bytes());
+        let printed = send_and_expect(&topo, link, &mut s, &frame, &format!("NCT t {i}"));
+        let after = now_printed();
+        assert!(
+            before <= printed.ts && printed.ts <= after,
+            "--xdp-timestamps {timestamps}: frame {i} stamped {} outside [{before}, {after}]",
+            printed.ts
+        );
+        // Every other frame after long enough a silence for the reader to park.
+        if i % 2 == 1 {
+            std::thread::sleep(QUIET / 10);
+        }
+    }
+    stop_expecting(&mut s, Mode::Native, 6);
+}
+
+#[test]
+fn xdp_read_times_bracket_the_sending() {
+    xdp_receive_times_bracket_the_sending("read");
+}
+
+#[test]
+fn xdp_kernel_times_bracket_the_sending() {
+    xdp_receive_times_bracket_the_sending("kernel");
+}
+
+/// With `-w` the XDP program stamps every frame (`--xdp-timestamps auto`): frames sent back to
+/// back, which the reader takes in one batch, keep distinct, increasing times in the file. With
+/// times stamped per batch they would share one.
+#[test]
+fn xdp_pcap_times_are_per_frame() {
+    const FRAMES: usize = 64;
+    let topo = Topology::new();
+    let link = topo.link();
+    let dir = TempDir::new("pcap-times");
+    let out = dir.join("out.pcap");
+    let mut s = sniff1(
+        &topo,
+        Mode::Native,
+        &["-w", out.to_str().expect("UTF-8 temp path")],
+    );
+    let frames: Vec<Vec<u8>> = (0..FRAMES)
+        .map(|i| UdpFrame::v4(link, format!("NCT p {i:02}\n").into_bytes()).build())
+        .collect();
+    topo.sender(link).send_all(&frames);
+    s.expect_line_containing(&format!("NCT p {:02}", FRAMES - 1), LINE_TIMEOUT);
+    stop_expecting(&mut s, Mode::Native, FRAMES);
+    let file = PcapFile::read(&out);
+    let times: Vec<(u32, u32)> = file.records.iter().map(|r| (r.ts_sec, r.ts_nsec)).collect();
+    assert_eq!(times.len(), FRAMES, "records in {}", out.display());
+    assert!(
+        times.windows(2).all(|pair| pair[0] < pair[1]),
+        "capture times not distinct and increasing: {times:?}"
+    );
+}
+
 // 13. Errors: exit code 2, no panic, a message that names the culprit; returns stderr.
 fn assert_clean_error(args: &[&str], mention: &str) -> String {
     let topo = Topology::new();

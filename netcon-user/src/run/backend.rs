@@ -33,6 +33,7 @@ pub(super) fn open_backend(config: &Config) -> Result<Backend, RunError> {
             &config.ports,
             config.xdp_mode.into(),
             config.ring_bytes,
+            config.xdp_timestamps,
         ) {
             Ok(capture) => {
                 for (name, mode) in capture.attached() {

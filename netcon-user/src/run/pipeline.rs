@@ -509,6 +509,7 @@ mod tests {
             ports: vec![6666],
             promisc: false,
             xdp_mode: XdpModeChoice::Auto,
+            xdp_timestamps: crate::capture::xdp::Timestamps::Read,
             format: OutputFormat::Raw,
             color: false,
             ring_bytes: 1 << 20,

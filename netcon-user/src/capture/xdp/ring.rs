@@ -262,9 +262,10 @@ pub(super) fn mono_to_wall_ns() -> i128 {
 pub(super) fn read_batch(
     ring: &mut RingBuf<MapData>,
     arena: &mut BytesMut,
-    mono_to_wall_ns: i128,
+    stamp: Stamp,
     out: &mut Vec<Captured>,
 ) -> usize {
+    let first = out.len();
     let mut read = 0;
     while read < MAX_BATCH {
         let Some(item) = ring.next() else { break };
@@ -275,7 +276,10 @@ pub(super) fn read_batch(
             }
             arena.extend_from_slice(frame);
             out.push(Captured {
-                ts: wall_time(mono_to_wall_ns, header.ts_ns),
+                ts: match stamp {
+                    Stamp::Kernel { mono_to_wall_ns } => wall_time(mono_to_wall_ns, header.ts_ns),
+                    Stamp::Read => DateTime::<Utc>::MIN_UTC,
+                },
                 ifindex: header.ifindex,
                 wire_len: header.pkt_len,
                 link: LinkType::Ethernet,
@@ -285,7 +289,24 @@ pub(super) fn read_batch(
             tracing::warn!(len = item.len(), "skipping malformed ring buffer record");
         }
     }
+    if stamp == Stamp::Read && out.len() > first {
+        // Read after the batch, so no frame is stamped before it arrived.
+        let now = Utc::now();
+        for captured in &mut out[first..] {
+            captured.ts = now;
+        }
+    }
     read
+}
+
+/// Where a record's receive time comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stamp {
+    /// The program's `bpf_ktime_get_ns` in the record header, turned into wall time with
+    /// `CLOCK_REALTIME - CLOCK_MONOTONIC` (read once, at start).
+    Kernel { mono_to_wall_ns: i128 },
+    /// The wall clock right after the reader read the batch: the header carries no time.
+    Read,
 }
 
 /// Splits a ring buffer record into its header and frame, checking every length.
