@@ -120,6 +120,8 @@ pub struct RxOptions {
     pub cpu: Option<usize>,
     /// The UDP port it listens on.
     pub port: u16,
+    /// More arguments for netcon-sniff (ignored by the baselines).
+    pub netcon_args: &'static [&'static str],
 }
 
 impl RxOptions {
@@ -130,6 +132,7 @@ impl RxOptions {
             ipv6: false,
             cpu: None,
             port: PORT,
+            netcon_args: &[],
         }
     }
 }
@@ -244,6 +247,7 @@ impl Receiver {
             ipv6,
             cpu,
             port,
+            netcon_args,
         } = options;
         let tag = format!("{}-{}", kind.short(), monotonic_ns());
         let mut command = match kind {
@@ -251,7 +255,8 @@ impl Receiver {
                 let mut c = Command::new(&paths.sniff);
                 c.args(["--backend", kind.short(), "-i", RX_IF, "-p"])
                     .arg(port.to_string())
-                    .args(["--format", "text", "--stats-format", "json"]);
+                    .args(["--format", "text", "--stats-format", "json"])
+                    .args(netcon_args);
                 c
             }
             Rx::Tcpdump => {

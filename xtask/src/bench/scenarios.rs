@@ -636,6 +636,35 @@ impl<'a> Bench<'a> {
         Ok(empty)
     }
 
+    /// The cost of a matching packet at [`COST_RATE`] when the program stamps every frame
+    /// itself (`--xdp-timestamps kernel`, what `-w` chooses), per repeat.
+    fn kernel_timestamps_cost(&mut self) -> Result<Values> {
+        let mut cost = Values::default();
+        let options = RxOptions {
+            netcon_args: &["--xdp-timestamps", "kernel"],
+            ..RxOptions::new(Output::File)
+        };
+        let rx = Receiver::start(Rx::Xdp, self.topo, self.paths, options)?;
+        for rep in 0..self.settings.repeats {
+            let spec = LoadSpec {
+                rate: Some(COST_RATE),
+                ..LoadSpec::flat(1000, self.settings.cost)
+            };
+            let before = rx.xdp_prog_stats()?;
+            let run = self.next_run;
+            self.next_run += 1;
+            procs::run_load(self.paths, self.topo, &spec, run, 0)?;
+            let per = per_packet(before, rx.xdp_prog_stats()?);
+            log(&format!(
+                "xdp cost rep {}: {per:.1} ns matching with --xdp-timestamps kernel",
+                rep + 1
+            ));
+            cost.push(Rx::Xdp, per);
+        }
+        rx.stop()?;
+        Ok(cost)
+    }
+
     /// Scenario 5: the XDP program's run time per packet, for matching traffic and for traffic
     /// to another port, from `run_time_ns / run_cnt` with `kernel.bpf_stats_enabled=1`.
     pub fn xdp_cost(&mut self) -> Result<Section> {
@@ -649,6 +678,7 @@ impl<'a> Bench<'a> {
         let [mut program_wakeups, mut flat_program_wakeups] = Values::several();
         let _stats = BpfStats::enable()?;
         let empty = self.empty_program_cost()?;
+        let kernel_stamps = self.kernel_timestamps_cost()?;
         let mut s = self.session(Rx::Xdp, Output::File, false)?;
         for rep in 0..self.settings.repeats {
             let paced = LoadSpec {
@@ -713,6 +743,14 @@ impl<'a> Bench<'a> {
                 ),
                 wakeups.row("  IRQ-work interrupts per packet", Unit::Ratio, false),
                 program_wakeups.row("  reader wake-ups per packet", Unit::Ratio, false),
+                kernel_stamps.row(
+                    &format!(
+                        "matching packet, {COST_RATE:.0}/s, stamped in the program \
+                         (`--xdp-timestamps kernel`, as with `-w`)"
+                    ),
+                    Unit::Nanos,
+                    false,
+                ),
                 flat.row("matching packet, flat out", Unit::Nanos, false),
                 flat_wakeups.row("  IRQ-work interrupts per packet", Unit::Ratio, false),
                 flat_program_wakeups.row("  reader wake-ups per packet", Unit::Ratio, false),
@@ -805,7 +843,7 @@ impl Bench<'_> {
         let mut rows = Vec::new();
         for pinned in [false, true] {
             for h in SENDER_COUNTS {
-                let [mut rate, mut loss] = Values::several();
+                let [mut rate, mut loss, mut delivered] = Values::several();
                 for rep in 0..self.settings.repeats {
                     for kind in self.settings.receivers.clone() {
                         self.pinned = pinned;
@@ -824,6 +862,7 @@ impl Bench<'_> {
                         ));
                         rate.push(kind, t.load.rate());
                         loss.push(kind, t.loss() * 100.0);
+                        delivered.push(kind, t.load.rate() * (1.0 - t.loss()));
                     }
                 }
                 let what = format!(
@@ -833,6 +872,7 @@ impl Bench<'_> {
                 );
                 rows.push(rate.row(&format!("sender's rate, {what}"), Unit::Rate, true));
                 rows.push(loss.row(&format!("  loss, {what}"), Unit::Percent, false));
+                rows.push(delivered.row(&format!("  records delivered, {what}"), Unit::Rate, true));
             }
         }
         Ok(Section {
@@ -842,7 +882,10 @@ impl Bench<'_> {
                  the sender reached and the records lost. Unpinned, the scheduler places both; \
                  pinned, the receiver runs on CPU {RX_CPU} and the sender on CPU {TX_CPU}, where \
                  the receive softirq (veth, the XDP program, the packet taps) runs too. The \
-                 higher the sender's rate, the less the receive path costs the sending core.",
+                 higher the sender's rate, the less the receive path costs the sending core; \
+                 but a receiver that cannot keep up costs it less too, as the kernel drops what \
+                 overflows its socket early: records delivered (the sender's rate less the \
+                 records lost) say what each receiver kept.",
                 self.settings.flat.as_secs_f64()
             ),
             rows,
@@ -1038,8 +1081,10 @@ fn xdp_cost_about() -> String {
         "run_time_ns / run_cnt of netcon's XDP program (run-time stats on: the \
          kernel.bpf_stats_enabled switch, taken through BPF_ENABLE_STATS; read \
          from /proc/PID/fdinfo of netcon-sniff), from 1,000 senders: to port 6666 \
-         (parsed, copied to the ring buffer) at {COST_RATE:.0} packets/s and flat out, \
-         and to port {OTHER_PORT} at {COST_RATE:.0} packets/s (parsed, passed on: what \
+         (parsed, copied to the ring buffer) at {COST_RATE:.0} packets/s and flat out \
+         with netcon-sniff's default receive times (stamped by the reader), once more at \
+         {COST_RATE:.0} packets/s with the program stamping each frame (`--xdp-timestamps \
+         kernel`, a clock read), and to port {OTHER_PORT} at {COST_RATE:.0} packets/s (parsed, passed on: what \
          every other packet of the host pays). IRQ-work interrupts (the `IWI` line of \
          /proc/interrupts, machine-wide, so other work on the machine adds to it) per \
          packet count the ring buffer's wake-ups of the reader: a self-IPI each, which \
