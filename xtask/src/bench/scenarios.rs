@@ -612,55 +612,49 @@ impl<'a> Bench<'a> {
         })
     }
 
-    /// The cost of an empty XDP program on the receiver's interface, per repeat.
-    fn empty_program_cost(&mut self) -> Result<Values> {
-        let mut empty = Values::default();
+    /// Run time per packet of a program, from `stats` (`run_time_ns`, `run_cnt`), under 1,000
+    /// senders at [`COST_RATE`] to `port`: one figure a repeat, logged as `what`.
+    fn paced_cost(
+        &mut self,
+        port: u16,
+        what: &str,
+        stats: &mut dyn FnMut() -> Result<(u64, u64)>,
+    ) -> Result<Values> {
+        let mut cost = Values::default();
         for rep in 0..self.settings.repeats {
-            let program = calibrate::attach_in(&self.topo.receiver, RX_IF)?;
             let spec = LoadSpec {
                 rate: Some(COST_RATE),
-                port: OTHER_PORT,
+                port,
                 ..LoadSpec::flat(1000, self.settings.cost)
             };
-            let before = program.stats()?;
+            let before = stats()?;
             let run = self.next_run;
             self.next_run += 1;
             procs::run_load(self.paths, self.topo, &spec, run, 0)?;
-            let per = per_packet(before, program.stats()?);
-            log(&format!(
-                "xdp cost rep {}: {per:.1} ns for an empty program",
-                rep + 1
-            ));
-            empty.push(Rx::Xdp, per);
+            let per = per_packet(before, stats()?);
+            log(&format!("xdp cost rep {}: {per:.1} ns {what}", rep + 1));
+            cost.push(Rx::Xdp, per);
         }
-        Ok(empty)
+        Ok(cost)
+    }
+
+    /// The cost of an empty XDP program on the receiver's interface, per repeat.
+    fn empty_program_cost(&mut self) -> Result<Values> {
+        let program = calibrate::attach_in(&self.topo.receiver, RX_IF)?;
+        self.paced_cost(OTHER_PORT, "for an empty program", &mut || program.stats())
     }
 
     /// The cost of a matching packet at [`COST_RATE`] when the program stamps every frame
     /// itself (`--xdp-timestamps kernel`, what `-w` chooses), per repeat.
     fn kernel_timestamps_cost(&mut self) -> Result<Values> {
-        let mut cost = Values::default();
         let options = RxOptions {
             netcon_args: &["--xdp-timestamps", "kernel"],
             ..RxOptions::new(Output::File)
         };
         let rx = Receiver::start(Rx::Xdp, self.topo, self.paths, options)?;
-        for rep in 0..self.settings.repeats {
-            let spec = LoadSpec {
-                rate: Some(COST_RATE),
-                ..LoadSpec::flat(1000, self.settings.cost)
-            };
-            let before = rx.xdp_prog_stats()?;
-            let run = self.next_run;
-            self.next_run += 1;
-            procs::run_load(self.paths, self.topo, &spec, run, 0)?;
-            let per = per_packet(before, rx.xdp_prog_stats()?);
-            log(&format!(
-                "xdp cost rep {}: {per:.1} ns matching with --xdp-timestamps kernel",
-                rep + 1
-            ));
-            cost.push(Rx::Xdp, per);
-        }
+        let cost = self.paced_cost(PORT, "matching with --xdp-timestamps kernel", &mut || {
+            rx.xdp_prog_stats()
+        })?;
         rx.stop()?;
         Ok(cost)
     }
