@@ -99,7 +99,7 @@ impl DupHistory {
         let tag = tag(fingerprint);
         let window = i128::try_from(window.as_nanos()).unwrap_or(i128::MAX);
         for (b, block) in self.tags.chunks(BLOCK).enumerate() {
-            if block.iter().filter(|&&t| t == tag).count() == 0 {
+            if block.iter().fold(0u16, |any, &t| any | u16::from(t == tag)) == 0 {
                 continue;
             }
             for (j, &t) in block.iter().enumerate() {
