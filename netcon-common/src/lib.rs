@@ -50,7 +50,8 @@ pub mod counter {
     /// Matched frames that could not be copied (`bpf_xdp_load_bytes` failed).
     pub const COPY_FAILED: u32 = 4;
     /// Records after which the program woke the reader (`BPF_RB_FORCE_WAKEUP`): it was parked,
-    /// or the ring held more than [`ReaderState::wake_threshold`](super::ReaderState).
+    /// or this CPU wrote more than [`ReaderState::wake_threshold`](super::ReaderState) bytes
+    /// since the reader last looked.
     pub const WAKEUPS: u32 = 5;
     /// Number of counters.
     pub const COUNT: u32 = 6;
@@ -61,8 +62,9 @@ pub mod counter {
 ///
 /// The program writes records without waking the reader (`BPF_RB_NO_WAKEUP`): while traffic
 /// flows the reader drains the ring on its own short timer. It wakes the reader when the reader
-/// has said it is parked (it found the ring empty and sleeps until woken), or when the ring
-/// holds more than `wake_threshold` bytes; and each CPU wakes it at most once per
+/// has said it is parked (it found the ring empty and sleeps until woken), or when one CPU has
+/// written more than `wake_threshold` bytes since the reader's generation began (so the ring
+/// holds at most that times the CPUs); and each CPU wakes it at most once per
 /// [`generation`](Self::generation), so a reader that the scheduler keeps off the CPU does not
 /// turn every packet into an interrupt.
 #[repr(C)]
@@ -72,8 +74,8 @@ pub struct ReaderState {
     /// [`READER_PARKED`] while the reader sleeps until woken. One word, so the program reads
     /// both at once. Written only by the reader.
     pub generation: u32,
-    /// Unread bytes in the ring buffer above which a record wakes the reader. Written by the
-    /// reader before it attaches the program.
+    /// Bytes one CPU may write in a reader generation before its next record wakes the
+    /// reader. Written by the reader before it attaches the program.
     pub wake_threshold: u32,
 }
 

@@ -48,10 +48,18 @@ pub const DRAIN_INTERVAL: Duration = Duration::from_micros(500);
 /// awake costs the reader a timer tick per [`DRAIN_INTERVAL`]. Unit: drains; default 3.
 pub const EMPTY_DRAINS_BEFORE_PARKING: u32 = 3;
 
-/// Share of the ring buffer that, unread, makes every record wake the reader even while it
-/// drains on its timer (it fell behind: a timer tick was late). Unit: 1/n of the ring; default
-/// a quarter.
+/// Share of the ring buffer that, unread, makes the program wake the reader even while it
+/// drains on its timer (it fell behind: a timer tick was late). Each CPU counts what it wrote
+/// since the reader's last look, so the threshold each CPU gets is this share divided by the
+/// number of CPUs: the ring holds at most the share before one of them wakes the reader.
+/// Unit: 1/n of the ring; default a quarter.
 pub const WAKE_THRESHOLD_DIVISOR: u32 = 4;
+
+/// The bytes one CPU may write after the reader's last look before it wakes the reader.
+fn wake_threshold_per_cpu(ring_bytes: u32, cpus: usize) -> u32 {
+    let cpus = u32::try_from(cpus.max(1)).unwrap_or(u32::MAX);
+    (ring_bytes / WAKE_THRESHOLD_DIVISOR / cpus).max(1)
+}
 
 /// Why the XDP backend could not start or read.
 #[derive(Debug, thiserror::Error)]
@@ -235,7 +243,8 @@ impl XdpCapture {
         }
 
         // Before the program runs: it reads the threshold for every record.
-        let reader = ReaderMap::open(&mut ebpf, ring_bytes / WAKE_THRESHOLD_DIVISOR)?;
+        let cpus = aya::util::nr_cpus().unwrap_or(1);
+        let reader = ReaderMap::open(&mut ebpf, wake_threshold_per_cpu(ring_bytes, cpus))?;
 
         let program: &mut Xdp = ebpf
             .program_mut("netcon")
@@ -385,5 +394,28 @@ impl XdpCapture {
     #[must_use]
     pub fn ring_fd(&self) -> i32 {
         self.ring.get_ref().as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpus_share_the_wake_threshold() {
+        let ring = 8 << 20;
+        assert_eq!(wake_threshold_per_cpu(ring, 1), 2 << 20);
+        assert_eq!(wake_threshold_per_cpu(ring, 2), 1 << 20);
+        // Together the CPUs never let more than a quarter of the ring go unread unwoken.
+        for cpus in [1, 3, 7, 64, 4096] {
+            let total = u64::from(wake_threshold_per_cpu(ring, cpus)) * cpus as u64;
+            assert!(
+                total <= u64::from(ring / WAKE_THRESHOLD_DIVISOR),
+                "{cpus} cpus"
+            );
+        }
+        // No CPU count (or a failed count) makes it zero, which would wake on every record.
+        assert_eq!(wake_threshold_per_cpu(16, 4096), 1);
+        assert_eq!(wake_threshold_per_cpu(ring, 0), 2 << 20);
     }
 }
