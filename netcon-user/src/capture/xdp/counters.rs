@@ -2,7 +2,7 @@
 
 use netcon_common::counter;
 
-use super::{XdpCapture, XdpError, ring::RingPositions, root_cause, root_errno};
+use super::{XdpCapture, XdpError, root_cause, root_errno};
 use crate::capture::XdpCounters;
 
 impl XdpCapture {
@@ -18,7 +18,7 @@ impl XdpCapture {
     /// The ring buffer's fill is read afresh each time (from its mapped positions, no syscall),
     /// even where the program's counters cannot be.
     pub fn counters(&self) -> Result<XdpCounters, XdpError> {
-        let ring = self.ring_positions.as_ref().map(RingPositions::fill);
+        let ring = Some(self.ring.get_ref().fill());
         if self.counters_unavailable.get() {
             return Ok(XdpCounters {
                 ring,

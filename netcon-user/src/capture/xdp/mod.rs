@@ -12,7 +12,7 @@ use std::{cell::Cell, error::Error as StdError, io, os::fd::AsRawFd, time::Durat
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray},
     programs::Xdp,
 };
 use bytes::BytesMut;
@@ -20,7 +20,7 @@ use tokio::io::unix::AsyncFd;
 
 use self::load::{attach, check_kernel, load_error, port_bitmap, root_cause, root_errno, take_map};
 pub use self::ring::parse_record;
-use self::ring::{DrainTimer, ReaderMap, RingPositions, Stamp, mono_to_wall_ns, read_batch};
+use self::ring::{DrainTimer, ReaderMap, RingReader, Stamp, mono_to_wall_ns, read_batch};
 use super::{Captured, XdpCounters};
 use crate::capture::Interface;
 
@@ -176,9 +176,7 @@ impl AttachedMode {
 /// An attached XDP program and the ring buffer it fills.
 pub struct XdpCapture {
     // Field order is drop order: the ring buffer and maps go before the program and its links.
-    ring: AsyncFd<RingBuf<MapData>>,
-    /// The ring's two position pages, read for its fill; `None` where they could not be mapped.
-    ring_positions: Option<RingPositions>,
+    ring: AsyncFd<RingReader>,
     /// Ticks every [`DRAIN_INTERVAL`] while the reader drains on its timer.
     drain_timer: AsyncFd<DrainTimer>,
     /// The `READER` map: where the reader says it is parked.
@@ -259,11 +257,14 @@ impl XdpCapture {
             attached.push((interface.name.clone(), attach(program, interface, mode)?));
         }
 
-        let ring =
-            RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?).map_err(|source| XdpError::Map {
+        let aya::maps::Map::RingBuf(events) = take_map(&mut ebpf, "EVENTS")? else {
+            return Err(XdpError::Map {
                 name: "EVENTS",
-                source,
-            })?;
+                source: aya::maps::MapError::InvalidName {
+                    name: "EVENTS (not a ring buffer)".into(),
+                },
+            });
+        };
         let counters =
             PerCpuArray::try_from(take_map(&mut ebpf, "COUNTERS")?).map_err(|source| {
                 XdpError::Map {
@@ -271,13 +272,11 @@ impl XdpCapture {
                     source,
                 }
             })?;
-        let ring_positions = RingPositions::map(&ring, ring_bytes)
-            .inspect_err(|error| {
-                tracing::debug!(%error, "the ring buffer's fill is not exposed: cannot mmap its positions");
-            })
-            .ok();
-        // SAFETY: the RingBuf owns its map's fd, which stays open, and is the same fd, for as
-        // long as the AsyncFd owns the RingBuf.
+        let ring = RingReader::map(events, ring_bytes).map_err(|error| XdpError::Load {
+            source: format!("cannot mmap the EVENTS ring buffer: {error}").into(),
+        })?;
+        // SAFETY: the RingReader owns its map's fd, which stays open, and is the same fd, for
+        // as long as the AsyncFd owns the RingReader.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|e| XdpError::Read { source: e.into() })?;
         let drain_timer = DrainTimer::new()
@@ -290,7 +289,6 @@ impl XdpCapture {
             .map_err(|source| XdpError::Read { source })?;
         Ok(Self {
             ring,
-            ring_positions,
             drain_timer,
             reader,
             empty_drains: 0,

@@ -4,13 +4,11 @@
 use std::{
     io,
     os::fd::{AsFd as _, AsRawFd},
+    sync::atomic::{AtomicUsize, Ordering},
     time::Duration,
 };
 
-use aya::{
-    Ebpf,
-    maps::{MapData, RingBuf},
-};
+use aya::{Ebpf, maps::MapData};
 use bytes::BytesMut;
 use chrono::{DateTime, Utc};
 use netcon_common::{GENERATION_STEP, READER_PARKED, RECORD_HEADER_LEN, ReaderState, RecordHeader};
@@ -108,70 +106,224 @@ impl Drop for ReaderMap {
     }
 }
 
-/// The ring buffer's consumer and producer positions, mapped read-only: kernel/bpf/ringbuf.c
-/// (`struct bpf_ringbuf`) puts `consumer_pos` alone on the map's first page and `producer_pos`
-/// alone on the second, each an `unsigned long` at the page's start, and lets any process map
-/// them read-only (writable only the consumer page, which aya maps for its own reads). Reading
-/// them costs two loads, no syscall and nothing on the reader's path.
-pub(super) struct RingPositions {
-    /// The start of the mapping: `consumer_pos`; `producer_pos` is one page further.
+/// `struct bpf_ringbuf_hdr` (kernel/bpf/ringbuf.c, include/uapi/linux/bpf.h): every record
+/// starts with a `u32` length word and a `u32` page offset, and is padded to 8 bytes.
+const RINGBUF_HDR_LEN: usize = 8;
+/// The length word's bit while the producer still writes the record (`BPF_RINGBUF_BUSY_BIT`).
+const RINGBUF_BUSY_BIT: u32 = 1 << 31;
+/// The length word's bit of a discarded record (`BPF_RINGBUF_DISCARD_BIT`).
+const RINGBUF_DISCARD_BIT: u32 = 1 << 30;
+
+/// Our side of the `EVENTS` ring buffer, mapped as libbpf maps it (kernel/bpf/ringbuf.c,
+/// `ringbuf_map_mmap_kern`): the consumer page read-write; the producer page and the data area,
+/// which the kernel maps twice back to back so that a record that wraps reads as one slice,
+/// read-only.
+///
+/// Why not `aya::maps::RingBuf`: it publishes the consumer position after every record, and
+/// the program reads that word twice per record (`__bpf_ringbuf_reserve`'s space check,
+/// `bpf_ringbuf_commit`'s wake-up test), so while we read, each record the program writes
+/// fetches the cache line back from our core. Here the position is published once a batch.
+pub(super) struct RingReader {
+    /// The map; its fd is what the program's wake-ups make readable.
+    map: MapData,
+    /// The consumer page: `consumer_pos` at its start.
     consumer: std::ptr::NonNull<usize>,
+    /// The producer page (`producer_pos` at its start), then the data area twice.
+    producer: std::ptr::NonNull<usize>,
     page: usize,
-    size: u64,
+    /// Bytes in the data area: a power of two.
+    size: usize,
+    /// Where the next record starts; published to `consumer_pos` at the end of each batch.
+    pos: usize,
 }
 
-impl RingPositions {
-    /// Maps the two position pages of `ring`, whose data area is `size` bytes.
-    pub(super) fn map(ring: &RingBuf<MapData>, size: u32) -> io::Result<Self> {
+impl RingReader {
+    /// Maps `map`, a ring buffer whose data area is `size` bytes.
+    pub(super) fn map(map: MapData, size: u32) -> io::Result<Self> {
+        let size = usize::try_from(size).map_err(io::Error::other)?;
+        if !size.is_power_of_two() {
+            return Err(io::Error::other(format!(
+                "ring buffer size {size} is not a power of two"
+            )));
+        }
         // SAFETY: sysconf has no preconditions.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        // SAFETY: a fresh read-only shared mapping of the map's fd; the kernel checks the
-        // range (kernel/bpf/ringbuf.c: ringbuf_map_mmap_kern).
-        let ptr = unsafe {
+        let fd = map.fd().as_fd().as_raw_fd();
+        // SAFETY: a fresh shared mapping of the map's fd; the kernel allows exactly the first
+        // page writable.
+        let consumer = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                2 * page,
-                libc::PROT_READ,
+                page,
+                libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
-                ring.as_fd().as_raw_fd(),
+                fd,
                 0,
             )
         };
-        if ptr == libc::MAP_FAILED {
+        if consumer == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let consumer = std::ptr::NonNull::new(ptr.cast::<usize>())
-            .ok_or_else(|| io::Error::other("mmap of the ring buffer's positions returned NULL"))?;
-        Ok(Self {
+        // SAFETY: as above, read-only, from the second page on.
+        let producer = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                page + 2 * size,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                libc::off_t::try_from(page).unwrap_or(4096),
+            )
+        };
+        if producer == libc::MAP_FAILED {
+            let error = io::Error::last_os_error();
+            // SAFETY: the mapping made above, unmapped once.
+            unsafe { libc::munmap(consumer, page) };
+            return Err(error);
+        }
+        let (Some(consumer), Some(producer)) = (
+            std::ptr::NonNull::new(consumer.cast::<usize>()),
+            std::ptr::NonNull::new(producer.cast::<usize>()),
+        ) else {
+            return Err(io::Error::other("mmap of the ring buffer returned NULL"));
+        };
+        let mut reader = Self {
+            map,
             consumer,
+            producer,
             page,
-            size: u64::from(size),
-        })
+            size,
+            pos: 0,
+        };
+        reader.pos = reader.consumer_word().load(Ordering::Acquire);
+        Ok(reader)
     }
 
-    /// The fill now. The consumer position is read first: the producer's, read after it,
-    /// cannot be behind it, as the reader never passes the program.
+    fn consumer_word(&self) -> &AtomicUsize {
+        // SAFETY: a page-aligned `unsigned long` (`usize` on Linux) at the start of our live
+        // mapping; the kernel reads it concurrently, hence atomic.
+        unsafe { AtomicUsize::from_ptr(self.consumer.as_ptr()) }
+    }
+
+    /// The fill now: what the program has written and we have not yet published as read.
     pub(super) fn fill(&self) -> RingFill {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        // SAFETY: both words are page-aligned `unsigned long`s (`usize` on Linux) inside our
-        // live mapping; the kernel and aya write them concurrently, hence atomic loads.
-        let (consumer, producer) = unsafe {
-            let consumer = AtomicUsize::from_ptr(self.consumer.as_ptr()).load(Ordering::Acquire);
-            let producer = AtomicUsize::from_ptr(self.consumer.as_ptr().byte_add(self.page))
-                .load(Ordering::Acquire);
-            (consumer, producer)
-        };
+        // The consumer position first: the producer's, read after it, cannot be behind it.
+        let consumer = self.consumer_word().load(Ordering::Acquire);
+        // SAFETY: as in read.
+        let producer = unsafe { std::ptr::read_volatile(self.producer.as_ptr()) };
         RingFill {
-            used: held_bytes(consumer, producer, self.size),
-            size: self.size,
+            used: held_bytes(consumer, producer, self.size as u64),
+            size: self.size as u64,
         }
+    }
+
+    /// Calls `record` with each committed record's bytes, oldest first, until `max` records
+    /// were given or the next one is absent or still being written; skips discarded records.
+    /// Publishes the new consumer position once, at the end. Returns the records given.
+    ///
+    /// A record still being written (busy) ends the batch: we park only after a full barrier
+    /// and a look, and the program looks at the parked bit after its commit's full barrier,
+    /// so that record wakes us if we park now (`output` in netcon-ebpf).
+    pub(super) fn read(&mut self, max: usize, record: impl FnMut(&[u8])) -> usize {
+        // SAFETY: producer_pos is a page-aligned `unsigned long` at the start of our live
+        // mapping; the kernel writes it with a release store, which the fence pairs with.
+        let producer = unsafe { std::ptr::read_volatile(self.producer.as_ptr()) };
+        std::sync::atomic::fence(Ordering::Acquire);
+        // SAFETY: the data area, mapped twice, starts one page into our live mapping of
+        // page + 2 * size bytes; committed records are not written until we pass them.
+        let walked = unsafe {
+            walk(
+                self.producer.as_ptr().cast::<u8>().add(self.page),
+                self.size,
+                self.pos,
+                producer,
+                max,
+                record,
+            )
+        };
+        self.pos = walked.pos;
+        // After the records were copied out: the kernel pairs this with the acquire load in
+        // __bpf_ringbuf_reserve before it reuses their space.
+        self.consumer_word().store(self.pos, Ordering::Release);
+        walked.given
     }
 }
 
-impl Drop for RingPositions {
+/// Where [`walk`] stopped, and how many records it gave.
+#[derive(Debug, PartialEq, Eq)]
+struct Walked {
+    pos: usize,
+    given: usize,
+}
+
+/// Walks a BPF ring buffer's records from consumer position `pos` towards `producer`, giving
+/// each committed one's bytes to `record`, until `max` were given, a record is still being
+/// written (busy) or `producer` is reached; discarded records are passed over.
+///
+/// # Safety
+/// `data` points to the ring's data area mapped twice back to back (`2 * size` readable bytes,
+/// `size` a power of two, 8-aligned), whose records between `pos` and `producer` nobody
+/// writes except to clear a busy bit.
+unsafe fn walk(
+    data: *const u8,
+    size: usize,
+    mut pos: usize,
+    producer: usize,
+    max: usize,
+    mut record: impl FnMut(&[u8]),
+) -> Walked {
+    let mut given = 0;
+    while given < max && pos != producer {
+        let offset = pos & (size - 1);
+        // SAFETY: offset < size and the header is 8 bytes, 8-aligned (records are padded to
+        // 8): inside the 2 * size bytes. The kernel sets the busy bit before it moves
+        // producer_pos and clears it with a full barrier (xchg in bpf_ringbuf_commit); the
+        // acquire fence pairs with that.
+        #[expect(
+            clippy::cast_ptr_alignment,
+            reason = "data is 8-aligned and every record starts at a multiple of 8"
+        )]
+        let word = unsafe { std::ptr::read_volatile(data.add(offset).cast::<u32>()) };
+        std::sync::atomic::fence(Ordering::Acquire);
+        if word & RINGBUF_BUSY_BIT != 0 {
+            break;
+        }
+        let len = (word & !(RINGBUF_BUSY_BIT | RINGBUF_DISCARD_BIT)) as usize;
+        if len > size - RINGBUF_HDR_LEN {
+            // Only a kernel bug could write this: skip what is there rather than read outside
+            // the ring.
+            tracing::warn!(
+                len,
+                "ring buffer record longer than the ring: skipping to the producer"
+            );
+            return Walked {
+                pos: producer,
+                given,
+            };
+        }
+        if word & RINGBUF_DISCARD_BIT == 0 {
+            // SAFETY: offset + 8 + len <= 2 * size: inside the double mapping.
+            record(unsafe { std::slice::from_raw_parts(data.add(offset + RINGBUF_HDR_LEN), len) });
+            given += 1;
+        }
+        pos = pos.wrapping_add((RINGBUF_HDR_LEN + len).next_multiple_of(8));
+    }
+    Walked { pos, given }
+}
+
+impl AsRawFd for RingReader {
+    fn as_raw_fd(&self) -> i32 {
+        self.map.fd().as_fd().as_raw_fd()
+    }
+}
+
+impl Drop for RingReader {
     fn drop(&mut self) {
-        // SAFETY: the mapping made in map, unmapped once.
-        unsafe { libc::munmap(self.consumer.as_ptr().cast(), 2 * self.page) };
+        // SAFETY: the mappings made in map, each unmapped once.
+        unsafe {
+            libc::munmap(self.consumer.as_ptr().cast(), self.page);
+            libc::munmap(self.producer.as_ptr().cast(), self.page + 2 * self.size);
+        }
     }
 }
 
@@ -257,20 +409,17 @@ pub(super) fn mono_to_wall_ns() -> i128 {
     clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC)
 }
 
-/// Reads up to [`MAX_BATCH`] records; returns how many it read. Malformed records (which only a
+/// Reads up to [`MAX_BATCH`] records; returns how many. Malformed records (which only a
 /// mismatched program could produce) are skipped with a warning.
 pub(super) fn read_batch(
-    ring: &mut RingBuf<MapData>,
+    ring: &mut RingReader,
     arena: &mut BytesMut,
     stamp: Stamp,
     out: &mut Vec<Captured>,
 ) -> usize {
     let first = out.len();
-    let mut read = 0;
-    while read < MAX_BATCH {
-        let Some(item) = ring.next() else { break };
-        read += 1;
-        if let Some((header, frame)) = parse_record(&item) {
+    let read = ring.read(MAX_BATCH, |record| {
+        if let Some((header, frame)) = parse_record(record) {
             if arena.capacity() - arena.len() < frame.len() {
                 arena.reserve(64 * 1024);
             }
@@ -286,9 +435,9 @@ pub(super) fn read_batch(
                 bytes: arena.split().freeze(),
             });
         } else {
-            tracing::warn!(len = item.len(), "skipping malformed ring buffer record");
+            tracing::warn!(len = record.len(), "skipping malformed ring buffer record");
         }
-    }
+    });
     if stamp == Stamp::Read && out.len() > first {
         // Read after the batch, so no frame is stamped before it arrived.
         let now = Utc::now();
@@ -358,6 +507,130 @@ mod tests {
         // Never more than the ring holds, whatever a torn read gives.
         assert_eq!(held_bytes(100, 100 + (9 << 20), size), size);
         assert_eq!(held_bytes(200, 100, size), size);
+    }
+
+    /// A ring's data area as the kernel maps it: `size` bytes twice, with records written at
+    /// consumer positions from `start`.
+    struct FakeRing {
+        data: Vec<u64>,
+        size: usize,
+        producer: usize,
+    }
+
+    impl FakeRing {
+        fn new(size: usize, start: usize) -> Self {
+            Self {
+                data: vec![0; 2 * size / 8],
+                size,
+                producer: start,
+            }
+        }
+
+        /// Appends a record of `payload` with the header bits `flags`, through both mappings.
+        fn push(&mut self, payload: &[u8], flags: u32) {
+            let len = u32::try_from(payload.len()).unwrap() | flags;
+            let mut bytes = len.to_le_bytes().to_vec();
+            bytes.extend_from_slice(&[0; 4]);
+            bytes.extend_from_slice(payload);
+            bytes.resize(bytes.len().next_multiple_of(8), 0);
+            let area: &mut [u8] = bytemuck_bytes(&mut self.data);
+            for (i, byte) in bytes.iter().enumerate() {
+                let at = (self.producer + i) & (self.size - 1);
+                area[at] = *byte;
+                area[at + self.size] = *byte;
+            }
+            self.producer = self.producer.wrapping_add(bytes.len());
+        }
+
+        fn walk(&self, pos: usize, max: usize) -> (Walked, Vec<Vec<u8>>) {
+            let mut seen = Vec::new();
+            // SAFETY: 2 * size bytes, 8-aligned (u64s), nobody writes them meanwhile.
+            let walked = unsafe {
+                walk(
+                    self.data.as_ptr().cast(),
+                    self.size,
+                    pos,
+                    self.producer,
+                    max,
+                    |r| seen.push(r.to_vec()),
+                )
+            };
+            (walked, seen)
+        }
+    }
+
+    fn bytemuck_bytes(words: &mut [u64]) -> &mut [u8] {
+        // SAFETY: u8 has no alignment or validity requirement; same memory, 8x the length.
+        unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), words.len() * 8) }
+    }
+
+    #[test]
+    fn walks_committed_records_in_order_across_the_wrap() {
+        // Start 40 bytes before the end of a 256-byte area: the second record wraps.
+        let mut ring = FakeRing::new(256, 256 * 7 + 216);
+        let start = ring.producer;
+        ring.push(b"first", 0);
+        ring.push(&[7; 50], 0);
+        ring.push(b"third!", 0);
+        let (walked, seen) = ring.walk(start, 10);
+        assert_eq!(
+            seen,
+            vec![b"first".to_vec(), vec![7; 50], b"third!".to_vec()]
+        );
+        assert_eq!(
+            walked,
+            Walked {
+                pos: ring.producer,
+                given: 3
+            }
+        );
+    }
+
+    #[test]
+    fn passes_over_discarded_records_and_stops_at_a_busy_one() {
+        let mut ring = FakeRing::new(256, 0);
+        ring.push(&[], RINGBUF_DISCARD_BIT);
+        ring.push(b"kept", 0);
+        let busy_at = ring.producer;
+        ring.push(b"still being written", RINGBUF_BUSY_BIT);
+        ring.push(b"after", 0);
+        let (walked, seen) = ring.walk(0, 10);
+        assert_eq!(seen, vec![b"kept".to_vec()]);
+        assert_eq!(
+            walked,
+            Walked {
+                pos: busy_at,
+                given: 1
+            },
+            "stops at the busy record"
+        );
+    }
+
+    #[test]
+    fn gives_at_most_max_records() {
+        let mut ring = FakeRing::new(1024, 0);
+        for i in 0..5u8 {
+            ring.push(&[i; 3], 0);
+        }
+        let (walked, seen) = ring.walk(0, 2);
+        assert_eq!(seen, vec![vec![0; 3], vec![1; 3]]);
+        assert_eq!(walked, Walked { pos: 32, given: 2 });
+        let (walked, seen) = ring.walk(walked.pos, 10);
+        assert_eq!(seen.len(), 3);
+        assert_eq!(walked.pos, ring.producer);
+    }
+
+    #[test]
+    fn a_length_beyond_the_ring_skips_to_the_producer() {
+        let mut ring = FakeRing::new(256, 0);
+        ring.push(b"ok", 0);
+        // A header claiming more than the ring holds (no kernel writes this).
+        ring.data[2] = 0x0000_1000;
+        ring.data[2 + 256 / 8] = 0x0000_1000;
+        ring.producer = 64;
+        let (walked, seen) = ring.walk(0, 10);
+        assert_eq!(seen, vec![b"ok".to_vec()]);
+        assert_eq!(walked, Walked { pos: 64, given: 1 });
     }
 
     #[test]
