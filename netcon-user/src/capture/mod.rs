@@ -113,8 +113,8 @@ pub struct XdpCounters {
     pub copy_failed: u64,
     /// Records after which the program woke the reader (it was parked, or had fallen behind).
     pub wakeups: u64,
-    /// How full the ring buffer was when these were read; `None` where its positions cannot
-    /// be read (the kernel refused to map them).
+    /// How full the ring buffer was when these were read; `None` where no ring was read
+    /// (values made up of defaults).
     pub ring: Option<RingFill>,
 }
 
