@@ -10,7 +10,8 @@
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RecordHeader {
-    /// `bpf_ktime_get_ns()` when the program saw the frame: `CLOCK_MONOTONIC`, nanoseconds.
+    /// When the program saw the frame, `CLOCK_MONOTONIC` nanoseconds: `bpf_ktime_get_ns()`,
+    /// or `bpf_ktime_get_coarse_ns()` (the last tick) when the reader stamps records itself.
     pub ts_ns: u64,
     /// Interface the frame arrived on (`ingress_ifindex`).
     pub ifindex: u32,

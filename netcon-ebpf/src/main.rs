@@ -9,7 +9,9 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, xdp_action},
-    helpers::generated::{bpf_ktime_get_ns, bpf_ringbuf_output, bpf_xdp_load_bytes},
+    helpers::generated::{
+        bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_ringbuf_output, bpf_xdp_load_bytes,
+    },
     macros::{map, xdp},
     maps::{Array, PerCpuArray, RingBuf},
     programs::XdpContext,
@@ -56,9 +58,10 @@ struct WakeState {
     woken: u32,
 }
 
-/// Whether to stamp each record with `bpf_ktime_get_ns` (1) or leave `ts_ns` 0 for the reader to
-/// stamp when it reads the record (0). Set by userspace at load time in `.rodata`, which the
-/// kernel freezes: the verifier sees the constant and removes the branch not taken.
+/// Whether to stamp each record with `bpf_ktime_get_ns` (1) or with `bpf_ktime_get_coarse_ns`
+/// (0), for the reader to stamp it when it reads the record and use the coarse time only as a
+/// bound. Set by userspace at load time in `.rodata`, which the kernel freezes: the verifier
+/// sees the constant and removes the branch not taken.
 ///
 /// The clock read is the dearest single step of a matching frame (~28 ns of ~115 ns here: a
 /// serialising `rdtsc` in `ktime_get_mono_fast_ns`), paid in the receive softirq.
@@ -246,7 +249,12 @@ fn try_netcon(ctx: &XdpContext) -> Result<(), ()> {
         ts_ns: if unsafe { core::ptr::read_volatile(&raw const KERNEL_TIMESTAMPS) } != 0 {
             unsafe { bpf_ktime_get_ns() }
         } else {
-            0
+            // CLOCK_MONOTONIC_COARSE: the timekeeper's last tick, no clock hardware read
+            // (kernel/time/timekeeping.c ktime_get_coarse). The reader stamps the record
+            // when it reads it, and bounds that time by this one plus the clock's resolution:
+            // a reader kept off the CPU for a second must not date its backlog a second late
+            // (the decoder would take that for the sender rebooting).
+            unsafe { bpf_ktime_get_coarse_ns() }
         },
         ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
         pkt_len: pkt_len as u32,

@@ -134,7 +134,9 @@ pub struct SniffArgs {
     /// Who stamps each frame with its receive time on the XDP backend. `kernel`: the XDP
     /// program, as the frame arrives (exact, for a clock read of ~28 ns in the receive path of
     /// every matching frame). `read`: netcon-sniff, as it reads a batch off the ring buffer
-    /// (nothing in the kernel; up to about half a millisecond late while records flow).
+    /// (a coarse clock read in the kernel, no clock hardware; up to about half a millisecond
+    /// late while records flow, and never more than two clock ticks when netcon-sniff falls
+    /// behind).
     /// `auto`: `kernel` when saving frames with -w, whose point is packet timing, `read`
     /// otherwise. The raw backend always uses the kernel's socket timestamps.
     #[arg(long, value_enum, default_value_t = XdpTimestampChoice::Auto, value_name = "WHO")]

@@ -3,7 +3,7 @@
 //! to evict the senders that were actually talking. In both, peak RSS (`VmHWM`) stays under
 //! 64 MiB and every record of a genuine sender sending meanwhile is printed.
 //!
-//! Subnets 61 and 62 (addresses only inside the namespaces these tests create).
+//! Subnets 61, 62 and 64 (addresses only inside the namespaces these tests create).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -152,4 +152,36 @@ fn spoofed_source_spray_does_not_evict_a_talking_sender() {
     let stats = exit_stats(s);
     assert!(stats.counter("senders_evicted") >= 14_000, "{stats}");
     assert_eq!(stats.counter("reboots"), 0, "{stats}");
+}
+
+/// A collector kept off the CPU (SIGSTOP) for longer than the decoder's reboot threshold (1 s):
+/// what waited in the XDP ring meanwhile is dated near its arrival, not when netcon-sniff got to
+/// it (the reader's receive times are bounded by the program's coarse clock), so a genuine
+/// sender's steady records are not taken for a reboot. Read-time stamps without the bound
+/// dated the record 1.5 s late and printed `rebooted`.
+#[test]
+fn a_stalled_collector_does_not_take_its_backlog_for_a_reboot() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    let topo = Topology::on_subnet(64);
+    let link = topo.link();
+    let mut s = sniff_on_link(&topo, &["--backend", "xdp", "--xdp-timestamps", "read"]);
+    let pid = Pid::from_raw(i32::try_from(sniffer_pid(&s)).expect("pid"));
+    let mut sender = topo.sender(link);
+    let start = Instant::now();
+    send_victim(&mut sender, link, 1, start, "before the stall");
+    s.expect_line_containing("before the stall NCT-VICTIM 1.", LINE_TIMEOUT);
+    kill(pid, Signal::SIGSTOP).expect("SIGSTOP netcon-sniff");
+    let resume = || kill(pid, Signal::SIGCONT).expect("SIGCONT netcon-sniff");
+    std::thread::sleep(Duration::from_millis(100));
+    send_victim(&mut sender, link, 2, start, "during the stall");
+    std::thread::sleep(Duration::from_millis(1_500));
+    resume();
+    s.expect_line_containing("during the stall NCT-VICTIM 2.", LINE_TIMEOUT);
+    send_victim(&mut sender, link, 3, start, "after the stall");
+    s.expect_line_containing("after the stall NCT-VICTIM 3.", LINE_TIMEOUT);
+    let stats = exit_stats(s);
+    assert_eq!(stats.counter("reboots"), 0, "{stats}");
+    assert_eq!(stats.counter("records_lost"), 0, "{stats}");
 }

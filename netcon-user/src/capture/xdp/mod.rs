@@ -20,7 +20,9 @@ use tokio::io::unix::AsyncFd;
 
 use self::load::{attach, check_kernel, load_error, port_bitmap, root_cause, root_errno, take_map};
 pub use self::ring::parse_record;
-use self::ring::{DrainTimer, ReaderMap, RingReader, Stamp, mono_to_wall_ns, read_batch};
+use self::ring::{
+    DrainTimer, ReaderMap, RingReader, Stamp, coarse_slack_ns, mono_to_wall_ns, read_batch,
+};
 use super::{Captured, XdpCounters};
 use crate::capture::Interface;
 
@@ -147,9 +149,11 @@ pub enum Timestamps {
     /// The program, for each frame (`bpf_ktime_get_ns`): exact, and the dearest step of a
     /// matching frame in the receive softirq (~28 ns of ~115 measured here).
     Kernel,
-    /// The reader, for each batch right after reading it: nothing in the kernel, and a frame's
-    /// time is late by what it waited in the ring (up to a [`DRAIN_INTERVAL`] or one batch while
-    /// records flow; the wake-up when the reader was parked).
+    /// The reader, for each batch right after reading it, and a frame's time is late by what
+    /// it waited in the ring (up to a [`DRAIN_INTERVAL`] or one batch while records flow; the
+    /// wake-up when the reader was parked); but never later than the program's coarse clock
+    /// (its last tick, no clock hardware read) plus that clock's resolution, so a reader kept
+    /// off the CPU does not date its backlog late.
     Read,
 }
 
@@ -298,7 +302,10 @@ impl XdpCapture {
                 Timestamps::Kernel => Stamp::Kernel {
                     mono_to_wall_ns: mono_to_wall_ns(),
                 },
-                Timestamps::Read => Stamp::Read,
+                Timestamps::Read => Stamp::Read {
+                    mono_to_wall_ns: mono_to_wall_ns(),
+                    coarse_slack_ns: coarse_slack_ns(),
+                },
             },
             attached,
             last_counters: Cell::new(XdpCounters::default()),

@@ -409,6 +409,24 @@ pub(super) fn mono_to_wall_ns() -> i128 {
     clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC)
 }
 
+/// How far past a `CLOCK_MONOTONIC_COARSE` reading a frame can have arrived: two of the clock's
+/// ticks (it lags the real time by less than one; the second is margin).
+pub(super) fn coarse_slack_ns() -> i128 {
+    let mut res = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: res is a valid timespec; the clock exists on every Linux since 2.6.32.
+    let rc = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &raw mut res) };
+    let tick = if rc == 0 {
+        i128::from(res.tv_sec) * 1_000_000_000 + i128::from(res.tv_nsec)
+    } else {
+        // The longest tick Linux has (HZ=100).
+        10_000_000
+    };
+    2 * tick.clamp(1, 10_000_000)
+}
+
 /// Reads up to [`MAX_BATCH`] records; returns how many. Malformed records (which only a
 /// mismatched program could produce) are skipped with a warning.
 pub(super) fn read_batch(
@@ -427,7 +445,12 @@ pub(super) fn read_batch(
             out.push(Captured {
                 ts: match stamp {
                     Stamp::Kernel { mono_to_wall_ns } => wall_time(mono_to_wall_ns, header.ts_ns),
-                    Stamp::Read => DateTime::<Utc>::MIN_UTC,
+                    // The latest the frame can have arrived; the read time replaces it below
+                    // when earlier.
+                    Stamp::Read {
+                        mono_to_wall_ns,
+                        coarse_slack_ns,
+                    } => wall_time(mono_to_wall_ns + coarse_slack_ns, header.ts_ns),
                 },
                 ifindex: header.ifindex,
                 wire_len: header.pkt_len,
@@ -438,14 +461,23 @@ pub(super) fn read_batch(
             tracing::warn!(len = record.len(), "skipping malformed ring buffer record");
         }
     });
-    if stamp == Stamp::Read && out.len() > first {
+    if matches!(stamp, Stamp::Read { .. }) && out.len() > first {
         // Read after the batch, so no frame is stamped before it arrived.
         let now = Utc::now();
         for captured in &mut out[first..] {
-            captured.ts = now;
+            captured.ts = read_time(now, captured.ts);
         }
     }
     read
+}
+
+/// A frame's receive time when the reader stamps it: the wall clock after the batch was read,
+/// unless the frame's coarse arrival bound is earlier. The bound matters only when the reader
+/// was kept from reading for longer than two ticks: a collector that falls behind must not
+/// date its backlog late (`netconsole::boot`: the decoder would take a second's delay for a
+/// reboot of the sender).
+fn read_time(read: DateTime<Utc>, latest_arrival: DateTime<Utc>) -> DateTime<Utc> {
+    read.min(latest_arrival)
 }
 
 /// Where a record's receive time comes from.
@@ -454,8 +486,12 @@ pub(super) enum Stamp {
     /// The program's `bpf_ktime_get_ns` in the record header, turned into wall time with
     /// `CLOCK_REALTIME - CLOCK_MONOTONIC` (read once, at start).
     Kernel { mono_to_wall_ns: i128 },
-    /// The wall clock right after the reader read the batch: the header carries no time.
-    Read,
+    /// The wall clock right after the reader read the batch, bounded by the header's
+    /// `bpf_ktime_get_coarse_ns` plus `coarse_slack_ns` (see [`read_time`]).
+    Read {
+        mono_to_wall_ns: i128,
+        coarse_slack_ns: i128,
+    },
 }
 
 /// Splits a ring buffer record into its header and frame, checking every length.
@@ -631,6 +667,17 @@ mod tests {
         let (walked, seen) = ring.walk(0, 10);
         assert_eq!(seen, vec![b"ok".to_vec()]);
         assert_eq!(walked, Walked { pos: 64, given: 1 });
+    }
+
+    #[test]
+    fn a_late_read_is_bounded_by_the_coarse_arrival() {
+        let at = |ms: i64| DateTime::<Utc>::from_timestamp_millis(1_700_000_000_000 + ms).unwrap();
+        // Read promptly: the read time, which is the finer of the two.
+        assert_eq!(read_time(at(3), at(8)), at(3));
+        // Read 1.2 s after the frame came (the reader was kept off the CPU): the bound.
+        assert_eq!(read_time(at(1_200), at(8)), at(8));
+        let slack = coarse_slack_ns();
+        assert!((2..=20_000_000).contains(&slack), "{slack}");
     }
 
     #[test]
