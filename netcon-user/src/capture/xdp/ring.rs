@@ -37,8 +37,7 @@ impl ReaderMap {
                 },
             });
         };
-        // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let page = page_size();
         let len = size_of::<ReaderState>().next_multiple_of(page);
         // SAFETY: a fresh shared mapping of the map's fd; the kernel checks size and flags.
         let ptr = unsafe {
@@ -146,8 +145,7 @@ impl RingReader {
                 "ring buffer size {size} is not a power of two"
             )));
         }
-        // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let page = page_size();
         let fd = map.fd().as_fd().as_raw_fd();
         // SAFETY: a fresh shared mapping of the map's fd; the kernel allows exactly the first
         // page writable.
@@ -205,12 +203,21 @@ impl RingReader {
         unsafe { AtomicUsize::from_ptr(self.consumer.as_ptr()) }
     }
 
+    /// `producer_pos`, with acquire ordering: the records before it are visible after it.
+    fn producer_pos(&self) -> usize {
+        // SAFETY: producer_pos is a page-aligned `unsigned long` at the start of our live,
+        // read-only mapping; the kernel writes it with a release store, which the fence pairs
+        // with. A volatile read, not an atomic one, as the mapping is read-only.
+        let producer = unsafe { std::ptr::read_volatile(self.producer.as_ptr()) };
+        std::sync::atomic::fence(Ordering::Acquire);
+        producer
+    }
+
     /// The fill now: what the program has written and we have not yet published as read.
     pub(super) fn fill(&self) -> RingFill {
         // The consumer position first: the producer's, read after it, cannot be behind it.
         let consumer = self.consumer_word().load(Ordering::Acquire);
-        // SAFETY: as in read.
-        let producer = unsafe { std::ptr::read_volatile(self.producer.as_ptr()) };
+        let producer = self.producer_pos();
         RingFill {
             used: held_bytes(consumer, producer, self.size as u64),
             size: self.size as u64,
@@ -225,10 +232,7 @@ impl RingReader {
     /// and a look, and the program looks at the parked bit after its commit's full barrier,
     /// so that record wakes us if we park now (`output` in netcon-ebpf).
     pub(super) fn read(&mut self, max: usize, record: impl FnMut(&[u8])) -> usize {
-        // SAFETY: producer_pos is a page-aligned `unsigned long` at the start of our live
-        // mapping; the kernel writes it with a release store, which the fence pairs with.
-        let producer = unsafe { std::ptr::read_volatile(self.producer.as_ptr()) };
-        std::sync::atomic::fence(Ordering::Acquire);
+        let producer = self.producer_pos();
         // SAFETY: the data area, mapped twice, starts one page into our live mapping of
         // page + 2 * size bytes; committed records are not written until we pass them.
         let walked = unsafe {
@@ -334,6 +338,11 @@ fn held_bytes(consumer: usize, producer: usize, size: u64) -> u64 {
     u64::try_from(producer.wrapping_sub(consumer))
         .unwrap_or(u64::MAX)
         .min(size)
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
 }
 
 /// A one-shot `timerfd` (`CLOCK_MONOTONIC`): tokio's own timers tick in milliseconds, the drain
