@@ -345,9 +345,18 @@ impl Record {
         Escaped(&self.text)
     }
 
-    /// The lines of the text.
+    /// The lines of the text, as `split(b'\n')` gives them (an empty text is one empty line),
+    /// found with `memchr`: a byte-at-a-time split was 5% of the reader's time in a profile.
     pub fn lines(&self) -> impl Iterator<Item = &[u8]> {
-        self.text.split(|&b| b == b'\n')
+        let text = &self.text[..];
+        let mut start = 0;
+        memchr::memchr_iter(b'\n', text)
+            .chain(std::iter::once(text.len()))
+            .map(move |end| {
+                let line = text.get(start..end).unwrap_or_default();
+                start = end + 1;
+                line
+            })
     }
 
     /// Bytes this record holds, for the memory budget: the struct and every buffer at its
@@ -556,6 +565,25 @@ impl Event {
             Self::Rebooted(r) => r.sender,
             Self::Duplicate(d) => d.sender,
             Self::Malformed(m) => m.sender,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::Record;
+
+    proptest! {
+        /// `lines` gives what `split(b'\n')` gives, empty lines and an empty text included.
+        #[test]
+        fn lines_are_the_split_at_newlines(text in proptest::collection::vec(
+            prop_oneof![Just(b'\n'), Just(b'a'), any::<u8>()], 0..80)) {
+            let record = Record::example(&text);
+            let ours: Vec<&[u8]> = record.lines().collect();
+            let split: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
+            prop_assert_eq!(ours, split);
         }
     }
 }

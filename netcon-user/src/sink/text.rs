@@ -280,22 +280,12 @@ fn write_time_general(received: DateTime<Utc>, out: &mut String) {
 
 /// Appends `value` in decimal, zero-padded to at least `width` digits (as `{:0width$}`).
 fn push_decimal(value: u64, width: usize, out: &mut String) {
-    let mut digits = [b'0'; 20];
-    let mut at = digits.len();
-    let mut rest = value;
-    loop {
-        at -= 1;
-        // `rest % 10` is below 10: the cast cannot truncate.
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    at = at.min(digits.len().saturating_sub(width));
-    // A few ASCII digits a char at a time: cheaper than validating them as UTF-8 and copying
-    // them with a call to memcpy, seven times a line.
-    out.extend(digits[at..].iter().map(|&d| char::from(d)));
+    // itoa writes two digits per step from a table: the loop of `% 10` it replaced was 5% of
+    // the reader's time (seven numbers a line).
+    let mut buffer = itoa::Buffer::new();
+    let digits = buffer.format(value);
+    out.extend(std::iter::repeat_n('0', width.saturating_sub(digits.len())));
+    out.push_str(digits);
 }
 
 /// Appends `value` in decimal, right-aligned with spaces to at least `width` columns (as
@@ -393,6 +383,19 @@ mod tests {
         push_decimal_aligned(0, 5, &mut out);
         push_decimal_aligned(123_456, 5, &mut out);
         assert_eq!(out, format!("0000007{}    0123456", u64::MAX));
+    }
+
+    proptest::proptest! {
+        /// As `format!` pads: zeros to `width` digits, spaces to `width` columns.
+        #[test]
+        fn decimals_are_formatted_as_format_does(value in proptest::prelude::any::<u64>(), width in 0usize..24) {
+            let mut zeros = String::new();
+            push_decimal(value, width, &mut zeros);
+            proptest::prop_assert_eq!(zeros, format!("{value:0width$}"));
+            let mut spaces = String::new();
+            push_decimal_aligned(value, width, &mut spaces);
+            proptest::prop_assert_eq!(spaces, format!("{value:width$}"));
+        }
     }
 
     #[test]
