@@ -1,5 +1,7 @@
 //! Records decoded per second on one core: small (~100 byte) extended records, and records
-//! sent as four `ncfrag` fragments. Goal: at least 2 million small records/s/core.
+//! sent as four `ncfrag` fragments. Goal: at least 2 million small records/s/core. Also the
+//! steps around the decoder on the reader's path: a frame parsed to its UDP datagram, a record
+//! formatted as a text line.
 //!
 //! `cargo bench -p netcon-user --bench decode`
 
@@ -118,6 +120,52 @@ fn bench_records(
     });
 }
 
+/// An Ethernet II, IPv4, UDP frame carrying a ~100-byte extended record, as a sender sends it.
+fn frame() -> Vec<u8> {
+    let payload = &small_payloads()[0];
+    let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [0xff; 6])
+        .ipv4([10, 77, 0, 10], [10, 77, 0, 1], 64)
+        .udp(6665, 6666);
+    let mut out = Vec::with_capacity(builder.size(payload.len()));
+    builder
+        .write(&mut out, payload)
+        .unwrap_or_else(|e| panic!("building the frame: {e}"));
+    out
+}
+
+fn bench_reader_steps(c: &mut Criterion) {
+    let mut group = c.benchmark_group("reader");
+    group.throughput(Throughput::Elements(1));
+    let frame = frame();
+    group.bench_function("frame_to_datagram", |b| {
+        b.iter(|| netcon::wire::Datagram::parse(black_box(&frame)).map(|d| d.payload.len()));
+    });
+    let mut decoder = Decoder::new(DecoderConfig::default());
+    let mut events = Vec::new();
+    run(&mut decoder, &small_payloads()[..1], &mut events);
+    let mut first_record = Vec::new();
+    decoder.push(
+        Instant::now(),
+        Incoming {
+            received: DateTime::<Utc>::from_timestamp(1_795_817_754, 0).unwrap_or_default(),
+            ifindex: 2,
+            src: sender(),
+            payload: &small_payloads()[1],
+        },
+        &mut first_record,
+    );
+    let event = first_record.pop().unwrap_or_else(|| panic!("no record decoded"));
+    let mut line = String::with_capacity(256);
+    group.bench_function("record_to_text_line", |b| {
+        b.iter(|| {
+            line.clear();
+            netcon::sink::text::write_event(black_box(&event), &mut line);
+            line.len()
+        });
+    });
+    group.finish();
+}
+
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("decode");
     bench_records(
@@ -135,5 +183,5 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, bench, bench_reader_steps);
 criterion_main!(benches);

@@ -321,8 +321,10 @@ pub fn render(r: &Results) -> String {
 
     md += "## Decoder alone (criterion, one core)\n\n";
     md += "`cargo bench -p netcon-user --bench decode`: records decoded per second by \
-           `netcon::netconsole::Decoder`, no I/O. Criterion's confidence interval (low / \
-           **estimate** / high), not repeats.\n\n| benchmark | records/s |\n|---|---|\n";
+           `netcon::netconsole::Decoder`, no I/O; `reader/` rows are the steps around it on \
+           the reader's path, per second: a frame parsed to its UDP datagram, a record written \
+           as a text line. Criterion's confidence interval (low / **estimate** / high), not \
+           repeats.\n\n| benchmark | per second |\n|---|---|\n";
     for t in &r.criterion {
         let _ = writeln!(
             md,
