@@ -28,8 +28,12 @@
 //! - from 7.0 on it is an nbcon console flagged `CON_NBCON_ATOMIC_UNSAFE`: in a panic its
 //!   `write_atomic()` runs only in `nbcon_atomic_flush_unsafe()`, which `panic()` calls only
 //!   after the `emergency_restart()` that any `kernel.panic` other than 0 leads to (the countdown
-//!   of N > 0 only waits, it flushes nothing). So with -1 or N > 0 nothing of the report leaves
-//!   the machine; with 0 all of it does, in one burst after `---[ end Kernel panic`.
+//!   of N > 0 only waits, it flushes nothing). So with -1 or N > 0 nothing of the report from
+//!   the panic line on leaves the machine; with 0 all of it does, in one burst after
+//!   `---[ end Kernel panic`. The lines before the panic line (sysrq's `Trigger a crash`) are
+//!   printed before `panic()` runs, by the console's printer thread: when that thread gets a
+//!   CPU before `panic()` stops the others, they are on the wire (seen twice in 7.2 guests
+//!   under TCG: the one sysrq line, with kernel.panic=3).
 //!
 //! The checks, per boot, on netcon's JSON output (the wire itself is the same capture replayed
 //! through `--format raw` and this test's reference decoder): every report line that the
@@ -571,11 +575,15 @@ fn check_wire(
             missing.join(", ")
         ));
     }
-    if !everything && !on_wire.is_empty() {
+    // Only lines printed before panic() ran may have left, by the printer thread: a beginning
+    // of the report that stops before the panic line.
+    let before_panic = boot.report.starts_with(on_wire)
+        && !on_wire.iter().any(|l| l.starts_with(PANIC_LINE));
+    if !everything && !before_panic {
         failures.push(format!(
-            "boot {n}: kernel.panic={} on an nbcon netconsole sent {} report lines, where \
-             panic() reboots before it flushes nbcon consoles: the kernel changed; update \
-             crash.rs, the sender-config warning and the README",
+            "boot {n}: kernel.panic={} on an nbcon netconsole sent {} report lines, the panic \
+             line or later among them, where panic() reboots before it flushes nbcon consoles: \
+             the kernel changed; update crash.rs, the sender-config warning and the README",
             boot.panic,
             on_wire.len()
         ));
@@ -819,6 +827,12 @@ NCT-CRASH kernel.panic=1\r
         )
         .unwrap_err();
         assert!(e.contains("the kernel changed"), "{e}");
+        // The sysrq line, printed before panic() ran, may have left by the printer thread.
+        let mut wire = observed(false, None);
+        let mut netcon = observed(true, None);
+        wire.items.truncate(3);
+        netcon.items.truncate(3);
+        check_one(Series::Unstable, 3, &wire, &netcon, "").unwrap();
     }
 
     #[test]
