@@ -154,7 +154,9 @@ fn bench_reader_steps(c: &mut Criterion) {
         },
         &mut first_record,
     );
-    let event = first_record.pop().unwrap_or_else(|| panic!("no record decoded"));
+    let event = first_record
+        .pop()
+        .unwrap_or_else(|| panic!("no record decoded"));
     let mut line = String::with_capacity(256);
     group.bench_function("record_to_text_line", |b| {
         b.iter(|| {

@@ -577,8 +577,8 @@ fn check_wire(
     }
     // Only lines printed before panic() ran may have left, by the printer thread: a beginning
     // of the report that stops before the panic line.
-    let before_panic = boot.report.starts_with(on_wire)
-        && !on_wire.iter().any(|l| l.starts_with(PANIC_LINE));
+    let before_panic =
+        boot.report.starts_with(on_wire) && !on_wire.iter().any(|l| l.starts_with(PANIC_LINE));
     if !everything && !before_panic {
         failures.push(format!(
             "boot {n}: kernel.panic={} on an nbcon netconsole sent {} report lines, the panic \
