@@ -15,8 +15,8 @@ use std::sync::{
     atomic::{AtomicU64, AtomicUsize, Ordering},
 };
 
-/// Default budget, MiB: with the process's fixed cost (about 30 MiB with the default 8 MiB
-/// ring buffer) peak RSS stays under 64 MiB whatever arrives.
+/// Default budget, MiB: with the process's fixed cost (about 21 MiB with the default 8 MiB
+/// ring buffer, mapped once) peak RSS stays under 64 MiB whatever arrives.
 pub const DEFAULT_MAX_MEMORY_MIB: u32 = 24;
 
 /// A shared byte budget. Cloning shares it.

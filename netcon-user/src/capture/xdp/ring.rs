@@ -113,10 +113,13 @@ const RINGBUF_BUSY_BIT: u32 = 1 << 31;
 /// The length word's bit of a discarded record (`BPF_RINGBUF_DISCARD_BIT`).
 const RINGBUF_DISCARD_BIT: u32 = 1 << 30;
 
-/// Our side of the `EVENTS` ring buffer, mapped as libbpf maps it (kernel/bpf/ringbuf.c,
-/// `ringbuf_map_mmap_kern`): the consumer page read-write; the producer page and the data area,
-/// which the kernel maps twice back to back so that a record that wraps reads as one slice,
-/// read-only.
+/// Our side of the `EVENTS` ring buffer (kernel/bpf/ringbuf.c, `ringbuf_map_mmap_kern`): the
+/// consumer page read-write; the producer page and the data area read-only. The kernel can map
+/// the data area twice back to back, so that a record that wraps reads as one slice, as libbpf
+/// maps it; we map it once, because the kernel fills every page table entry of the mapping at
+/// mmap time and the second copy would count the ring twice in our RSS (16 MiB for the 8 MiB
+/// default) for the one record per lap that wraps, which [`walk`] puts together in a scratch
+/// buffer instead.
 ///
 /// Why not `aya::maps::RingBuf`: it publishes the consumer position after every record, and
 /// the program reads that word twice per record (`__bpf_ringbuf_reserve`'s space check,
@@ -127,13 +130,15 @@ pub(super) struct RingReader {
     map: MapData,
     /// The consumer page: `consumer_pos` at its start.
     consumer: std::ptr::NonNull<usize>,
-    /// The producer page (`producer_pos` at its start), then the data area twice.
+    /// The producer page (`producer_pos` at its start), then the data area once.
     producer: std::ptr::NonNull<usize>,
     page: usize,
     /// Bytes in the data area: a power of two.
     size: usize,
     /// Where the next record starts; published to `consumer_pos` at the end of each batch.
     pos: usize,
+    /// A record that wraps around the end of the data area, put together.
+    wrapped: Vec<u8>,
 }
 
 impl RingReader {
@@ -162,11 +167,12 @@ impl RingReader {
         if consumer == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: as above, read-only, from the second page on.
+        // SAFETY: as above, read-only, from the second page on: the producer page and the data
+        // area once (the kernel's remap_vmalloc_range accepts a mapping shorter than the area).
         let producer = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                page + 2 * size,
+                page + size,
                 libc::PROT_READ,
                 libc::MAP_SHARED,
                 fd,
@@ -192,6 +198,7 @@ impl RingReader {
             page,
             size,
             pos: 0,
+            wrapped: Vec::new(),
         };
         reader.pos = reader.consumer_word().load(Ordering::Acquire);
         Ok(reader)
@@ -233,8 +240,8 @@ impl RingReader {
     /// so that record wakes us if we park now (`output` in netcon-ebpf).
     pub(super) fn read(&mut self, max: usize, record: impl FnMut(&[u8])) -> usize {
         let producer = self.producer_pos();
-        // SAFETY: the data area, mapped twice, starts one page into our live mapping of
-        // page + 2 * size bytes; committed records are not written until we pass them.
+        // SAFETY: the data area, mapped once, starts one page into our live mapping of
+        // page + size bytes; committed records are not written until we pass them.
         let walked = unsafe {
             walk(
                 self.producer.as_ptr().cast::<u8>().add(self.page),
@@ -242,6 +249,7 @@ impl RingReader {
                 self.pos,
                 producer,
                 max,
+                &mut self.wrapped,
                 record,
             )
         };
@@ -262,25 +270,27 @@ struct Walked {
 
 /// Walks a BPF ring buffer's records from consumer position `pos` towards `producer`, giving
 /// each committed one's bytes to `record`, until `max` were given, a record is still being
-/// written (busy) or `producer` is reached; discarded records are passed over.
+/// written (busy) or `producer` is reached; discarded records are passed over. A record that
+/// wraps around the end of the area is copied together into `wrapped` and given from there.
 ///
 /// # Safety
-/// `data` points to the ring's data area mapped twice back to back (`2 * size` readable bytes,
-/// `size` a power of two, 8-aligned), whose records between `pos` and `producer` nobody
-/// writes except to clear a busy bit.
+/// `data` points to the ring's data area (`size` readable bytes, `size` a power of two,
+/// 8-aligned), whose records between `pos` and `producer` nobody writes except to clear a busy
+/// bit.
 unsafe fn walk(
     data: *const u8,
     size: usize,
     mut pos: usize,
     producer: usize,
     max: usize,
+    wrapped: &mut Vec<u8>,
     mut record: impl FnMut(&[u8]),
 ) -> Walked {
     let mut given = 0;
     while given < max && pos != producer {
         let offset = pos & (size - 1);
         // SAFETY: offset < size and the header is 8 bytes, 8-aligned (records are padded to
-        // 8): inside the 2 * size bytes. The kernel sets the busy bit before it moves
+        // 8, size is a multiple of 8): inside the area, never across its end. The kernel sets the busy bit before it moves
         // producer_pos and clears it with a full barrier (xchg in bpf_ringbuf_commit); the
         // acquire fence pairs with that.
         #[expect(
@@ -306,8 +316,21 @@ unsafe fn walk(
             };
         }
         if word & RINGBUF_DISCARD_BIT == 0 {
-            // SAFETY: offset + 8 + len <= 2 * size: inside the double mapping.
-            record(unsafe { std::slice::from_raw_parts(data.add(offset + RINGBUF_HDR_LEN), len) });
+            // The record's bytes start at `start` (offset + 8 <= size) and may run past the end
+            // of the area, on from its beginning.
+            let start = offset + RINGBUF_HDR_LEN;
+            let first = len.min(size - start);
+            // SAFETY: start + first <= size: inside the area.
+            let head = unsafe { std::slice::from_raw_parts(data.add(start), first) };
+            if first == len {
+                record(head);
+            } else {
+                wrapped.clear();
+                wrapped.extend_from_slice(head);
+                // SAFETY: len - first < size - 8: from the start of the area, inside it.
+                wrapped.extend_from_slice(unsafe { std::slice::from_raw_parts(data, len - first) });
+                record(wrapped);
+            }
             given += 1;
         }
         pos = pos.wrapping_add((RINGBUF_HDR_LEN + len).next_multiple_of(8));
@@ -326,7 +349,7 @@ impl Drop for RingReader {
         // SAFETY: the mappings made in map, each unmapped once.
         unsafe {
             libc::munmap(self.consumer.as_ptr().cast(), self.page);
-            libc::munmap(self.producer.as_ptr().cast(), self.page + 2 * self.size);
+            libc::munmap(self.producer.as_ptr().cast(), self.page + self.size);
         }
     }
 }
@@ -554,8 +577,8 @@ mod tests {
         assert_eq!(held_bytes(200, 100, size), size);
     }
 
-    /// A ring's data area as the kernel maps it: `size` bytes twice, with records written at
-    /// consumer positions from `start`.
+    /// A ring's data area as we map it: `size` bytes once, with records written at consumer
+    /// positions from `start`.
     struct FakeRing {
         data: Vec<u64>,
         size: usize,
@@ -565,13 +588,13 @@ mod tests {
     impl FakeRing {
         fn new(size: usize, start: usize) -> Self {
             Self {
-                data: vec![0; 2 * size / 8],
+                data: vec![0; size / 8],
                 size,
                 producer: start,
             }
         }
 
-        /// Appends a record of `payload` with the header bits `flags`, through both mappings.
+        /// Appends a record of `payload` with the header bits `flags`, wrapping at the end.
         fn push(&mut self, payload: &[u8], flags: u32) {
             let len = u32::try_from(payload.len()).unwrap() | flags;
             let mut bytes = len.to_le_bytes().to_vec();
@@ -582,14 +605,14 @@ mod tests {
             for (i, byte) in bytes.iter().enumerate() {
                 let at = (self.producer + i) & (self.size - 1);
                 area[at] = *byte;
-                area[at + self.size] = *byte;
             }
             self.producer = self.producer.wrapping_add(bytes.len());
         }
 
         fn walk(&self, pos: usize, max: usize) -> (Walked, Vec<Vec<u8>>) {
             let mut seen = Vec::new();
-            // SAFETY: 2 * size bytes, 8-aligned (u64s), nobody writes them meanwhile.
+            let mut wrapped = Vec::new();
+            // SAFETY: size bytes, 8-aligned (u64s), nobody writes them meanwhile.
             let walked = unsafe {
                 walk(
                     self.data.as_ptr().cast(),
@@ -597,6 +620,7 @@ mod tests {
                     pos,
                     self.producer,
                     max,
+                    &mut wrapped,
                     |r| seen.push(r.to_vec()),
                 )
             };
@@ -629,6 +653,17 @@ mod tests {
                 given: 3
             }
         );
+    }
+
+    #[test]
+    fn a_record_whose_header_ends_the_area_has_its_bytes_at_the_start() {
+        // The header fills the last 8 bytes; the payload is all on the far side of the wrap.
+        let mut ring = FakeRing::new(256, 248);
+        ring.push(b"all after the wrap", 0);
+        ring.push(b"next", 0);
+        let (walked, seen) = ring.walk(248, 10);
+        assert_eq!(seen, vec![b"all after the wrap".to_vec(), b"next".to_vec()]);
+        assert_eq!(walked.pos, ring.producer);
     }
 
     #[test]
@@ -671,7 +706,6 @@ mod tests {
         ring.push(b"ok", 0);
         // A header claiming more than the ring holds (no kernel writes this).
         ring.data[2] = 0x0000_1000;
-        ring.data[2 + 256 / 8] = 0x0000_1000;
         ring.producer = 64;
         let (walked, seen) = ring.walk(0, 10);
         assert_eq!(seen, vec![b"ok".to_vec()]);
