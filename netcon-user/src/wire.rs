@@ -84,26 +84,23 @@ impl<'a> Datagram<'a> {
             return None;
         }
         let (ip, _) = packet.split_at_checked(IPV4_LEN)?;
-        let word = |at: usize| Some(u16::from_be_bytes([*ip.get(at)?, *ip.get(at + 1)?]));
         if *ip.first()? != VERSION_4_IHL_5
             || *ip.get(9)? != PROTOCOL_UDP
-            || word(6)? & MORE_FRAGMENTS_AND_OFFSET != 0
+            || be16(ip, 6)? & MORE_FRAGMENTS_AND_OFFSET != 0
         {
             return None;
         }
-        let total_len = usize::from(word(2)?);
-        let ip_payload = packet.get(IPV4_LEN..total_len)?;
+        let ip_payload = packet.get(IPV4_LEN..usize::from(be16(ip, 2)?))?;
         let (udp, _) = ip_payload.split_at_checked(UDP_LEN)?;
-        let udp_word = |at: usize| Some(u16::from_be_bytes([*udp.get(at)?, *udp.get(at + 1)?]));
-        // A UDP length below its own header makes this range empty-ended: `get` says `None`.
-        let payload = ip_payload.get(UDP_LEN..usize::from(udp_word(4)?))?;
+        // A UDP length below its own header gives a range that ends before it starts: `None`.
+        let payload = ip_payload.get(UDP_LEN..usize::from(be16(udp, 4)?))?;
         let address = |at: usize| -> Option<IpAddr> {
             let octets: [u8; 4] = ip.get(at..at + 4)?.try_into().ok()?;
             Some(IpAddr::from(octets))
         };
         Some(Self {
-            src: SocketAddr::new(address(12)?, udp_word(0)?),
-            dst: SocketAddr::new(address(16)?, udp_word(2)?),
+            src: SocketAddr::new(address(12)?, be16(udp, 0)?),
+            dst: SocketAddr::new(address(16)?, be16(udp, 2)?),
             payload,
         })
     }
@@ -169,6 +166,11 @@ impl<'a> Datagram<'a> {
             _ => Err(WireError::NotUdp),
         }
     }
+}
+
+/// The big-endian `u16` at `at` in `bytes`, if it is all there.
+fn be16(bytes: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
 }
 
 #[cfg(test)]
