@@ -290,9 +290,9 @@ unsafe fn walk(
     while given < max && pos != producer {
         let offset = pos & (size - 1);
         // SAFETY: offset < size and the header is 8 bytes, 8-aligned (records are padded to
-        // 8, size is a multiple of 8): inside the area, never across its end. The kernel sets the busy bit before it moves
-        // producer_pos and clears it with a full barrier (xchg in bpf_ringbuf_commit); the
-        // acquire fence pairs with that.
+        // 8, size is a multiple of 8): inside the area, never across its end. The kernel sets
+        // the busy bit before it moves producer_pos and clears it with a full barrier (xchg in
+        // bpf_ringbuf_commit); the acquire fence pairs with that.
         #[expect(
             clippy::cast_ptr_alignment,
             reason = "data is 8-aligned and every record starts at a multiple of 8"
@@ -434,6 +434,10 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
     };
     // SAFETY: ts is a valid timespec; both clocks exist on every Linux.
     unsafe { libc::clock_gettime(clock, &raw mut ts) };
+    timespec_ns(&ts)
+}
+
+fn timespec_ns(ts: &libc::timespec) -> i128 {
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 
@@ -451,7 +455,7 @@ pub(super) fn coarse_slack_ns() -> i128 {
     // SAFETY: res is a valid timespec; the clock exists on every Linux since 2.6.32.
     let rc = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &raw mut res) };
     let tick = if rc == 0 {
-        i128::from(res.tv_sec) * 1_000_000_000 + i128::from(res.tv_nsec)
+        timespec_ns(&res)
     } else {
         // The longest tick Linux has (HZ=100).
         10_000_000
