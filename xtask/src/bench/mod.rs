@@ -7,6 +7,7 @@
 
 mod calibrate;
 mod criterion;
+mod page_reporting;
 mod plot;
 mod procs;
 mod report;
@@ -64,6 +65,12 @@ pub struct BenchArgs {
     /// Silence before each lone record, seconds (default 10; --quick 1).
     #[arg(long, value_name = "SECONDS")]
     lone_silence: Option<f64>,
+    /// Leave the virtio balloon's free page reporting as it is. By default the bench holds it
+    /// off for the run and restores it after: in a VM with it, the first write to a page the
+    /// host took back traps to the host, so each trial's figures would depend on how long the
+    /// machine sat idle before it.
+    #[arg(long)]
+    keep_page_reporting: bool,
 }
 
 const SCENARIOS: [&str; 12] = [
@@ -128,6 +135,8 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
 
     let settings = settings(args)?;
     let repeats = settings.repeats;
+    let page_reporting = page_reporting::PageReporting::hold_off(args.keep_page_reporting);
+    machine.page_reporting.clone_from(&page_reporting.state);
     let topo = Topology::new()?;
     let mut bench = Bench::new(&topo, &paths, settings);
     let ceiling = if wanted("ceiling") || wanted("zero-loss") || wanted("loss-curve") {
@@ -137,6 +146,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     };
     let (sections, curves) = scenarios(&mut bench, &ceiling, &wanted)?;
     drop(topo);
+    drop(page_reporting);
 
     machine.load_after = report::uptime();
     let results = Results {

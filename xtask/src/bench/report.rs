@@ -167,6 +167,8 @@ pub struct Machine {
     pub load_before: String,
     /// `uptime` at the end.
     pub load_after: String,
+    /// The virtio balloon's free page reporting during the run (see `page_reporting`).
+    pub page_reporting: String,
 }
 
 fn command_line(program: &str, args: &[&str]) -> String {
@@ -210,6 +212,7 @@ impl Machine {
             date: command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
             load_before: uptime(),
             load_after: String::new(),
+            page_reporting: String::new(),
         }
     }
 }
@@ -288,6 +291,7 @@ pub fn render(r: &Results) -> String {
     let _ = writeln!(md, "| kernel | {} |", m.kernel);
     let _ = writeln!(md, "| load before | `{}` |", m.load_before);
     let _ = writeln!(md, "| load after | `{}` |", m.load_after);
+    let _ = writeln!(md, "| free page reporting | {} |", m.page_reporting);
     let _ = writeln!(md, "| run time | {:.1} min |\n", r.minutes);
     let _ = writeln!(
         md,
@@ -301,7 +305,12 @@ pub fn render(r: &Results) -> String {
          SIGUSR2 when the bench reads) and `socat -u UDP-RECV:6666 -`, each writing to a file \
          on tmpfs (a pipe read live for latency). The verifier counts every record in the output; a record lost is one missing \
          or incomplete there. Sender and receiver share the machine's {} cores: the sender's \
-         core also runs the receive softirq (veth, XDP program).\n",
+         core also runs the receive softirq (veth, XDP program). In a virtual machine, the \
+         balloon's free page reporting is held off for the run (`--keep-page-reporting` \
+         leaves it): with it, the host takes back memory freed by one trial, the next trial's \
+         first writes to tmpfs trap to the host to get pages again (~10 µs a 4 KiB page on \
+         this project's VM), and a trial's figures would depend on how long the machine sat \
+         idle before it.\n",
         m.cores
     );
 
