@@ -127,7 +127,9 @@ pub struct SniffArgs {
     pub write: Option<std::path::PathBuf>,
 
     /// How to attach XDP: `auto` tries native (in the driver) and falls back to generic (skb)
-    /// with a notice; `native` or `skb` force one.
+    /// with a notice; on veth it attaches in generic mode, which costs the host less there
+    /// (native XDP makes veth copy every frame into a new page first, matching or not).
+    /// `native` or `skb` force one.
     #[arg(long, value_enum, default_value_t = XdpModeChoice::Auto, value_name = "MODE")]
     pub xdp_mode: XdpModeChoice,
 

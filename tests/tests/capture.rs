@@ -1028,6 +1028,30 @@ fn auto_falls_back_when_skb_xdp_is_taken() {
     auto_falls_back(Mode::Skb);
 }
 
+// 14b. `--xdp-mode auto` (the default) attaches in generic mode on veth: native XDP there makes
+// veth copy every frame the stack built into a new page before the program runs.
+#[test]
+fn auto_xdp_mode_is_generic_on_veth() {
+    let topo = Topology::new();
+    let link = topo.link();
+    let dev = link.collector_if.as_str();
+    let mut s = Sniffer::start(&topo.collector, &["-i", dev, "--format", "raw"]);
+    let ready = s.wait_ready();
+    let want = Mode::Skb.ready_line(dev, "6666");
+    assert!(ready.contains(&want), "expected {want:?} among {ready:#?}");
+    assert_eq!(
+        topo.collector.xdp_attachment(dev).as_deref(),
+        Some("xdpgeneric"),
+        "{}",
+        topo.collector.link_summary(dev)
+    );
+    let frame = UdpFrame::v4(link, b"NCT generic on veth\n".to_vec());
+    let _ = send_and_expect(&topo, link, &mut s, &frame, "NCT generic on veth");
+    let summary = stop(&mut s, Mode::Skb);
+    assert_eq!(summary.xdp().matched, 1, "{summary:?}");
+    wait_released(&topo, link);
+}
+
 // 15. `--backend xdp` never falls back: when the hook is taken it is a one-line error, and the
 // program already attached is left alone.
 #[test]

@@ -14,8 +14,8 @@ const BPF_ENABLE_STATS: libc::c_long = 32;
 const BPF_STATS_RUN_TIME: u32 = 0;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_XDP: u32 = 37;
-/// `XDP_FLAGS_DRV_MODE`: native, as netcon attaches on veth.
-const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+/// `XDP_FLAGS_SKB_MODE`: generic, as netcon's `--xdp-mode auto` attaches on veth.
+const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
 
 /// The loaded program and its link; dropping it detaches the program.
 #[derive(Debug)]
@@ -35,7 +35,7 @@ fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> Result<OwnedFd> {
 }
 
 impl EmptyXdp {
-    /// Loads the program and attaches it (native mode) to `ifindex` of the calling thread's
+    /// Loads the program and attaches it (generic mode) to `ifindex` of the calling thread's
     /// network namespace.
     pub fn attach(ifindex: u32) -> Result<Self> {
         // r0 = XDP_PASS (2); exit.
@@ -53,7 +53,7 @@ impl EmptyXdp {
         attr[0..4].copy_from_slice(&prog.as_raw_fd().to_ne_bytes());
         attr[4..8].copy_from_slice(&ifindex.to_ne_bytes());
         attr[8..12].copy_from_slice(&BPF_XDP.to_ne_bytes());
-        attr[12..16].copy_from_slice(&XDP_FLAGS_DRV_MODE.to_ne_bytes());
+        attr[12..16].copy_from_slice(&XDP_FLAGS_SKB_MODE.to_ne_bytes());
         let link = bpf(BPF_LINK_CREATE, &mut attr)?;
         Ok(Self { prog, _link: link })
     }

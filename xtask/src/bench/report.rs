@@ -300,7 +300,7 @@ pub fn render(r: &Results) -> String {
          senders with distinct source addresses (`10.91.1.0` + k) to the receiver's MAC and \
          address, UDP port 6666, extended-format records of 200 bytes unless said otherwise; \
          every record carries its sender, sequence number and send time. The receivers: \
-         `netcon-sniff --backend xdp` (native XDP on the veth), `netcon-sniff --backend raw`, \
+         `netcon-sniff --backend xdp` (XDP on the veth, in generic mode: what `--xdp-mode auto` picks there), `netcon-sniff --backend raw`, \
          `tcpdump -w -` (capture only: the AF_PACKET ring written out undecoded, flushed on \
          SIGUSR2 when the bench reads) and `socat -u UDP-RECV:6666 -`, each writing to a file \
          on tmpfs (a pipe read live for latency). The verifier counts every record in the output; a record lost is one missing \
@@ -740,11 +740,13 @@ fn rate_reading(r: &Results, out: &mut String) {
             "- What holds the sender back: the receive path runs in the sender's softirq, on \
              the sender's core (veth delivers on the CPU that transmits). With the XDP program \
              attached every matching packet costs {} there (scenario 5). Before the program \
-             runs, native XDP on veth copies every packet from the local stack into a \
-             page-pool page and passes it through NAPI (drivers/net/veth.c, \
-             `veth_convert_skb_to_xdp_buff`: the skb's head is no page fragment with 256 bytes \
-             of headroom): a cost any XDP program pays on veth, about what tcpdump's packet tap \
-             costs, and none pays on a NIC's own receive buffers. netcon-sniff itself is not \
+             runs, generic XDP gives every packet the 256 bytes of headroom that the local \
+             stack's packets lack, copying its head (net/core/dev.c, \
+             `netif_receive_generic_xdp`): a cost any XDP program pays on veth, and none pays \
+             on a NIC's own receive buffers. Native XDP on veth pays more (every packet copied \
+             into a page-pool page and passed through NAPI and GRO, drivers/net/veth.c \
+             `veth_convert_skb_to_xdp_buff`), which is why `--xdp-mode auto` attaches in \
+             generic mode there. netcon-sniff itself is not \
              the limit: it lost nothing.",
             Unit::Nanos.format(m)
         );

@@ -1084,7 +1084,7 @@ fn xdp_cost_about() -> String {
          packet count the ring buffer's wake-ups of the reader: a self-IPI each, which \
          a virtual machine pays as an exit; reader wake-ups per packet are the \
          program's own count of the records it woke the reader for (`wakeups=`). The \
-         empty program, attached the same way (native, bpf_link) and measured the \
+         empty program, attached the same way (generic mode, bpf_link) and measured the \
          same way, is the floor: dispatch plus the clock reads of the accounting."
     )
 }

@@ -1,7 +1,11 @@
 //! Loading the program and attaching it: kernel checks, the verifier's verdict, attach modes
 //! and the hints that go with their errors.
 
-use std::{error::Error as StdError, io};
+use std::{
+    error::Error as StdError,
+    io,
+    os::fd::{AsRawFd as _, FromRawFd as _},
+};
 
 use aya::{
     Ebpf,
@@ -119,6 +123,17 @@ pub(super) fn attach(
     match mode {
         AttachPolicy::Native => try_mode(program, AttachedMode::Native),
         AttachPolicy::Skb => try_mode(program, AttachedMode::Skb),
+        // Native XDP on veth runs on a copy: veth switches to its NAPI path and copies every
+        // frame the stack built into a page-pool page with 256 bytes of headroom first
+        // (drivers/net/veth.c, `veth_convert_skb_to_xdp_buff`), matching or not, and passes
+        // it on through GRO. Generic mode only widens the frame's headroom
+        // (net/core/dev.c, `netif_receive_generic_xdp`). Measured on this project's VM, sender
+        // and softirq on one core: frames the program does not match went through at 0.82–0.93M/s
+        // with native, 1.00–1.04M/s with generic (1.20–1.24M/s with nothing attached), and
+        // netconsole frames at 0.80–0.88M/s against 0.91–0.99M/s.
+        AttachPolicy::Auto if driver_name(&interface.name).is_ok_and(|d| d == "veth") => {
+            try_mode(program, AttachedMode::Skb)
+        }
         AttachPolicy::Auto => try_mode(program, AttachedMode::Native).or_else(|native| {
             // Only a driver without native XDP is helped by generic mode; a busy interface or
             // missing privileges fail the same way in both, and the native error says it best.
@@ -136,6 +151,61 @@ pub(super) fn attach(
             Ok(skb)
         }),
     }
+}
+
+/// The interface's driver as `ethtool -i` names it (`ETHTOOL_GDRVINFO`), e.g. `veth` or
+/// `virtio_net`.
+fn driver_name(interface: &str) -> io::Result<String> {
+    /// `struct ethtool_drvinfo` (include/uapi/linux/ethtool.h).
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved2: [u8; 12],
+        n_priv_flags: u32,
+        n_stats: u32,
+        testinfo_len: u32,
+        eedump_len: u32,
+        regdump_len: u32,
+    }
+    const ETHTOOL_GDRVINFO: u32 = 3;
+
+    let name = interface.as_bytes();
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(&0) {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: plain socket(2); the descriptor is owned right after.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a descriptor we just opened and nobody else owns.
+    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: all-zero is a valid value of these plain C structs.
+    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    // SAFETY: as above.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (to, &from) in request.ifr_name.iter_mut().zip(name) {
+        *to = from.cast_signed();
+    }
+    request.ifr_ifru.ifru_data = (&raw mut info).cast();
+    // SAFETY: SIOCETHTOOL with ETHTOOL_GDRVINFO writes at most size_of::<DrvInfo>() bytes into
+    // `info`, which outlives the call; the name is NUL-terminated (checked above, zeroed rest).
+    let done = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCETHTOOL, &raw mut request) };
+    if done < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let end = info
+        .driver
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(info.driver.len());
+    Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
 
 /// The errno of the first `io::Error` in `error`'s chain; `None` when there is none (an
