@@ -261,6 +261,16 @@ processed 166 insns (limit 1000000) max_states_per_insn 0 total_states 10 peak_s
 ";
 
     #[test]
+    fn driver_name_refuses_names_the_kernel_could_not_hold() {
+        for bad in ["", "a-name-of-16-chars", "nul\0inside"] {
+            let error = driver_name(bad).expect_err(bad);
+            assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{bad:?}");
+        }
+        // An interface that does not exist is the kernel's answer, not a panic.
+        assert!(driver_name("netcon-absent0").is_err());
+    }
+
+    #[test]
     fn verifier_reason_is_its_last_message() {
         assert_eq!(
             last_verifier_message(REJECTED_6_1),
