@@ -34,8 +34,9 @@ use topo::Topology;
 /// per packet; peak RSS with 10,000 and 100,000 senders and 10,000 pending fragmented records;
 /// a victim sender's losses, peak RSS and CPU under a flood of continuation chains and fragment
 /// starts from spoofed sources; NATS forwarding. Every figure 3 times (min/median/max).
-/// About 12 minutes on 2 cores; --quick (one short repeat) about 2. Release binaries are built
-/// into the target directory in effect (`CARGO_TARGET_DIR`, else `target/`).
+/// About 55 minutes on 2 cores (3 repeats); --quick (one short repeat) about 2. Release
+/// binaries are built into the target directory in effect (`CARGO_TARGET_DIR`, else
+/// `target/`).
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// Short runs, one repeat: for development, not for figures to keep.
