@@ -300,11 +300,12 @@ pub fn render(r: &Results) -> String {
          senders with distinct source addresses (`10.91.1.0` + k) to the receiver's MAC and \
          address, UDP port 6666, extended-format records of 200 bytes unless said otherwise; \
          every record carries its sender, sequence number and send time. The receivers: \
-         `netcon-sniff --backend xdp` (XDP on the veth, in generic mode: what `--xdp-mode auto` picks there), `netcon-sniff --backend raw`, \
-         `tcpdump -w -` (capture only: the AF_PACKET ring written out undecoded, flushed on \
-         SIGUSR2 when the bench reads) and `socat -u UDP-RECV:6666 -`, each writing to a file \
-         on tmpfs (a pipe read live for latency). The verifier counts every record in the output; a record lost is one missing \
-         or incomplete there. Sender and receiver share the machine's {} cores: the sender's \
+         `netcon-sniff --backend xdp` (XDP on the veth, in generic mode: what `--xdp-mode \
+         auto` picks there), `netcon-sniff --backend raw`, `tcpdump -w -` (capture only: the \
+         AF_PACKET ring written out undecoded, flushed on SIGUSR2 when the bench reads) and \
+         `socat -u UDP-RECV:6666 -`, each writing to a file on tmpfs (a pipe read live for \
+         latency). The verifier counts every record in the output; a record lost is one \
+         missing or incomplete there. Sender and receiver share the machine's {} cores: the sender's \
          core also runs the receive softirq (veth, XDP program). In a virtual machine, the \
          balloon's free page reporting is held off for the run (`--keep-page-reporting` \
          leaves it): with it, the host takes back memory freed by one trial, the next trial's \
@@ -746,8 +747,7 @@ fn rate_reading(r: &Results, out: &mut String) {
              on a NIC's own receive buffers. Native XDP on veth pays more (every packet copied \
              into a page-pool page and passed through NAPI and GRO, drivers/net/veth.c \
              `veth_convert_skb_to_xdp_buff`), which is why `--xdp-mode auto` attaches in \
-             generic mode there. netcon-sniff itself is not \
-             the limit: it lost nothing.",
+             generic mode there. netcon-sniff itself is not the limit: it lost nothing.",
             Unit::Nanos.format(m)
         );
     }
